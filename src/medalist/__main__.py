@@ -1,0 +1,5 @@
+import sys
+
+from medalist.cli import main
+
+sys.exit(main())

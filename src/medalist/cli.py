@@ -1,0 +1,119 @@
+"""The ``medalist`` command: one sub-command per stage, each a thin wrapper over ``run(cfg)``.
+
+Usage: ``medalist <stage> [-c configs/exp001.yaml] [section.key=value ...]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from medalist.errors import MedalistError
+
+log = logging.getLogger("medalist")
+
+STAGE_HELP = {
+    "folds": "split train.csv into folds (folds/folds.csv + folds.json)",
+    "train": "train every configured fold; writes outputs/<experiment>/",
+    "infer": "predict the test set with each trained fold and average",
+    "submission": "map test predictions onto the sample submission and validate",
+    "run": "run the configured stages in order, skipping up-to-date ones",
+    "config": "print the resolved config (or every key with --describe)",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medalist", description="Kaggle competition pipeline.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in STAGE_HELP.items():
+        stage = sub.add_parser(name, help=text, description=text)
+        stage.add_argument(
+            "-c", "--config", help="experiment YAML (configs/base.yaml is layered under it)"
+        )
+        stage.add_argument("overrides", nargs="*", help="section.key=value overrides")
+        if name in ("folds", "run"):
+            stage.add_argument("--force", action="store_true", help="redo even when up to date")
+        if name == "config":
+            stage.add_argument("--describe", action="store_true", help="list every key with help")
+    validate = sub.add_parser("validate", help="validate a submission file against the sample")
+    validate.add_argument("submission")
+    validate.add_argument("-c", "--config")
+    validate.add_argument("overrides", nargs="*")
+    demo = sub.add_parser("demo", help="build a built-in demo competition and run it end to end")
+    demo.add_argument("name", nargs="?", default="digits", choices=["digits"])
+    demo.add_argument("--workdir", default=".demo", help="where the demo project is generated")
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(show_path=False, rich_tracebacks=True)],
+    )
+    for noisy in ("accelerate", "timm", "urllib3", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def dispatch(args: argparse.Namespace) -> object:
+    from medalist.config import describe, resolve_config
+
+    if args.command == "demo":
+        from medalist.demo import run_demo
+
+        return run_demo(args.name, args.workdir)
+    if args.command == "config" and args.describe:
+        sys.stdout.write(describe())
+        return None
+    cfg = resolve_config(args.config, args.overrides)
+    if args.command == "config":
+        sys.stdout.write(cfg.to_yaml())
+        return cfg
+    if args.command == "validate":
+        from medalist.data import sample_path
+        from medalist.submission import validate_submission_file
+
+        validate_submission_file(
+            args.submission, sample_path(cfg), id_column=cfg.competition.id_column
+        )
+        log.info("%s is a valid submission", args.submission)
+        return None
+    if args.command == "folds":
+        from medalist.stages import folds
+
+        return folds(cfg, force=args.force)
+    if args.command == "train":
+        from medalist.train import run
+
+        return run(cfg)
+    if args.command == "infer":
+        from medalist.infer import run
+
+        return run(cfg)
+    if args.command == "submission":
+        from medalist.stages import submission
+
+        return submission(cfg)
+    from medalist.pipeline import run
+
+    return run(cfg, force=args.force)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        dispatch(args)
+    except MedalistError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""Typed, layered configuration.
+
+Layers, later wins: the library defaults below < ``configs/base.yaml`` (the sibling ``base.yaml``
+of the experiment file, when there is one) < the experiment file (override-only) < ``key=value``
+arguments on the command line. Every key has a type and help text; an unknown key, a wrong type
+or an impossible combination raises :class:`~medalist.errors.ConfigError` naming the key path
+(and the closest valid key for a typo) before any stage does work.
+
+Example:
+    >>> cfg = resolve_config(overrides=["train.epochs=3", "task.type=binary"])
+    >>> cfg.train.epochs, cfg.task.type
+    (3, 'binary')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medalist.configbase import Section
+from medalist.errors import ConfigError
+from medalist.tricks.config import TricksConfig
+
+TaskType = Literal["binary", "multiclass", "multilabel", "regression"]
+Scheme = Literal[
+    "kfold", "stratified", "group", "stratified_group", "multilabel_stratified", "quantile"
+]
+
+
+class CompetitionConfig(Section):
+    name: str = Field("competition", description="Competition slug; names the Kaggle dataset.")
+    data_dir: str = Field("data", description="Folder with the competition files.")
+    train_csv: str = Field("train.csv", description="Training table, relative to data_dir.")
+    test_csv: str = Field("test.csv", description="Test table, relative to data_dir.")
+    sample_submission: str = Field(
+        "sample_submission.csv", description="Kaggle's sample submission, relative to data_dir."
+    )
+    id_column: str = Field(
+        "id", description="Column with the row id, shared by train, test and submission."
+    )
+    target_columns: list[str] = Field(
+        default_factory=lambda: ["target"], description="Target column(s) in train.csv."
+    )
+    folds_dir: str = Field("folds", description="Where folds.csv and folds.json live.")
+    outputs_dir: str = Field("outputs", description="Where experiments write their artifacts.")
+    submissions_dir: str = Field("submissions", description="Where submission files are written.")
+
+
+class TaskConfig(Section):
+    type: TaskType = Field(
+        "multiclass", description="binary, multiclass, multilabel or regression."
+    )
+    classes: list[str | int] | None = Field(
+        None, description="Class labels (multiclass/binary); read from train.csv when null."
+    )
+    metrics: list[str] = Field(
+        default_factory=list,
+        description="Metric names (or 'package.module:function'); the first selects the best "
+        "epoch and is the CV score. Empty: the task's default.",
+    )
+    metric_direction: Literal["maximize", "minimize"] | None = Field(
+        None, description="Direction of a custom metric given by import path."
+    )
+
+
+class FoldsConfig(Section):
+    scheme: Scheme = Field("stratified", description="How rows are split into folds.")
+    n_splits: int = Field(5, ge=2, description="Number of folds.")
+    random_state: int = Field(42, description="Seed of the shuffling splitters.")
+    group_column: str | None = Field(None, description="Column whose groups never cross folds.")
+    n_bins: int = Field(10, ge=2, description="Quantile bins for the 'quantile' scheme.")
+
+
+class Transform(Section):
+    """One albumentations transform: its class name and keyword arguments."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(description="albumentations class name, e.g. HorizontalFlip.")
+
+
+class ImageConfig(Section):
+    image_column: str = Field("image", description="Column with the image file name.")
+    train_dir: str = Field("train_images", description="Train image folder, relative to data_dir.")
+    test_dir: str = Field("test_images", description="Test image folder, relative to data_dir.")
+    size: int = Field(224, ge=8, description="Images are resized to size x size.")
+    channels: int = Field(3, description="1 (grayscale) or 3 (RGB).")
+    train_transforms: list[Transform] = Field(
+        default_factory=list, description="Augmentations applied after the resize, train only."
+    )
+    eval_transforms: list[Transform] = Field(
+        default_factory=list, description="Deterministic transforms for validation and test."
+    )
+    mean: list[float] | None = Field(
+        None, description="Normalisation mean per channel (0-1 scale)."
+    )
+    std: list[float] | None = Field(None, description="Normalisation std per channel (0-1 scale).")
+
+
+class ModelConfig(Section):
+    backbone: str = Field("resnet18", description="timm model name.")
+    pretrained_path: str | None = Field(
+        None, description="Local weights file (safetensors) for the backbone; never downloaded."
+    )
+    drop_rate: float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier.")
+    drop_path_rate: float = Field(0.0, ge=0, lt=1, description="Stochastic depth rate.")
+
+
+class TrainConfig(Section):
+    experiment: str = Field("exp001", description="Experiment name: outputs/<experiment>/.")
+    folds: list[int] | None = Field(
+        None, description="Folds to train; null: all folds; [-1]: one full fit on every row."
+    )
+    epochs: int = Field(10, ge=1, description="Epochs per fold.")
+    batch_size: int = Field(32, ge=1, description="Batch size per process and micro-step.")
+    eval_batch_size: int | None = Field(None, description="Batch size for evaluation (default 2x).")
+    lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay (not on biases/norms).")
+    scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR schedule.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps of linear warmup.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_grad_norm: float | None = Field(1.0, description="Gradient clipping norm; null disables.")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no", description="accelerate precision."
+    )
+    seed: int = Field(42, description="Seed of weights, data order and augmentation.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    cpu: bool = Field(False, description="Force the CPU even when a GPU is present.")
+    progress: bool = Field(True, description="Show progress bars.")
+
+
+class InferConfig(Section):
+    batch_size: int = Field(64, ge=1, description="Inference batch size.")
+
+
+class SubmissionConfig(Section):
+    name: str | None = Field(
+        None, description="File name under submissions/ (default: experiment)."
+    )
+    kind: Literal["auto", "label", "probability"] = Field(
+        "auto", description="Write class labels or probabilities; auto follows the sample file."
+    )
+
+
+class Config(Section):
+    """The whole resolved configuration of a competition project."""
+
+    modality: Literal["image"] = Field("image", description="Input modality.")
+    competition: CompetitionConfig = Field(default_factory=CompetitionConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    folds: FoldsConfig = Field(default_factory=FoldsConfig)
+    image: ImageConfig = Field(default_factory=ImageConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tricks: TricksConfig = Field(default_factory=TricksConfig)
+    infer: InferConfig = Field(default_factory=InferConfig)
+    submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
+    stages: list[Literal["folds", "train", "infer", "submission"]] = Field(
+        default_factory=lambda: ["folds", "train", "infer", "submission"],
+        description="Stages that `medalist run` runs, in order.",
+    )
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Config:
+        task, scheme = self.task.type, self.folds.scheme
+        targets = self.competition.target_columns
+        if not targets:
+            raise ValueError("competition.target_columns: at least one target column is needed")
+        if scheme in ("group", "stratified_group") and not self.folds.group_column:
+            raise ValueError(f"folds.group_column: scheme '{scheme}' needs a group column")
+        if scheme == "multilabel_stratified" and task != "multilabel":
+            raise ValueError("folds.scheme: 'multilabel_stratified' needs task.type multilabel")
+        if scheme == "quantile" and task != "regression":
+            raise ValueError("folds.scheme: 'quantile' bins a continuous target; use regression")
+        if scheme in ("stratified", "stratified_group") and task in ("multilabel", "regression"):
+            hint = "multilabel_stratified" if task == "multilabel" else "quantile"
+            raise ValueError(
+                f"folds.scheme: '{scheme}' cannot stratify a {task} target; use '{hint}'"
+            )
+        if task in ("binary", "multiclass") and len(targets) != 1:
+            raise ValueError(f"competition.target_columns: a {task} task has exactly one target")
+        if task == "multilabel" and len(targets) < 2:
+            raise ValueError("competition.target_columns: a multilabel task needs >= 2 targets")
+        if self.image.channels not in (1, 3):
+            raise ValueError("image.channels: must be 1 or 3")
+        if self.train.folds and -1 in self.train.folds and len(self.train.folds) > 1:
+            raise ValueError("train.folds: [-1] (full fit) cannot be combined with other folds")
+        return self
+
+    def hash(self) -> str:
+        """A short, stable hash of the resolved config (key order independent)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layering
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    """Merge ``override`` into a copy of ``base``; nested dicts merge, everything else replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def parse_override(item: str) -> dict:
+    """Turn ``'train.lr=3e-4'`` into ``{'train': {'lr': 0.0003}}`` (values parsed as YAML)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like section.key=value")
+    dotted, raw = item.split("=", 1)
+    keys = [k for k in dotted.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override '{item}' has no key")
+    try:
+        value: Any = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads 1e-3 as a string; a float is what a person means.
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value) if any(c in value.lower() for c in ".e") else value
+    nested: dict = {keys[-1]: value}
+    for key in reversed(keys[:-1]):
+        nested = {key: nested}
+    return nested
+
+
+def _layers(config_path: str | Path | None) -> list[tuple[str, dict]]:
+    if config_path is None:
+        return []
+    path = Path(config_path)
+    base = path.parent / "base.yaml"
+    layers = []
+    if base.is_file() and base.resolve() != path.resolve():
+        layers.append((str(base), _read_yaml(base)))
+    layers.append((str(path), _read_yaml(path)))
+    return layers
+
+
+def resolve_config(
+    config_path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Build the resolved :class:`Config` from the layers described in the module docstring.
+
+    Raises:
+        ConfigError: naming the key path of the first unknown key, wrong type or conflict.
+    """
+    merged: dict = {}
+    for _, layer in _layers(config_path):
+        merged = _deep_merge(merged, layer)
+    for item in overrides:
+        merged = _deep_merge(merged, parse_override(item))
+    source = str(config_path) if config_path else "config"
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, source)) from None
+
+
+def _fields_at(path: tuple) -> list[str]:
+    """The valid keys of the section that ``path`` (a key path) points into."""
+    model: Any = Config
+    for key in path:
+        field = model.model_fields.get(key) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        model = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _explain(exc: ValidationError, source: str) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = tuple(str(part) for part in error["loc"])
+        key = ".".join(loc)
+        if error["type"] == "extra_forbidden":
+            valid = _fields_at(loc[:-1])
+            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.5)
+            hint = f"; did you mean '{'.'.join((*loc[:-1], close[0]))}'?" if close else ""
+            lines.append(f"{source}: unknown key '{key}'{hint}")
+        elif error["type"] == "value_error":
+            lines.append(f"{source}: {error['msg'].removeprefix('Value error, ')}")
+        else:
+            got = error.get("input")
+            lines.append(f"{source}: {key}: {error['msg']} (got {got!r})")
+    return "\n".join(lines)
+
+
+def describe() -> str:
+    """Every config key with its default and help text, as commented YAML.
+
+    ``configs/reference.yaml`` is this text; a test keeps the two equal.
+    """
+    lines = ["# Every medalist config key: its default, then what it means.", ""]
+
+    def dump(value) -> str:
+        return (
+            yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("\n...")
+        )
+
+    def walk(model: type[BaseModel], indent: str) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                doc = (annotation.__doc__ or "").strip().splitlines()
+                lines.append(f"{indent}{name}:" + (f"  # {doc[0]}" if doc and indent == "" else ""))
+                walk(annotation, indent + "  ")
+                continue
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                default = default.model_dump(mode="json")
+            lines.append(f"{indent}{name}: {dump(default)}  # {field.description or ''}")
+
+    walk(Config, "")
+    return "\n".join(lines) + "\n"

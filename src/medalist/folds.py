@@ -1,0 +1,310 @@
+"""Cross-validation folds: assign them once, record a manifest, refuse them for other data.
+
+``folds/folds.csv`` holds ``[id, fold]`` in train's row order; ``folds/folds.json`` records the
+splitter, its parameters and hashes of the data it was made for. :func:`load_folds` checks those
+hashes, so a changed target, an added or removed row, or a hand-edited fold file stops a stage
+instead of leaking validation rows into training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+from medalist.errors import ConfigError, DataError, FoldsMismatchError, show_value
+from medalist.io import sha256_frame, write_csv, write_json
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("kfold", "stratified", "group", "stratified_group", "multilabel_stratified", "quantile")
+GROUP_SCHEMES = ("group", "stratified_group")
+SINGLE_TARGET_SCHEMES = ("stratified", "stratified_group", "quantile")
+_CLASSES = (KFold, StratifiedKFold, GroupKFold, StratifiedGroupKFold, MultilabelStratifiedKFold)
+_SPLITTERS = dict(zip(SCHEMES, (*_CLASSES, StratifiedKFold), strict=True))
+
+
+def make_splitter(scheme: str, n_splits: int, random_state: int, n_bins: int = 10):
+    """Return the scikit-learn style splitter of ``scheme`` (every one shuffles).
+
+    ``quantile`` is a :class:`StratifiedKFold`; :func:`assign_folds` feeds it the ``n_bins``
+    quantile bins of the target instead of the target itself.
+
+    Raises:
+        ConfigError: naming ``folds.scheme`` when the scheme is unknown.
+    """
+    if scheme not in _SPLITTERS:
+        raise ConfigError(f"folds.scheme: unknown scheme {scheme!r}; valid: {', '.join(SCHEMES)}")
+    return _SPLITTERS[scheme](n_splits=n_splits, shuffle=True, random_state=random_state)
+
+
+def _first_row(mask: pd.Series) -> int:
+    return int(np.flatnonzero(mask.to_numpy())[0])
+
+
+def _check_columns(train: pd.DataFrame, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in train.columns]
+    if missing:
+        raise DataError(f"train: missing column(s) {missing}; it has {list(train.columns)[:20]}")
+
+
+def _check_ids(ids: pd.Series, id_column: str) -> None:
+    duplicated = ids.duplicated()
+    if duplicated.any():
+        row = _first_row(duplicated)
+        raise DataError(f"train: row {row}: duplicated {id_column} {show_value(ids.iloc[row])}")
+
+
+def _check_no_nan(train: pd.DataFrame, columns: list[str]) -> None:
+    for column in columns:
+        if train[column].isna().any():
+            raise DataError(f"train: row {_first_row(train[column].isna())} has no {column}")
+
+
+def _check_n_splits(n_splits: int, n_rows: int, n_groups: int | None) -> None:
+    if not isinstance(n_splits, (int, np.integer)) or isinstance(n_splits, bool) or n_splits < 2:
+        raise ConfigError(f"folds.n_splits: must be an integer >= 2, got {n_splits!r}")
+    if n_splits > n_rows:
+        raise ConfigError(f"folds.n_splits: {n_splits} folds but train has only {n_rows} rows")
+    if n_groups is not None and n_splits > n_groups:
+        raise ConfigError(f"folds.n_splits: {n_splits} folds but only {n_groups} groups")
+
+
+def _check_classes(y: pd.Series, column: str, n_splits: int) -> None:
+    counts = y.astype(str).value_counts()
+    if counts.iloc[-1] < n_splits:
+        raise DataError(
+            f"train: class {counts.index[-1]!r} of {column} has {counts.iloc[-1]} row(s), fewer "
+            f"than folds.n_splits={n_splits}; lower n_splits, merge rare classes, or use "
+            "'quantile' for a continuous target"
+        )
+
+
+def _check_multilabel(train: pd.DataFrame, target_columns: list[str]) -> None:
+    if len(target_columns) < 2:
+        raise ConfigError(
+            "competition.target_columns: scheme 'multilabel_stratified' needs >= 2 target "
+            f"columns, got {target_columns}"
+        )
+    for column in target_columns:
+        bad = ~train[column].isin([0, 1])
+        if bad.any():
+            row = _first_row(bad)
+            raise DataError(
+                f"train: row {row}: {column} is {show_value(train[column].iloc[row])}; "
+                "'multilabel_stratified' needs 0/1 targets"
+            )
+
+
+def _check_scheme_targets(train: pd.DataFrame, target_columns: list[str], scheme: str, n_splits):
+    if scheme == "multilabel_stratified":
+        _check_multilabel(train, target_columns)
+    if scheme not in SINGLE_TARGET_SCHEMES:
+        return
+    if len(target_columns) != 1:
+        raise ConfigError(
+            f"competition.target_columns: scheme {scheme!r} stratifies one target column, got "
+            f"{target_columns}; use 'multilabel_stratified' for several"
+        )
+    column, dtype = target_columns[0], train[target_columns[0]].dtype
+    numeric = pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+    if scheme == "quantile" and not numeric:
+        raise DataError(f"train: {column} is {dtype}; scheme 'quantile' needs a numeric target")
+    if scheme != "quantile":
+        _check_classes(train[column], column, n_splits)
+
+
+def quantile_bins(y: pd.Series, n_bins: int, n_splits: int) -> tuple[np.ndarray, int]:
+    """Bin a continuous target into quantiles, each bin holding at least ``n_splits`` rows.
+
+    Returns:
+        The bin of every row and the number of bins asked of ``pd.qcut`` (``n_bins`` unless it
+        had to be lowered because ties left a bin too small to stratify).
+    """
+    for bins_used in range(max(int(n_bins), 1), 0, -1):
+        bins = pd.qcut(y, bins_used, labels=False, duplicates="drop")
+        bins = bins.fillna(0).astype(int).to_numpy()  # a constant target: one bin
+        if np.bincount(bins).min() >= n_splits or bins_used == 1:
+            break
+    if bins_used != n_bins:
+        log.warning("folds: quantile bins lowered from %d to %d (ties)", n_bins, bins_used)
+    return bins, bins_used
+
+
+def _validate(train, id_column, target_columns, scheme, n_splits, group_column) -> None:
+    if scheme not in SCHEMES:
+        make_splitter(scheme, 2, 0)  # raises the ConfigError
+    uses_groups = scheme in GROUP_SCHEMES
+    if uses_groups and not group_column:
+        raise ConfigError(f"folds.group_column: scheme {scheme!r} needs a group column")
+    groups = [group_column] if uses_groups else []
+    _check_columns(train, [id_column, *target_columns, *groups])
+    _check_no_nan(train, [id_column, *target_columns, *groups])
+    _check_ids(train[id_column], id_column)
+    n_groups = train[group_column].nunique() if uses_groups else None
+    _check_n_splits(n_splits, len(train), n_groups)
+    _check_scheme_targets(train, list(target_columns), scheme, n_splits)
+
+
+def assign_folds(
+    train: pd.DataFrame,
+    *,
+    id_column: str,
+    target_columns: list[str],
+    scheme: str,
+    n_splits: int,
+    random_state: int,
+    group_column: str | None = None,
+    n_bins: int = 10,
+) -> pd.DataFrame:
+    """Assign every row of ``train`` to one of ``n_splits`` folds; ``train`` is not modified.
+
+    Returns:
+        A new frame with columns ``[id_column, "fold"]`` in train's row order.
+
+    Raises:
+        DataError: a column is missing, an id is duplicated, a target is missing or unfit.
+        ConfigError: the scheme, ``n_splits`` or the group column does not fit the data.
+    """
+    target_columns = list(target_columns)
+    _validate(train, id_column, target_columns, scheme, n_splits, group_column)
+    if group_column and scheme not in GROUP_SCHEMES:
+        log.warning("folds: group_column %r is ignored by scheme %r", group_column, scheme)
+    y = None
+    if scheme == "multilabel_stratified":
+        y = train[target_columns].to_numpy(dtype=int)
+    elif scheme == "quantile":
+        y = quantile_bins(train[target_columns[0]], n_bins, n_splits)[0]
+    elif scheme in SINGLE_TARGET_SCHEMES:
+        y = train[target_columns[0]].astype(str).to_numpy()
+    groups = train[group_column].astype(str).to_numpy() if scheme in GROUP_SCHEMES else None
+    splitter = make_splitter(scheme, n_splits, random_state, n_bins)
+    fold = np.full(len(train), -1, dtype=np.int64)
+    for k, (_, valid) in enumerate(splitter.split(np.zeros((len(train), 1)), y, groups)):
+        fold[valid] = k
+    return pd.DataFrame({id_column: train[id_column].to_numpy(), "fold": fold})
+
+
+def build_manifest(
+    train: pd.DataFrame,
+    folds: pd.DataFrame,
+    *,
+    id_column: str,
+    target_columns: list[str],
+    scheme: str,
+    n_splits: int,
+    random_state: int,
+    group_column: str | None = None,
+    n_bins: int = 10,
+) -> dict:
+    """Describe how ``folds`` were made and hash the data they belong to (``folds.json``)."""
+    target_columns = list(target_columns)
+    splitter = make_splitter(scheme, n_splits, random_state, n_bins)
+    params = {"n_splits": n_splits, "shuffle": splitter.shuffle, "random_state": random_state}
+    if scheme == "quantile":
+        params["n_bins"] = n_bins
+        params["n_bins_used"] = quantile_bins(train[target_columns[0]], n_bins, n_splits)[1]
+    stratify = {"kfold": [], "group": [], "multilabel_stratified": target_columns}
+    sizes = folds["fold"].value_counts()
+    return {
+        "splitter": type(splitter).__name__,
+        "scheme": scheme,
+        "params": params,
+        "seed": random_state,
+        "id_column": id_column,
+        "target_columns": target_columns,
+        "group_column": group_column,
+        "stratify_columns": stratify.get(scheme, target_columns[:1]),
+        "n_rows": len(train),
+        "data_sha256": sha256_frame(train[[id_column, *target_columns]]),
+        "ids_sha256": sha256_frame(train[[id_column]]),
+        "folds_sha256": sha256_frame(folds),
+        "fold_sizes": {str(k): int(sizes.get(k, 0)) for k in range(n_splits)},
+    }
+
+
+def write_folds(
+    folds: pd.DataFrame, manifest: dict, folds_dir: str | os.PathLike
+) -> tuple[Path, Path]:
+    """Write ``folds.csv`` then ``folds.json`` atomically into ``folds_dir``; return both paths."""
+    if sha256_frame(folds) != manifest["folds_sha256"]:
+        raise ValueError("write_folds: the manifest was built for another folds frame")
+    folder = Path(folds_dir)
+    return write_csv(folder / "folds.csv", folds), write_json(folder / "folds.json", manifest)
+
+
+def _mismatch(folder: Path, reason: str) -> FoldsMismatchError:
+    return FoldsMismatchError(
+        f"{folder}: {reason}; re-run `medalist folds --force` to make new folds (experiments on "
+        "the old folds are then no longer comparable) or restore the data they were made for"
+    )
+
+
+def _read_folds(folder: Path) -> tuple[dict, pd.DataFrame]:
+    csv_file, json_file = folder / "folds.csv", folder / "folds.json"
+    missing = [p.name for p in (csv_file, json_file) if not p.is_file()]
+    if missing:
+        raise _mismatch(folder, f"fold file(s) {missing} not found")
+    try:
+        manifest = json.loads(json_file.read_text(encoding="utf-8"))
+        table = pd.read_csv(csv_file, dtype=str, keep_default_na=False)
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise _mismatch(folder, f"fold files cannot be read ({exc})") from exc
+    keys = ("id_column", "target_columns", "ids_sha256", "data_sha256", "folds_sha256")
+    if not isinstance(manifest, dict) or any(k not in manifest for k in keys):
+        raise _mismatch(folder, f"folds.json lacks one of {list(keys)}")
+    return manifest, table
+
+
+def _describe_id_change(train_ids: pd.Series, file_ids: pd.Series) -> str:
+    now, then = set(train_ids), set(file_ids)
+    new, gone = sorted(now - then), sorted(then - now)
+    if not new and not gone:
+        return "train has the same ids in a different row order than when the folds were made"
+    parts = [f"{len(new)} new id(s) (e.g. {new[:3]})"] if new else []
+    parts += [f"{len(gone)} missing id(s) (e.g. {gone[:3]})"] if gone else []
+    return f"train ids changed since the folds were made: {', '.join(parts)}"
+
+
+def _why_not(manifest: dict, table: pd.DataFrame, train: pd.DataFrame, key: str, targets) -> str:
+    """Why ``table`` (folds.csv, as text) does not belong to ``train``; empty when it does."""
+    made_for, given = (manifest["id_column"], manifest["target_columns"]), (key, targets)
+    if made_for != given:
+        return f"the folds were made for id/target columns {made_for}, not {given}"
+    if list(table.columns) != [key, "fold"] or sha256_frame(table) != manifest["folds_sha256"]:
+        return "folds.csv was edited after it was written (its hash differs from folds.json)"
+    if sha256_frame(train[[key]]) != manifest["ids_sha256"]:
+        return _describe_id_change(train[key].astype(str), table[key])
+    if sha256_frame(train[[key, *targets]]) != manifest["data_sha256"]:
+        return f"target values in {targets} changed since the folds were made (ids did not)"
+    return ""
+
+
+def load_folds(
+    folds_dir: str | os.PathLike,
+    train: pd.DataFrame,
+    *,
+    id_column: str,
+    target_columns: list[str],
+) -> pd.DataFrame:
+    """Read ``folds.csv`` and check it belongs to ``train``; return it in train's row order.
+
+    Raises:
+        DataError: ``train`` lacks the id or a target column.
+        FoldsMismatchError: the files are missing or edited, or were made for other columns, ids
+            or targets.
+    """
+    folder, target_columns = Path(folds_dir), list(target_columns)
+    _check_columns(train, [id_column, *target_columns])
+    manifest, table = _read_folds(folder)
+    reason = _why_not(manifest, table, train, id_column, target_columns)
+    if reason:
+        raise _mismatch(folder, reason)
+    fold = table["fold"].astype(int).to_numpy()
+    return pd.DataFrame({id_column: train[id_column].to_numpy(), "fold": fold})

@@ -1,0 +1,121 @@
+"""The events of the training loop, and the base class of everything that attaches to them.
+
+A trick is a small :class:`Hook` subclass that overrides the events it needs. The loop calls
+every hook at every event through :class:`Hooks` and never names a trick. The events, in order:
+
+- ``on_fit_start(state)``: once per fold, after the model, optimizer and loaders are prepared.
+- ``before_batch(state, batch) -> batch``: may rewrite the batch (mixup, cutmix).
+- ``per_sample_loss(state, batch, outputs, losses) -> losses``: per-sample losses, shape (batch,)
+  (OHEM keeps the hardest).
+- ``compute_loss(state, batch, outputs, loss) -> loss``: the reduced loss (R-Drop, flooding).
+- ``after_backward(state, batch)``: gradients exist, the optimizer has not stepped (AWP, FGM).
+- ``after_step(state)``: after a real optimizer step (not an accumulation micro-step) (EMA).
+- ``eval_model(state) -> module | None``: the weights to evaluate and save instead (EMA, SWA).
+- ``on_epoch_end(state)``: after the epoch's training, before its evaluation (SWA).
+- ``on_fit_end(state)``: once per fold, after the last epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class TrainState:
+    """What a hook may read (and, where an event says so, change) during a fold's training."""
+
+    accelerator: Any
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    task: Any
+    fold: int
+    epoch: int = 0
+    step: int = 0  # optimizer steps taken in this fold
+    num_epochs: int = 1
+    # forward_loss(batch) -> scalar: a plain forward and task loss, no hooks (for AWP, FGM, PGD).
+    forward_loss: Callable[[dict], torch.Tensor] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Hook:
+    """Base class: every event does nothing."""
+
+    def on_fit_start(self, state: TrainState) -> None:
+        pass
+
+    def before_batch(self, state: TrainState, batch: dict) -> dict:
+        return batch
+
+    def per_sample_loss(self, state: TrainState, batch: dict, outputs, losses: torch.Tensor):
+        return losses
+
+    def compute_loss(self, state: TrainState, batch: dict, outputs, loss: torch.Tensor):
+        return loss
+
+    def after_backward(self, state: TrainState, batch: dict) -> None:
+        pass
+
+    def after_step(self, state: TrainState) -> None:
+        pass
+
+    def eval_model(self, state: TrainState) -> torch.nn.Module | None:
+        return None
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        pass
+
+    def on_fit_end(self, state: TrainState) -> None:
+        pass
+
+
+class Hooks(Hook):
+    """Calls a list of hooks in order at each event."""
+
+    def __init__(self, hooks: list[Hook] | None = None):
+        self.hooks = list(hooks or [])
+
+    def on_fit_start(self, state):
+        for hook in self.hooks:
+            hook.on_fit_start(state)
+
+    def before_batch(self, state, batch):
+        for hook in self.hooks:
+            batch = hook.before_batch(state, batch)
+        return batch
+
+    def per_sample_loss(self, state, batch, outputs, losses):
+        for hook in self.hooks:
+            losses = hook.per_sample_loss(state, batch, outputs, losses)
+        return losses
+
+    def compute_loss(self, state, batch, outputs, loss):
+        for hook in self.hooks:
+            loss = hook.compute_loss(state, batch, outputs, loss)
+        return loss
+
+    def after_backward(self, state, batch):
+        for hook in self.hooks:
+            hook.after_backward(state, batch)
+
+    def after_step(self, state):
+        for hook in self.hooks:
+            hook.after_step(state)
+
+    def eval_model(self, state):
+        chosen = None
+        for hook in self.hooks:
+            chosen = hook.eval_model(state) or chosen
+        return chosen
+
+    def on_epoch_end(self, state):
+        for hook in self.hooks:
+            hook.on_epoch_end(state)
+
+    def on_fit_end(self, state):
+        for hook in self.hooks:
+            hook.on_fit_end(state)

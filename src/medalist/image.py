@@ -1,0 +1,171 @@
+"""The image modality: files named in a table, albumentations pipelines, a timm backbone.
+
+Augmentation randomness is a function of (seed, epoch, row): each sample re-seeds the pipeline, so
+the same run gives the same images whatever the number of workers or processes, and a resumed run
+sees what an uninterrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import timm
+import torch
+from albumentations.pytorch import ToTensorV2
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch.utils.data import Dataset
+
+from medalist.config import Config, Transform
+from medalist.errors import CheckpointError, ConfigError, DataError
+from medalist.tasks import Task
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _transform(spec: Transform, key: str) -> A.BasicTransform:
+    cls = getattr(A, spec.name, None)
+    if cls is None or not isinstance(cls, type):
+        raise ConfigError(f"{key}: albumentations has no transform '{spec.name}'")
+    kwargs = spec.model_dump(exclude={"name"})
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: {spec.name}({kwargs}) is invalid: {exc}") from exc
+
+
+def build_pipeline(cfg: Config, train: bool) -> A.Compose:
+    """Resize, the configured transforms, normalisation and conversion to a CHW tensor."""
+    image = cfg.image
+    section = "train_transforms" if train else "eval_transforms"
+    specs = image.train_transforms if train else image.eval_transforms
+    steps = [A.Resize(image.size, image.size)]
+    steps += [_transform(spec, f"image.{section}[{i}]") for i, spec in enumerate(specs)]
+    default_mean = IMAGENET_MEAN if image.channels == 3 else (0.5,)
+    default_std = IMAGENET_STD if image.channels == 3 else (0.5,)
+    mean, std = image.mean or default_mean, image.std or default_std
+    if len(mean) != image.channels or len(std) != image.channels:
+        raise ConfigError("image.mean/image.std: one value per channel is needed")
+    steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
+    return A.Compose(steps)
+
+
+def image_paths(cfg: Config, df: pd.DataFrame, split: str, source: str) -> list[Path]:
+    """The image file of every row; a missing column or file stops here, naming it."""
+    column = cfg.image.image_column
+    if column not in df.columns:
+        raise DataError(f"{source}: missing image column '{column}'")
+    folder = Path(cfg.competition.data_dir) / (
+        cfg.image.train_dir if split == "train" else cfg.image.test_dir
+    )
+    paths = [folder / str(name) for name in df[column]]
+    for row, path in enumerate(paths):
+        if not path.is_file():
+            raise DataError(f"{source}: row {row}: image file not found: {path}")
+    return paths
+
+
+def read_image(path: Path, channels: int) -> np.ndarray:
+    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
+    image = cv2.imread(str(path), flag)
+    if image is None:
+        raise DataError(f"cannot decode image file {path} (corrupt or not an image)")
+    if channels == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
+
+
+class ImageDataset(Dataset):
+    """Rows of a table as ``{'index', 'input', 'target'}`` samples.
+
+    Args:
+        paths: one image file per row.
+        targets: the task's target array, or None for test data.
+        pipeline: the albumentations pipeline.
+        channels: 1 or 3.
+        seed: base seed of the augmentation; combined with the epoch and the row.
+    """
+
+    def __init__(self, paths, targets, pipeline: A.Compose, channels: int, seed: int = 0):
+        self.paths = list(paths)
+        self.targets = targets
+        self.pipeline = pipeline
+        self.channels = channels
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        image = read_image(self.paths[index], self.channels)
+        # A per-sample seed keeps augmentation independent of workers and of resumption.
+        self.pipeline.set_random_seed(hash((self.seed, self.epoch, index)) % (2**32))
+        sample = {"index": index, "input": self.pipeline(image=image)["image"]}
+        if self.targets is not None:
+            sample["target"] = torch.as_tensor(self.targets[index])
+        return sample
+
+
+def build_dataset(cfg: Config, df: pd.DataFrame, targets, *, split: str, train: bool, source: str):
+    paths = image_paths(cfg, df, split, source)
+    return ImageDataset(
+        paths, targets, build_pipeline(cfg, train), cfg.image.channels, cfg.train.seed
+    )
+
+
+def build_model(cfg: Config, task: Task) -> torch.nn.Module:
+    """A timm model with the task's head; weights from a local file when configured."""
+    model_cfg = cfg.model
+    if not timm.is_model(model_cfg.backbone):
+        close = timm.list_models(f"*{model_cfg.backbone}*")[:5]
+        raise ConfigError(
+            f"model.backbone: timm has no model '{model_cfg.backbone}' (close: {close})"
+        )
+    model = timm.create_model(
+        model_cfg.backbone,
+        pretrained=False,
+        num_classes=task.num_outputs,
+        in_chans=cfg.image.channels,
+        drop_rate=model_cfg.drop_rate,
+        drop_path_rate=model_cfg.drop_path_rate or None,
+    )
+    if model_cfg.pretrained_path:
+        load_backbone_weights(model, Path(model_cfg.pretrained_path))
+    return model
+
+
+def load_backbone_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load matching tensors from a safetensors file; the head may differ, little else may."""
+    if not path.is_file():
+        raise ConfigError(f"model.pretrained_path: file not found: {path}")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if len(matched) < 0.5 * len(own):
+        raise CheckpointError(
+            f"{path}: only {len(matched)} of {len(own)} tensors match '{type(model).__name__}'; "
+            "is it a checkpoint of another model?"
+        )
+    skipped = sorted(set(own) - set(matched))
+    if skipped:
+        log.info(
+            "pretrained weights: %d tensors not loaded (head or shape change): %s",
+            len(skipped),
+            skipped[:6],
+        )
+    model.load_state_dict(matched, strict=False)

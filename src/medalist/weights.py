@@ -1,0 +1,76 @@
+"""Model weights as safetensors, written atomically and loaded with checks.
+
+Nothing here unpickles: a weights file a teammate sends cannot run code. Loading refuses a
+truncated file, a non-finite tensor and a file made for another model, naming the path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from medalist.errors import CheckpointError
+from medalist.io import write_with
+
+
+def state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Contiguous CPU copies of the state dict, with tied tensors stored once each."""
+    state, seen = {}, {}
+    for key, tensor in model.state_dict().items():
+        ptr = (tensor.data_ptr(), tensor.shape, tensor.dtype) if tensor.numel() else None
+        if ptr is not None and ptr in seen:
+            continue  # a tied weight is restored through the module that owns it
+        if ptr is not None:
+            seen[ptr] = key
+        state[key] = tensor.detach().to("cpu").contiguous().clone()
+    return state
+
+
+def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict | None = None) -> Path:
+    """Save a model's weights; a non-finite tensor is refused so a broken model never lands."""
+    state = state_for_saving(model)
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"refusing to save {path}: tensor '{key}' is not finite")
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    return write_with(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from exc
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load weights saved by :func:`save_weights` into ``model``; keys and shapes must match."""
+    state = read_weights(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in state if k in own and own[k].shape != state[k].shape]
+    # Tied tensors were saved once; they are missing here but filled by their owner.
+    missing = [k for k in missing if not _is_tied(model, k)]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}, "
+            f"shape mismatch {wrong[:3]} (was it saved for another model or config?)"
+        )
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def _is_tied(model: torch.nn.Module, key: str) -> bool:
+    own = model.state_dict()
+    target = own[key]
+    return any(
+        other != key and t.data_ptr() == target.data_ptr() and t.shape == target.shape
+        for other, t in own.items()
+    )

@@ -1,0 +1,84 @@
+"""Smoke runs of every stage on tiny real data, through the command line as a user runs them."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medalist.cli import main
+from medalist.config import resolve_config
+from medalist.pipeline import run
+
+CONFIG = ["-c", "configs/tiny.yaml"]
+
+
+def test_stages_one_by_one(tiny_project):
+    assert main(["folds", *CONFIG]) == 0
+    assert main(["train", *CONFIG]) == 0
+    out = tiny_project / "outputs" / "tiny"
+    train = pd.read_csv("data/train.csv")
+    oof = pd.read_parquet(out / "oof.parquet")
+    assert list(oof.columns) == ["id", "fold"] + [f"p_{c}" for c in range(10)]
+    assert sorted(oof["id"]) == sorted(train["id"])  # every row once
+    assert np.allclose(oof.filter(like="p_").sum(axis=1), 1.0, atol=1e-5)
+    folds = pd.read_csv("folds/folds.csv").set_index("id")["fold"]
+    assert (oof.set_index("id")["fold"] == folds.loc[oof["id"]]).all()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["folds"]) == {"0", "1", "2"}
+    assert 0.0 <= metrics["cv"]["accuracy"] <= 1.0
+    for fold in range(3):
+        assert (out / f"fold{fold}" / "model.safetensors").stat().st_size > 0
+    assert (out / "config.yaml").is_file() and (out / "log.csv").is_file()
+
+    assert main(["infer", *CONFIG]) == 0
+    test = pd.read_parquet(out / "test.parquet")
+    assert list(test["id"]) == list(pd.read_csv("data/test.csv")["id"])
+    per_fold = [pd.read_parquet(out / f"fold{k}" / "test.parquet") for k in range(3)]
+    mean = np.mean([p.filter(like="p_").to_numpy() for p in per_fold], axis=0)
+    assert np.allclose(test.filter(like="p_").to_numpy(), mean)
+
+    assert main(["submission", *CONFIG]) == 0
+    sub = pd.read_csv("submissions/tiny.csv")
+    sample = pd.read_csv("data/sample_submission.csv")
+    assert list(sub.columns) == list(sample.columns) and list(sub["id"]) == list(sample["id"])
+    assert sub["label"].isin(range(10)).all()
+    assert main(["validate", "submissions/tiny.csv", *CONFIG]) == 0
+
+    ledger = pd.read_csv("outputs/ledger.csv")
+    assert ledger["experiment"].tolist() == ["tiny"]
+    assert ledger["cv_accuracy"].iloc[0] == pytest.approx(metrics["cv"]["accuracy"])
+
+
+def test_run_skips_up_to_date_stages_and_reruns_on_change(tiny_project):
+    cfg = resolve_config("configs/tiny.yaml", ["train.epochs=1"])
+    assert run(cfg) == {s: "ran" for s in ("folds", "train", "infer", "submission")}
+    assert run(cfg) == {s: "skipped" for s in ("folds", "train", "infer", "submission")}
+    changed = resolve_config("configs/tiny.yaml", ["train.epochs=1", "submission.kind=label",
+                                                   "submission.name=again"])
+    assert run(changed) == {"folds": "skipped", "train": "skipped", "infer": "skipped",
+                            "submission": "ran"}
+
+
+def test_finished_fold_is_not_retrained(tiny_project):
+    cfg = resolve_config("configs/tiny.yaml", ["train.epochs=1", "train.folds=[0]"])
+    run(resolve_config("configs/tiny.yaml", ["train.epochs=1"]).model_copy(
+        update={"stages": ["folds"]}))
+    from medalist.train import run as train
+
+    train(cfg)
+    weights = tiny_project / "outputs" / "tiny" / "fold0" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    train(resolve_config("configs/tiny.yaml", ["train.epochs=1"]))  # all folds now
+    assert weights.stat().st_mtime_ns == stamp
+    assert (tiny_project / "outputs" / "tiny" / "fold2" / "model.safetensors").is_file()
+
+
+def test_full_fit(tiny_project):
+    assert main(["folds", *CONFIG]) == 0
+    assert main(["train", *CONFIG, "train.folds=[-1]", "train.epochs=1"]) == 0
+    out = tiny_project / "outputs" / "tiny"
+    assert (out / "full" / "model.safetensors").is_file()
+    assert not (out / "oof.parquet").exists()  # a full fit has no OOF predictions
+    assert main(["infer", *CONFIG, "train.folds=[-1]"]) == 0
+    assert len(pd.read_parquet(out / "test.parquet")) == len(pd.read_csv("data/test.csv"))

@@ -1,0 +1,87 @@
+"""Bake every template option combination: valid ones render fully, invalid ones are refused."""
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cookiecutter.exceptions import FailedHookException
+
+from medalist.config import resolve_config
+from medalist.demo import TEMPLATE_ROOT, bake, working_directory
+
+OPTIONS = json.loads((TEMPLATE_ROOT / "cookiecutter.json").read_text())
+TARGETS = {"binary": "target", "multiclass": "label", "multilabel": "a, b, c", "regression": "y"}
+SCHEMES_FOR = {
+    "binary": {"kfold", "stratified", "group", "stratified_group"},
+    "multiclass": {"kfold", "stratified", "group", "stratified_group"},
+    "multilabel": {"kfold", "group", "multilabel_stratified"},
+    "regression": {"kfold", "group", "quantile"},
+}
+METRICS_FOR = {
+    "binary": {"accuracy", "roc_auc", "log_loss", "macro_f1"},
+    "multiclass": {"accuracy", "roc_auc", "log_loss", "macro_f1", "qwk"},
+    "multilabel": {"accuracy", "roc_auc", "log_loss", "macro_f1"},
+    "regression": {"rmse", "mae", "qwk"},
+}
+
+
+def combos():
+    for modality, task, scheme, metric in itertools.product(
+        OPTIONS["modality"], OPTIONS["task"], OPTIONS["split_scheme"], ["default", "custom", "rmse"]
+    ):
+        yield modality, task, scheme, metric
+
+
+def is_valid(task, scheme, metric):
+    scheme_ok = scheme == "auto" or scheme in SCHEMES_FOR[task]
+    metric_ok = metric in ("default", "custom") or metric in METRICS_FOR[task]
+    return scheme_ok and metric_ok
+
+
+@pytest.mark.parametrize(("modality", "task", "scheme", "metric"), list(combos()))
+def test_bake_every_combination(tmp_path, modality, task, scheme, metric):
+    group = "patient" if scheme in ("group", "stratified_group") else ""
+    context = {"competition_name": "My Comp", "modality": modality, "task": task,
+               "split_scheme": scheme, "metric": metric, "group_column": group,
+               "target_columns": TARGETS[task]}
+    if not is_valid(task, scheme, metric):
+        with pytest.raises(FailedHookException):
+            bake(tmp_path, context)
+        assert not (tmp_path / "my-comp").exists()
+        return
+    project = bake(tmp_path, context)
+    assert project.name == "my-comp"
+    for folder in ("configs", "folds", "data", "inference", "outputs", "submissions", "tests"):
+        assert (project / folder).is_dir(), folder
+    leftovers = [p for p in project.rglob("*") if p.is_file() and ("{{" in p.read_text() or "{%" in p.read_text())]
+    assert leftovers == []
+    with working_directory(project):
+        cfg = resolve_config(Path("configs/exp001.yaml"))
+    assert cfg.task.type == task
+    assert cfg.competition.target_columns == [t.strip() for t in TARGETS[task].split(",")]
+    if scheme != "auto":
+        assert cfg.folds.scheme == scheme
+    assert (project / "src" / "my_comp" / "metrics.py").exists() == (metric == "custom")
+
+
+def test_missing_group_column_is_refused(tmp_path):
+    with pytest.raises(FailedHookException):
+        bake(tmp_path, {"split_scheme": "group", "group_column": ""})
+
+
+def test_bad_slug_is_refused(tmp_path):
+    with pytest.raises(FailedHookException):
+        bake(tmp_path, {"competition_name": "9 lives!"})
+
+
+@pytest.mark.parametrize("task", OPTIONS["task"])
+def test_baked_project_tests_pass_with_custom_metric(tmp_path, task):
+    project = bake(tmp_path, {"task": task, "metric": "custom", "target_columns": TARGETS[task]})
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+                            cwd=project, capture_output=True, text=True,
+                            env={"PYTHONPATH": str(project / "src"), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "passed" in result.stdout

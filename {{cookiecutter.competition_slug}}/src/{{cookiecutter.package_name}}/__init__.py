@@ -1,0 +1,1 @@
+"""Code specific to {{ cookiecutter.competition_name }}, referenced from configs by import path."""
