@@ -11,8 +11,13 @@ from tqdm import tqdm
 
 from medalist.config import resolve_config
 from medalist.hooks import Hook, Hooks, TrainState
-from medalist.loop import build_optimizer, build_scheduler, make_accelerator, make_loader
-from medalist.loop import train_one_epoch
+from medalist.loop import (
+    build_optimizer,
+    build_scheduler,
+    make_accelerator,
+    make_loader,
+    train_one_epoch,
+)
 from medalist.tasks import build_task
 from medalist.tricks.ema import EMA
 

@@ -37,9 +37,18 @@ class TrainState:
     epoch: int = 0
     step: int = 0  # optimizer steps taken in this fold
     num_epochs: int = 1
-    # forward_loss(batch) -> scalar: a plain forward and task loss, no hooks (for AWP, FGM, PGD).
-    forward_loss: Callable[[dict], torch.Tensor] | None = None
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    train_loader: Any = None
     extra: dict = field(default_factory=dict)
+
+    def sample_loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Per-sample loss of a batch, times its per-sample ``weight`` when it has one."""
+        losses = (self.criterion or self.task.loss)(outputs, batch["target"])
+        return losses * batch["weight"] if "weight" in batch else losses
+
+    def forward_loss(self, batch: dict) -> torch.Tensor:
+        """A plain forward pass and the mean loss, without hooks (for AWP, FGM and PGD)."""
+        return self.sample_loss(self.model(batch["input"]), batch).mean()
 
 
 class Hook:
@@ -119,3 +128,25 @@ class Hooks(Hook):
     def on_fit_end(self, state):
         for hook in self.hooks:
             hook.on_fit_end(state)
+
+
+@dataclass
+class Tricks:
+    """What the tricks of a run give the loop: hooks, a criterion and an optional sampler.
+
+    Attributes:
+        hooks: the hooks of the enabled tricks.
+        criterion: ``(logits, target) -> per-sample loss`` (the task's loss with loss tricks).
+        sample_weights: per-row sampling weights of the training set (a balanced sampler).
+    """
+
+    hooks: Hooks
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    sample_weights: Any = None
+
+    def make_sampler(self, seed: int):
+        if self.sample_weights is None:
+            return None
+        generator = torch.Generator().manual_seed(seed)
+        weights = torch.as_tensor(self.sample_weights, dtype=torch.double)
+        return torch.utils.data.WeightedRandomSampler(weights, len(weights), generator=generator)

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from medalist.config import Config
-from medalist.hooks import Hook, Hooks, TrainState
+from medalist.errors import ConfigError
+from medalist.hooks import Hook, Hooks, TrainState, Tricks
 from medalist.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -71,19 +72,28 @@ def build_scheduler(optimizer, cfg: Config, batches_per_epoch: int):
     any number of processes.
     """
     steps = math.ceil(batches_per_epoch / cfg.train.grad_accum) * cfg.train.epochs
+    name, kwargs = SCHEDULERS[cfg.train.scheduler], {}
+    if cfg.tricks.schedule.restarts:  # snapshot ensembles: cosine with hard restarts
+        if cfg.train.scheduler != "cosine":
+            raise ConfigError("tricks.schedule.restarts: needs train.scheduler cosine")
+        name, kwargs = "cosine_with_restarts", {"num_cycles": cfg.tricks.schedule.restarts + 1}
     return get_scheduler(
-        SCHEDULERS[cfg.train.scheduler],
+        name,
         optimizer,
         num_warmup_steps=int(cfg.train.warmup_ratio * steps),
         num_training_steps=steps,
+        scheduler_specific_kwargs=kwargs,
     )
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool, cfg: Config) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int, *, shuffle: bool, cfg: Config, sampler=None
+) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=cfg.train.num_workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=cfg.train.num_workers > 0,
@@ -124,12 +134,6 @@ class FoldResult:
     history: list[dict]
 
 
-def sample_loss(task: Task, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
-    """The task's per-sample loss, times the batch's per-sample weights when it has them."""
-    losses = task.loss(outputs, batch["target"])
-    return losses * batch["weight"] if "weight" in batch else losses
-
-
 def train_one_epoch(state: TrainState, loader, hooks: Hook, cfg: Config, bar) -> float:
     """One pass over the training loader; returns the mean training loss of the epoch."""
     accelerator, model, optimizer = state.accelerator, state.model, state.optimizer
@@ -139,9 +143,7 @@ def train_one_epoch(state: TrainState, loader, hooks: Hook, cfg: Config, bar) ->
         batch = hooks.before_batch(state, batch)
         with accelerator.accumulate(model):
             outputs = model(batch["input"])
-            losses = hooks.per_sample_loss(
-                state, batch, outputs, sample_loss(state.task, outputs, batch)
-            )
+            losses = hooks.per_sample_loss(state, batch, outputs, state.sample_loss(outputs, batch))
             loss = hooks.compute_loss(state, batch, outputs, losses.mean())
             accelerator.backward(loss)
             hooks.after_backward(state, batch)
@@ -163,6 +165,15 @@ def train_one_epoch(state: TrainState, loader, hooks: Hook, cfg: Config, bar) ->
     return (total / max(count, 1)).item()
 
 
+def _evaluate(state: TrainState, model, loader, targets: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Scores (with the plain task loss as ``valid_loss``) and logits on the validation rows."""
+    _, logits = predict_logits(model, loader, state.accelerator)
+    logits_t = torch.from_numpy(logits)
+    scores = state.task.score(targets, state.task.activate(logits_t).numpy())
+    valid_loss = state.task.loss(logits_t, torch.from_numpy(targets)).mean().item()
+    return {"valid_loss": valid_loss, **scores}, logits
+
+
 def fit_fold(
     cfg: Config,
     task: Task,
@@ -172,14 +183,21 @@ def fit_fold(
     valid_targets: np.ndarray | None,
     *,
     fold: int,
-    hooks: Hook | None = None,
+    tricks: Tricks | None = None,
     accelerator: Accelerator | None = None,
+    extra: dict | None = None,
 ) -> FoldResult:
     """Train one fold and keep the epoch with the best main metric (the last for a full fit)."""
-    hooks = hooks or Hooks()
+    tricks = tricks or Tricks(Hooks(), task.loss)
+    hooks = tricks.hooks
     accelerator = accelerator or make_accelerator(cfg)
-    eval_batch = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
-    train_loader = make_loader(train_set, cfg.train.batch_size, shuffle=True, cfg=cfg)
+    train_loader = make_loader(
+        train_set,
+        cfg.train.batch_size,
+        shuffle=True,
+        cfg=cfg,
+        sampler=tricks.make_sampler(cfg.train.seed),
+    )
     optimizer = build_optimizer(model.to(accelerator.device), cfg)
     scheduler = build_scheduler(optimizer, cfg, len(train_loader))
     model, optimizer, train_loader, scheduler = accelerator.prepare(
@@ -187,15 +205,25 @@ def fit_fold(
     )
     valid_loader = None
     if valid_set is not None:
+        eval_batch = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
         valid_loader = accelerator.prepare(
             make_loader(valid_set, eval_batch, shuffle=False, cfg=cfg)
         )
     state = TrainState(
-        accelerator, model, optimizer, scheduler, task, fold, num_epochs=cfg.train.epochs
+        accelerator,
+        model,
+        optimizer,
+        scheduler,
+        task,
+        fold,
+        num_epochs=cfg.train.epochs,
+        criterion=tricks.criterion,
+        train_loader=train_loader,
+        extra=dict(extra or {}),
     )
-    state.forward_loss = lambda batch: sample_loss(task, model(batch["input"]), batch).mean()
     hooks.on_fit_start(state)
     best = FoldResult({}, None, -1, {}, None, [])
+    main = task.main_metric
     show = cfg.train.progress and accelerator.is_main_process
     for epoch in range(cfg.train.epochs):
         state.epoch = epoch
@@ -213,24 +241,17 @@ def fit_fold(
             "lr": scheduler.get_last_lr()[0],
         }
         eval_model = hooks.eval_model(state) or model
+        scores, logits = {}, None
         if valid_loader is not None:
-            _, logits = predict_logits(eval_model, valid_loader, accelerator)
-            probs = task.activate(torch.from_numpy(logits)).numpy()
-            scores = task.score(valid_targets, probs)
-            row["valid_loss"] = (
-                task.loss(torch.from_numpy(logits), torch.from_numpy(valid_targets)).mean().item()
-            )
+            scores, logits = _evaluate(state, eval_model, valid_loader, valid_targets)
             row.update(scores)
-            if task.main_metric.better(
-                scores[task.main_metric.name], best.scores.get(task.main_metric.name)
-            ):
-                best = FoldResult(
-                    *_snapshots(accelerator, model, eval_model), epoch, scores, logits, best.history
-                )
-        elif epoch == cfg.train.epochs - 1:
-            best = FoldResult(
-                *_snapshots(accelerator, model, eval_model), epoch, {}, None, best.history
-            )
+        last = epoch == cfg.train.epochs - 1
+        improved = valid_loader is not None and main.better(
+            scores[main.name], best.scores.get(main.name)
+        )
+        if improved or (valid_loader is None and last):
+            weights = _snapshots(accelerator, model, eval_model)
+            best = FoldResult(*weights, epoch, scores, logits, best.history)
         row["seconds"] = time.perf_counter() - started
         best.history.append(row)
         if accelerator.is_main_process:

@@ -28,7 +28,7 @@ from medalist.io import write_json, write_parquet, write_text
 from medalist.ledger import append_ledger
 from medalist.loop import fit_fold, make_accelerator, seed_everything
 from medalist.tasks import Task, build_task
-from medalist.tricks.registry import build_hooks
+from medalist.tricks.registry import build_tricks
 from medalist.weights import save_weights
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,8 @@ def _train_fold(cfg, task, modality, train, targets, train_rows, valid_rows, fol
         valid_set,
         valid_targets,
         fold=fold,
-        hooks=build_hooks(cfg),
+        tricks=build_tricks(cfg, task, targets[train_rows]),
+        extra={"fold_dir": fold_dir(cfg, fold), "is_main": accelerator.is_main_process},
         accelerator=accelerator,
     )
     if not accelerator.is_main_process:

@@ -38,6 +38,7 @@ class EMA(Hook):
             dtype=torch.float32,
             foreach=True,
         )
+        state.extra["ema_module"] = self.ema.module  # SWA averages this when both are on
 
     def after_step(self, state: TrainState) -> None:
         self.ema.update(state.accelerator.unwrap_model(state.model), step=state.step)

@@ -1,17 +1,86 @@
-"""Build the hooks of a run from the ``tricks:`` config section; disabled tricks cost nothing."""
+"""Build the tricks of a run from the ``tricks:`` config section; a disabled trick costs nothing.
+
+The order of the hooks is the order their events compose in: batch rewriting (mixup, then
+R-Drop's doubling), loss changes (OHEM on per-sample losses, then R-Drop's KL, then flooding),
+adversarial passes after backward (AWP, FGM, PGD), weight averaging after steps (EMA, then SWA,
+which averages the EMA when both are on), then schedule snapshots.
+"""
 
 from __future__ import annotations
 
+import numpy as np
+
 from medalist.config import Config
-from medalist.hooks import Hooks
+from medalist.errors import ConfigError
+from medalist.hooks import Hook, Hooks, Tricks
+from medalist.tasks import Task
 
 
-def build_hooks(cfg: Config) -> Hooks:
-    """One hook per enabled trick, in the order their events must compose."""
-    hooks = []
-    tricks = cfg.tricks
+def _adversarial(cfg: Config) -> list[Hook]:
+    tricks, hooks = cfg.tricks, []
+    if sum((tricks.awp.enabled, tricks.fgm.enabled, tricks.pgd.enabled)) > 1:
+        raise ConfigError("tricks: AWP, FGM and PGD each add an adversarial pass; enable one")
+    if tricks.awp.enabled:
+        from medalist.tricks.adversarial import AWP
+
+        hooks.append(AWP(tricks.awp))
+    if tricks.fgm.enabled:
+        from medalist.tricks.adversarial import FGM
+
+        hooks.append(FGM(tricks.fgm))
+    if tricks.pgd.enabled:
+        from medalist.tricks.adversarial import PGD
+
+        hooks.append(PGD(tricks.pgd))
+    return hooks
+
+
+def build_hooks(cfg: Config, task: Task | None = None) -> Hooks:
+    """One hook per enabled trick, in the order described in the module docstring."""
+    tricks, hooks = cfg.tricks, []
+    if tricks.mix.enabled:
+        from medalist.tricks.mix import Mix
+
+        hooks.append(Mix(tricks.mix, task, tricks.loss.label_smoothing))
+    if tricks.rdrop.enabled:
+        from medalist.tricks.rdrop import RDrop
+
+        hooks.append(RDrop(tricks.rdrop))
+    if tricks.loss.ohem_ratio is not None:
+        from medalist.tricks.losses import OHEM
+
+        hooks.append(OHEM(tricks.loss.ohem_ratio))
+    if tricks.loss.flooding is not None:
+        from medalist.tricks.losses import Flooding
+
+        hooks.append(Flooding(tricks.loss.flooding))
+    hooks += _adversarial(cfg)
     if tricks.ema.enabled:
         from medalist.tricks.ema import EMA
 
         hooks.append(EMA(tricks.ema))
+    if tricks.swa.enabled:
+        from medalist.tricks.swa import SWA
+
+        hooks.append(SWA(tricks.swa))
+    if tricks.schedule.restarts or tricks.schedule.sgd_epoch:
+        from medalist.tricks.schedule import ScheduleTricks
+
+        hooks.append(ScheduleTricks(cfg))
     return Hooks(hooks)
+
+
+def build_tricks(cfg: Config, task: Task, train_targets: np.ndarray) -> Tricks:
+    """Hooks, criterion and sampler of a fold, from its training targets."""
+    from medalist.tricks.losses import Criterion, class_weights
+
+    criterion = Criterion(
+        task, cfg.tricks.loss, class_weights(cfg.tricks.loss, task, train_targets)
+    )
+    sample_weights = None
+    if cfg.tricks.sampler.balanced:
+        if task.type not in ("binary", "multiclass"):
+            raise ConfigError("tricks.sampler.balanced: needs a binary or multiclass task")
+        counts = np.bincount(train_targets, minlength=len(task.classes)).clip(min=1)
+        sample_weights = 1.0 / counts[train_targets]
+    return Tricks(build_hooks(cfg, task), criterion, sample_weights)

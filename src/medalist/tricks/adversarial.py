@@ -1,0 +1,195 @@
+"""Adversarial training after backward: AWP on weights, FGM and PGD on embeddings.
+
+- AWP: Wu, Xia and Wang, "Adversarial weight perturbation helps robust generalization"
+  (NeurIPS 2020). Each selected weight moves by ``adv_lr * |w| * g / |g|`` (per tensor), clamped
+  to ``|delta| <= adv_eps * |w|`` element-wise; the micro-batch's gradient is then the gradient
+  at the perturbed weights (min over w of the max over the perturbation), so ``adv_eps=0`` is
+  exactly a plain step. Gradients of earlier accumulation micro-batches are kept. Usual values:
+  adv_lr 1e-4-1, adv_eps 1e-3-1e-2, from the second or third epoch.
+- FGM: Miyato, Dai and Goodfellow, "Adversarial training methods for semi-supervised text
+  classification" (ICLR 2017): the embedding moves by ``epsilon * g / |g|`` and the adversarial
+  gradient is added to the clean one. epsilon 0.1-1.
+- PGD: Madry et al., "Towards deep learning models resistant to adversarial attacks"
+  (ICLR 2018): ``steps`` moves of ``alpha * g / |g|`` projected onto the ``epsilon`` ball; the
+  last adversarial gradient is added to the clean one. steps 2-5, alpha about epsilon / 3.
+
+All three restore the weights they touch exactly (the saved tensors are copied back).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from medalist.errors import ConfigError
+from medalist.hooks import Hook, TrainState
+from medalist.tricks.config import AWPConfig, FGMConfig, PGDConfig
+
+# The input embedding of common transformers and timm models, most specific first.
+EMBEDDING_PATTERNS = (
+    r"word_embeddings\.weight$",  # BERT, RoBERTa, DeBERTa, ELECTRA, MiniLM
+    r"embed_tokens\.weight$",  # LLaMA, Mistral, T5-style decoders
+    r"wte\.weight$",  # GPT-2
+    r"patch_embed\.proj\.weight$",  # timm ViT, Swin, DeiT
+    r"conv_stem\.weight$",  # timm EfficientNet, MobileNet
+    r"stem\.0\.weight$",  # timm ConvNeXt
+    r"^conv1(\.0)?\.weight$",  # timm ResNet (and its deep-stem variants)
+    r"stem\.conv\d?\.weight$",
+)
+
+
+def named_parameters(state: TrainState):
+    return state.accelerator.unwrap_model(state.model).named_parameters()
+
+
+def select(state: TrainState, pattern: str, key: str) -> dict[str, torch.nn.Parameter]:
+    """The trainable parameters whose name matches ``pattern``; none is an error."""
+    regex = re.compile(pattern)
+    chosen = {n: p for n, p in named_parameters(state) if p.requires_grad and regex.search(n)}
+    if not chosen:
+        raise ConfigError(f"{key}: '{pattern}' matches no trainable parameter of the model")
+    return chosen
+
+
+def embedding(state: TrainState, pattern: str | None, key: str) -> dict[str, torch.nn.Parameter]:
+    """The embedding parameter: the configured pattern, or the first usual name that matches."""
+    if pattern is not None:
+        return select(state, pattern, key)
+    names = [n for n, _ in named_parameters(state)]
+    for candidate in EMBEDDING_PATTERNS:
+        if any(re.search(candidate, n) for n in names):
+            return select(state, candidate, key)
+    raise ConfigError(
+        f"{key}: no embedding parameter found by the usual names; set it "
+        f"(parameters start with {names[:3]})"
+    )
+
+
+def _unit(grad: torch.Tensor) -> torch.Tensor | None:
+    norm = grad.norm()
+    return None if norm == 0 or not torch.isfinite(norm) else grad / norm
+
+
+class AWP(Hook):
+    """Adversarial weight perturbation of the parameters matching ``cfg.params``.
+
+    The micro-batch's gradient (of every parameter) becomes the gradient at the perturbed
+    weights. Gradients that earlier accumulation micro-batches left are put back before the
+    adversarial backward, so autograd adds to them exactly as in a plain step (and, under DDP, the
+    synchronising backward reduces the whole sum).
+    """
+
+    def __init__(self, cfg: AWPConfig):
+        self.cfg = cfg
+        self.params: dict[str, torch.nn.Parameter] = {}
+        self._earlier: dict[str, torch.Tensor] = {}
+
+    def on_fit_start(self, state):
+        self.params = select(state, self.cfg.params, "tricks.awp.params")
+        self.trainable = [(n, p) for n, p in named_parameters(state) if p.requires_grad]
+
+    def active(self, state) -> bool:
+        return state.epoch >= self.cfg.start_epoch
+
+    def compute_loss(self, state, batch, outputs, loss):
+        # Before this micro-batch's backward: what earlier micro-batches accumulated.
+        if self.active(state):
+            self._earlier = {n: p.grad.clone() for n, p in self.trainable if p.grad is not None}
+        return loss
+
+    @torch.no_grad()
+    def _perturb(self, backup: dict[str, torch.Tensor]) -> None:
+        for name, param in self.params.items():
+            if param.grad is None:
+                continue
+            earlier = self._earlier.get(name)
+            direction = _unit(param.grad if earlier is None else param.grad - earlier)
+            if direction is None:
+                continue
+            saved = backup[name]
+            bound = self.cfg.adv_eps * saved.abs()
+            param.add_(self.cfg.adv_lr * saved.norm() * direction)
+            param.copy_(torch.minimum(torch.maximum(param, saved - bound), saved + bound))
+
+    @torch.no_grad()
+    def _reset_grads(self) -> None:
+        for name, param in self.trainable:
+            earlier = self._earlier.get(name)
+            param.grad = None if earlier is None else earlier.clone()
+
+    def after_backward(self, state, batch):
+        if not self.active(state):
+            return
+        backup = {n: p.detach().clone() for n, p in self.params.items()}
+        for _ in range(self.cfg.steps):
+            self._perturb(backup)
+            self._reset_grads()
+            state.accelerator.backward(state.forward_loss(batch))
+        with torch.no_grad():
+            for name, param in self.params.items():
+                param.copy_(backup[name])
+        self._earlier = {}
+
+
+class FGM(Hook):
+    """One adversarial step on the embedding; the adversarial gradient is added."""
+
+    def __init__(self, cfg: FGMConfig):
+        self.cfg = cfg
+        self.params: dict[str, torch.nn.Parameter] = {}
+
+    def on_fit_start(self, state):
+        self.params = embedding(state, self.cfg.param, "tricks.fgm.param")
+
+    def after_backward(self, state, batch):
+        backup = {}
+        with torch.no_grad():
+            for name, param in self.params.items():
+                direction = None if param.grad is None else _unit(param.grad)
+                if direction is not None:
+                    backup[name] = param.detach().clone()
+                    param.add_(self.cfg.epsilon * direction)
+        if not backup:
+            return
+        state.accelerator.backward(state.forward_loss(batch))
+        with torch.no_grad():
+            for name, saved in backup.items():
+                self.params[name].copy_(saved)
+
+
+class PGD(Hook):
+    """``steps`` projected steps on the embedding; the last adversarial gradient is added."""
+
+    def __init__(self, cfg: PGDConfig):
+        self.cfg = cfg
+        self.params: dict[str, torch.nn.Parameter] = {}
+
+    def on_fit_start(self, state):
+        self.params = embedding(state, self.cfg.param, "tricks.pgd.param")
+
+    def after_backward(self, state, batch):
+        trainable = [p for _, p in named_parameters(state) if p.grad is not None]
+        clean_grads = [p.grad.clone() for p in trainable]
+        backup = {n: p.detach().clone() for n, p in self.params.items()}
+        for step in range(self.cfg.steps):
+            with torch.no_grad():
+                for name, param in self.params.items():
+                    direction = None if param.grad is None else _unit(param.grad)
+                    if direction is None:
+                        continue
+                    param.add_(self.cfg.alpha * direction)
+                    delta = param - backup[name]
+                    norm = delta.norm()
+                    if norm > self.cfg.epsilon:  # project back onto the epsilon ball
+                        param.copy_(backup[name] + delta * (self.cfg.epsilon / norm))
+            with torch.no_grad():
+                last = step == self.cfg.steps - 1
+                for param, clean in zip(trainable, clean_grads, strict=True):
+                    # Intermediate steps need the adversarial gradient alone; the last one adds
+                    # to the clean gradient.
+                    param.grad.copy_(clean) if last else param.grad.zero_()
+            state.accelerator.backward(state.forward_loss(batch))
+        with torch.no_grad():
+            for name, saved in backup.items():
+                self.params[name].copy_(saved)

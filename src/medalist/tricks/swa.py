@@ -1,0 +1,68 @@
+"""SWA: Izmailov et al., "Averaging weights leads to wider optima and better generalization"
+(UAI 2018), with torch's ``swa_utils.AveragedModel``.
+
+From ``start_epoch`` on (usually the last 25-50% of the epochs), the weights at each epoch end
+join an equal-weight average; with ``lr`` set the learning rate is held constant there (SWA's
+usual schedule; 0.05-0.5x the peak). Batch-norm statistics of the average are recomputed over the
+training loader before it is evaluated (the averaged weights never saw their own activations).
+When EMA is on too, SWA averages the EMA weights.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+from medalist.hooks import Hook, TrainState
+from medalist.tricks.config import SWAConfig
+
+
+@torch.no_grad()
+def recompute_batch_norm(model: torch.nn.Module, loader) -> None:
+    """Cumulative batch-norm statistics of ``model`` over one pass of ``loader``'s inputs."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = {m: m.momentum for m in norms}
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # a cumulative average over the pass
+    was_training = model.training
+    model.train()
+    for batch in loader:
+        model(batch["input"])
+    for module, momentum in momenta.items():
+        module.momentum = momentum
+    model.train(was_training)
+
+
+class SWA(Hook):
+    """Average the weights at epoch ends from ``start_epoch``; evaluate and save the average."""
+
+    def __init__(self, cfg: SWAConfig):
+        self.cfg = cfg
+        self.average: AveragedModel | None = None
+        self.count = 0
+
+    def _source(self, state: TrainState) -> torch.nn.Module:
+        ema = state.extra.get("ema_module")
+        return ema if ema is not None else state.accelerator.unwrap_model(state.model)
+
+    def on_fit_start(self, state):
+        self.average = AveragedModel(self._source(state), use_buffers=False)
+        self.count = 0
+
+    def after_step(self, state):
+        if self.cfg.lr is not None and state.epoch >= self.cfg.start_epoch:
+            for group in state.optimizer.param_groups:
+                group["lr"] = self.cfg.lr
+
+    def on_epoch_end(self, state):
+        if state.epoch < self.cfg.start_epoch:
+            return
+        self.average.update_parameters(self._source(state))
+        self.count += 1
+        recompute_batch_norm(self.average.module, state.train_loader)
+
+    def eval_model(self, state):
+        return self.average.module if self.count else None

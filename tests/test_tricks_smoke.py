@@ -1,0 +1,44 @@
+"""Every trick, alone and all together, in a smoke run of the train stage on tiny real images."""
+
+import json
+
+import pytest
+
+from medalist.cli import main
+
+TRICKS = {
+    "ema": ["tricks.ema.enabled=true", "tricks.ema.decay=0.9", "tricks.ema.warmup=true"],
+    "awp": ["tricks.awp.enabled=true", "tricks.awp.start_epoch=0"],
+    "fgm": ["tricks.fgm.enabled=true"],
+    "pgd": ["tricks.pgd.enabled=true", "tricks.pgd.steps=2"],
+    "swa": ["tricks.swa.enabled=true", "tricks.swa.start_epoch=0", "tricks.swa.lr=0.001"],
+    "rdrop": ["tricks.rdrop.enabled=true", "model.drop_rate=0.2"],
+    "loss": ["tricks.loss.label_smoothing=0.1", "tricks.loss.focal_gamma=2",
+             "tricks.loss.class_weights=balanced", "tricks.loss.flooding=0.01",
+             "tricks.loss.ohem_ratio=0.7"],
+    "sampler": ["tricks.sampler.balanced=true"],
+    "mix": ["tricks.mix.enabled=true", "tricks.mix.cutmix_alpha=1.0"],
+    "drop_path": ["model.drop_path_rate=0.1"],
+    "restarts": ["tricks.schedule.restarts=1"],
+    "sgd": ["tricks.schedule.sgd_epoch=1"],
+    "accumulation": ["train.grad_accum=2", "train.max_grad_norm=0.5"],
+}
+ALL = [*TRICKS["ema"], *TRICKS["awp"], *TRICKS["swa"], *TRICKS["rdrop"], *TRICKS["loss"],
+       *TRICKS["mix"], *TRICKS["restarts"], *TRICKS["accumulation"]]
+
+
+@pytest.mark.parametrize("name", [*TRICKS, "all"])
+def test_trick_in_train_stage(tiny_project, name):
+    overrides = ALL if name == "all" else TRICKS[name]
+    args = ["-c", "configs/tiny.yaml", "train.folds=[0]", "train.epochs=2", *overrides]
+    assert main(["folds", *args]) == 0
+    assert main(["train", *args]) == 0
+    fold = tiny_project / "outputs" / "tiny" / "fold0"
+    scores = json.loads((fold / "scores.json").read_text())
+    assert 0.0 <= scores["scores"]["accuracy"] <= 1.0
+    if name in ("restarts", "all"):
+        assert sorted(p.name for p in fold.glob("snapshot*")) == ["snapshot0.safetensors",
+                                                                  "snapshot1.safetensors"]
+    if "tricks.ema.enabled=true" in overrides:
+        assert (fold / "ema.safetensors").is_file()
+    assert main(["infer", *args]) == 0
