@@ -29,10 +29,8 @@ METRICS_FOR = {
 
 
 def combos():
-    for modality, task, scheme, metric in itertools.product(
-        OPTIONS["modality"], OPTIONS["task"], OPTIONS["split_scheme"], ["default", "custom", "rmse"]
-    ):
-        yield modality, task, scheme, metric
+    metrics = ["default", "custom", "rmse"]
+    return itertools.product(OPTIONS["modality"], OPTIONS["task"], OPTIONS["split_scheme"], metrics)
 
 
 def is_valid(task, scheme, metric):
