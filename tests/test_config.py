@@ -108,3 +108,9 @@ def test_reference_config_is_current_and_valid():
     reference = Path(__file__).parents[1] / "configs" / "reference.yaml"
     assert reference.read_text() == describe(), "regenerate: medalist config --describe"
     assert resolve_config(reference) == Config()
+
+
+def test_every_shipped_config_resolves():
+    configs = Path(__file__).parents[1] / "configs"
+    for path in sorted(configs.rglob("*.yaml")):
+        resolve_config(path)

@@ -54,16 +54,24 @@ def test_run_skips_up_to_date_stages_and_reruns_on_change(tiny_project):
     cfg = resolve_config("configs/tiny.yaml", ["train.epochs=1"])
     assert run(cfg) == {s: "ran" for s in ("folds", "train", "infer", "submission")}
     assert run(cfg) == {s: "skipped" for s in ("folds", "train", "infer", "submission")}
-    changed = resolve_config("configs/tiny.yaml", ["train.epochs=1", "submission.kind=label",
-                                                   "submission.name=again"])
-    assert run(changed) == {"folds": "skipped", "train": "skipped", "infer": "skipped",
-                            "submission": "ran"}
+    changed = resolve_config(
+        "configs/tiny.yaml", ["train.epochs=1", "submission.kind=label", "submission.name=again"]
+    )
+    assert run(changed) == {
+        "folds": "skipped",
+        "train": "skipped",
+        "infer": "skipped",
+        "submission": "ran",
+    }
 
 
 def test_finished_fold_is_not_retrained(tiny_project):
     cfg = resolve_config("configs/tiny.yaml", ["train.epochs=1", "train.folds=[0]"])
-    run(resolve_config("configs/tiny.yaml", ["train.epochs=1"]).model_copy(
-        update={"stages": ["folds"]}))
+    run(
+        resolve_config("configs/tiny.yaml", ["train.epochs=1"]).model_copy(
+            update={"stages": ["folds"]}
+        )
+    )
     from medalist.train import run as train
 
     train(cfg)

@@ -16,8 +16,14 @@ RNG = np.random.default_rng(0)
 
 def task_for(kind, frame, **extra):
     targets = {"multilabel": "[a, b]", "regression": "[y]"}.get(kind, "[label]")
-    scheme = {"multilabel": "multilabel_stratified", "regression": "quantile"}.get(kind, "stratified")
-    overrides = [f"task.type={kind}", f"competition.target_columns={targets}", f"folds.scheme={scheme}"]
+    scheme = {"multilabel": "multilabel_stratified", "regression": "quantile"}.get(
+        kind, "stratified"
+    )
+    overrides = [
+        f"task.type={kind}",
+        f"competition.target_columns={targets}",
+        f"folds.scheme={scheme}",
+    ]
     overrides += [f"{k}={v}" for k, v in extra.items()]
     return build_task(resolve_config(overrides=overrides), frame)
 
@@ -30,7 +36,9 @@ def test_multiclass_task():
     assert task.encode_targets(frame).tolist() == [1, 2, 0, 2]
     logits = torch.randn(4, 3)
     target = torch.tensor([1, 2, 0, 2])
-    assert torch.allclose(task.loss(logits, target).mean(), torch.nn.functional.cross_entropy(logits, target))
+    assert torch.allclose(
+        task.loss(logits, target).mean(), torch.nn.functional.cross_entropy(logits, target)
+    )
     assert torch.allclose(task.activate(logits).sum(1), torch.ones(4))
     assert task.main_metric.name == "accuracy"
 
@@ -75,7 +83,8 @@ def test_metrics_match_sklearn():
     assert BUILTIN["log_loss"](y, p) == pytest.approx(skm.log_loss(y, p))
     assert BUILTIN["macro_f1"](y, p) == pytest.approx(skm.f1_score(y, p.argmax(1), average="macro"))
     assert BUILTIN["qwk"](y, p) == pytest.approx(
-        skm.cohen_kappa_score(y, p.argmax(1), weights="quadratic"))
+        skm.cohen_kappa_score(y, p.argmax(1), weights="quadratic")
+    )
     assert BUILTIN["roc_auc"](y, p) == pytest.approx(skm.roc_auc_score(y, p, multi_class="ovr"))
     yb = RNG.integers(0, 2, 100)
     pb = RNG.random((100, 1))

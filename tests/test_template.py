@@ -42,9 +42,15 @@ def is_valid(task, scheme, metric):
 @pytest.mark.parametrize(("modality", "task", "scheme", "metric"), list(combos()))
 def test_bake_every_combination(tmp_path, modality, task, scheme, metric):
     group = "patient" if scheme in ("group", "stratified_group") else ""
-    context = {"competition_name": "My Comp", "modality": modality, "task": task,
-               "split_scheme": scheme, "metric": metric, "group_column": group,
-               "target_columns": TARGETS[task]}
+    context = {
+        "competition_name": "My Comp",
+        "modality": modality,
+        "task": task,
+        "split_scheme": scheme,
+        "metric": metric,
+        "group_column": group,
+        "target_columns": TARGETS[task],
+    }
     if not is_valid(task, scheme, metric):
         with pytest.raises(FailedHookException):
             bake(tmp_path, context)
@@ -54,7 +60,11 @@ def test_bake_every_combination(tmp_path, modality, task, scheme, metric):
     assert project.name == "my-comp"
     for folder in ("configs", "folds", "data", "inference", "outputs", "submissions", "tests"):
         assert (project / folder).is_dir(), folder
-    leftovers = [p for p in project.rglob("*") if p.is_file() and ("{{" in p.read_text() or "{%" in p.read_text())]
+    leftovers = [
+        p
+        for p in project.rglob("*")
+        if p.is_file() and ("{{" in p.read_text() or "{%" in p.read_text())
+    ]
     assert leftovers == []
     with working_directory(project):
         cfg = resolve_config(Path("configs/exp001.yaml"))
@@ -78,8 +88,12 @@ def test_bad_slug_is_refused(tmp_path):
 @pytest.mark.parametrize("task", OPTIONS["task"])
 def test_baked_project_tests_pass_with_custom_metric(tmp_path, task):
     project = bake(tmp_path, {"task": task, "metric": "custom", "target_columns": TARGETS[task]})
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
-                            cwd=project, capture_output=True, text=True,
-                            env={"PYTHONPATH": str(project / "src"), "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(project / "src"), "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "passed" in result.stdout

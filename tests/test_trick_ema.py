@@ -48,8 +48,14 @@ class Recorder(Hook):
 
 def test_ema_matches_formula_and_ignores_micro_steps():
     decay = 0.9
-    cfg = resolve_config(overrides=["train.grad_accum=2", "train.batch_size=4",
-                                    f"tricks.ema.decay={decay}", "tricks.ema.enabled=true"])
+    cfg = resolve_config(
+        overrides=[
+            "train.grad_accum=2",
+            "train.batch_size=4",
+            f"tricks.ema.decay={decay}",
+            "tricks.ema.enabled=true",
+        ]
+    )
     torch.manual_seed(0)
     model = timm.create_model("test_resnet", num_classes=3, in_chans=1)
     accelerator = make_accelerator(cfg)
@@ -77,8 +83,14 @@ def test_ema_matches_formula_and_ignores_micro_steps():
 def test_ema_weights_saved_and_used_for_predictions(tiny_project):
     from medalist.cli import main
 
-    args = ["-c", "configs/tiny.yaml", "train.epochs=1", "train.folds=[0]",
-            "tricks.ema.enabled=true", "tricks.ema.decay=0.5"]
+    args = [
+        "-c",
+        "configs/tiny.yaml",
+        "train.epochs=1",
+        "train.folds=[0]",
+        "tricks.ema.enabled=true",
+        "tricks.ema.decay=0.5",
+    ]
     assert main(["folds", *args]) == 0
     assert main(["train", *args]) == 0
     fold = tiny_project / "outputs" / "tiny" / "fold0"

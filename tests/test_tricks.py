@@ -93,7 +93,11 @@ def one_backward(hook, *overrides, model=None):
 @pytest.mark.parametrize(
     "hook",
     [
-        AWP(resolve_config(overrides=["tricks.awp.start_epoch=0", "tricks.awp.adv_lr=0.5"]).tricks.awp),
+        AWP(
+            resolve_config(
+                overrides=["tricks.awp.start_epoch=0", "tricks.awp.adv_lr=0.5"]
+            ).tricks.awp
+        ),
         FGM(resolve_config().tricks.fgm),
         PGD(resolve_config().tricks.pgd),
     ],
@@ -107,7 +111,9 @@ def test_adversarial_restores_weights_and_changes_gradients(hook):
 
 
 def test_awp_with_zero_eps_equals_plain_step():
-    awp = AWP(resolve_config(overrides=["tricks.awp.start_epoch=0", "tricks.awp.adv_eps=0"]).tricks.awp)
+    awp = AWP(
+        resolve_config(overrides=["tricks.awp.start_epoch=0", "tricks.awp.adv_eps=0"]).tricks.awp
+    )
     _, _, plain, grads = one_backward(awp)
     for name in plain:
         assert torch.equal(plain[name], grads[name]), name
@@ -115,7 +121,9 @@ def test_awp_with_zero_eps_equals_plain_step():
 
 def test_awp_keeps_gradients_of_earlier_micro_batches():
     """AWP on the second micro-batch: gradient = first's clean + second's adversarial."""
-    cfg_awp = resolve_config(overrides=["tricks.awp.start_epoch=0", "tricks.awp.adv_eps=0"]).tricks.awp
+    cfg_awp = resolve_config(
+        overrides=["tricks.awp.start_epoch=0", "tricks.awp.adv_eps=0"]
+    ).tricks.awp
     task, cfg = task_and_cfg("train.grad_accum=2")
     model = TextLike()
     reference = copy.deepcopy(model)
@@ -198,7 +206,9 @@ def test_focal_gamma_zero_is_cross_entropy_and_loss_options():
     focal = Criterion(task, LossConfig(focal_gamma=2.0))(logits, target)
     assert (focal <= plain + 1e-7).all() and (focal < plain).any()
     smooth = Criterion(task, LossConfig(label_smoothing=0.1))(logits, target)
-    assert torch.allclose(smooth, F.cross_entropy(logits, target, label_smoothing=0.1, reduction="none"))
+    assert torch.allclose(
+        smooth, F.cross_entropy(logits, target, label_smoothing=0.1, reduction="none")
+    )
     weights = torch.tensor([1.0, 2.0, 3.0])
     weighted = Criterion(task, LossConfig(class_weights=[1.0, 2.0, 3.0]), weights)(logits, target)
     assert torch.allclose(weighted, plain * weights[target])
@@ -229,7 +239,9 @@ def test_ema_ignores_steps_the_scaler_skipped(monkeypatch):
     state, loader = prepared(cfg, task, model)
     ema.on_fit_start(state)
     # Every optimizer step reports itself skipped, as the fp16 scaler does on an overflow.
-    monkeypatch.setattr(type(state.accelerator), "optimizer_step_was_skipped", property(lambda s: True))
+    monkeypatch.setattr(
+        type(state.accelerator), "optimizer_step_was_skipped", property(lambda s: True)
+    )
     with tqdm(disable=True) as bar:
         train_one_epoch(state, loader, Hooks([ema]), cfg, bar)
     assert state.step == 4
@@ -242,10 +254,17 @@ def test_ema_ignores_steps_the_scaler_skipped(monkeypatch):
 def test_composition_ema_awp_accumulation_matches_reference_loop():
     """EMA + AWP + gradient accumulation 2 through the medalist loop vs a plain loop here."""
     decay, adv_lr, adv_eps = 0.8, 0.1, 0.01
-    task, cfg = task_and_cfg("train.grad_accum=2", "train.lr=0.01", "train.scheduler=constant",
-                             "train.warmup_ratio=0", "train.weight_decay=0",
-                             f"tricks.ema.decay={decay}", "tricks.awp.start_epoch=0",
-                             f"tricks.awp.adv_lr={adv_lr}", f"tricks.awp.adv_eps={adv_eps}")
+    task, cfg = task_and_cfg(
+        "train.grad_accum=2",
+        "train.lr=0.01",
+        "train.scheduler=constant",
+        "train.warmup_ratio=0",
+        "train.weight_decay=0",
+        f"tricks.ema.decay={decay}",
+        "tricks.awp.start_epoch=0",
+        f"tricks.awp.adv_lr={adv_lr}",
+        f"tricks.awp.adv_eps={adv_eps}",
+    )
     torch.manual_seed(0)
     model = TextLike()
     reference = copy.deepcopy(model)
@@ -278,8 +297,11 @@ def test_composition_ema_awp_accumulation_matches_reference_loop():
             optimizer.zero_grad(set_to_none=True)
             steps += 1
             weights = {k: v.detach().clone() for k, v in reference.state_dict().items()}
-            averaged = weights if averaged is None else {
-                k: decay * averaged[k] + (1 - decay) * weights[k] for k in weights}
+            averaged = (
+                weights
+                if averaged is None
+                else {k: decay * averaged[k] + (1 - decay) * weights[k] for k in weights}
+            )
     for key, value in model.state_dict().items():
         assert torch.allclose(value, reference.state_dict()[key], atol=1e-6), key
     for key, value in ema.ema.module.state_dict().items():
@@ -306,8 +328,14 @@ def test_swa_averages_epoch_end_weights():
 
 
 def test_loss_tricks_refused_for_regression():
-    cfg = resolve_config(overrides=["task.type=regression", "competition.target_columns=[y]",
-                                    "folds.scheme=quantile", "tricks.loss.label_smoothing=0.1"])
+    cfg = resolve_config(
+        overrides=[
+            "task.type=regression",
+            "competition.target_columns=[y]",
+            "folds.scheme=quantile",
+            "tricks.loss.label_smoothing=0.1",
+        ]
+    )
     task = build_task(cfg, pd.DataFrame({"y": [0.5]}))
     with pytest.raises(ConfigError, match="tricks.loss"):
         Criterion(task, cfg.tricks.loss)

@@ -13,9 +13,13 @@ TRICKS = {
     "pgd": ["tricks.pgd.enabled=true", "tricks.pgd.steps=2"],
     "swa": ["tricks.swa.enabled=true", "tricks.swa.start_epoch=0", "tricks.swa.lr=0.001"],
     "rdrop": ["tricks.rdrop.enabled=true", "model.drop_rate=0.2"],
-    "loss": ["tricks.loss.label_smoothing=0.1", "tricks.loss.focal_gamma=2",
-             "tricks.loss.class_weights=balanced", "tricks.loss.flooding=0.01",
-             "tricks.loss.ohem_ratio=0.7"],
+    "loss": [
+        "tricks.loss.label_smoothing=0.1",
+        "tricks.loss.focal_gamma=2",
+        "tricks.loss.class_weights=balanced",
+        "tricks.loss.flooding=0.01",
+        "tricks.loss.ohem_ratio=0.7",
+    ],
     "sampler": ["tricks.sampler.balanced=true"],
     "mix": ["tricks.mix.enabled=true", "tricks.mix.cutmix_alpha=1.0"],
     "drop_path": ["model.drop_path_rate=0.1"],
@@ -23,8 +27,16 @@ TRICKS = {
     "sgd": ["tricks.schedule.sgd_epoch=1"],
     "accumulation": ["train.grad_accum=2", "train.max_grad_norm=0.5"],
 }
-ALL = [*TRICKS["ema"], *TRICKS["awp"], *TRICKS["swa"], *TRICKS["rdrop"], *TRICKS["loss"],
-       *TRICKS["mix"], *TRICKS["restarts"], *TRICKS["accumulation"]]
+ALL = [
+    *TRICKS["ema"],
+    *TRICKS["awp"],
+    *TRICKS["swa"],
+    *TRICKS["rdrop"],
+    *TRICKS["loss"],
+    *TRICKS["mix"],
+    *TRICKS["restarts"],
+    *TRICKS["accumulation"],
+]
 
 
 @pytest.mark.parametrize("name", [*TRICKS, "all"])
@@ -37,8 +49,10 @@ def test_trick_in_train_stage(tiny_project, name):
     scores = json.loads((fold / "scores.json").read_text())
     assert 0.0 <= scores["scores"]["accuracy"] <= 1.0
     if name in ("restarts", "all"):
-        assert sorted(p.name for p in fold.glob("snapshot*")) == ["snapshot0.safetensors",
-                                                                  "snapshot1.safetensors"]
+        assert sorted(p.name for p in fold.glob("snapshot*")) == [
+            "snapshot0.safetensors",
+            "snapshot1.safetensors",
+        ]
     if "tricks.ema.enabled=true" in overrides:
         assert (fold / "ema.safetensors").is_file()
     assert main(["infer", *args]) == 0

@@ -90,13 +90,19 @@ def submission(cfg: Config, predictions: Path | None = None) -> Path:
     )
     name = cfg.submission.name or cfg.train.experiment
     path = Path(c.submissions_dir) / f"{name}.csv"
-    probability_columns = [
-        col
-        for col in sub.columns
-        if col != c.id_column and sub[col].dtype.kind == "f" and info["type"] != "regression"
-    ]
+    values = [col for col in sub.columns if col != c.id_column]
+    is_label = [col for col in values if sub[col].dtype.kind != "f"]
+    probability_columns = (
+        [] if info["type"] == "regression" else [v for v in values if v not in is_label]
+    )
+    label_values = {col: info["classes"] or [0, 1] for col in is_label}
     write_submission(
-        sub, sample, path, id_column=c.id_column, probability_columns=probability_columns
+        sub,
+        sample,
+        path,
+        id_column=c.id_column,
+        probability_columns=probability_columns,
+        label_values=label_values,
     )
     write_text(path.with_suffix(".yaml"), cfg.to_yaml())
     log.info("submission written and validated: %s", path)
