@@ -100,6 +100,11 @@ def make_loader(
     )
 
 
+def _bar_off(show: bool) -> bool | None:
+    """tqdm's ``disable``: off when not wanted; None hides it when output is not a terminal."""
+    return None if show else True
+
+
 @torch.no_grad()
 def predict_logits(model, loader, accelerator: Accelerator, progress: bool = False):
     """Row indices and logits of every sample, gathered once each over all processes.
@@ -110,7 +115,7 @@ def predict_logits(model, loader, accelerator: Accelerator, progress: bool = Fal
     model.eval()
     indices, outputs = [], []
     bar = tqdm(
-        loader, desc="predict", leave=False, disable=not (progress and accelerator.is_main_process)
+        loader, desc="predict", leave=False, disable=_bar_off(progress and accelerator.is_main_process)
     )
     for batch in bar:
         logits = model(batch["input"])
@@ -230,7 +235,7 @@ def fit_fold(
         train_set.set_epoch(epoch) if hasattr(train_set, "set_epoch") else None
         started = time.perf_counter()
         desc = f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}"
-        with tqdm(total=len(train_loader), desc=desc, disable=not show, leave=False) as bar:
+        with tqdm(total=len(train_loader), desc=desc, disable=_bar_off(show), leave=False) as bar:
             train_loss = train_one_epoch(state, train_loader, hooks, cfg, bar)
         hooks.on_epoch_end(state)
         row = {
