@@ -115,7 +115,10 @@ def predict_logits(model, loader, accelerator: Accelerator, progress: bool = Fal
     model.eval()
     indices, outputs = [], []
     bar = tqdm(
-        loader, desc="predict", leave=False, disable=_bar_off(progress and accelerator.is_main_process)
+        loader,
+        desc="predict",
+        leave=False,
+        disable=_bar_off(progress and accelerator.is_main_process),
     )
     for batch in bar:
         logits = model(batch["input"])
