@@ -24,7 +24,8 @@ TRICKS = {
     "mix": ["tricks.mix.enabled=true", "tricks.mix.cutmix_alpha=1.0"],
     "drop_path": ["model.drop_path_rate=0.1"],
     "restarts": ["tricks.schedule.restarts=1"],
-    "sgd": ["tricks.schedule.sgd_epoch=1"],
+    "sgd": ["tricks.schedule.sgd_epoch=1", "train.layer_decay=0.8"],
+    "llrd": ["train.layer_decay=0.8", "train.head_lr=0.005"],
     "accumulation": ["train.grad_accum=2", "train.max_grad_norm=0.5"],
 }
 ALL = [

@@ -122,6 +122,10 @@ class TrainConfig(Section):
     eval_batch_size: int | None = Field(None, description="Batch size for evaluation (default 2x).")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay (not on biases/norms).")
+    layer_decay: float | None = Field(
+        None, gt=0, le=1, description="Layer-wise LR decay per layer from the top (0.7-0.95)."
+    )
+    head_lr: float | None = Field(None, gt=0, description="Learning rate of the head; null: lr.")
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR schedule.")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Fraction of steps of linear warmup.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")

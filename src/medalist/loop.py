@@ -7,7 +7,6 @@ loss and the activation, the modality for datasets and the model, and calls the 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 
@@ -17,16 +16,13 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
-from transformers import get_scheduler
 
 from medalist.config import Config
-from medalist.errors import ConfigError
 from medalist.hooks import Hook, Hooks, TrainState, Tricks
+from medalist.optim import build_optimizer, build_scheduler
 from medalist.tasks import Task
 
 log = logging.getLogger(__name__)
-
-SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -38,51 +34,6 @@ def make_accelerator(cfg: Config) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(
             use_seedable_sampler=True, data_seed=cfg.train.seed
         ),
-    )
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weight matrices and kernels only, not on biases and norm scales."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim > 1 else no_decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """AdamW through torch's fused kernel on CUDA, the foreach path elsewhere."""
-    on_cuda = next(model.parameters()).is_cuda
-    return torch.optim.AdamW(
-        param_groups(model, cfg.train.weight_decay),
-        lr=cfg.train.lr,
-        fused=on_cuda or None,
-        foreach=None if on_cuda else True,
-    )
-
-
-def build_scheduler(optimizer, cfg: Config, batches_per_epoch: int):
-    """Warmup then the configured decay, counted in optimizer steps of one process.
-
-    accelerate steps a prepared scheduler once per process per real optimizer step, so the total
-    is computed from the unsharded loader length: the schedule then ends on the last step for
-    any number of processes.
-    """
-    steps = math.ceil(batches_per_epoch / cfg.train.grad_accum) * cfg.train.epochs
-    name, kwargs = SCHEDULERS[cfg.train.scheduler], {}
-    if cfg.tricks.schedule.restarts:  # snapshot ensembles: cosine with hard restarts
-        if cfg.train.scheduler != "cosine":
-            raise ConfigError("tricks.schedule.restarts: needs train.scheduler cosine")
-        name, kwargs = "cosine_with_restarts", {"num_cycles": cfg.tricks.schedule.restarts + 1}
-    return get_scheduler(
-        name,
-        optimizer,
-        num_warmup_steps=int(cfg.train.warmup_ratio * steps),
-        num_training_steps=steps,
-        scheduler_specific_kwargs=kwargs,
     )
 
 

@@ -60,17 +60,19 @@ class ScheduleTricks(Hook):
     def _switch_to_sgd(self, state: TrainState) -> None:
         lr = self.cfg.tricks.schedule.sgd_lr or 10 * self.cfg.train.lr
         wrapped = state.optimizer  # accelerate's wrapper; its .optimizer is the torch optimizer
+        scheduler = getattr(state.scheduler, "scheduler", state.scheduler)
+        # Each group keeps its ratio to the base rate (layer-wise decay, head rate).
+        scales = [base / self.cfg.train.lr for base in scheduler.base_lrs]
         groups = [
-            {"params": g["params"], "weight_decay": g["weight_decay"]}
-            for g in wrapped.optimizer.param_groups
+            {"params": g["params"], "weight_decay": g["weight_decay"], "lr": lr * scale}
+            for g, scale in zip(wrapped.optimizer.param_groups, scales, strict=True)
         ]
         sgd = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
         wrapped.optimizer = sgd
-        scheduler = getattr(state.scheduler, "scheduler", state.scheduler)
         scheduler.optimizer = sgd
-        # The schedule's multipliers now apply to the SGD learning rate.
-        scheduler.base_lrs = [lr for _ in sgd.param_groups]
-        factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
-        for group in sgd.param_groups:
-            group["lr"] = lr * factor
+        scheduler.base_lrs = [g["lr"] for g in sgd.param_groups]
+        for group, base, rule in zip(
+            sgd.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+        ):
+            group["lr"] = base * rule(scheduler.last_epoch)
         log.info("optimizer switched from AdamW to SGD (lr %.2e) at epoch %d", lr, state.epoch + 1)
