@@ -1,5 +1,7 @@
 """Optimizer groups: weight decay placement, layer-wise LR decay and the head's own rate."""
 
+import itertools
+
 import pytest
 import timm
 import torch
@@ -36,13 +38,14 @@ def test_layer_decay_and_head_lr_read_back():
             assert group["lr"] == pytest.approx(5e-3)
     body = [r for r in rates if r != pytest.approx(5e-3)]
     # Consecutive layers differ by the decay factor; the top body layer is below the base rate.
-    assert all(b / a == pytest.approx(2.0) for a, b in zip(body, body[1:]))
+    assert all(b / a == pytest.approx(2.0) for a, b in itertools.pairwise(body))
     assert max(body) <= 1e-3 and len(body) >= 4
 
 
 def test_schedule_multiplies_every_group():
-    cfg = resolve_config(overrides=["train.layer_decay=0.5", "train.warmup_ratio=0.5",
-                                    "train.epochs=1"])
+    cfg = resolve_config(
+        overrides=["train.layer_decay=0.5", "train.warmup_ratio=0.5", "train.epochs=1"]
+    )
     optimizer = build_optimizer(model(), cfg)
     initial = [g["lr"] for g in optimizer.param_groups]
     scheduler = build_scheduler(optimizer, cfg, batches_per_epoch=10)
