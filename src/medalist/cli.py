@@ -48,13 +48,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(verbose: bool) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
+    # Logs go to stderr (stdout stays for what a command prints); wide lines in files and CI.
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
         datefmt="[%X]",
-        handlers=[RichHandler(show_path=False, rich_tracebacks=True)],
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=True)],
     )
     for noisy in ("accelerate", "timm", "urllib3", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -134,6 +134,14 @@ class TrainConfig(Section):
         "no", description="accelerate precision."
     )
     seed: int = Field(42, description="Seed of weights, data order and augmentation.")
+    checkpoint_every: int = Field(
+        0,
+        ge=0,
+        description="Also save a resumable checkpoint every N optimizer steps (0: epoch ends).",
+    )
+    max_bad_steps: int = Field(
+        5, ge=1, description="Stop after this many optimizer steps in a row with a non-finite loss."
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     cpu: bool = Field(False, description="Force the CPU even when a GPU is present.")
     progress: bool = Field(True, description="Show progress bars.")

@@ -33,3 +33,7 @@ class SubmissionError(MedalistError):
 
 class CheckpointError(MedalistError):
     """A weights or checkpoint file is truncated, unsafe, or belongs to another model."""
+
+
+class TrainingDivergedError(MedalistError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient."""

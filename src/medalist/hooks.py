@@ -13,6 +13,9 @@ every hook at every event through :class:`Hooks` and never names a trick. The ev
 - ``eval_model(state) -> module | None``: the weights to evaluate and save instead (EMA, SWA).
 - ``on_epoch_end(state)``: after the epoch's training, before its evaluation (SWA).
 - ``on_fit_end(state)``: once per fold, after the last epoch.
+
+A hook with state of its own (EMA weights, the SWA average) returns it from ``state_dict`` so a
+resumed run continues it exactly.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ class TrainState:
     criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     train_loader: Any = None
     extra: dict = field(default_factory=dict)
+    batch_in_epoch: int = 0  # micro-batches of this epoch already trained on
+    loss_sum: Any = 0.0  # running sum and count of this epoch's training losses
+    loss_count: int = 0
+    bad_steps: int = 0  # consecutive skipped (non-finite) steps
 
     def sample_loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
         """Per-sample loss of a batch, times its per-sample ``weight`` when it has one."""
@@ -80,6 +87,13 @@ class Hook:
 
     def on_fit_end(self, state: TrainState) -> None:
         pass
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors to put in a resumable checkpoint (EMA weights, SWA average)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned."""
 
 
 class Hooks(Hook):

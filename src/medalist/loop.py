@@ -6,6 +6,7 @@ loss and the activation, the modality for datasets and the model, and calls the 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from medalist.checkpoint import checkpoints, load_checkpoint, save_checkpoint, set_rng_state
 from medalist.config import Config
+from medalist.errors import CheckpointError, TrainingDivergedError
 from medalist.hooks import Hook, Hooks, TrainState, Tricks
 from medalist.optim import build_optimizer, build_scheduler
 from medalist.tasks import Task
@@ -93,35 +96,83 @@ class FoldResult:
     history: list[dict]
 
 
-def train_one_epoch(state: TrainState, loader, hooks: Hook, cfg: Config, bar) -> float:
-    """One pass over the training loader; returns the mean training loss of the epoch."""
+def _step_is_finite(state: TrainState, cfg: Config, bad_loss: torch.Tensor) -> bool:
+    """Clip (or just measure) the gradient norm; False when the loss or the norm is not finite.
+
+    One device sync per optimizer step. Under fp16 the grad scaler owns overflow handling (it
+    skips the step and lowers the scale), so only a non-finite loss counts as bad there.
+    """
+    accelerator, params = state.accelerator, state.model.parameters()
+    if cfg.train.max_grad_norm:
+        norm = accelerator.clip_grad_norm_(params, cfg.train.max_grad_norm)
+    else:
+        accelerator.unscale_gradients()
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    if cfg.train.mixed_precision == "fp16":
+        return not bool(bad_loss)
+    return bool(torch.isfinite(norm)) and not bool(bad_loss)
+
+
+def _count_bad_step(state: TrainState, cfg: Config) -> None:
+    state.bad_steps += 1
+    log.warning(
+        "fold %s epoch %s: non-finite loss or gradient; step skipped (%d in a row)",
+        state.fold,
+        state.epoch,
+        state.bad_steps,
+    )
+    if state.bad_steps >= cfg.train.max_bad_steps:
+        raise TrainingDivergedError(
+            f"{state.bad_steps} optimizer steps in a row had a non-finite loss or gradient "
+            f"(train.max_bad_steps={cfg.train.max_bad_steps}); lower train.lr or check the data"
+        )
+
+
+def train_one_epoch(
+    state: TrainState, loader, hooks: Hook, cfg: Config, bar, on_step=None
+) -> float:
+    """One pass over ``loader``; returns the mean training loss of the epoch.
+
+    A step whose loss or gradient is not finite is skipped whole: no optimizer, scheduler or
+    hook update (R5). ``on_step()`` runs after every real optimizer step (checkpoints).
+    """
     accelerator, model, optimizer = state.accelerator, state.model, state.optimizer
     model.train()
-    total, count = torch.zeros((), device=accelerator.device), 0
+    bad_loss = torch.zeros((), dtype=torch.bool, device=accelerator.device)
     for batch in loader:
         batch = hooks.before_batch(state, batch)
         with accelerator.accumulate(model):
             outputs = model(batch["input"])
             losses = hooks.per_sample_loss(state, batch, outputs, state.sample_loss(outputs, batch))
             loss = hooks.compute_loss(state, batch, outputs, losses.mean())
+            bad_loss |= ~torch.isfinite(loss.detach())
             accelerator.backward(loss)
             hooks.after_backward(state, batch)
-            if accelerator.sync_gradients and cfg.train.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-            optimizer.step()
-            state.scheduler.step()
+            finite = True
+            if accelerator.sync_gradients:
+                finite = _step_is_finite(state, cfg, bad_loss)
+                bad_loss.zero_()
+                if finite or cfg.train.mixed_precision == "fp16":
+                    optimizer.step()
+                    state.scheduler.step() if finite else None
             optimizer.zero_grad(set_to_none=True)
+        state.batch_in_epoch += 1
+        if finite:
+            state.loss_sum += loss.detach().float()
+            state.loss_count += 1
         if accelerator.sync_gradients:
-            state.step += 1
-            # A step the fp16 scaler skipped changed nothing; hooks must not count it.
-            if not accelerator.optimizer_step_was_skipped:
+            if not finite:
+                _count_bad_step(state, cfg)
+            elif not accelerator.optimizer_step_was_skipped:
+                state.bad_steps = 0
+                state.step += 1
                 hooks.after_step(state)
-        total += loss.detach()
-        count += 1
+                if on_step is not None:
+                    on_step()
         bar.update(1)
-        if bar.n % 10 == 0:
-            bar.set_postfix(loss=f"{(total / count).item():.4f}", refresh=False)
-    return (total / max(count, 1)).item()
+        if bar.n % 10 == 0 and state.loss_count:
+            bar.set_postfix(loss=f"{(state.loss_sum / state.loss_count).item():.4f}", refresh=False)
+    return (state.loss_sum / max(state.loss_count, 1)).item()
 
 
 def _evaluate(state: TrainState, model, loader, targets: np.ndarray) -> tuple[dict, np.ndarray]:
@@ -131,6 +182,216 @@ def _evaluate(state: TrainState, model, loader, targets: np.ndarray) -> tuple[di
     scores = state.task.score(targets, state.task.activate(logits_t).numpy())
     valid_loss = state.task.loss(logits_t, torch.from_numpy(targets)).mean().item()
     return {"valid_loss": valid_loss, **scores}, logits
+
+
+class FoldTrainer:
+    """Trains one fold: prepares everything, resumes from a checkpoint, runs the epochs.
+
+    Args:
+        cfg: the resolved config.
+        task: the task.
+        model: a freshly built model (its initial weights are replaced on resume).
+        train_set, valid_set, valid_targets: the fold's data (no validation for a full fit).
+        fold: the fold number (-1: full fit).
+        tricks: hooks, criterion and sampler of the enabled tricks.
+        accelerator: shared between folds.
+        folder: the fold's output folder; checkpoints go under it (None: no checkpoints).
+    """
+
+    def __init__(
+        self,
+        cfg,
+        task,
+        model,
+        train_set,
+        valid_set,
+        valid_targets,
+        *,
+        fold,
+        tricks,
+        accelerator,
+        folder=None,
+    ):
+        self.cfg, self.task, self.fold, self.folder = cfg, task, fold, folder
+        self.train_set, self.valid_targets = train_set, valid_targets
+        self.hooks = tricks.hooks
+        self.accelerator = accelerator
+        loader = make_loader(
+            train_set,
+            cfg.train.batch_size,
+            shuffle=True,
+            cfg=cfg,
+            sampler=tricks.make_sampler(cfg.train.seed),
+        )
+        optimizer = build_optimizer(model.to(accelerator.device), cfg)
+        scheduler = build_scheduler(optimizer, cfg, len(loader), accelerator.num_processes)
+        self.model, self.optimizer, self.loader, self.scheduler = accelerator.prepare(
+            model, optimizer, loader, scheduler
+        )
+        self.valid_loader = None
+        if valid_set is not None:
+            eval_batch = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
+            self.valid_loader = accelerator.prepare(
+                make_loader(valid_set, eval_batch, shuffle=False, cfg=cfg)
+            )
+        self.state = TrainState(
+            accelerator,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            task,
+            fold,
+            num_epochs=cfg.train.epochs,
+            criterion=tricks.criterion,
+            train_loader=self.loader,
+            extra={"fold_dir": folder},
+        )
+        self.best = FoldResult({}, None, -1, {}, None, [])
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def save(self) -> None:
+        if self.folder is None or not self.accelerator.is_main_process:
+            return
+        state = self.state
+        save_checkpoint(
+            self.folder,
+            step=state.step,
+            model=self.accelerator.unwrap_model(self.model),
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.accelerator.scaler,
+            hook_states=[h.state_dict() for h in self.hooks.hooks],
+            best={
+                "model": self.best.state_dict,
+                "eval": self.best.eval_state_dict,
+                "logits": self.best.valid_logits,
+            },
+            progress={
+                "epoch": state.epoch,
+                "step": state.step,
+                "batch": state.batch_in_epoch,
+                "loss_sum": float(state.loss_sum),
+                "loss_count": state.loss_count,
+                "bad_steps": state.bad_steps,
+                "best_epoch": self.best.best_epoch,
+                "best_scores": self.best.scores,
+                "history": self.best.history,
+            },
+        )
+
+    def maybe_save_step(self) -> None:
+        every = self.cfg.train.checkpoint_every
+        if every and self.state.step % every == 0:
+            self.save()
+
+    def resume(self) -> dict | None:
+        """Load the newest complete checkpoint; returns its random states to restore later."""
+        found = checkpoints(self.folder) if self.folder is not None else []
+        if not found:
+            return None
+        ckpt = load_checkpoint(found[-1])
+        load_weights_into(self.accelerator.unwrap_model(self.model), ckpt["model"], found[-1])
+        for index, hook in enumerate(self.hooks.hooks):
+            hook.load_state_dict(ckpt["hooks"].get(index, {}))
+        trainer = ckpt["trainer"]
+        self.optimizer.load_state_dict(trainer["optimizer"])
+        self.scheduler.load_state_dict(trainer["scheduler"])
+        if trainer["scaler"] is not None and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(trainer["scaler"])
+        p, state = ckpt["progress"], self.state
+        state.epoch, state.step, state.batch_in_epoch = p["epoch"], p["step"], p["batch"]
+        state.loss_sum = torch.tensor(p["loss_sum"], device=self.accelerator.device)
+        state.loss_count, state.bad_steps = p["loss_count"], p["bad_steps"]
+        best = ckpt["best"]
+        self.best = FoldResult(
+            best.get("model", {}),
+            best.get("eval"),
+            p["best_epoch"],
+            p["best_scores"],
+            best.get("logits"),
+            p["history"],
+        )
+        self.accelerator.step = 0  # checkpoints are taken on optimizer-step boundaries
+        log.info(
+            "fold %s: resumed from %s (epoch %d, step %d)",
+            self.fold,
+            found[-1].name,
+            state.epoch,
+            state.step,
+        )
+        return trainer["rng"]
+
+    # -- the epochs ---------------------------------------------------------------------------
+
+    def _epoch_loader(self, rng: dict | None):
+        """This epoch's batches; after a mid-epoch resume, the rest of them in the same order."""
+        state = self.state
+        self.loader.set_epoch(state.epoch)
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(state.epoch)
+        if rng is not None and state.batch_in_epoch == 0:
+            set_rng_state(rng)  # before the loader draws its per-epoch seed, as originally
+        loader = self.loader
+        if state.batch_in_epoch:
+            loader = self.accelerator.skip_first_batches(self.loader, state.batch_in_epoch)
+        batches = iter(loader)
+        if rng is None or not state.batch_in_epoch:
+            return batches
+        # The original run drew the epoch's loader seed before this point: draw it here too
+        # (the first batch starts the iterator), then restore the random states.
+        first = next(batches, None)
+        set_rng_state(rng)
+        return itertools.chain([] if first is None else [first], batches)
+
+    def fit(self) -> FoldResult:
+        cfg, state, hooks, main = self.cfg, self.state, self.hooks, self.task.main_metric
+        hooks.on_fit_start(state)
+        rng = self.resume()
+        show = cfg.train.progress and self.accelerator.is_main_process
+        while state.epoch < cfg.train.epochs:
+            started = time.perf_counter()
+            batches = self._epoch_loader(rng)
+            rng = None
+            desc = f"fold {self.fold} epoch {state.epoch + 1}/{cfg.train.epochs}"
+            with tqdm(
+                total=len(self.loader),
+                initial=state.batch_in_epoch,
+                desc=desc,
+                disable=_bar_off(show),
+                leave=False,
+            ) as bar:
+                train_loss = train_one_epoch(state, batches, hooks, cfg, bar, self.maybe_save_step)
+            hooks.on_epoch_end(state)
+            row = {
+                "fold": self.fold,
+                "epoch": state.epoch,
+                "step": state.step,
+                "train_loss": train_loss,
+                "lr": self.scheduler.get_last_lr()[0],
+            }
+            eval_model = hooks.eval_model(state) or self.model
+            scores, logits = {}, None
+            if self.valid_loader is not None:
+                scores, logits = _evaluate(state, eval_model, self.valid_loader, self.valid_targets)
+                row.update(scores)
+            last = state.epoch == cfg.train.epochs - 1
+            improved = self.valid_loader is not None and main.better(
+                scores[main.name], self.best.scores.get(main.name)
+            )
+            if improved or (self.valid_loader is None and last):
+                weights = _snapshots(self.accelerator, self.model, eval_model)
+                self.best = FoldResult(*weights, state.epoch, scores, logits, self.best.history)
+            row["seconds"] = time.perf_counter() - started
+            self.best.history.append(row)
+            if self.accelerator.is_main_process:
+                log.info(_format_row(row))
+            state.epoch += 1
+            state.batch_in_epoch, state.loss_count = 0, 0
+            state.loss_sum = torch.zeros((), device=self.accelerator.device)
+            self.save()
+        hooks.on_fit_end(state)
+        return self.best
 
 
 def fit_fold(
@@ -144,79 +405,31 @@ def fit_fold(
     fold: int,
     tricks: Tricks | None = None,
     accelerator: Accelerator | None = None,
-    extra: dict | None = None,
+    folder=None,
 ) -> FoldResult:
     """Train one fold and keep the epoch with the best main metric (the last for a full fit)."""
-    tricks = tricks or Tricks(Hooks(), task.loss)
-    hooks = tricks.hooks
-    accelerator = accelerator or make_accelerator(cfg)
-    train_loader = make_loader(
-        train_set,
-        cfg.train.batch_size,
-        shuffle=True,
-        cfg=cfg,
-        sampler=tricks.make_sampler(cfg.train.seed),
-    )
-    optimizer = build_optimizer(model.to(accelerator.device), cfg)
-    scheduler = build_scheduler(optimizer, cfg, len(train_loader))
-    model, optimizer, train_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, scheduler
-    )
-    valid_loader = None
-    if valid_set is not None:
-        eval_batch = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
-        valid_loader = accelerator.prepare(
-            make_loader(valid_set, eval_batch, shuffle=False, cfg=cfg)
-        )
-    state = TrainState(
-        accelerator,
-        model,
-        optimizer,
-        scheduler,
+    trainer = FoldTrainer(
+        cfg,
         task,
-        fold,
-        num_epochs=cfg.train.epochs,
-        criterion=tricks.criterion,
-        train_loader=train_loader,
-        extra=dict(extra or {}),
+        model,
+        train_set,
+        valid_set,
+        valid_targets,
+        fold=fold,
+        tricks=tricks or Tricks(Hooks(), task.loss),
+        accelerator=accelerator or make_accelerator(cfg),
+        folder=folder,
     )
-    hooks.on_fit_start(state)
-    best = FoldResult({}, None, -1, {}, None, [])
-    main = task.main_metric
-    show = cfg.train.progress and accelerator.is_main_process
-    for epoch in range(cfg.train.epochs):
-        state.epoch = epoch
-        train_set.set_epoch(epoch) if hasattr(train_set, "set_epoch") else None
-        started = time.perf_counter()
-        desc = f"fold {fold} epoch {epoch + 1}/{cfg.train.epochs}"
-        with tqdm(total=len(train_loader), desc=desc, disable=_bar_off(show), leave=False) as bar:
-            train_loss = train_one_epoch(state, train_loader, hooks, cfg, bar)
-        hooks.on_epoch_end(state)
-        row = {
-            "fold": fold,
-            "epoch": epoch,
-            "step": state.step,
-            "train_loss": train_loss,
-            "lr": scheduler.get_last_lr()[0],
-        }
-        eval_model = hooks.eval_model(state) or model
-        scores, logits = {}, None
-        if valid_loader is not None:
-            scores, logits = _evaluate(state, eval_model, valid_loader, valid_targets)
-            row.update(scores)
-        last = epoch == cfg.train.epochs - 1
-        improved = valid_loader is not None and main.better(
-            scores[main.name], best.scores.get(main.name)
+    return trainer.fit()
+
+
+def load_weights_into(model: torch.nn.Module, state: dict, source) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: checkpoint does not fit the model "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-        if improved or (valid_loader is None and last):
-            weights = _snapshots(accelerator, model, eval_model)
-            best = FoldResult(*weights, epoch, scores, logits, best.history)
-        row["seconds"] = time.perf_counter() - started
-        best.history.append(row)
-        if accelerator.is_main_process:
-            log.info(_format_row(row))
-    hooks.on_fit_end(state)
-    return best
 
 
 def _snapshots(accelerator: Accelerator, model, eval_model) -> tuple[dict, dict | None]:

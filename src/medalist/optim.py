@@ -79,14 +79,18 @@ def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimize
     )
 
 
-def build_scheduler(optimizer, cfg: Config, batches_per_epoch: int):
-    """Warmup then the configured decay, counted in optimizer steps of one process.
+def build_scheduler(optimizer, cfg: Config, batches_per_epoch: int, num_processes: int = 1):
+    """Warmup then the configured decay, over the optimizer steps of the run.
 
-    accelerate steps a prepared scheduler once per process per real optimizer step, so the total
-    is computed from the unsharded loader length: the schedule then ends on the last step for
-    any number of processes.
+    ``batches_per_epoch`` is the unsharded loader's length. accelerate steps a prepared scheduler
+    ``num_processes`` times per real optimizer step, so the warmup and the total are counted in
+    optimizer steps and multiplied by it: the learning rate at every step is then the same for
+    any number of processes (with the same global batch).
     """
-    steps = math.ceil(batches_per_epoch / cfg.train.grad_accum) * cfg.train.epochs
+    per_process = math.ceil(batches_per_epoch / num_processes)
+    optimizer_steps = math.ceil(per_process / cfg.train.grad_accum) * cfg.train.epochs
+    warmup = int(cfg.train.warmup_ratio * optimizer_steps) * num_processes
+    steps = optimizer_steps * num_processes
     name, kwargs = SCHEDULERS[cfg.train.scheduler], {}
     if cfg.tricks.schedule.restarts:  # snapshot ensembles: cosine with hard restarts
         if cfg.train.scheduler != "cosine":
@@ -95,7 +99,7 @@ def build_scheduler(optimizer, cfg: Config, batches_per_epoch: int):
     return get_scheduler(
         name,
         optimizer,
-        num_warmup_steps=int(cfg.train.warmup_ratio * steps),
+        num_warmup_steps=warmup,
         num_training_steps=steps,
         scheduler_specific_kwargs=kwargs,
     )

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from medalist import image as image_modality
+from medalist.checkpoint import clear_checkpoints
 from medalist.config import Config
 from medalist.data import experiment_dir, read_train, train_path
 from medalist.errors import ConfigError, DataError
@@ -105,9 +106,17 @@ def run(cfg: Config) -> dict:
     selected = _selected_folds(cfg, folds)
     modality.image_paths(cfg, train, "train", source)  # every file checked before any training
     out = experiment_dir(cfg)
-    write_text(out / "config.yaml", cfg.to_yaml())
-    save_task(cfg, task)
     accelerator = make_accelerator(cfg)
+    log.info(
+        "accelerate: %s with %d process(es) on %s, precision %s",
+        accelerator.distributed_type.value,
+        accelerator.num_processes,
+        accelerator.device,
+        cfg.train.mixed_precision,
+    )
+    if accelerator.is_main_process:  # only the main process writes files
+        write_text(out / "config.yaml", cfg.to_yaml())
+        save_task(cfg, task)
     for fold in selected:
         if fold_done(cfg, fold):
             log.info("fold %s: complete for this config, not retrained", fold)
@@ -117,12 +126,14 @@ def run(cfg: Config) -> dict:
         )
         valid_rows = np.flatnonzero(fold_of_row == fold) if fold != FULL_FIT else None
         _train_fold(cfg, task, modality, train, targets, train_rows, valid_rows, fold, accelerator)
+        accelerator.wait_for_everyone()  # the fold's files are written before anyone reads them
         accelerator.free_memory()
+    if not accelerator.is_main_process:
+        return {}
     metrics = summarize(cfg, task, train, targets, fold_of_row, selected)
     metrics["seconds"] = round(time.perf_counter() - started, 1)
-    if accelerator.is_main_process:
-        write_json(out / "metrics.json", metrics)
-        append_ledger(cfg, metrics, device=str(accelerator.device))
+    write_json(out / "metrics.json", metrics)
+    append_ledger(cfg, metrics, device=str(accelerator.device))
     return metrics
 
 
@@ -162,7 +173,7 @@ def _train_fold(cfg, task, modality, train, targets, train_rows, valid_rows, fol
         valid_targets,
         fold=fold,
         tricks=build_tricks(cfg, task, targets[train_rows]),
-        extra={"fold_dir": fold_dir(cfg, fold), "is_main": accelerator.is_main_process},
+        folder=fold_dir(cfg, fold),
         accelerator=accelerator,
     )
     if not accelerator.is_main_process:
@@ -194,6 +205,7 @@ def _train_fold(cfg, task, modality, train, targets, train_rows, valid_rows, fol
             "training_hash": training_hash(cfg),
         },
     )
+    clear_checkpoints(folder)  # the fold is complete; its resumable state is not needed
 
 
 def summarize(cfg, task, train, targets, fold_of_row, selected) -> dict:

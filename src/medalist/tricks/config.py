@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from medalist.configbase import Section
 
@@ -103,6 +103,13 @@ class ScheduleConfig(Section):
     )
 
 
+class CustomHook(Section):
+    """A hook from your own code: its import path and keyword arguments."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(description="'package.module:Class' of a medalist.hooks.Hook subclass.")
+
+
 class TricksConfig(Section):
     """Training tricks; any subset can be combined."""
 
@@ -116,3 +123,6 @@ class TricksConfig(Section):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     mix: MixConfig = Field(default_factory=MixConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    custom: list[CustomHook] = Field(
+        default_factory=list, description="Your own hooks, called after the built-in ones."
+    )

@@ -45,3 +45,10 @@ class EMA(Hook):
 
     def eval_model(self, state: TrainState) -> torch.nn.Module:
         return self.ema.module
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.ema.module.state_dict())
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            self.ema.module.load_state_dict(state)

@@ -67,7 +67,22 @@ def build_hooks(cfg: Config, task: Task | None = None) -> Hooks:
         from medalist.tricks.schedule import ScheduleTricks
 
         hooks.append(ScheduleTricks(cfg))
+    hooks += [_custom(spec, index) for index, spec in enumerate(tricks.custom)]
     return Hooks(hooks)
+
+
+def _custom(spec, index: int) -> Hook:
+    from medalist.metrics import import_object
+
+    key = f"tricks.custom[{index}]"
+    cls = import_object(spec.name, key)
+    if not (isinstance(cls, type) and issubclass(cls, Hook)):
+        raise ConfigError(f"{key}: '{spec.name}' is not a medalist.hooks.Hook subclass")
+    kwargs = spec.model_dump(exclude={"name"})
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{key}: {spec.name}({kwargs}): {exc}") from exc
 
 
 def build_tricks(cfg: Config, task: Task, train_targets: np.ndarray) -> Tricks:

@@ -28,8 +28,10 @@ class ScheduleTricks(Hook):
         self.cfg = cfg
         self.cycles = cfg.tricks.schedule.restarts + 1
         self.cycle_ends: dict[int, int] = {}
+        self.switched = False
 
     def on_fit_start(self, state: TrainState) -> None:
+        self._state = state
         # Cycles split the steps after warmup evenly; a snapshot is taken at each cycle's end,
         # where the learning rate reaches its minimum.
         total = (
@@ -57,7 +59,16 @@ class ScheduleTricks(Hook):
         if switch is not None and state.epoch + 1 == switch:
             self._switch_to_sgd(state)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"switched": torch.tensor(self.switched)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        # A resumed run past the switch needs SGD before its optimizer state is loaded.
+        if state and bool(state["switched"]) and not self.switched:
+            self._switch_to_sgd(self._state)
+
     def _switch_to_sgd(self, state: TrainState) -> None:
+        self.switched = True
         lr = self.cfg.tricks.schedule.sgd_lr or 10 * self.cfg.train.lr
         wrapped = state.optimizer  # accelerate's wrapper; its .optimizer is the torch optimizer
         scheduler = getattr(state.scheduler, "scheduler", state.scheduler)

@@ -66,3 +66,12 @@ class SWA(Hook):
 
     def eval_model(self, state):
         return self.average.module if self.count else None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**self.average.state_dict(), "swa_count": torch.tensor(self.count)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            state = dict(state)
+            self.count = int(state.pop("swa_count"))
+            self.average.load_state_dict(state)

@@ -1,0 +1,150 @@
+"""Resumable training checkpoints: everything needed to continue a fold bit for bit.
+
+A checkpoint is a folder ``fold{k}/checkpoint/step-<n>/`` holding
+
+- ``model.safetensors``, and ``hook-<i>.safetensors`` for hooks with tensor state (EMA, SWA),
+  ``best-model.safetensors`` / ``best-eval.safetensors`` (the best epoch so far);
+- ``trainer.pt``: optimizer, scheduler, grad scaler, random states (python, numpy, torch, CUDA),
+  counters and the best epoch's validation logits: tensors and plain values only, read back with
+  ``torch.load(weights_only=True)``, so a tampered file cannot run code;
+- ``progress.json``: epoch, step, position in the epoch, best scores and history;
+- ``COMPLETE``, written last: a folder without it is ignored (a kill while writing).
+
+The newest complete folder wins; older ones are removed once a newer one is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medalist.errors import CheckpointError
+from medalist.io import write_json, write_text, write_with
+from medalist.weights import read_weights, save_weights
+
+log = logging.getLogger(__name__)
+COMPLETE = "COMPLETE"
+
+
+def rng_state() -> dict:
+    """Python, numpy and torch random states as tensors and plain values."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [list(random.getstate()[1]), random.getstate()[0], random.getstate()[2]],
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    internal, version, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _module_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first."""
+    root = folder / "checkpoint"
+    found = [p for p in root.glob("step-*") if (p / COMPLETE).is_file()] if root.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(
+    folder: Path,
+    *,
+    step: int,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    hook_states: list[dict],
+    best: dict,
+    progress: dict,
+) -> Path:
+    """Write a complete checkpoint for ``step`` and remove the older ones."""
+    target = folder / "checkpoint" / f"step-{step:08d}"
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    save_weights(model, target / "model.safetensors")
+    for index, tensors in enumerate(hook_states):
+        if tensors:
+            write_with(
+                target / f"hook-{index}.safetensors", lambda tmp, t=tensors: _save_file(t, tmp)
+            )
+    for name in ("model", "eval"):
+        if best.get(name):
+            write_with(
+                target / f"best-{name}.safetensors", lambda tmp, t=best[name]: _save_file(t, tmp)
+            )
+    trainer = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng_state(),
+        "best_logits": None if best.get("logits") is None else torch.from_numpy(best["logits"]),
+    }
+    write_with(target / "trainer.pt", lambda tmp: torch.save(trainer, tmp))
+    write_json(target / "progress.json", progress)
+    write_text(target / COMPLETE, "")
+    for older in checkpoints(folder)[:-1]:
+        shutil.rmtree(older, ignore_errors=True)
+    return target
+
+
+def _save_file(tensors: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint folder; nothing in it can execute code."""
+    try:
+        trainer = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a bad or unsafe file
+        raise CheckpointError(f"{path / 'trainer.pt'}: not a valid checkpoint ({exc})") from exc
+    hooks = {int(p.stem.split("-")[1]): read_weights(p) for p in path.glob("hook-*.safetensors")}
+    best = {
+        name: read_weights(path / f"best-{name}.safetensors")
+        for name in ("model", "eval")
+        if (path / f"best-{name}.safetensors").is_file()
+    }
+    logits = trainer.get("best_logits")
+    best["logits"] = None if logits is None else logits.numpy()
+    return {
+        "model": read_weights(path / "model.safetensors"),
+        "trainer": trainer,
+        "hooks": hooks,
+        "best": best,
+        "progress": json.loads((path / "progress.json").read_text()),
+    }
+
+
+def clear_checkpoints(folder: Path) -> None:
+    shutil.rmtree(folder / "checkpoint", ignore_errors=True)

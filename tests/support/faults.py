@@ -1,0 +1,37 @@
+"""Hooks that inject faults at exact points of training (used through tricks.custom)."""
+
+import os
+import signal
+from pathlib import Path
+
+import torch
+
+from medalist.hooks import Hook
+
+
+class KillAt(Hook):
+    """SIGKILL this process before micro-batch ``batch`` of ``epoch``, once (a marker file)."""
+
+    def __init__(self, epoch: int, batch: int, marker: str):
+        self.epoch, self.batch, self.marker = epoch, batch, Path(marker)
+
+    def before_batch(self, state, batch):
+        if (state.epoch, state.batch_in_epoch) == (
+            self.epoch,
+            self.batch,
+        ) and not self.marker.exists():
+            self.marker.write_text("killed")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return batch
+
+
+class NaNLoss(Hook):
+    """Make the loss NaN on the given optimizer steps (0-based count of micro-batches)."""
+
+    def __init__(self, batches: list[int]):
+        self.batches = set(batches)
+        self.seen = 0
+
+    def compute_loss(self, state, batch, outputs, loss):
+        self.seen += 1
+        return loss * torch.nan if self.seen - 1 in self.batches else loss
