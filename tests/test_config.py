@@ -114,3 +114,11 @@ def test_every_shipped_config_resolves():
     configs = Path(__file__).parents[1] / "configs"
     for path in sorted(configs.rglob("*.yaml")):
         resolve_config(path)
+
+
+def test_yaml_no_and_off_stay_strings(tmp_path):
+    exp = write(tmp_path / "exp.yaml", "train:\n  mixed_precision: no\n  experiment: off\n")
+    cfg = resolve_config(exp, ["submission.name=no"])
+    assert cfg.train.mixed_precision == "no" and cfg.train.experiment == "off"
+    assert cfg.submission.name == "no"
+    assert resolve_config(overrides=["train.cpu=true"]).train.cpu is True

@@ -18,6 +18,7 @@ import contextlib
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -218,6 +219,26 @@ class Config(Section):
 # Layering
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 reads ``no``, ``off`` or ``y`` as booleans,
+    which turns ``mixed_precision: no`` or an experiment named ``no`` into False."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _deep_merge(base: dict, override: dict) -> dict:
     """Merge ``override`` into a copy of ``base``; nested dicts merge, everything else replaces."""
     merged = dict(base)
@@ -233,7 +254,7 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if data is None:
@@ -252,7 +273,7 @@ def parse_override(item: str) -> dict:
     if not keys:
         raise ConfigError(f"override '{item}' has no key")
     try:
-        value: Any = yaml.safe_load(raw) if raw.strip() else None
+        value: Any = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     # YAML reads 1e-3 as a string; a float is what a person means.
