@@ -14,11 +14,15 @@ after real optimizer steps: not on accumulation micro-steps, not on steps the fp
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from timm.utils import ModelEmaV3
 
 from medalist.hooks import Hook, TrainState
 from medalist.tricks.config import EMAConfig
+
+log = logging.getLogger(__name__)
 
 
 class EMA(Hook):
@@ -39,6 +43,20 @@ class EMA(Hook):
             foreach=True,
         )
         state.extra["ema_module"] = self.ema.module  # SWA averages this when both are on
+        total = (
+            len(state.train_loader)
+            * state.num_epochs
+            // state.accelerator.gradient_accumulation_steps
+        )
+        horizon = 1 / (1 - self.cfg.decay)
+        if not self.cfg.warmup and total < horizon:
+            log.warning(
+                "tricks.ema: decay %.4g averages over ~%d steps but the fold trains ~%d; the "
+                "average stays near the initial weights. Lower the decay or set warmup: true",
+                self.cfg.decay,
+                horizon,
+                total,
+            )
 
     def after_step(self, state: TrainState) -> None:
         self.ema.update(state.accelerator.unwrap_model(state.model), step=state.step)
