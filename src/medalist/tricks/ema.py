@@ -43,13 +43,15 @@ class EMA(Hook):
             foreach=True,
         )
         state.extra["ema_module"] = self.ema.module  # SWA averages this when both are on
-        total = (
-            len(state.train_loader)
-            * state.num_epochs
-            // state.accelerator.gradient_accumulation_steps
-        )
+        self._warn_if_too_slow(state)
+
+    def _warn_if_too_slow(self, state: TrainState) -> None:
+        if state.train_loader is None or self.cfg.warmup:
+            return
+        accumulation = state.accelerator.gradient_accumulation_steps
+        total = len(state.train_loader) * state.num_epochs // accumulation
         horizon = 1 / (1 - self.cfg.decay)
-        if not self.cfg.warmup and total < horizon:
+        if total < horizon:
             log.warning(
                 "tricks.ema: decay %.4g averages over ~%d steps but the fold trains ~%d; the "
                 "average stays near the initial weights. Lower the decay or set warmup: true",
