@@ -150,6 +150,16 @@ class TrainConfig(Section):
 
 class InferConfig(Section):
     batch_size: int = Field(64, ge=1, description="Inference batch size.")
+    tta: list[str] = Field(
+        default_factory=lambda: ["identity"],
+        description="TTA views: identity, hflip, vflip, transpose, rot90/180/270, d4, scale_<size>.",
+    )
+    tta_merge: Literal["mean", "geometric", "max"] = Field(
+        "mean", description="How views merge: mean or max of probabilities, geometric (log space)."
+    )
+    tta_oof: bool = Field(
+        False, description="Also predict the OOF rows with the views (oof_tta.parquet, tta.json)."
+    )
 
 
 class SubmissionConfig(Section):

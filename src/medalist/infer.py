@@ -14,15 +14,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from medalist.config import Config
-from medalist.data import experiment_dir, read_test, read_train, test_path
+from medalist.data import experiment_dir, read_test, read_train, test_path, train_path
 from medalist.errors import DataError
 from medalist.folds import load_folds
-from medalist.io import write_parquet
-from medalist.loop import make_accelerator, make_loader, predict_logits
+from medalist.io import write_json, write_parquet
+from medalist.loop import make_accelerator, make_loader
 from medalist.tasks import Task, build_task
 from medalist.train import FULL_FIT, MODALITIES, fold_dir, prediction_weights
+from medalist.tta import batched_views, expand_views, merge
 from medalist.weights import load_weights
 
 log = logging.getLogger(__name__)
@@ -52,10 +54,30 @@ def load_task(cfg: Config, train: pd.DataFrame) -> Task:
     return task
 
 
+@torch.no_grad()
+def predict(model, loader, accelerator, task: Task, views: list[str], how: str, progress=False):
+    """Merged TTA predictions of every row, in row order (probabilities or values)."""
+    model.eval()
+    indices, outputs = [], []
+    for batch in tqdm(loader, desc="predict", leave=False, disable=None if progress else True):
+        merged = merge(task.type, batched_views(model, batch["input"], views), how)
+        index, merged = accelerator.gather_for_metrics((batch["index"], merged))
+        indices.append(index.cpu())
+        outputs.append(merged.cpu())
+    order = np.argsort(torch.cat(indices).numpy(), kind="stable")
+    return torch.cat(outputs).numpy()[order]
+
+
+def _fold_model(cfg, task, modality, accelerator, fold):
+    model = load_weights(modality.build_model(cfg, task), prediction_weights(cfg, fold))
+    return accelerator.prepare(model)
+
+
 def run(cfg: Config) -> pd.DataFrame:
     """Predict the test set with every trained fold; returns the averaged prediction table."""
+    views = expand_views(cfg.infer.tta)  # an unknown view stops here, before any work
     train = read_train(cfg)
-    load_folds(
+    folds_table = load_folds(
         cfg.competition.folds_dir,
         train,
         id_column=cfg.competition.id_column,
@@ -72,10 +94,16 @@ def run(cfg: Config) -> pd.DataFrame:
     loader = accelerator.prepare(make_loader(dataset, cfg.infer.batch_size, shuffle=False, cfg=cfg))
     per_fold = []
     for fold in folds:
-        model = load_weights(modality.build_model(cfg, task), prediction_weights(cfg, fold))
-        model = accelerator.prepare(model)
-        _, logits = predict_logits(model, loader, accelerator, progress=cfg.train.progress)
-        probs = task.activate(torch.from_numpy(logits)).numpy()
+        model = _fold_model(cfg, task, modality, accelerator, fold)
+        probs = predict(
+            model,
+            loader,
+            accelerator,
+            task,
+            views,
+            cfg.infer.tta_merge,
+            progress=cfg.train.progress,
+        )
         per_fold.append(probs)
         if accelerator.is_main_process:
             write_parquet(fold_dir(cfg, fold) / "test.parquet", _table(cfg, task, test, probs))
@@ -83,8 +111,62 @@ def run(cfg: Config) -> pd.DataFrame:
     table = _table(cfg, task, test, np.mean(per_fold, axis=0))
     if accelerator.is_main_process:
         write_parquet(experiment_dir(cfg) / "test.parquet", table)
-        log.info("test predictions of %d fold(s) written to %s", len(folds), experiment_dir(cfg))
+        log.info(
+            "test predictions of %d fold(s), %d view(s) written to %s",
+            len(folds),
+            len(views),
+            experiment_dir(cfg),
+        )
+    if cfg.infer.tta_oof:
+        tta_oof(cfg, task, modality, accelerator, train, folds_table, folds, views)
     return table
+
+
+def tta_oof(cfg, task, modality, accelerator, train, folds_table, folds, views) -> dict:
+    """The OOF predictions again, with the test-time views: what TTA really brings to CV.
+
+    Writes ``oof_tta.parquet`` and ``tta.json`` (CV without and with TTA).
+    """
+    id_column = cfg.competition.id_column
+    targets = task.encode_targets(train)
+    fold_of_row = folds_table["fold"].to_numpy()
+    parts, rows_all = [], []
+    for fold in [f for f in folds if f != FULL_FIT]:
+        rows = np.flatnonzero(fold_of_row == fold)
+        subset = train.iloc[rows].reset_index(drop=True)
+        dataset = modality.build_dataset(
+            cfg, subset, None, split="train", train=False, source=str(train_path(cfg))
+        )
+        loader = accelerator.prepare(
+            make_loader(dataset, cfg.infer.batch_size, shuffle=False, cfg=cfg)
+        )
+        model = _fold_model(cfg, task, modality, accelerator, fold)
+        probs = predict(model, loader, accelerator, task, views, cfg.infer.tta_merge)
+        part = pd.DataFrame(probs, columns=task.pred_columns)
+        part.insert(0, "fold", fold)
+        part.insert(0, id_column, subset[id_column].to_numpy())
+        parts.append(part)
+        rows_all.append(rows)
+        accelerator.free_memory(model)
+    if not parts:
+        return {}
+    oof = pd.concat(parts, ignore_index=True)
+    rows = np.concatenate(rows_all)
+    order = np.argsort(rows, kind="stable")
+    oof, rows = oof.iloc[order].reset_index(drop=True), rows[order]
+    plain = pd.read_parquet(experiment_dir(cfg) / "oof.parquet")
+    plain = plain.set_index(plain[id_column].astype(str)).loc[oof[id_column].astype(str)]
+    report = {
+        "views": views,
+        "merge": cfg.infer.tta_merge,
+        "cv": task.score(targets[rows], plain[task.pred_columns].to_numpy()),
+        "cv_tta": task.score(targets[rows], oof[task.pred_columns].to_numpy()),
+    }
+    if accelerator.is_main_process:
+        write_parquet(experiment_dir(cfg) / "oof_tta.parquet", oof)
+        write_json(experiment_dir(cfg) / "tta.json", report)
+        log.info("CV without TTA %s, with TTA %s", report["cv"], report["cv_tta"])
+    return report
 
 
 def _table(cfg: Config, task: Task, test: pd.DataFrame, values: np.ndarray) -> pd.DataFrame:
