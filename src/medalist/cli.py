@@ -17,7 +17,11 @@ STAGE_HELP = {
     "folds": "split train.csv into folds (folds/folds.csv + folds.json)",
     "train": "train every configured fold; writes outputs/<experiment>/",
     "infer": "predict the test set with each trained fold and average",
+    "pseudo": "pseudo labels for the test set from teachers' per-fold predictions",
     "submission": "map test predictions onto the sample submission and validate",
+    "ensemble": "blend or stack experiments (ensemble.*) with nested CV; writes a submission",
+    "ledger": "table of every run and ensemble with CV (and LB scores recorded with --lb)",
+    "report": "HTML report: CV per fold, OOF correlations, ensemble weights, diagnostics",
     "run": "run the configured stages in order, skipping up-to-date ones",
     "config": "print the resolved config (or every key with --describe)",
 }
@@ -35,6 +39,20 @@ def _parser() -> argparse.ArgumentParser:
         stage.add_argument("overrides", nargs="*", help="section.key=value overrides")
         if name in ("folds", "run"):
             stage.add_argument("--force", action="store_true", help="redo even when up to date")
+        if name == "ledger":
+            stage.add_argument(
+                "--lb",
+                nargs=2,
+                metavar=("EXPERIMENT", "SCORE"),
+                help="record a public leaderboard score for an experiment or ensemble",
+            )
+            stage.add_argument("--note", default="", help="note stored with --lb")
+        if name == "report":
+            stage.add_argument(
+                "-e", "--experiment", action="append", default=[], help="experiment (repeatable)"
+            )
+            stage.add_argument("--ensemble", help="an ensemble under outputs/ensemble/")
+            stage.add_argument("--out", help="report path (default: outputs/report.html)")
         if name == "config":
             stage.add_argument("--describe", action="store_true", help="list every key with help")
     validate = sub.add_parser("validate", help="validate a submission file against the sample")
@@ -98,6 +116,29 @@ def dispatch(args: argparse.Namespace) -> object:
         from medalist.infer import run
 
         return run(cfg)
+    if args.command == "pseudo":
+        from medalist.pseudo import run
+
+        return run(cfg)
+    if args.command == "ensemble":
+        from medalist.ensemble.stage import run
+
+        return run(cfg, cfg.ensemble)
+    if args.command == "ledger":
+        from medalist.ledger_view import record_lb, show
+
+        if args.lb:
+            record_lb(cfg.competition.outputs_dir, *args.lb, args.note)
+        return show(cfg.competition.outputs_dir)
+    if args.command == "report":
+        from medalist.report import write_report
+
+        experiments = args.experiment or list(cfg.ensemble.experiments)
+        if not experiments and not args.ensemble:
+            experiments = [cfg.train.experiment]
+        return write_report(
+            cfg.competition.outputs_dir, experiments, args.ensemble, cfg=cfg, path=args.out
+        )
     if args.command == "submission":
         from medalist.stages import submission
 

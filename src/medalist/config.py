@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from medalist.configbase import Section
+from medalist.ensemble.config import EnsembleConfig
 from medalist.errors import ConfigError
 from medalist.tricks.config import TricksConfig
 
@@ -146,6 +147,13 @@ class TrainConfig(Section):
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     cpu: bool = Field(False, description="Force the CPU even when a GPU is present.")
     progress: bool = Field(True, description="Show progress bars.")
+    keep: Literal["best", "last"] = Field(
+        "best",
+        description="Weights a fold keeps: best validation epoch (CV a little optimistic) or last.",
+    )
+    pseudo_round: int | None = Field(
+        None, description="Add the pseudo labels of this round to each fold's training rows."
+    )
 
 
 class InferConfig(Section):
@@ -160,6 +168,31 @@ class InferConfig(Section):
     tta_oof: bool = Field(
         False, description="Also predict the OOF rows with the views (oof_tta.parquet, tta.json)."
     )
+
+
+class PseudoConfig(Section):
+    """Pseudo labels on the test set, made per fold so no student sees its own fold through them."""
+
+    teachers: list[str] = Field(
+        default_factory=list, description="Teacher experiments; empty: train.experiment."
+    )
+    round: int = Field(1, ge=1, description="Round number: outputs/pseudo/<round>/.")
+    source: Literal["per_fold", "ensemble"] = Field(
+        "per_fold",
+        description="per_fold: fold k's students learn from fold k's teachers (no leak); "
+        "ensemble: all-fold averages, for full-fit students only.",
+    )
+    mode: Literal["soft", "hard"] = Field("soft", description="Soft probabilities or hard labels.")
+    threshold: float | list[float] | None = Field(
+        None, description="Minimum confidence (one value, or one per class); null: all rows."
+    )
+    max_fraction: float = Field(1.0, gt=0, le=1, description="Keep at most this fraction of rows.")
+    balance: bool = Field(False, description="Keep the same number of rows per predicted class.")
+    weight: float = Field(1.0, gt=0, description="Loss weight of a pseudo-labelled row.")
+    allow_test: bool = Field(
+        True, description="false where the competition forbids pseudo-labelling the test set."
+    )
+    rounds: int = Field(1, ge=1, description="`medalist run`: pseudo -> train rounds at most.")
 
 
 class SubmissionConfig(Section):
@@ -183,8 +216,10 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     tricks: TricksConfig = Field(default_factory=TricksConfig)
     infer: InferConfig = Field(default_factory=InferConfig)
+    pseudo: PseudoConfig = Field(default_factory=PseudoConfig)
     submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
-    stages: list[Literal["folds", "train", "infer", "submission"]] = Field(
+    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    stages: list[Literal["folds", "train", "infer", "pseudo", "submission"]] = Field(
         default_factory=lambda: ["folds", "train", "infer", "submission"],
         description="Stages that `medalist run` runs, in order.",
     )
@@ -212,6 +247,8 @@ class Config(Section):
             raise ValueError("competition.target_columns: a multilabel task needs >= 2 targets")
         if self.image.channels not in (1, 3):
             raise ValueError("image.channels: must be 1 or 3")
+        if self.train.pseudo_round is not None and not self.pseudo.allow_test:
+            raise ValueError("train.pseudo_round: pseudo.allow_test is false (the rules forbid it)")
         if self.train.folds and -1 in self.train.folds and len(self.train.folds) > 1:
             raise ValueError("train.folds: [-1] (full fit) cannot be combined with other folds")
         return self

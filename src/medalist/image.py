@@ -94,9 +94,12 @@ class ImageDataset(Dataset):
         seed: base seed of the augmentation; combined with the epoch and the row.
     """
 
-    def __init__(self, paths, targets, pipeline: A.Compose, channels: int, seed: int = 0):
+    def __init__(
+        self, paths, targets, pipeline: A.Compose, channels: int, seed: int = 0, weights=None
+    ):
         self.paths = list(paths)
         self.targets = targets
+        self.weights = weights
         self.pipeline = pipeline
         self.channels = channels
         self.seed = seed
@@ -115,14 +118,17 @@ class ImageDataset(Dataset):
         sample = {"index": index, "input": self.pipeline(image=image)["image"]}
         if self.targets is not None:
             sample["target"] = torch.as_tensor(self.targets[index])
+        if self.weights is not None:
+            sample["weight"] = torch.as_tensor(self.weights[index])
         return sample
 
 
-def build_dataset(cfg: Config, df: pd.DataFrame, targets, *, split: str, train: bool, source: str):
+def build_dataset(
+    cfg: Config, df: pd.DataFrame, targets, *, split: str, train: bool, source: str, weights=None
+):
     paths = image_paths(cfg, df, split, source)
-    return ImageDataset(
-        paths, targets, build_pipeline(cfg, train), cfg.image.channels, cfg.train.seed
-    )
+    pipeline = build_pipeline(cfg, train)
+    return ImageDataset(paths, targets, pipeline, cfg.image.channels, cfg.train.seed, weights)
 
 
 def build_model(cfg: Config, task: Task) -> torch.nn.Module:

@@ -376,10 +376,12 @@ class FoldTrainer:
                 scores, logits = _evaluate(state, eval_model, self.valid_loader, self.valid_targets)
                 row.update(scores)
             last = state.epoch == cfg.train.epochs - 1
-            improved = self.valid_loader is not None and main.better(
-                scores[main.name], self.best.scores.get(main.name)
+            improved = (
+                self.valid_loader is not None
+                and cfg.train.keep == "best"
+                and main.better(scores[main.name], self.best.scores.get(main.name))
             )
-            if improved or (self.valid_loader is None and last):
+            if improved or ((self.valid_loader is None or cfg.train.keep == "last") and last):
                 weights = _snapshots(self.accelerator, self.model, eval_model)
                 self.best = FoldResult(*weights, state.epoch, scores, logits, self.best.history)
             row["seconds"] = time.perf_counter() - started

@@ -62,7 +62,10 @@ def log_loss(y_true, y_pred):
         return float(-np.mean(y_true * np.log(p) + (1 - y_true) * np.log(1 - p)))
     if y_pred.shape[1] == 1:
         return skm.log_loss(y_true, np.clip(y_pred[:, 0], eps, 1 - eps), labels=[0, 1])
-    return skm.log_loss(y_true, np.clip(y_pred, eps, 1), labels=np.arange(y_pred.shape[1]))
+    # As Kaggle scores it: clip, then rescale each row to sum to one (float32 sums drift).
+    p = np.clip(np.asarray(y_pred, dtype=np.float64), eps, 1)
+    p /= p.sum(axis=1, keepdims=True)
+    return skm.log_loss(y_true, p, labels=np.arange(y_pred.shape[1]))
 
 
 def macro_f1(y_true, y_pred):

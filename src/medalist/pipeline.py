@@ -15,7 +15,7 @@ from pathlib import Path
 
 from accelerate import PartialState
 
-from medalist import infer, stages, train
+from medalist import infer, pseudo, stages, train
 from medalist.config import Config
 from medalist.data import experiment_dir, sample_path, test_path, train_path
 from medalist.io import write_json
@@ -63,6 +63,13 @@ STAGES = {
         lambda c: [test_path(c), experiment_dir(c) / "metrics.json", *_weights(c)],
         lambda c: [experiment_dir(c) / "test.parquet"],
         ("modality", "competition", "task", "image", "model", "train", "infer"),
+    ),
+    "pseudo": Stage(
+        "pseudo",
+        pseudo.run,
+        lambda c: [experiment_dir(c) / "test.parquet", *_folds_files(c)],
+        lambda c: [pseudo.pseudo_dir(c, c.pseudo.round) / "teachers.json"],
+        ("competition", "pseudo", "train"),
     ),
     "submission": Stage(
         "submission",

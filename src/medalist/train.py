@@ -22,12 +22,13 @@ import torch
 from medalist import image as image_modality
 from medalist.checkpoint import clear_checkpoints
 from medalist.config import Config
-from medalist.data import experiment_dir, read_train, train_path
+from medalist.data import experiment_dir, read_test, read_train, test_path, train_path
 from medalist.errors import ConfigError, DataError
 from medalist.folds import load_folds
-from medalist.io import write_json, write_parquet, write_text
+from medalist.io import sha256_file, write_json, write_parquet, write_text
 from medalist.ledger import append_ledger
 from medalist.loop import fit_fold, make_accelerator, seed_everything
+from medalist.pseudo import folds_hash, load_for_fold, pseudo_dir
 from medalist.tasks import Task, build_task
 from medalist.tricks.registry import build_tricks
 from medalist.weights import save_weights
@@ -46,8 +47,13 @@ def prediction_weights(cfg: Config, fold: int) -> Path:
 
 def training_hash(cfg: Config) -> str:
     """Hash of what changes a fold's weights (not which folds run, inference or submission)."""
-    data = cfg.model_dump(mode="json", exclude={"infer": True, "submission": True, "stages": True})
+    data = cfg.model_dump(
+        mode="json", exclude={"infer", "submission", "stages", "pseudo", "ensemble"}
+    )
     data["train"].pop("folds"), data["train"].pop("progress")
+    if cfg.train.pseudo_round is not None:  # new labels for the same round retrain the folds
+        record = pseudo_dir(cfg, cfg.train.pseudo_round) / "teachers.json"
+        data["pseudo_labels"] = sha256_file(record) if record.is_file() else None
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -83,6 +89,7 @@ def save_task(cfg: Config, task: Task) -> None:
         "target_columns": task.target_columns,
         "pred_columns": task.pred_columns,
         "metrics": [m.name for m in task.metrics],
+        "folds_sha256": folds_hash(cfg),
     }
     write_json(experiment_dir(cfg) / "task.json", info)
 
@@ -137,6 +144,54 @@ def run(cfg: Config) -> dict:
     return metrics
 
 
+def _soft(task: Task, targets: np.ndarray) -> np.ndarray:
+    """Labelled targets in the pseudo labels' form (class probabilities), for one batch type."""
+    if task.type == "multiclass":
+        return np.eye(task.num_outputs, dtype=np.float32)[targets]
+    return targets.astype(np.float32)
+
+
+def _pseudo_set(cfg, task, modality, fold):
+    """The test rows pseudo-labelled for this fold (training only, never validation)."""
+    table = load_for_fold(cfg, fold, task.pred_columns)
+    test = read_test(cfg)
+    id_column = cfg.competition.id_column
+    position = pd.Series(np.arange(len(test)), index=test[id_column].astype(str).to_numpy())
+    ids = table[id_column].astype(str)
+    unknown = ids[~ids.isin(position.index)]
+    if len(unknown):
+        raise DataError(
+            f"pseudo labels: {len(unknown)} id(s) are not test ids, e.g. {unknown.head(3).tolist()}"
+        )
+    rows = position.loc[ids.to_numpy()].to_numpy()
+    labels = table[task.pred_columns].to_numpy(dtype=np.float32)
+    if task.type == "binary":
+        labels = labels[:, 0]
+    log.info("fold %s: %d pseudo-labelled test rows added to training", fold, len(rows))
+    return modality.build_dataset(
+        cfg,
+        _subset(test, rows),
+        labels,
+        split="test",
+        train=True,
+        source=str(test_path(cfg)),
+        weights=table["pseudo_weight"].to_numpy(dtype=np.float32),
+    )
+
+
+class Combined(torch.utils.data.ConcatDataset):
+    """Labelled and pseudo-labelled rows; every sample carries a loss weight."""
+
+    def set_epoch(self, epoch: int) -> None:
+        for dataset in self.datasets:
+            dataset.set_epoch(epoch)
+
+    def __getitem__(self, index):
+        sample = super().__getitem__(index)
+        sample.setdefault("weight", torch.tensor(1.0))
+        return sample
+
+
 def _subset(frame: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
     return frame.iloc[rows].reset_index(drop=True)
 
@@ -147,11 +202,13 @@ def _train_fold(cfg, task, modality, train, targets, train_rows, valid_rows, fol
     train_set = modality.build_dataset(
         cfg,
         _subset(train, train_rows),
-        targets[train_rows],
+        _soft(task, targets[train_rows]) if cfg.train.pseudo_round else targets[train_rows],
         split="train",
         train=True,
         source=source,
     )
+    if cfg.train.pseudo_round is not None:
+        train_set = Combined([train_set, _pseudo_set(cfg, task, modality, fold)])
     valid_set = valid_targets = None
     if valid_rows is not None:
         valid_targets = targets[valid_rows]

@@ -12,7 +12,7 @@ Method = Literal["mean", "weighted", "rank", "logit", "hill_climb", "stack"]
 
 
 class EnsembleConfig(Section):
-    """Blend or stack experiments' OOF and test predictions (``medalist ensemble``)."""
+    """Blend or stack experiments' OOF and test predictions (medalist ensemble)."""
 
     name: str = Field("blend", description="Output folder: outputs/ensemble/<name>/.")
     experiments: list[str | list[str]] = Field(
@@ -30,8 +30,10 @@ class EnsembleConfig(Section):
         None, description="Metric the weights/selection optimise; null: the task's first metric."
     )
     hill_iterations: int = Field(
-        100, ge=1, description="Hill climbing: at most this many models added (stops earlier "
-        "when no candidate improves the OOF score)."
+        100,
+        ge=1,
+        description="Hill climbing: at most this many models added (stops earlier "
+        "when no candidate improves the OOF score).",
     )
     hill_replacement: bool = Field(
         True, description="Hill climbing: a model may be added more than once (Caruana)."

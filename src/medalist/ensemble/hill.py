@@ -12,15 +12,13 @@ few batched array operations (see :mod:`medalist.ensemble.scorers`); both pick t
 
 from __future__ import annotations
 
-import logging
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from medalist.ensemble.scorers import batch_scorer
 from medalist.metrics import Metric
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,6 +41,12 @@ def _pick(scores: np.ndarray, metric: Metric) -> int:
 
 
 def _climb(preds, metric, iterations, replacement, score_candidates) -> HillResult:
+    with warnings.catch_warnings():  # float32 probabilities never sum to exactly one
+        warnings.filterwarnings("ignore", message=".*do not sum to one.*")
+        return _climb_steps(preds, metric, iterations, replacement, score_candidates)
+
+
+def _climb_steps(preds, metric, iterations, replacement, score_candidates) -> HillResult:
     n_models = preds.shape[0]
     total = np.zeros(preds.shape[1:], dtype=np.float64)
     counts = np.zeros(n_models, dtype=np.int64)

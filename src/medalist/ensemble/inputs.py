@@ -200,9 +200,7 @@ def align_test(table: pd.DataFrame, inputs: Inputs, label: str) -> np.ndarray:
     want = pd.Index(inputs.test_ids.astype(str))
     if len(ids) != len(want) or not ids.isin(want).all():
         first = inputs.members[0].name if inputs.members else "the first member"
-        raise DataError(
-            f"{label}: test ids differ from {first}'s: {_id_difference(ids, want)}"
-        )
+        raise DataError(f"{label}: test ids differ from {first}'s: {_id_difference(ids, want)}")
     rows = pd.Series(np.arange(len(ids)), index=ids).loc[want].to_numpy()
     return check_values(table, columns, label, inputs.task.type != "regression")[rows]
 
@@ -238,9 +236,7 @@ def load_inputs(cfg: Config, entries: list) -> Inputs:
     c = cfg.competition
     train = read_train(cfg)
     task = build_task(cfg, train)
-    folds = load_folds(
-        c.folds_dir, train, id_column=c.id_column, target_columns=c.target_columns
-    )
+    folds = load_folds(c.folds_dir, train, id_column=c.id_column, target_columns=c.target_columns)
     manifest = json.loads((Path(c.folds_dir) / "folds.json").read_text(encoding="utf-8"))
     inputs = Inputs(
         cfg=cfg,

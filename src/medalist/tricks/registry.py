@@ -94,6 +94,11 @@ def build_tricks(cfg: Config, task: Task, train_targets: np.ndarray) -> Tricks:
     )
     sample_weights = None
     if cfg.tricks.sampler.balanced:
+        if cfg.train.pseudo_round is not None:
+            raise ConfigError(
+                "tricks.sampler.balanced: cannot weigh pseudo-labelled rows; "
+                "use pseudo.balance instead"
+            )
         if task.type not in ("binary", "multiclass"):
             raise ConfigError("tricks.sampler.balanced: needs a binary or multiclass task")
         counts = np.bincount(train_targets, minlength=len(task.classes)).clip(min=1)

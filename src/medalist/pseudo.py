@@ -1,0 +1,194 @@
+"""The ``pseudo`` stage: pseudo labels for the test set, without leaking validation folds.
+
+Per-fold teachers (the default): the labels for fold k's student come only from the teachers'
+fold-k models, which never saw fold k's rows, so fold k's validation score stays honest. Labels
+from all-fold ensembles (``source: ensemble``) go only to full-fit students (``train.folds:
+[-1]``); a student of a fold asking for them is refused. Pseudo rows are added to training only,
+never to validation, and CV is computed on labelled rows alone.
+
+Writes ``outputs/pseudo/<round>/fold{k}.parquet`` (per fold) or ``full.parquet`` (ensemble), each
+with the id column, ``pseudo_weight``, ``confidence`` and the label columns (the task's
+prediction columns: probabilities for soft labels, one-hot / 0-1 / values for hard ones), and
+``teachers.json``: teachers, source, mode, threshold, the folds manifest hash and each file's
+sha256, which a student checks before using a file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medalist.config import Config, PseudoConfig
+from medalist.data import read_test
+from medalist.errors import ConfigError, DataError
+from medalist.io import sha256_file, write_json, write_parquet
+
+log = logging.getLogger(__name__)
+
+
+def pseudo_dir(cfg: Config, round_: int) -> Path:
+    return Path(cfg.competition.outputs_dir) / "pseudo" / str(round_)
+
+
+def folds_hash(cfg: Config) -> str:
+    manifest = Path(cfg.competition.folds_dir) / "folds.json"
+    if not manifest.is_file():
+        raise DataError(f"{manifest} not found; run `medalist folds` first")
+    return json.loads(manifest.read_text())["folds_sha256"]
+
+
+def confidence(task_type: str, probs: np.ndarray) -> np.ndarray:
+    """How sure a teacher is of each row: the top class, or the least sure label."""
+    if task_type == "multiclass":
+        return probs.max(1)
+    if task_type in ("binary", "multilabel"):
+        return np.maximum(probs, 1 - probs).min(1)
+    return np.ones(len(probs))
+
+
+def hard_labels(task_type: str, probs: np.ndarray) -> np.ndarray:
+    if task_type == "multiclass":
+        return np.eye(probs.shape[1], dtype=np.float32)[probs.argmax(1)]
+    if task_type in ("binary", "multilabel"):
+        return (probs >= 0.5).astype(np.float32)
+    return probs
+
+
+def select_rows(task_type: str, probs: np.ndarray, cfg: PseudoConfig) -> np.ndarray:
+    """Indices of the rows kept: above the threshold, balanced, capped; most confident first."""
+    conf = confidence(task_type, probs)
+    predicted = probs.argmax(1) if task_type == "multiclass" else np.zeros(len(probs), dtype=int)
+    keep = np.ones(len(probs), dtype=bool)
+    if cfg.threshold is not None:
+        limits = np.asarray(cfg.threshold if isinstance(cfg.threshold, list) else [cfg.threshold])
+        if len(limits) not in (1, probs.shape[1]):
+            raise ConfigError(f"pseudo.threshold: one value or one per class ({probs.shape[1]})")
+        keep &= conf >= (limits[predicted] if len(limits) > 1 else limits[0])
+    order = [i for i in np.argsort(-conf, kind="stable") if keep[i]]
+    if cfg.balance and task_type == "multiclass":
+        counts = np.bincount(predicted[order], minlength=probs.shape[1])
+        per_class = counts[counts > 0].min() if counts.any() else 0
+        taken = dict.fromkeys(range(probs.shape[1]), 0)
+        balanced = []
+        for i in order:
+            if taken[predicted[i]] < per_class:
+                taken[predicted[i]] += 1
+                balanced.append(i)
+        order = balanced
+    cap = int(np.floor(cfg.max_fraction * len(probs)))
+    return np.sort(np.asarray(order[:cap], dtype=int))
+
+
+def label_table(cfg: Config, task_info: dict, table: pd.DataFrame) -> pd.DataFrame:
+    """The selected rows of a teacher prediction table, as pseudo labels."""
+    columns = task_info["pred_columns"]
+    probs = table[columns].to_numpy(dtype=np.float32)
+    rows = select_rows(task_info["type"], probs, cfg.pseudo)
+    labels = (
+        probs[rows] if cfg.pseudo.mode == "soft" else hard_labels(task_info["type"], probs[rows])
+    )
+    out = pd.DataFrame(labels, columns=columns)
+    out.insert(0, "confidence", confidence(task_info["type"], probs[rows]))
+    out.insert(0, "pseudo_weight", cfg.pseudo.weight)
+    out.insert(0, cfg.competition.id_column, table[cfg.competition.id_column].to_numpy()[rows])
+    return out
+
+
+def _teacher_tables(cfg: Config, teachers: list[str], name: str, current_hash: str):
+    outputs = Path(cfg.competition.outputs_dir)
+    tables, info = [], None
+    for teacher in teachers:
+        folder = outputs / teacher
+        task_file, table_file = folder / "task.json", folder / name
+        if not task_file.is_file() or not table_file.is_file():
+            raise DataError(f"pseudo.teachers: {folder} has no {name}; run train and infer first")
+        info = json.loads(task_file.read_text())
+        if info.get("folds_sha256") != current_hash:
+            raise DataError(
+                f"pseudo.teachers: '{teacher}' was trained on other folds than "
+                f"{cfg.competition.folds_dir}/folds.json; its labels would leak"
+            )
+        tables.append(pd.read_parquet(table_file))
+    ids = [t[cfg.competition.id_column].astype(str).tolist() for t in tables]
+    if any(i != ids[0] for i in ids):
+        raise DataError(f"pseudo.teachers: {teachers} predicted different test ids for {name}")
+    mean = tables[0].copy()
+    mean[info["pred_columns"]] = np.mean([t[info["pred_columns"]].to_numpy() for t in tables], 0)
+    return info, mean
+
+
+def run(cfg: Config) -> dict:
+    """Build round ``pseudo.round``'s labels from the teachers' test predictions."""
+    if not cfg.pseudo.allow_test:
+        raise ConfigError("pseudo.allow_test: false; this competition's test set is not labelled")
+    teachers = cfg.pseudo.teachers or [cfg.train.experiment]
+    current = folds_hash(cfg)
+    folder = pseudo_dir(cfg, cfg.pseudo.round)
+    test_ids = set(read_test(cfg)[cfg.competition.id_column].astype(str))
+    first = Path(cfg.competition.outputs_dir) / teachers[0]
+    if cfg.pseudo.source == "ensemble":
+        names = {"full": "test.parquet"}
+    else:
+        folds = sorted(int(p.name[4:]) for p in first.glob("fold*") if p.name[4:].isdigit())
+        names = {f"fold{k}": f"fold{k}/test.parquet" for k in folds}
+    files = {}
+    for label_name, table_name in names.items():
+        info, mean = _teacher_tables(cfg, teachers, table_name, current)
+        if not set(mean[cfg.competition.id_column].astype(str)) <= test_ids:
+            raise DataError(f"pseudo: {table_name} of {teachers} has ids that are not test ids")
+        labels = label_table(cfg, info, mean)
+        path = write_parquet(folder / f"{label_name}.parquet", labels)
+        files[label_name] = {"sha256": sha256_file(path), "rows": len(labels), "of": len(mean)}
+        log.info(
+            "pseudo round %d: %s: %d of %d test rows",
+            cfg.pseudo.round,
+            label_name,
+            len(labels),
+            len(mean),
+        )
+    record = {
+        "round": cfg.pseudo.round,
+        "teachers": teachers,
+        "source": cfg.pseudo.source,
+        "mode": cfg.pseudo.mode,
+        "threshold": cfg.pseudo.threshold,
+        "max_fraction": cfg.pseudo.max_fraction,
+        "balance": cfg.pseudo.balance,
+        "weight": cfg.pseudo.weight,
+        "folds_sha256": current,
+        "files": files,
+    }
+    write_json(folder / "teachers.json", record)
+    return record
+
+
+def load_for_fold(cfg: Config, fold: int, pred_columns: list[str]) -> pd.DataFrame:
+    """The pseudo labels a fold's student may use; leaky or tampered files are refused."""
+    folder = pseudo_dir(cfg, cfg.train.pseudo_round)
+    record_file = folder / "teachers.json"
+    if not record_file.is_file():
+        raise DataError(f"train.pseudo_round: {record_file} not found; run `medalist pseudo`")
+    record = json.loads(record_file.read_text())
+    name = "full" if fold == -1 else f"fold{fold}"
+    if record["source"] == "ensemble" and fold != -1:
+        raise ConfigError(
+            "train.pseudo_round: these labels come from all-fold ensembles, whose models saw "
+            f"fold {fold}'s rows; they may only train full-fit students (train.folds: [-1])"
+        )
+    if record["folds_sha256"] != folds_hash(cfg):
+        raise DataError(f"{record_file}: made for other folds than the current fold file")
+    entry = record["files"].get(name)
+    path = folder / f"{name}.parquet"
+    if entry is None or not path.is_file():
+        raise DataError(f"{folder}: no pseudo labels for {name}")
+    if sha256_file(path) != entry["sha256"]:
+        raise DataError(f"{path}: changed since `medalist pseudo` wrote it; run it again")
+    table = pd.read_parquet(path)
+    missing = [c for c in pred_columns if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: missing label column(s) {missing}")
+    return table

@@ -1,0 +1,403 @@
+"""``medalist report``: one self-contained HTML page about experiments and an ensemble.
+
+Sections: CV per metric and per fold for every experiment (and the ensemble's nested CV), the
+correlation of their OOF predictions, the ensemble's weights with its in-sample and nested CV,
+and diagnostics of the ensemble (or of the best experiment): a confusion matrix and a
+calibration curve for classification, residuals for regression. Figures are drawn with
+matplotlib's Agg canvas (no display, no global pyplot state) and embedded as base64 PNGs, so
+the file opens anywhere, offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from medalist.config import Config
+from medalist.data import read_train
+from medalist.ensemble.inputs import Inputs, align_oof, expand_members, read_prediction
+from medalist.ensemble.nested import score
+from medalist.errors import ConfigError, MedalistError
+from medalist.folds import load_folds
+from medalist.io import write_text
+from medalist.tasks import build_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Subject:
+    """One column of the report: an experiment (seed-averaged) or the ensemble."""
+
+    name: str
+    oof: np.ndarray  # (n_rows, n_columns), train row order
+    scores: dict
+
+
+def _figure(width: float, height: float):
+    """A matplotlib Figure on the Agg canvas (no pyplot, no backend switch)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise MedalistError("the report needs matplotlib (pip install matplotlib)") from exc
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def png(figure) -> bytes:
+    """The figure as PNG bytes."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _config_of(outputs_dir: Path, experiments: list, ensemble: str | None) -> Config:
+    """The resolved config saved beside the first experiment (or the ensemble)."""
+    folders = [outputs_dir / "ensemble" / ensemble] if ensemble else []
+    folders += [outputs_dir / e for e in experiments if isinstance(e, str)]
+    for folder in folders:
+        if (folder / "config.yaml").is_file():
+            data = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+            return Config.model_validate(data)
+    raise ConfigError("report: no config.yaml beside the experiments; pass the config (-c)")
+
+
+def _inputs(cfg: Config) -> Inputs:
+    c = cfg.competition
+    train = read_train(cfg)
+    task = build_task(cfg, train)
+    fold = load_folds(c.folds_dir, train, id_column=c.id_column, target_columns=c.target_columns)
+    return Inputs(
+        cfg=cfg,
+        task=task,
+        y=task.encode_targets(train),
+        fold=fold["fold"].to_numpy(dtype=np.int64),
+        ids=train[c.id_column].to_numpy(),
+        test_ids=np.array([]),
+        columns=list(task.pred_columns),
+    )
+
+
+def _subject(inputs: Inputs, name: str, folders: list[Path]) -> Subject:
+    label = f"experiment '{name}'"
+    oof = np.mean(
+        [align_oof(read_prediction(f / "oof.parquet", label), inputs, label) for f in folders],
+        axis=0,
+    )
+    return Subject(name, oof, score(inputs.task.metrics, inputs.y, oof, inputs.fold))
+
+
+def _members(outputs_dir: Path, experiments: list, ensemble: str | None) -> list:
+    if experiments or not ensemble:
+        return expand_members(list(experiments), outputs_dir)
+    cv = json.loads((outputs_dir / "ensemble" / ensemble / "cv.json").read_text(encoding="utf-8"))
+    return [(name, [Path(f) for f in info["folders"]]) for name, info in cv["members"].items()]
+
+
+def fold_plot(subjects: list[Subject], metric: str) -> bytes:
+    """The main metric of every fold, one line per experiment (the ensemble's is nested)."""
+    figure = _figure(8, 3.6)
+    axes = figure.add_subplot()
+    for subject in subjects:
+        folds = subject.scores["folds"]
+        x = [int(k) for k in folds]
+        axes.plot(x, [s[metric] for s in folds.values()], marker="o", label=subject.name)
+        axes.set_xticks(x)
+    axes.set(xlabel="fold", ylabel=metric, title=f"{metric} per fold")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return png(figure)
+
+
+def correlations(subjects: list[Subject]) -> pd.DataFrame:
+    """Pearson correlation of OOF predictions between subjects, averaged over columns."""
+    names = [s.name for s in subjects]
+    stacked = np.stack([s.oof for s in subjects])  # (n_subjects, n_rows, n_columns)
+    per_column = [np.corrcoef(stacked[:, :, c]) for c in range(stacked.shape[2])]
+    return pd.DataFrame(np.nanmean(per_column, axis=0), index=names, columns=names)
+
+
+def correlation_plot(matrix: pd.DataFrame) -> bytes:
+    size = 2.5 + 0.6 * len(matrix)
+    figure = _figure(size + 1, size)
+    axes = figure.add_subplot()
+    image = axes.imshow(
+        matrix.to_numpy(), vmin=min(0.0, matrix.min().min()), vmax=1, cmap="viridis"
+    )
+    axes.set_xticks(range(len(matrix)), matrix.columns, rotation=45, ha="right")
+    axes.set_yticks(range(len(matrix)), matrix.index)
+    for (i, j), value in np.ndenumerate(matrix.to_numpy()):
+        axes.text(j, i, f"{value:.3f}", ha="center", va="center", color="w" if value < 0.8 else "k")
+    axes.set_title("OOF correlation")
+    figure.colorbar(image, ax=axes, shrink=0.8)
+    return png(figure)
+
+
+def weights_plot(weights: dict[str, float], title: str) -> bytes:
+    figure = _figure(6, 1.2 + 0.45 * len(weights))
+    axes = figure.add_subplot()
+    names = list(weights)
+    axes.barh(names, [weights[n] for n in names], color="tab:blue")
+    axes.invert_yaxis()
+    for i, name in enumerate(names):
+        axes.text(weights[name], i, f" {weights[name]:.3f}", va="center")
+    axes.set(xlabel="weight", title=title, xlim=(0, max(1.0, max(weights.values()) * 1.15)))
+    return png(figure)
+
+
+def confusion_plot(y: np.ndarray, pred: np.ndarray, classes: list) -> bytes:
+    """Row-normalised confusion matrix with counts (binary and multiclass)."""
+    from sklearn.metrics import confusion_matrix
+
+    labels = pred.argmax(1) if pred.shape[1] > 1 else (pred[:, 0] >= 0.5).astype(int)
+    counts = confusion_matrix(y, labels, labels=np.arange(len(classes)))
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = 2.5 + 0.5 * len(classes)
+    figure = _figure(size + 1, size)
+    axes = figure.add_subplot()
+    axes.imshow(share, vmin=0, vmax=1, cmap="Blues")
+    names = [str(c) for c in classes]
+    axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axes.set_yticks(range(len(names)), names)
+    for (i, j), count in np.ndenumerate(counts):
+        axes.text(
+            j, i, str(count), ha="center", va="center", color="w" if share[i, j] > 0.5 else "k"
+        )
+    axes.set(xlabel="predicted", ylabel="true", title="confusion matrix (OOF)")
+    return png(figure)
+
+
+def multilabel_confusion_plot(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> bytes:
+    """TP, FP, FN, TN of every label at threshold 0.5."""
+    hard = pred >= 0.5
+    truth = y.astype(bool)
+    counts = np.stack(
+        [
+            (hard & truth).sum(0),
+            (hard & ~truth).sum(0),
+            (~hard & truth).sum(0),
+            (~hard & ~truth).sum(0),
+        ],
+        axis=1,
+    )
+    figure = _figure(5, 1.5 + 0.45 * len(labels))
+    axes = figure.add_subplot()
+    axes.imshow(counts / counts.sum(1, keepdims=True), cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    axes.set_xticks(range(4), ["TP", "FP", "FN", "TN"])
+    axes.set_yticks(range(len(labels)), labels)
+    for (i, j), count in np.ndenumerate(counts):
+        axes.text(j, i, str(count), ha="center", va="center")
+    axes.set_title("confusion per label (OOF, threshold 0.5)")
+    return png(figure)
+
+
+def _calibration_points(task_type: str, y: np.ndarray, pred: np.ndarray):
+    """(probability, outcome) pairs: P(class 1), top-label confidence, or every label."""
+    if task_type == "multiclass":
+        return pred.max(1), (pred.argmax(1) == y).astype(int)
+    if task_type == "binary":
+        return pred[:, 0], y.astype(int)
+    return pred.ravel(), y.ravel().astype(int)
+
+
+def calibration_plot(subjects: list[Subject], task_type: str, y: np.ndarray) -> bytes:
+    from sklearn.calibration import calibration_curve
+
+    figure = _figure(5.5, 4.5)
+    axes = figure.add_subplot()
+    axes.plot([0, 1], [0, 1], ls="--", color="grey", label="perfect")
+    for subject in subjects:
+        prob, outcome = _calibration_points(task_type, y, subject.oof)
+        observed, predicted = calibration_curve(outcome, np.clip(prob, 0, 1), n_bins=10)
+        axes.plot(predicted, observed, marker="o", label=subject.name)
+    what = "top-label confidence" if task_type == "multiclass" else "predicted probability"
+    axes.set(xlabel=what, ylabel="observed frequency", title="calibration (OOF)")
+    axes.legend(fontsize="small")
+    return png(figure)
+
+
+def residuals_plot(y: np.ndarray, pred: np.ndarray, name: str) -> bytes:
+    truth = y.reshape(pred.shape)
+    residual = (truth - pred).ravel()
+    figure = _figure(9, 3.6)
+    scatter, histogram = figure.subplots(1, 2)
+    scatter.scatter(pred.ravel(), residual, s=6, alpha=0.5)
+    scatter.axhline(0, color="grey", ls="--")
+    scatter.set(xlabel="prediction", ylabel="target - prediction", title=f"residuals: {name}")
+    histogram.hist(residual, bins=40, color="tab:blue")
+    histogram.set(xlabel="target - prediction", ylabel="rows", title="residual distribution")
+    return png(figure)
+
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
+color:#222;padding:0 1rem}h1{margin-bottom:.2rem}section{margin:2rem 0}
+table{border-collapse:collapse;font-size:.9rem;margin:.5rem 0}td,th{border:1px solid #ccc;
+padding:.25rem .6rem;text-align:right}th{background:#f3f3f3}img{max-width:100%;
+border:1px solid #eee}.note{color:#666;font-size:.9rem}
+"""
+
+
+def _image(data: bytes, alt: str) -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+def _section(anchor: str, title: str, *parts: str) -> str:
+    body = "\n".join(parts)
+    return f'<section id="{anchor}">\n<h2>{html.escape(title)}</h2>\n{body}\n</section>'
+
+
+def _scores_table(subjects: list[Subject], metrics: list[str]) -> str:
+    rows = {
+        s.name: {
+            **{f"CV {m}": s.scores["cv"][m] for m in metrics},
+            **{f"fold mean {m}": s.scores["fold_mean"][m] for m in metrics[:1]},
+            **{f"fold std {m}": s.scores["fold_std"][m] for m in metrics[:1]},
+        }
+        for s in subjects
+    }
+    return pd.DataFrame(rows).T.to_html(float_format=lambda v: f"{v:.5f}", escape=True)
+
+
+def _fold_table(subjects: list[Subject], metric: str) -> str:
+    rows = {
+        s.name: {f"fold {k}": v[metric] for k, v in s.scores["folds"].items()} for s in subjects
+    }
+    return pd.DataFrame(rows).T.to_html(float_format=lambda v: f"{v:.5f}", escape=True)
+
+
+def _ensemble_section(folder: Path, metrics: list[str]) -> str:
+    weights = json.loads((folder / "weights.json").read_text(encoding="utf-8"))
+    cv = json.loads((folder / "cv.json").read_text(encoding="utf-8"))
+    scored = [m for m in metrics if m in cv["nested"]["cv"]]
+    table = pd.DataFrame(
+        {
+            "in-sample (fitted on every OOF row)": [cv["in_sample"]["cv"][m] for m in scored],
+            "nested (fitted without the scored fold)": [cv["nested"]["cv"][m] for m in scored],
+        },
+        index=scored,
+    ).to_html(float_format=lambda v: f"{v:.5f}", escape=True)
+    note = weights.get("weights_meaning", "blend weights fitted on every OOF row")
+    return _section(
+        "weights",
+        f"Ensemble {folder.name}: weights and honest CV",
+        f'<p class="note">method {html.escape(cv["method"])}, optimised metric '
+        f"{html.escape(cv['optimised_metric'])}; weights: {html.escape(note)}; OOF table: "
+        f"{html.escape(cv['oof_parquet'])}</p>",
+        _image(weights_plot(weights["weights"], f"{cv['method']} weights"), "ensemble weights"),
+        table,
+    )
+
+
+def _diagnostics(inputs: Inputs, subjects: list[Subject], focus: Subject) -> list[str]:
+    task = inputs.task
+    if task.type == "regression":
+        plot = residuals_plot(inputs.y, focus.oof, focus.name)
+        return [_section("residuals", f"Residuals of {focus.name}", _image(plot, "residuals"))]
+    if task.type == "multilabel":
+        confusion = multilabel_confusion_plot(inputs.y, focus.oof, task.target_columns)
+    else:
+        confusion = confusion_plot(inputs.y, focus.oof, task.classes)
+    calibration = calibration_plot(subjects, task.type, inputs.y)
+    return [
+        _section(
+            "confusion", f"Confusion matrix of {focus.name}", _image(confusion, "confusion matrix")
+        ),
+        _section("calibration", "Calibration", _image(calibration, "calibration curve")),
+    ]
+
+
+def _page(cfg: Config, inputs: Inputs, sections: list[str]) -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    n_folds = len(np.unique(inputs.fold))
+    header = (
+        f"<h1>{html.escape(cfg.competition.name)}: experiment report</h1>\n"
+        f'<p class="note">{html.escape(inputs.task.type)} task, {len(inputs.y)} train rows, '
+        f"{n_folds} folds; generated {stamp}. Every figure comes from OOF predictions.</p>"
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(cfg.competition.name)} report</title>\n<style>{STYLE}</style>\n"
+        f"</head>\n<body>\n{header}\n" + "\n".join(sections) + "\n</body>\n</html>\n"
+    )
+
+
+def _focus(inputs: Inputs, subjects: list[Subject], ensemble: Subject | None) -> Subject:
+    if ensemble is not None:
+        return ensemble
+    main = inputs.task.main_metric
+    best = subjects[0]
+    for subject in subjects[1:]:
+        if main.better(subject.scores["cv"][main.name], best.scores["cv"][main.name]):
+            best = subject
+    return best
+
+
+def write_report(
+    outputs_dir: str | Path,
+    experiments: list,
+    ensemble: str | None = None,
+    *,
+    cfg: Config | None = None,
+    path: str | Path | None = None,
+) -> Path:
+    """Write the HTML report and return its path (``outputs/report.html`` by default).
+
+    Args:
+        outputs_dir: the outputs folder holding the experiments (and ``ensemble/<name>/``).
+        experiments: experiment names or folders, as in ``ensemble.experiments`` (a list is
+            one member run with several seeds); empty with ``ensemble``: its members.
+        ensemble: the name of an ensemble under ``outputs/ensemble/``.
+        cfg: the project config (train labels and folds); default: the experiments' saved one.
+        path: where to write the report.
+    """
+    outputs_dir = Path(outputs_dir)
+    cfg = cfg or _config_of(outputs_dir, list(experiments), ensemble)
+    inputs = _inputs(cfg)
+    members = _members(outputs_dir, list(experiments), ensemble)
+    subjects = [_subject(inputs, name, folders) for name, folders in members]
+    blend = None
+    if ensemble:
+        blend = _subject(
+            inputs, f"ensemble {ensemble} (nested)", [outputs_dir / "ensemble" / ensemble]
+        )
+    everyone = subjects + ([blend] if blend else [])
+    metrics = [m.name for m in inputs.task.metrics]
+    sections = [
+        _section("scores", "CV of every experiment", _scores_table(everyone, metrics)),
+        _section(
+            "cv-per-fold",
+            f"{metrics[0]} per fold",
+            _image(fold_plot(everyone, metrics[0]), "CV per fold"),
+            _fold_table(everyone, metrics[0]),
+        ),
+    ]
+    if len(everyone) > 1:
+        matrix = correlations(everyone)
+        sections.append(
+            _section(
+                "correlation",
+                "OOF correlation between experiments",
+                _image(correlation_plot(matrix), "OOF correlation"),
+            )
+        )
+    if ensemble:
+        sections.append(_ensemble_section(outputs_dir / "ensemble" / ensemble, metrics))
+    sections += _diagnostics(inputs, everyone, _focus(inputs, subjects, blend))
+    target = Path(path) if path else outputs_dir / "report.html"
+    write_text(target, _page(cfg, inputs, sections))
+    log.info("report written: %s", target)
+    return target

@@ -1,0 +1,102 @@
+"""Hill climbing: the vectorised scorers equal the per-candidate loop, and the picks make sense."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+
+from medalist.ensemble.hill import hill_climb, naive_hill_climb
+from medalist.ensemble.scorers import batch_scorer
+from medalist.metrics import get_metric
+
+
+def multiclass_case(n=300, models=8, classes=5, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    strength = rng.uniform(0.2, 1.5, size=(models, 1, 1))
+    logits = rng.normal(size=(models, n, classes)) + strength * np.eye(classes)[y][None]
+    return softmax(logits, axis=2), y
+
+
+def binary_case(n=300, models=8, labels=None, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = (n,) if labels is None else (n, labels)
+    y = rng.integers(0, 2, shape)
+    signal = (2 * y.reshape(n, -1) - 1)[None] * rng.uniform(0.1, 1.0, size=(models, 1, 1))
+    preds = 1 / (1 + np.exp(-(signal + rng.normal(size=(models, *signal.shape[1:])))))
+    return preds, (y if labels is None else y.astype(np.float32))
+
+
+def regression_case(n=300, models=8, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.normal(size=(n, 1)).astype(np.float32)
+    return y[None] + rng.normal(size=(models, n, 1)) * rng.uniform(0.8, 1.2, (models, 1, 1)), y
+
+
+CASES = {
+    "multiclass": (multiclass_case, ["accuracy", "log_loss", "roc_auc", "macro_f1"]),
+    "binary": (binary_case, ["accuracy", "log_loss", "roc_auc"]),
+    "multilabel": (lambda **k: binary_case(labels=3, **k), ["accuracy", "log_loss", "roc_auc"]),
+    "regression": (regression_case, ["rmse", "mae"]),
+}
+
+
+@pytest.mark.parametrize("replacement", [True, False])
+@pytest.mark.parametrize(
+    "kind,metric", [(kind, m) for kind, (_, metrics) in CASES.items() for m in metrics]
+)
+def test_vectorised_equals_naive(kind, metric, replacement):
+    preds, y = CASES[kind][0](seed=sum(map(ord, kind + metric)))
+    fast = hill_climb(preds, y, get_metric(metric), iterations=25, replacement=replacement)
+    slow = naive_hill_climb(preds, y, get_metric(metric), iterations=25, replacement=replacement)
+    assert len(fast.selection) >= 2  # the case is not trivial
+    assert fast.selection == slow.selection
+    np.testing.assert_allclose(fast.history, slow.history, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(fast.weights, slow.weights)
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 5])
+def test_multiclass_accuracy_scorer_is_exact_with_ties(count):
+    """Quarter-step probabilities make many exact ties; argmax breaks them by the first class."""
+    rng = np.random.default_rng(count)
+    y = rng.integers(0, 4, 500)
+    preds = rng.integers(0, 5, size=(6, 500, 4)) / 4.0
+    picked = rng.integers(0, 6, count)
+    total = preds[picked].sum(axis=0) if count else np.zeros((500, 4))
+    scores = batch_scorer(get_metric("accuracy"), preds, y)(total, count, np.arange(6))
+    expected = [np.mean((total + preds[m]).argmax(1) == y) for m in range(6)]
+    np.testing.assert_array_equal(scores, expected)
+
+
+def test_picks_the_dominant_model():
+    preds, y = multiclass_case(models=6)
+    dominant = np.eye(preds.shape[2])[y] * 0.9 + 0.1 / preds.shape[2]
+    preds[4] = dominant
+    for metric in ("accuracy", "log_loss"):
+        result = hill_climb(preds, y, get_metric(metric))
+        assert result.selection[0] == 4
+        np.testing.assert_array_equal(result.weights, np.eye(6)[4])
+
+
+def test_weights_are_counts_on_the_simplex():
+    preds, y = binary_case(models=10, seed=5)
+    result = hill_climb(preds, y, get_metric("log_loss"), iterations=40)
+    assert (result.weights >= 0).all() and result.weights.sum() == pytest.approx(1.0)
+    counts = np.bincount(result.selection, minlength=10)
+    np.testing.assert_allclose(result.weights, counts / counts.sum())
+    # each pick improved the score, and the stored score is the blend's
+    assert all(b < a for a, b in zip(result.history, result.history[1:], strict=False))
+    blend = np.tensordot(result.weights, preds, axes=1)
+    assert get_metric("log_loss")(y, blend) == pytest.approx(result.score)
+
+
+def test_without_replacement_each_model_at_most_once():
+    preds, y = binary_case(models=6, seed=2)
+    result = hill_climb(preds, y, get_metric("log_loss"), iterations=50, replacement=False)
+    assert len(set(result.selection)) == len(result.selection)
+
+
+def test_iterations_cap_the_number_of_picks():
+    preds, y = binary_case(models=12, seed=4)
+    assert len(hill_climb(preds, y, get_metric("log_loss"), iterations=2).selection) <= 2

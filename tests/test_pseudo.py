@@ -1,0 +1,142 @@
+"""Pseudo labels: selection maths, per-fold teachers by default, leaky combinations refused,
+and a constructed case where the leaky way inflates CV while medalist's default does not."""
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medalist.cli import main
+from medalist.config import PseudoConfig, resolve_config
+from medalist.errors import ConfigError, DataError
+from medalist.pseudo import confidence, hard_labels, select_rows
+
+ARGS = ["-c", "configs/tiny.yaml", "train.epochs=1"]
+
+
+def test_selection_threshold_per_class_cap_and_balance():
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.45, 0.55], [0.97, 0.03]])
+    assert confidence("multiclass", probs).tolist() == [0.9, 0.6, 0.8, 0.55, 0.97]
+    assert select_rows("multiclass", probs, PseudoConfig(threshold=0.7)).tolist() == [0, 2, 4]
+    per_class = PseudoConfig(threshold=[0.95, 0.5])
+    assert select_rows("multiclass", probs, per_class).tolist() == [2, 3, 4]
+    assert select_rows("multiclass", probs, PseudoConfig(max_fraction=0.4)).tolist() == [0, 4]
+    balanced = select_rows("multiclass", probs, PseudoConfig(balance=True))
+    assert sorted(probs[balanced].argmax(1).tolist()) == [0, 0, 1, 1]  # two of each class
+    assert hard_labels("multiclass", probs[:1]).tolist() == [[1.0, 0.0]]
+    assert confidence("binary", np.array([[0.1], [0.7]])).tolist() == pytest.approx([0.9, 0.7])
+    with pytest.raises(ConfigError, match="pseudo.threshold"):
+        select_rows("multiclass", probs, PseudoConfig(threshold=[0.1, 0.2, 0.3]))
+
+
+def _teacher(project):
+    assert main(["folds", *ARGS]) == 0
+    assert main(["train", *ARGS]) == 0
+    assert main(["infer", *ARGS]) == 0
+
+
+def test_round_trains_students_on_their_own_folds_labels(tiny_project):
+    _teacher(tiny_project)
+    assert main(["pseudo", *ARGS, "pseudo.threshold=0.0", "pseudo.mode=hard"]) == 0
+    record = json.loads((tiny_project / "outputs/pseudo/1/teachers.json").read_text())
+    assert record["source"] == "per_fold" and set(record["files"]) == {"fold0", "fold1", "fold2"}
+    fold1 = pd.read_parquet(tiny_project / "outputs/pseudo/1/fold1.parquet")
+    teacher1 = pd.read_parquet(tiny_project / "outputs/tiny/fold1/test.parquet")
+    # Fold 1's labels are fold 1's teacher's predictions, not the all-fold average.
+    assert (
+        fold1.filter(like="p_").to_numpy().argmax(1)
+        == teacher1.filter(like="p_").to_numpy().argmax(1)
+    ).all()
+    assert main(["train", *ARGS, "train.experiment=student", "train.pseudo_round=1"]) == 0
+    oof = pd.read_parquet(tiny_project / "outputs/student/oof.parquet")
+    assert sorted(oof["id"]) == sorted(pd.read_csv("data/train.csv")["id"])  # labelled rows only
+
+
+def test_leaky_and_forbidden_combinations_refused(tiny_project):
+    _teacher(tiny_project)
+    assert main(["pseudo", *ARGS, "pseudo.source=ensemble"]) == 0
+    from medalist.train import run as train
+
+    with pytest.raises(ConfigError, match="may only train full-fit students"):
+        train(
+            resolve_config(
+                "configs/tiny.yaml",
+                ["train.epochs=1", "train.pseudo_round=1", "train.experiment=student"],
+            )
+        )
+    full = resolve_config(
+        "configs/tiny.yaml",
+        ["train.epochs=1", "train.pseudo_round=1", "train.experiment=student", "train.folds=[-1]"],
+    )
+    train(full)
+    with pytest.raises(ConfigError, match="pseudo.allow_test"):
+        resolve_config("configs/tiny.yaml", ["train.pseudo_round=1", "pseudo.allow_test=false"])
+    assert main(["pseudo", *ARGS, "pseudo.allow_test=false"]) == 2
+
+
+def test_tampered_labels_and_other_folds_refused(tiny_project):
+    _teacher(tiny_project)
+    assert main(["pseudo", *ARGS]) == 0
+    from medalist.train import run as train
+
+    labels = tiny_project / "outputs/pseudo/1/fold0.parquet"
+    table = pd.read_parquet(labels)
+    table.loc[0, "p_0"] = 1.0
+    table.to_parquet(labels)
+    student = ["train.epochs=1", "train.pseudo_round=1", "train.experiment=student"]
+    with pytest.raises(DataError, match="changed since"):
+        train(resolve_config("configs/tiny.yaml", student))
+    assert main(["folds", *ARGS, "folds.n_splits=4", "--force"]) == 0
+    with pytest.raises(DataError, match="other folds"):
+        train(resolve_config("configs/tiny.yaml", [*student, "folds.n_splits=4"]))
+    assert main(["pseudo", *ARGS, "folds.n_splits=4"]) == 2  # the teacher used the old folds
+
+
+@pytest.mark.slow
+def test_leaky_teachers_inflate_cv_but_per_fold_teachers_do_not(tiny_project):
+    """Random labels, and a test set made of copies of the training images: only a leak can
+    score above chance. Teachers memorise their training rows; an all-fold ensemble therefore
+    hands fold k's labels to fold k's student through the copies."""
+    train_csv = pd.read_csv("data/train.csv")
+    train_csv["label"] = np.random.default_rng(1).permutation(train_csv["label"].to_numpy())
+    train_csv.to_csv("data/train.csv", index=False)
+    shutil.copytree("data/train_images", "data/test_images", dirs_exist_ok=True)
+    test = train_csv[["id", "image"]].assign(id=train_csv["id"] + 100000)
+    test.to_csv("data/test.csv", index=False)
+    args = [
+        "-c",
+        "configs/tiny.yaml",
+        "train.epochs=25",
+        "train.lr=0.01",
+        "image.train_transforms=[]",
+        "train.weight_decay=0",
+        "train.keep=last",  # the memorised weights, not the epoch that guessed best
+    ]
+    assert main(["folds", *args]) == 0
+    assert main(["train", *args]) == 0
+    assert main(["infer", *args]) == 0
+    # medalist's default: per-fold teachers.
+    assert main(["pseudo", *args, "pseudo.mode=hard"]) == 0
+    assert main(["train", *args, "train.experiment=honest", "train.pseudo_round=1"]) == 0
+    # The leaky way, hand-rolled: the all-fold ensemble's labels for every fold's student.
+    assert (
+        main(["pseudo", *args, "pseudo.mode=hard", "pseudo.source=ensemble", "pseudo.round=2"]) == 0
+    )
+    folder = tiny_project / "outputs/pseudo/2"
+    record = json.loads((folder / "teachers.json").read_text())
+    for fold in range(3):
+        shutil.copy(folder / "full.parquet", folder / f"fold{fold}.parquet")
+        record["files"][f"fold{fold}"] = record["files"]["full"]
+    record["source"] = "per_fold"
+    (folder / "teachers.json").write_text(json.dumps(record))
+    assert main(["train", *args, "train.experiment=leaky", "train.pseudo_round=2"]) == 0
+    metrics = {
+        name: json.loads((tiny_project / f"outputs/{name}/metrics.json").read_text())
+        for name in ("tiny", "honest", "leaky")
+    }
+    honest = metrics["honest"]["cv"]["accuracy"]
+    leaky = metrics["leaky"]["cv"]["accuracy"]
+    assert honest < 0.3, metrics["honest"]["cv"]  # chance is 0.1
+    assert leaky > honest + 0.2, (honest, leaky)
