@@ -29,7 +29,10 @@ def timm_case(channels_last: bool):
     x = torch.randn(128, 3, 224, 224, device="cuda")
     y = torch.randint(0, 1000, (128,), device="cuda")
     if channels_last:
-        model, x = model.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+        model, x = (
+            model.to(memory_format=torch.channels_last),
+            x.to(memory_format=torch.channels_last),
+        )
     return model, (lambda m: torch.nn.functional.cross_entropy(m(x), y)), len(x), x
 
 
@@ -39,7 +42,12 @@ def bert_case(_channels_last: bool):
     model = BertForSequenceClassification(BertConfig(num_labels=2)).cuda()
     ids = torch.randint(0, 30000, (64, 256), device="cuda")
     y = torch.randint(0, 2, (64,), device="cuda")
-    return model, (lambda m: torch.nn.functional.cross_entropy(m(input_ids=ids).logits, y)), len(ids), ids
+    return (
+        model,
+        (lambda m: torch.nn.functional.cross_entropy(m(input_ids=ids).logits, y)),
+        len(ids),
+        ids,
+    )
 
 
 def flops_per_step(model, loss_fn) -> float:
@@ -80,18 +88,35 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32
     torch.backends.cudnn.allow_tf32 = False
     rows = []
-    grid = [("timm resnet50 224px b128", timm_case, cl, bf16, comp)
-            for cl, bf16, comp in [(False, False, False), (True, False, False), (False, True, False),
-                                   (True, True, False), (True, True, True)]]
-    grid += [("transformers bert-base seq256 b64", bert_case, False, bf16, comp)
-             for bf16, comp in [(False, False), (True, False), (True, True)]]
+    grid = [
+        ("timm resnet50 224px b128", timm_case, cl, bf16, comp)
+        for cl, bf16, comp in [
+            (False, False, False),
+            (True, False, False),
+            (False, True, False),
+            (True, True, False),
+            (True, True, True),
+        ]
+    ]
+    grid += [
+        ("transformers bert-base seq256 b64", bert_case, False, bf16, comp)
+        for bf16, comp in [(False, False), (True, False), (True, True)]
+    ]
     for name, case, cl, bf16, comp in grid:
         result = measure(case, bf16=bf16, channels_last=cl, compile_=comp)
-        row = {"model": name, "precision": "bf16 autocast" if bf16 else "fp32",
-               "channels_last": cl, "compile": comp, **result}
+        row = {
+            "model": name,
+            "precision": "bf16 autocast" if bf16 else "fp32",
+            "channels_last": cl,
+            "compile": comp,
+            **result,
+        }
         rows.append(row)
-        print(f"{name:36s} {row['precision']:14s} channels_last={cl!s:5s} compile={comp!s:5s} "
-              f"{result['samples_per_s']:9.1f} samples/s  MFU {100 * result['mfu']:5.1f}%", flush=True)
+        print(
+            f"{name:36s} {row['precision']:14s} channels_last={cl!s:5s} compile={comp!s:5s} "
+            f"{result['samples_per_s']:9.1f} samples/s  MFU {100 * result['mfu']:5.1f}%",
+            flush=True,
+        )
         torch.cuda.empty_cache()
     print("device:", torch.cuda.get_device_name(), "torch", torch.__version__)
     if args.out:
