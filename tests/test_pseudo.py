@@ -140,3 +140,43 @@ def test_leaky_teachers_inflate_cv_but_per_fold_teachers_do_not(tiny_project):
     leaky = metrics["leaky"]["cv"]["accuracy"]
     assert honest < 0.3, metrics["honest"]["cv"]  # chance is 0.1
     assert leaky > honest + 0.2, (honest, leaky)
+
+
+def test_run_loops_rounds_and_stops_when_cv_stops_improving(tiny_project):
+    stages = "stages=[folds,train,infer,pseudo,submission]"
+    args = [
+        *ARGS,
+        "train.epochs=6",
+        "train.lr=1e-2",
+        stages,
+        "pseudo.rounds=3",
+        "pseudo.mode=hard",
+        "pseudo.threshold=0.2",
+    ]
+    assert main(["run", *args]) == 0
+    record = json.loads((tiny_project / "outputs/pseudo/rounds.json").read_text())
+    rounds = record["rounds"]
+    assert record["base"] == "tiny" and 1 <= len(rounds) <= 3
+    best, best_score = "tiny", rounds[0]["cv_before"]
+    for i, entry in enumerate(rounds, start=1):
+        assert entry["round"] == i and entry["student"] == f"tiny_pl{i}"
+        assert entry["teachers"] == [best] and entry["cv_before"] == best_score
+        metrics = json.loads((tiny_project / f"outputs/tiny_pl{i}/metrics.json").read_text())
+        assert entry["cv_after"] == metrics["cv"]["accuracy"]
+        assert entry["kept"] == (entry["cv_after"] > entry["cv_before"])
+        if not entry["kept"]:
+            assert i == len(rounds)  # stopped early
+        else:
+            best, best_score = entry["student"], entry["cv_after"]
+    assert record["best"] == best
+    assert (tiny_project / f"submissions/{best}.csv").is_file()
+    from medalist.pipeline import run
+
+    students = sorted(tiny_project.glob("outputs/tiny_pl*/metrics.json"))
+    stamps = [p.stat().st_mtime_ns for p in students]
+    done = run(resolve_config("configs/tiny.yaml", args[2:]))  # everything is up to date
+    assert done == {s: "skipped" for s in ("folds", "train", "infer", "submission")} | {
+        "pseudo": best
+    }
+    assert [p.stat().st_mtime_ns for p in students] == stamps  # no student trained again
+    assert main(["run", *ARGS, stages, "pseudo.source=ensemble"]) == 2

@@ -17,8 +17,10 @@ from accelerate import PartialState
 
 from medalist import infer, pseudo, stages, train
 from medalist.config import Config
-from medalist.data import experiment_dir, sample_path, test_path, train_path
+from medalist.data import experiment_dir, read_train, sample_path, test_path, train_path
+from medalist.errors import ConfigError
 from medalist.io import write_json
+from medalist.tasks import build_task
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,17 @@ def _submission_file(cfg: Config) -> Path:
     return Path(cfg.competition.submissions_dir) / f"{name}.csv"
 
 
+def _teacher_tables(cfg: Config) -> list[Path]:
+    outputs = Path(cfg.competition.outputs_dir)
+    return [outputs / t / "test.parquet" for t in cfg.pseudo.teachers or [cfg.train.experiment]]
+
+
+def _pseudo_labels(cfg: Config) -> list[Path]:
+    if cfg.train.pseudo_round is None:
+        return []
+    return [pseudo.pseudo_dir(cfg, cfg.train.pseudo_round) / "teachers.json"]
+
+
 STAGES = {
     "folds": Stage(
         "folds", stages.folds, lambda c: [train_path(c)], _folds_files, ("competition", "folds")
@@ -53,7 +66,7 @@ STAGES = {
     "train": Stage(
         "train",
         train.run,
-        lambda c: [train_path(c), *_folds_files(c)],
+        lambda c: [train_path(c), *_folds_files(c), *_pseudo_labels(c)],
         lambda c: [experiment_dir(c) / "metrics.json"],
         ("modality", "competition", "task", "folds", "image", "model", "train"),
     ),
@@ -67,7 +80,7 @@ STAGES = {
     "pseudo": Stage(
         "pseudo",
         pseudo.run,
-        lambda c: [experiment_dir(c) / "test.parquet", *_folds_files(c)],
+        lambda c: [*_teacher_tables(c), *_folds_files(c)],
         lambda c: [pseudo.pseudo_dir(c, c.pseudo.round) / "teachers.json"],
         ("competition", "pseudo", "train"),
     ),
@@ -105,18 +118,104 @@ def up_to_date(cfg: Config, stage: Stage) -> bool:
     return min(p.stat().st_mtime for p in outputs) >= newest_input
 
 
+def _run_stage(cfg: Config, name: str, force: bool, label: str | None = None) -> str:
+    stage, label = STAGES[name], label or name
+    if not force and up_to_date(cfg, stage):
+        log.info("%s: up to date, skipped", label)
+        return "skipped"
+    log.info("%s: running", label)
+    stage.run(cfg)
+    if PartialState().is_main_process:
+        write_json(_stamp(cfg, stage), {"config": _config_hash(cfg, stage)})
+    return "ran"
+
+
+def _cv(cfg: Config) -> tuple[str, float]:
+    metrics = json.loads((experiment_dir(cfg) / "metrics.json").read_text(encoding="utf-8"))
+    name = metrics["main_metric"]
+    return name, metrics["cv"][name]
+
+
+def student_config(cfg: Config, round_: int, teachers: list[str]) -> Config:
+    """The config of round ``round_``'s student: ``<experiment>_pl<round>`` on that round's labels."""
+    student = cfg.model_copy(deep=True)
+    student.pseudo.round = round_
+    student.pseudo.teachers = list(teachers)
+    student.train.pseudo_round = round_
+    student.train.experiment = f"{cfg.train.experiment}_pl{round_}"
+    return student
+
+
+def pseudo_rounds(cfg: Config, force: bool = False) -> tuple[Config, list[dict]]:
+    """Loop pseudo -> train -> infer for ``pseudo.rounds`` rounds at most; stop early when the
+    student's CV does not beat the best so far. Returns the best experiment's config (the one the
+    later stages use) and one record per round, also written to ``outputs/pseudo/rounds.json``.
+
+    Round r's teachers are ``pseudo.teachers`` (or ``train.experiment``) in the first round, then
+    the best student so far; every round uses per-fold teachers, so CV stays honest throughout.
+    """
+    if cfg.pseudo.source != "per_fold":
+        raise ConfigError(
+            "pseudo.source: `medalist run` loops rounds with per-fold teachers only (CV decides "
+            "when to stop); ensemble labels feed full-fit students via `medalist pseudo` + `train`"
+        )
+    if cfg.train.folds == [train.FULL_FIT]:
+        raise ConfigError("train.folds: a full fit has no CV to decide pseudo rounds on")
+    metric = build_task(cfg, read_train(cfg)).main_metric
+    best, (name, best_score) = cfg, _cv(cfg)
+    rounds = []
+    first = cfg.pseudo.round
+    for round_ in range(first, first + cfg.pseudo.rounds):
+        teachers = cfg.pseudo.teachers if round_ == first and cfg.pseudo.teachers else None
+        student = student_config(cfg, round_, teachers or [best.train.experiment])
+        for stage in ("pseudo", "train", "infer"):
+            _run_stage(student, stage, force, f"{stage} (pseudo round {round_})")
+        _, score = _cv(student)
+        improved = metric.better(score, best_score)
+        rounds.append(
+            {
+                "round": round_,
+                "teachers": student.pseudo.teachers,
+                "student": student.train.experiment,
+                "mode": cfg.pseudo.mode,
+                "threshold": cfg.pseudo.threshold,
+                "metric": name,
+                "cv_before": best_score,
+                "cv_after": score,
+                "kept": improved,
+            }
+        )
+        log.info(
+            "pseudo round %d: %s %s %.5f -> %.5f%s",
+            round_,
+            student.train.experiment,
+            name,
+            best_score,
+            score,
+            "" if improved else " (no better: stopping, keeping " + best.train.experiment + ")",
+        )
+        if not improved:
+            break
+        best, best_score = student, score
+    if PartialState().is_main_process:
+        write_json(
+            pseudo.pseudo_dir(cfg, 0).parent / "rounds.json",
+            {"base": cfg.train.experiment, "best": best.train.experiment, "rounds": rounds},
+        )
+    return best, rounds
+
+
 def run(cfg: Config, force: bool = False) -> dict:
-    """Run ``cfg.stages`` in order; returns {stage: 'ran' | 'skipped'}."""
+    """Run ``cfg.stages`` in order; returns {stage: 'ran' | 'skipped' | best experiment}.
+
+    The ``pseudo`` stage runs :func:`pseudo_rounds`; the stages after it (the submission) use the
+    best experiment the rounds produced.
+    """
     done = {}
     for name in cfg.stages:
-        stage = STAGES[name]
-        if not force and up_to_date(cfg, stage):
-            log.info("%s: up to date, skipped", name)
-            done[name] = "skipped"
+        if name == "pseudo":
+            cfg, _ = pseudo_rounds(cfg, force)
+            done[name] = cfg.train.experiment
             continue
-        log.info("%s: running", name)
-        stage.run(cfg)
-        if PartialState().is_main_process:
-            write_json(_stamp(cfg, stage), {"config": _config_hash(cfg, stage)})
-        done[name] = "ran"
+        done[name] = _run_stage(cfg, name, force)
     return done
