@@ -1,0 +1,289 @@
+"""Run a bundle: every packaged fold and view on the test set, the ensemble, submission.csv.
+
+This is what the inference notebook calls once medalist is installed from the bundle. It reads
+the bundle and the competition's test files only (never train.csv, folds or outputs/), predicts
+as the ``infer`` stage does (same dataset, views, merge and fold average), blends with the
+weights the ``ensemble`` stage fitted, and writes the file through the ``submission`` stage,
+which validates it against the sample submission.
+
+Paths come from a profile. ``kaggle``: the bundle under ``/kaggle/input``, the competition's data
+at ``/kaggle/input/<competition>``, output to ``/kaggle/working``. ``local``: the competition's
+``data/`` folder and ``outputs/offline/`` of the project. ``MEDALIST_INPUT``, ``MEDALIST_DATA``
+and ``MEDALIST_WORKING`` override them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medalist.config import Config, resolve_config
+from medalist.data import read_test, sample_path, test_path
+from medalist.ensemble.blend import Blender, LogitBlender, RankBlender
+from medalist.errors import ConfigError, DataError
+from medalist.io import write_json, write_parquet
+from medalist.tasks import Task
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "medalist-bundle.json"
+FORMAT = 1
+PROFILES = ("kaggle", "local")
+# Blends applied from their saved weights; a stacker would need a pickled model.
+BLENDERS = {
+    "mean": Blender,
+    "weighted": Blender,
+    "hill_climb": Blender,
+    "rank": RankBlender,
+    "logit": LogitBlender,
+}
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where a run reads the bundle and the competition's data, and writes its files."""
+
+    bundle: Path
+    data: Path
+    working: Path
+
+
+def read_manifest(bundle: str | Path) -> dict:
+    """The bundle's manifest, after checking every file it lists is there in full.
+
+    Raises:
+        DataError: no manifest, another format, or a listed file missing or cut short (Kaggle
+            drops subfolders of a dataset uploaded without ``--dir-mode zip``).
+    """
+    bundle = Path(bundle)
+    path = bundle / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path} not found: {bundle} is not a bundle made by `medalist package`")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    if manifest.get("format") != FORMAT:
+        raise DataError(
+            f"{path}: bundle format {manifest.get('format')}, this medalist reads {FORMAT}"
+        )
+    bad = [
+        name
+        for name, info in manifest["files"].items()
+        if not (bundle / name).is_file() or (bundle / name).stat().st_size != info["size"]
+    ]
+    if bad:
+        raise DataError(
+            f"{bundle}: {len(bad)} file(s) of the bundle are missing or cut short, e.g. {bad[:3]} "
+            "(upload the folder with its subfolders: kaggle datasets create --dir-mode zip)"
+        )
+    return manifest
+
+
+def default_profile(environ: Mapping[str, str] | None = None) -> str:
+    environ = os.environ if environ is None else environ
+    return environ.get("MEDALIST_PROFILE") or (
+        "kaggle" if Path("/kaggle/input").is_dir() else "local"
+    )
+
+
+def resolve_paths(
+    bundle: str | Path, profile: str, manifest: dict, environ: Mapping[str, str] | None = None
+) -> Paths:
+    """The profile's paths with the environment's overrides; the data folder must exist."""
+    environ = os.environ if environ is None else environ
+    if profile not in PROFILES:
+        raise ConfigError(f"MEDALIST_PROFILE: '{profile}' is not one of {list(PROFILES)}")
+    settings = manifest["profiles"][profile]
+    if profile == "kaggle":
+        root = Path(environ.get("MEDALIST_INPUT") or settings["input"])
+        data = root / manifest["competition"]
+        if not data.is_dir() and (root / "competitions" / manifest["competition"]).is_dir():
+            data = root / "competitions" / manifest["competition"]
+    else:
+        data = Path(settings["data"])
+    data = Path(environ.get("MEDALIST_DATA") or data)
+    working = Path(environ.get("MEDALIST_WORKING") or settings["working"])
+    if not data.is_dir():
+        raise DataError(
+            f"competition data not found at {data} (profile {profile}); attach the competition "
+            "to the notebook or set MEDALIST_DATA"
+        )
+    return Paths(Path(bundle), data, working)
+
+
+def _with(cfg: Config, dotted: str, value) -> Config:
+    """A copy of ``cfg`` with one ``section.key`` replaced."""
+    section_name, key = dotted.split(".")
+    section = getattr(cfg, section_name).model_copy(update={key: value})
+    return cfg.model_copy(update={section_name: section})
+
+
+def experiment_config(bundle: Path, entry: dict, data: Path) -> Config:
+    """An experiment's resolved config, pointed at the bundle's files and the data folder."""
+    cfg = _with(resolve_config(bundle / entry["config"]), "competition.data_dir", str(data))
+    for dotted, relative in entry["paths"].items():
+        cfg = _with(cfg, dotted, None if relative is None else str(bundle / relative))
+    return cfg
+
+
+def read_task(path: Path) -> Task:
+    info = json.loads(path.read_text(encoding="utf-8"))
+    return Task(info["type"], list(info["target_columns"]), list(info["classes"] or []))
+
+
+def predict_experiment(
+    bundle: Path, entry: dict, data: Path, rows: int | None = None, timings: list | None = None
+) -> tuple[pd.DataFrame, Task, np.ndarray]:
+    """The fold average of one experiment's merged TTA predictions, as ``infer`` makes it.
+
+    Args:
+        bundle: the bundle folder.
+        entry: the experiment's entry in the manifest.
+        data: the competition's data folder (test table and files).
+        rows: predict only the first rows (the time estimate).
+        timings: when given, one dict per fold is appended (seconds to load, to predict).
+
+    Returns:
+        (the test rows, the task, predictions shaped (rows, outputs)).
+    """
+    from medalist.infer import predict
+    from medalist.loop import make_accelerator, make_loader
+    from medalist.train import MODALITIES
+    from medalist.tta import expand_views
+    from medalist.weights import load_weights
+
+    cfg = experiment_config(bundle, entry, data)
+    views = expand_views(cfg.infer.tta, modality=cfg.modality)
+    task = read_task(bundle / entry["task"])
+    test = read_test(cfg)
+    test = test if rows is None else test.head(rows)
+    modality = MODALITIES[cfg.modality]
+    dataset = modality.build_dataset(
+        cfg, test, None, split="test", train=False, source=str(test_path(cfg)), views=views
+    )
+    accelerator = make_accelerator(cfg)
+    loader = accelerator.prepare(make_loader(dataset, cfg.infer.batch_size, shuffle=False, cfg=cfg))
+    per_fold = []
+    for fold, weights in entry["weights"].items():
+        started = time.perf_counter()
+        model = load_weights(modality.build_model(cfg, task), bundle / weights)
+        model = accelerator.prepare(model)
+        loaded = time.perf_counter()
+        per_fold.append(
+            predict(
+                model,
+                loader,
+                accelerator,
+                task,
+                views,
+                cfg.infer.tta_merge,
+                progress=cfg.train.progress,
+            )
+        )
+        if timings is not None:
+            timings.append(
+                {
+                    "fold": fold,
+                    "views": len(views),
+                    "rows": len(test),
+                    "load_seconds": loaded - started,
+                    "predict_seconds": time.perf_counter() - loaded,
+                    "device": str(accelerator.device),
+                }
+            )
+        accelerator.free_memory(model)
+    return test, task, np.mean(per_fold, axis=0)
+
+
+def blend(manifest: dict, task_type: str, predictions: dict[str, np.ndarray]) -> np.ndarray:
+    """The packaged ensemble applied to its members' test predictions, as the stage did."""
+    ensemble = manifest["ensemble"]
+    members = ensemble["members"]
+    # A member run with several seeds is the mean of its seeds (in float64, like the stage).
+    stacked = np.stack(
+        [
+            np.mean([predictions[e].astype(np.float64) for e in member["experiments"]], axis=0)
+            for member in members
+        ]
+    )
+    blender = BLENDERS[ensemble["method"]](task_type, None)
+    blender.weights = np.array([member["weight"] for member in members], dtype=np.float64)
+    return blender.predict(stacked)
+
+
+def prediction_table(id_column: str, test: pd.DataFrame, task: Task, values) -> pd.DataFrame:
+    table = pd.DataFrame(values, columns=task.pred_columns)
+    table.insert(0, id_column, test[id_column].to_numpy())
+    return table
+
+
+def write_submission(bundle: Path, paths: Paths, experiment: str, table: pd.DataFrame) -> Path:
+    """``<working>/submission.csv`` through the ``submission`` stage (validated)."""
+    from medalist.stages import submission
+
+    cfg = resolve_config(bundle / "config.yaml")
+    cfg = _with(cfg, "competition.data_dir", str(paths.data))
+    cfg = _with(cfg, "competition.outputs_dir", str(bundle / "outputs"))
+    cfg = _with(cfg, "competition.submissions_dir", str(paths.working))
+    cfg = _with(cfg, "train.experiment", experiment)
+    cfg = _with(cfg, "submission.name", "submission")
+    predictions = paths.working / "predictions" / f"{experiment.replace('/', '__')}.parquet"
+    write_parquet(predictions, table)
+    return submission(cfg, predictions=predictions)
+
+
+def check_inputs(bundle: Path, paths: Paths) -> None:
+    """The test table and sample submission exist, before any model is loaded."""
+    cfg = _with(resolve_config(bundle / "config.yaml"), "competition.data_dir", str(paths.data))
+    for path in (test_path(cfg), sample_path(cfg)):
+        if not path.is_file():
+            raise DataError(f"{path} not found in the competition data ({paths.data})")
+
+
+def run_bundle(
+    bundle: str | Path, profile: str | None = None, environ: Mapping[str, str] | None = None
+) -> Path:
+    """Predict the test set with the bundle and write ``submission.csv``; returns its path."""
+    started = time.perf_counter()
+    bundle = Path(bundle)
+    profile = profile or default_profile(environ)
+    manifest = read_manifest(bundle)
+    paths = resolve_paths(bundle, profile, manifest, environ)
+    check_inputs(bundle, paths)
+    log.info(
+        "profile %s: bundle %s, data %s, output %s", profile, bundle, paths.data, paths.working
+    )
+    predictions, timings = {}, []
+    for name, entry in manifest["experiments"].items():
+        test, task, values = predict_experiment(bundle, entry, paths.data, timings=timings)
+        predictions[name] = values
+        log.info("%s: %d fold(s) predicted %d rows", name, len(entry["weights"]), len(test))
+    id_column = manifest["id_column"]
+    if manifest.get("ensemble"):
+        experiment = f"ensemble/{manifest['ensemble']['name']}"
+        values = blend(manifest, task.type, predictions)
+    else:
+        experiment = next(iter(manifest["experiments"]))
+        values = predictions[experiment]
+    path = write_submission(
+        bundle, paths, experiment, prediction_table(id_column, test, task, values)
+    )
+    seconds = time.perf_counter() - started
+    report = {
+        "profile": profile,
+        "prediction": experiment,
+        "rows": len(test),
+        "seconds": round(seconds, 2),
+        "estimated_seconds": manifest.get("timing", {}).get("estimated_seconds"),
+        "models": timings,
+        "submission": str(path),
+    }
+    write_json(paths.working / "offline.json", report)
+    log.info("%s written in %.1f s (%d rows)", path, seconds, len(test))
+    return path

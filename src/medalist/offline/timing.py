@@ -1,0 +1,86 @@
+"""How long the notebook will take: a timed sample of test rows, extrapolated to the full set.
+
+Every packaged model goes through the same code the notebook runs (load the weights, predict the
+first ``kaggle.timing_rows`` test rows with every view), and each model's time becomes
+``load + predict * total_rows / sample_rows``. The sum is compared with the competition's limit
+(``kaggle.time_limit_hours``). The clock is this machine's: a Kaggle GPU may be faster or slower,
+so the report names the device. Installing and start-up are not counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from medalist.offline.predict import predict_experiment
+
+log = logging.getLogger(__name__)
+
+
+def estimate(
+    bundle: Path,
+    experiments: dict,
+    data: Path,
+    sample_rows: int,
+    total_rows: int,
+    limit_hours: float,
+) -> tuple[dict, dict]:
+    """Time the sample through every packaged model; returns (the report, sample predictions).
+
+    The sample predictions (``{experiment: (test rows, values)}``) let the caller compare the
+    bundle's output with the experiment's own ``test.parquet``.
+    """
+    timings: list[dict] = []
+    samples = {}
+    for name, entry in experiments.items():
+        start = len(timings)
+        test, _, values = predict_experiment(bundle, entry, data, rows=sample_rows, timings=timings)
+        for timing in timings[start:]:
+            timing["experiment"] = name
+        samples[name] = (test, values)
+    seconds = [
+        t["load_seconds"] + t["predict_seconds"] * total_rows / max(t["rows"], 1) for t in timings
+    ]
+    estimated = float(np.sum(seconds))
+    limit = limit_hours * 3600.0
+    report = {
+        "sample_rows": min(sample_rows, max(t["rows"] for t in timings)),
+        "test_rows": total_rows,
+        "models": timings,
+        "estimated_seconds": round(estimated, 2),
+        "limit_seconds": limit,
+        "fraction_of_limit": round(estimated / limit, 6),
+        "fits": estimated <= limit,
+        "device": timings[0]["device"],
+        "note": "measured here, not on Kaggle; installing and start-up not counted",
+    }
+    if report["fits"]:
+        log.info(
+            "inference estimate: %s for %d test rows on %s, %.1f%% of the %s limit",
+            duration(estimated),
+            total_rows,
+            report["device"],
+            100 * estimated / limit,
+            duration(limit),
+        )
+    else:
+        log.warning(
+            "inference estimate: %s for %d test rows on %s does NOT fit the competition's %s "
+            "limit (kaggle.time_limit_hours): use fewer folds or views, or a smaller model",
+            duration(estimated),
+            total_rows,
+            report["device"],
+            duration(limit),
+        )
+    return report, samples
+
+
+def duration(seconds: float) -> str:
+    """``'42 s'``, ``'12.5 min'`` or ``'3.20 h'``."""
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"

@@ -1,0 +1,399 @@
+"""The ``package`` stage: the Kaggle dataset an offline notebook needs, and that notebook.
+
+Reads the packaged experiments (``kaggle.experiments``, or the members of ``kaggle.ensemble``,
+or ``train.experiment``) under ``outputs/``, the folds manifest and the config. Writes
+``<kaggle.output_dir>/<dataset slug>/``::
+
+    dataset-metadata.json      title, id and license for `kaggle datasets create`
+    medalist-bundle.json       the manifest: what to install, what to run, every file's size
+    config.yaml                the resolved config of this command (submission settings)
+    wheels/                    medalist, the project's own package, kaggle.wheels
+    outputs/<exp>/             config.yaml, task.json, metrics.json, fold*/<weights>.safetensors
+    outputs/ensemble/<name>/   weights.json, ensemble.yaml, task.json, cv.json (with an ensemble)
+    backbones/<name>/          config and tokenizer files of a text backbone folder
+    folds/folds.json           the folds manifest (ids and hashes, no rows)
+    timing.json                the run-time estimate against kaggle.time_limit_hours
+
+and ``<kaggle.output_dir>/notebook/`` (``predict.ipynb`` and ``kernel-metadata.json`` for
+`kaggle kernels push`), plus ``inference/predict.py`` and ``predict.ipynb`` in the project. Only
+the prediction weights of each fold go in (the EMA's when EMA is on). The bundle is built beside
+its final place, checked (:mod:`medalist.offline.scan`), then moved in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+import medalist
+from medalist.config import Config, resolve_config
+from medalist.data import read_test
+from medalist.errors import ConfigError, DataError
+from medalist.io import sha256_file, write_json, write_text
+from medalist.offline import scan, wheels
+from medalist.offline.notebook import notebook, write_entry_point
+from medalist.offline.predict import BLENDERS, FORMAT, MANIFEST
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER_OWNER = "INSERT_USERNAME"
+BACKBONE_FILES = scan.ALLOWED - {".whl", ".py", ".ipynb"}
+
+
+@dataclass
+class Experiment:
+    name: str
+    cfg: Config  # the experiment's own resolved config (outputs/<name>/config.yaml)
+    weights: dict[str, Path]  # fold -> prediction weights
+
+
+@dataclass
+class Plan:
+    experiments: list[Experiment]
+    ensemble: dict | None = None
+    backbones: dict[Path, str] = field(default_factory=dict)  # source folder -> bundle folder
+
+
+def competition_slug(cfg: Config) -> str:
+    return cfg.kaggle.competition or cfg.competition.name
+
+
+def dataset_id(cfg: Config) -> str:
+    return cfg.kaggle.dataset_id or f"{PLACEHOLDER_OWNER}/{competition_slug(cfg)}-medalist"
+
+
+def notebook_id(cfg: Config) -> str:
+    owner = dataset_id(cfg).split("/")[0]
+    return cfg.kaggle.notebook_id or f"{owner}/{competition_slug(cfg)}-medalist-inference"
+
+
+def bundle_dir(cfg: Config) -> Path:
+    return Path(cfg.kaggle.output_dir) / dataset_id(cfg).split("/")[1]
+
+
+# ------------------------------------------------------------------------------------- planning
+
+
+def _experiment(outputs: Path, name: str, key: str) -> Experiment:
+    """One trained experiment and its prediction weights, as ``infer`` would choose them."""
+    from medalist.infer import trained_folds
+    from medalist.train import prediction_weights
+
+    folder = outputs / name
+    for needed in ("config.yaml", "task.json"):
+        if not (folder / needed).is_file():
+            raise DataError(f"{key}: {folder / needed} not found; train '{name}' first")
+    cfg = resolve_config(folder / "config.yaml")
+    # The saved config's outputs_dir is relative to the project, like every path here.
+    cfg = cfg.model_copy(
+        update={"competition": cfg.competition.model_copy(update={"outputs_dir": str(outputs)})}
+    )
+    weights = {str(fold): prediction_weights(cfg, fold) for fold in trained_folds(cfg)}
+    return Experiment(name, cfg, weights)
+
+
+def _ensemble(cfg: Config, outputs: Path) -> tuple[dict, list[str]]:
+    """The packaged ensemble: method, members (their experiments) and saved weights."""
+    from medalist.ensemble.inputs import expand_members
+
+    name = cfg.kaggle.ensemble
+    folder = outputs / "ensemble" / name
+    for needed in ("weights.json", "ensemble.yaml", "task.json"):
+        if not (folder / needed).is_file():
+            raise DataError(
+                f"kaggle.ensemble: {folder / needed} not found; run `medalist ensemble`"
+            )
+    settings = yaml.safe_load((folder / "ensemble.yaml").read_text(encoding="utf-8"))
+    method = settings["method"]
+    if method not in BLENDERS:
+        raise ConfigError(
+            f"kaggle.ensemble: '{name}' is a {method}; a level-2 model cannot ship without "
+            f"pickling, so only blends with saved weights can be packaged ({sorted(BLENDERS)})"
+        )
+    saved = json.loads((folder / "weights.json").read_text(encoding="utf-8"))["weights"]
+    members, experiments = [], []
+    for member, folders in expand_members(settings["experiments"], outputs):
+        names = []
+        for path in folders:
+            if outputs.resolve() not in path.resolve().parents:
+                raise DataError(
+                    f"kaggle.ensemble: member '{member}' is the folder {path}, outside "
+                    f"{outputs}; only experiments trained here have weights to package"
+                )
+            names.append(path.resolve().relative_to(outputs.resolve()).as_posix())
+        if member not in saved:
+            raise DataError(f"kaggle.ensemble: {folder}/weights.json has no weight for '{member}'")
+        members.append({"name": member, "experiments": names, "weight": float(saved[member])})
+        experiments += [n for n in names if n not in experiments]
+    return {"name": name, "method": method, "members": members}, experiments
+
+
+def make_plan(cfg: Config) -> Plan:
+    """What goes in the bundle; every input is checked here, before any work."""
+    outputs = Path(cfg.competition.outputs_dir)
+    ensemble, key = None, "kaggle.experiments"
+    if cfg.kaggle.ensemble:
+        ensemble, names = _ensemble(cfg, outputs)
+        key = "kaggle.ensemble"
+    else:
+        names = list(cfg.kaggle.experiments) or [cfg.train.experiment]
+        if len(names) > 1:
+            raise ConfigError(
+                f"kaggle.experiments: {names} need kaggle.ensemble to say how they blend"
+            )
+    plan = Plan([_experiment(outputs, name, key) for name in names], ensemble)
+    for experiment in plan.experiments:
+        backbone = _backbone(experiment.cfg)
+        if backbone is not None and backbone.resolve() not in plan.backbones:
+            if not backbone.is_dir():
+                raise DataError(f"{experiment.name}: text.backbone folder {backbone} not found")
+            taken = set(plan.backbones.values())
+            label, index = backbone.name, 1
+            while f"backbones/{label}" in taken:
+                index += 1
+                label = f"{backbone.name}-{index}"
+            plan.backbones[backbone.resolve()] = f"backbones/{label}"
+    wheels.check_sources(cfg)
+    if cfg.kaggle.timing_rows:
+        read_test(cfg)  # the estimate needs the local test table
+    return plan
+
+
+def _backbone(cfg: Config) -> Path | None:
+    """The text modality's local backbone folder (config, tokenizer), if the model has one."""
+    text = getattr(cfg, "text", None)
+    if cfg.modality != "text" or text is None or not getattr(text, "backbone", None):
+        return None
+    return Path(text.backbone)
+
+
+# ------------------------------------------------------------------------------------- writing
+
+
+def _place(source: Path, target: Path) -> None:
+    """Copy a file; weights (gigabytes, and only ever replaced whole) are hard-linked if possible."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.suffix == ".safetensors":
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass
+    shutil.copyfile(source, target)
+
+
+def _copy_experiment(experiment: Experiment, outputs: Path, root: Path, plan: Plan) -> dict:
+    source = outputs / experiment.name
+    target = f"outputs/{experiment.name}"
+    for name in ("config.yaml", "task.json", "metrics.json"):
+        if (source / name).is_file():
+            _place(source / name, root / target / name)
+    entry: dict = {"config": f"{target}/config.yaml", "task": f"{target}/task.json"}
+    entry["weights"] = {}
+    for fold, weights in experiment.weights.items():
+        relative = f"{target}/{weights.parent.name}/{weights.name}"
+        _place(weights, root / relative)
+        entry["weights"][fold] = relative
+    # Paths of the training machine mean nothing on Kaggle: the fine-tuned weights replace the
+    # pretrained ones, and a text backbone folder (its config, tokenizer) travels in the bundle.
+    entry["paths"] = {"model.pretrained_path": None}
+    backbone = _backbone(experiment.cfg)
+    if backbone is not None:
+        entry["paths"]["text.backbone"] = plan.backbones[backbone.resolve()]
+    metrics_file = source / "metrics.json"
+    if metrics_file.is_file():
+        entry["cv"] = json.loads(metrics_file.read_text(encoding="utf-8")).get("cv")
+    return entry
+
+
+def _copy_backbone(source: Path, target: Path) -> None:
+    """A backbone folder's config, tokenizer and safetensors files; nothing pickled."""
+    left_out = []
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        if path.suffix.lower() in BACKBONE_FILES:
+            _place(path, target / path.relative_to(source))
+        else:
+            left_out.append(path.name)
+    if left_out:
+        log.info("backbone %s: left out %s (not needed, or pickled)", source, left_out)
+
+
+def _metadata(cfg: Config) -> dict:
+    slug = competition_slug(cfg)
+    title = cfg.kaggle.dataset_title or f"{slug} medalist bundle"[:50]
+    return {
+        "title": title,
+        "id": dataset_id(cfg),
+        "licenses": [{"name": cfg.kaggle.dataset_license}],
+    }
+
+
+def _profiles(cfg: Config) -> dict:
+    k = cfg.kaggle
+    return {
+        "kaggle": {"input": k.input_dir, "working": k.working_dir},
+        "local": {"data": cfg.competition.data_dir, "working": k.local_working_dir},
+    }
+
+
+def _check_against_local(outputs: Path, id_column: str, name: str, test, values) -> None:
+    """The bundle's predictions of the sample must be the experiment's own ``test.parquet``."""
+    local = outputs / name / "test.parquet"
+    if not local.is_file():
+        log.info("%s: no %s to compare the bundle's predictions with", name, local)
+        return
+    table = pd.read_parquet(local)
+    table.index = table[id_column].astype(str)
+    try:
+        expected = table.loc[test[id_column].astype(str)].drop(columns=[id_column]).to_numpy()
+    except KeyError:
+        raise DataError(
+            f"{local} does not hold the ids of the test table; run infer again"
+        ) from None
+    if expected.shape != values.shape or not np.allclose(expected, values, rtol=0, atol=1e-3):
+        raise DataError(
+            f"{name}: the bundle predicts other values than {local} (largest difference "
+            f"{np.max(np.abs(expected - values)) if expected.shape == values.shape else 'shape'}); "
+            "was infer run with other settings than outputs/<experiment>/config.yaml?"
+        )
+
+
+def _timing(cfg: Config, root: Path, manifest: dict) -> dict | None:
+    from medalist.offline.timing import estimate
+
+    k = cfg.kaggle
+    if not k.timing_rows:
+        return None
+    total = k.test_rows or len(read_test(cfg))
+    data = Path(cfg.competition.data_dir)
+    report, samples = estimate(
+        root, manifest["experiments"], data, k.timing_rows, total, k.time_limit_hours
+    )
+    outputs = Path(cfg.competition.outputs_dir)
+    for name, (test, values) in samples.items():
+        _check_against_local(outputs, cfg.competition.id_column, name, test, values)
+    write_json(root / "timing.json", report)
+    return {key: value for key, value in report.items() if key != "models"}
+
+
+def _files(root: Path) -> dict:
+    return {
+        path.relative_to(root).as_posix(): {
+            "size": path.stat().st_size,
+            "sha256": sha256_file(path),
+        }
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != MANIFEST
+    }
+
+
+def _kernel_metadata(cfg: Config) -> dict:
+    identifier = notebook_id(cfg)
+    return {
+        "id": identifier,
+        "title": identifier.split("/")[1].replace("-", " "),
+        "code_file": "predict.ipynb",
+        "language": "python",
+        "kernel_type": "notebook",
+        "is_private": True,
+        "enable_gpu": cfg.kaggle.gpu,
+        "enable_internet": False,
+        "dataset_sources": [dataset_id(cfg)],
+        "competition_sources": [competition_slug(cfg)],
+        "kernel_sources": [],
+        "model_sources": [],
+    }
+
+
+def _write_notebook(cfg: Config) -> Path:
+    import nbformat
+
+    folder = Path(cfg.kaggle.output_dir) / "notebook"
+    write_text(folder / "predict.ipynb", nbformat.writes(notebook()) + "\n")
+    write_json(folder / "kernel-metadata.json", _kernel_metadata(cfg))
+    if Path("inference").is_dir():  # the project's own copy of the entry point
+        write_entry_point("inference")
+    return folder
+
+
+def _swap(staging: Path, target: Path) -> None:
+    """Put the finished bundle in place; the previous one is removed only after."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def build(cfg: Config, plan: Plan, root: Path) -> dict:
+    """Write every file of the bundle into ``root``; returns the manifest."""
+    outputs = Path(cfg.competition.outputs_dir)
+    built = wheels.collect(cfg, root / "wheels", Path("."))
+    experiments = {e.name: _copy_experiment(e, outputs, root, plan) for e in plan.experiments}
+    for source, relative in plan.backbones.items():
+        _copy_backbone(source, root / relative)
+    if plan.ensemble:
+        folder = outputs / "ensemble" / plan.ensemble["name"]
+        for name in ("weights.json", "ensemble.yaml", "task.json", "cv.json"):
+            if (folder / name).is_file():
+                _place(folder / name, root / "outputs" / "ensemble" / plan.ensemble["name"] / name)
+    folds_manifest = Path(cfg.competition.folds_dir) / "folds.json"
+    if folds_manifest.is_file():
+        _place(folds_manifest, root / "folds" / "folds.json")
+    write_text(root / "config.yaml", cfg.to_yaml())
+    write_json(root / "dataset-metadata.json", _metadata(cfg))
+    manifest = {
+        "format": FORMAT,
+        "medalist": medalist.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "competition": competition_slug(cfg),
+        "id_column": cfg.competition.id_column,
+        "dataset": _metadata(cfg),
+        "install": [wheels.requirement(w) for w in built],
+        "profiles": _profiles(cfg),
+        "experiments": experiments,
+        "ensemble": plan.ensemble,
+    }
+    manifest["timing"] = _timing(cfg, root, manifest)
+    manifest["files"] = _files(root)
+    write_json(root / MANIFEST, manifest)
+    return manifest
+
+
+def run(cfg: Config) -> Path:
+    """Write the bundle and the notebook; returns the bundle folder."""
+    plan = make_plan(cfg)
+    target = bundle_dir(cfg)
+    if dataset_id(cfg).startswith(f"{PLACEHOLDER_OWNER}/"):
+        log.warning("kaggle.dataset_id is not set: set your Kaggle user name before uploading")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        manifest = build(cfg, plan, staging)
+        scan.check_bundle(staging, cfg.competition.data_dir)
+        _swap(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    folder = _write_notebook(cfg)
+    size = sum(info["size"] for info in manifest["files"].values())
+    log.info(
+        "bundle %s: %d files, %.1f MB (%d wheel(s), %d weight file(s)); notebook in %s",
+        target,
+        len(manifest["files"]) + 1,
+        size / 1e6,
+        len(manifest["install"]),
+        sum(len(e["weights"]) for e in manifest["experiments"].values()),
+        folder,
+    )
+    return target
