@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(BIN)/medalist demo digits
+	$(BIN)/medalist demo all
 
 lint: install
 	$(BIN)/ruff check .

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from medalist.config import Config, describe, parse_override, resolve_config
 from medalist.errors import ConfigError
@@ -122,3 +123,15 @@ def test_yaml_no_and_off_stay_strings(tmp_path):
     assert cfg.train.mixed_precision == "no" and cfg.train.experiment == "off"
     assert cfg.submission.name == "no"
     assert resolve_config(overrides=["train.cpu=true"]).train.cpu is True
+
+
+def test_overrides_before_and_after_options(tiny_project, capsys):
+    from medalist.cli import main
+
+    assert main(["config", "train.lr=0.5", "-c", "configs/tiny.yaml", "train.epochs=3"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["lr"] == 0.5 and printed["train"]["epochs"] == 3
+    assert printed["model"]["backbone"] == "test_resnet"  # the -c file was read too
+    with pytest.raises(SystemExit):
+        main(["config", "-c", "configs/tiny.yaml", "--bogus"])
+    assert main(["validate", "a.csv", "b.csv"]) == 2  # b.csv is not an override

@@ -63,6 +63,35 @@ def test_run_skips_up_to_date_stages_and_reruns_on_change(tiny_project):
         "infer": "skipped",
         "submission": "ran",
     }
+    weights = tiny_project / "outputs" / "tiny" / "fold0" / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    smoothed = resolve_config(
+        "configs/tiny.yaml", ["train.epochs=1", "tricks.loss.label_smoothing=0.1"]
+    )
+    assert run(smoothed) == {
+        "folds": "skipped",
+        "train": "ran",
+        "infer": "ran",
+        "submission": "ran",
+    }
+    assert weights.stat().st_mtime_ns != stamp  # a trick changes the weights: folds retrained
+
+
+def test_starting_weights_count_by_content(tmp_path):
+    from medalist.train import training_hash
+
+    weights = tmp_path / "backbone.safetensors"
+    weights.write_bytes(b"first")
+    cfg = resolve_config(
+        None, [f"model.pretrained_path={weights}", "competition.target_columns=[y]"]
+    )
+    before = training_hash(cfg)
+    assert training_hash(cfg) == before
+    weights.write_bytes(b"second")  # e.g. MLM pretraining rewrote the backbone folder in place
+    assert training_hash(cfg) != before
+    assert training_hash(
+        cfg.model_copy(update={"mlm": cfg.mlm.model_copy(update={"lr": 1.0})})
+    ) == (training_hash(cfg))
 
 
 def test_finished_fold_is_not_retrained(tiny_project):

@@ -34,14 +34,16 @@ def train(project: Path, *extra: str) -> subprocess.CompletedProcess:
     )
 
 
-def results(project: Path) -> dict:
-    fold = project / "outputs" / "tiny" / "fold0"
+def results(project: Path, experiment: str = "tiny") -> dict:
+    fold = project / "outputs" / experiment / "fold0"
     return {
         "model": load_file(fold / "model.safetensors"),
         "ema": load_file(fold / "ema.safetensors"),
         "oof": pd.read_parquet(fold / "oof.parquet"),
         "scores": json.loads((fold / "scores.json").read_text())["scores"],
-        "metrics": json.loads((project / "outputs" / "tiny" / "metrics.json").read_text())["cv"],
+        "metrics": json.loads((project / "outputs" / experiment / "metrics.json").read_text())[
+            "cv"
+        ],
     }
 
 
@@ -116,3 +118,46 @@ def test_truncated_checkpoint_refused(reference, tmp_path):
     again = train(project, *kill)
     assert again.returncode == 2
     assert "not a valid checkpoint" in again.stdout + again.stderr
+
+
+def _run(project: Path, *args: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "medalist", *args, "-c", "configs/tiny.yaml", "train.folds=[0]"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_kill_during_pseudo_round_resumes_bitwise(reference, tmp_path):
+    """A student of pseudo round 1 killed mid-epoch resumes to the uninterrupted student; a
+    checkpoint made with other pseudo labels is not resumed from."""
+    ref_project, _ = reference
+    student = ["train.pseudo_round=1", "train.experiment=student"]
+    _run(ref_project, "infer")
+    _run(ref_project, "pseudo", "pseudo.teachers=[tiny]", "pseudo.mode=hard")
+    clean = tmp_path / "clean"
+    shutil.copytree(ref_project, clean)
+    assert train(clean, *student).returncode == 0
+    want = results(clean, "student")
+
+    project = tmp_path / "digits"
+    shutil.copytree(ref_project, project)
+    marker = tmp_path / "killed"
+    kill = [f"tricks.custom=[{{name: 'faults:KillAt', epoch: 1, batch: 3, marker: '{marker}'}}]"]
+    assert train(project, *student, *kill).returncode == -9
+    resumed = train(project, *student, *kill)
+    assert resumed.returncode == 0
+    assert "resumed from" in resumed.stderr
+    assert_identical(results(project, "student"), want)
+
+    # Killed again, then the labels change (soft this time): the old checkpoint must not be used.
+    marker.unlink()
+    shutil.rmtree(project / "outputs" / "student")
+    assert train(project, *student, *kill).returncode == -9
+    _run(project, "pseudo", "pseudo.teachers=[tiny]", "pseudo.mode=soft")
+    again = train(project, *student, *kill)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "different training config" in again.stderr and "resumed from" not in again.stderr

@@ -15,6 +15,7 @@ log = logging.getLogger("medalist")
 
 STAGE_HELP = {
     "folds": "split train.csv into folds (folds/folds.csv + folds.json)",
+    "pretrain-mlm": "masked-LM pretraining on the competition's text; writes outputs/mlm/<name>/",
     "train": "train every configured fold; writes outputs/<experiment>/",
     "infer": "predict the test set with each trained fold and average",
     "pseudo": "pseudo labels for the test set from teachers' per-fold predictions",
@@ -22,6 +23,8 @@ STAGE_HELP = {
     "ensemble": "blend or stack experiments (ensemble.*) with nested CV; writes a submission",
     "ledger": "table of every run and ensemble with CV (and LB scores recorded with --lb)",
     "report": "HTML report: CV per fold, OOF correlations, ensemble weights, diagnostics",
+    "package": "the offline Kaggle dataset (wheels, weights, configs) and its inference notebook",
+    "submit": "validate a submission, then send it with the official kaggle client",
     "run": "run the configured stages in order, skipping up-to-date ones",
     "config": "print the resolved config (or every key with --describe)",
 }
@@ -55,12 +58,24 @@ def _parser() -> argparse.ArgumentParser:
             stage.add_argument("--out", help="report path (default: outputs/report.html)")
         if name == "config":
             stage.add_argument("--describe", action="store_true", help="list every key with help")
+        if name == "submit":
+            stage.add_argument("--file", help="submission CSV (default: the packaged one's)")
+            stage.add_argument("-m", "--message", help="default: experiment name and CV")
+            stage.add_argument(
+                "--kernel-version", type=int, help="code competition: the notebook version"
+            )
     validate = sub.add_parser("validate", help="validate a submission file against the sample")
     validate.add_argument("submission")
     validate.add_argument("-c", "--config")
     validate.add_argument("overrides", nargs="*")
     demo = sub.add_parser("demo", help="build a built-in demo competition and run it end to end")
-    demo.add_argument("name", nargs="?", default="digits", choices=["digits"])
+    demo.add_argument(
+        "name",
+        nargs="?",
+        default="all",
+        choices=["all", "digits", "text"],
+        help="digits (image), text, or all: both, one after the other (default)",
+    )
     demo.add_argument("--workdir", default=".demo", help="where the demo project is generated")
     return parser
 
@@ -104,6 +119,10 @@ def dispatch(args: argparse.Namespace) -> object:
         )
         log.info("%s is a valid submission", args.submission)
         return None
+    if args.command == "pretrain-mlm":
+        from medalist.mlm import run
+
+        return run(cfg)
     if args.command == "folds":
         from medalist.stages import folds
 
@@ -143,13 +162,28 @@ def dispatch(args: argparse.Namespace) -> object:
         from medalist.stages import submission
 
         return submission(cfg)
+    if args.command == "package":
+        from medalist.package import run
+
+        return run(cfg)
+    if args.command == "submit":
+        from medalist.submit import run
+
+        return run(cfg, args.file, args.message, args.kernel_version)
     from medalist.pipeline import run
 
     return run(cfg, force=args.force)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    # key=value overrides may come before and after the options (argparse stops at the first).
+    stray = [item for item in rest if item.startswith("-") or "=" not in item]
+    if stray or (rest and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or rest)}")
+    if rest:
+        args.overrides = [*args.overrides, *rest]
     _setup_logging(args.verbose)
     try:
         dispatch(args)

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from medalist.configbase import Section
 from medalist.ensemble.config import EnsembleConfig
 from medalist.errors import ConfigError
+from medalist.offline.config import KaggleConfig
 from medalist.tricks.config import TricksConfig
 
 TaskType = Literal["binary", "multiclass", "multilabel", "regression"]
@@ -114,6 +115,103 @@ class ModelConfig(Section):
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="Stochastic depth rate.")
 
 
+class TextConfig(Section):
+    """Text columns, tokenisation, batching and the transformers backbone (modality: text)."""
+
+    backbone: str | None = Field(
+        None,
+        description="Local folder of a transformers model (config.json, weights, tokenizer), "
+        "e.g. outputs/mlm/<name>; never downloaded. Required when modality is text.",
+    )
+    text_column: str = Field("text", description="Column with the (first) text.")
+    pair_column: str | None = Field(
+        None, description="Column with a second text, encoded as a pair (e.g. anchor/target)."
+    )
+    context_columns: list[str] = Field(
+        default_factory=list,
+        description="Columns appended to the last segment, joined by the tokenizer's separator.",
+    )
+    max_length: int = Field(256, ge=8, description="Tokens per row, special tokens included.")
+    truncation: Literal["head", "tail", "head_tail"] = Field(
+        "head", description="Which tokens a long text keeps: the start, the end, or both."
+    )
+    head_fraction: float = Field(
+        0.25, gt=0, lt=1, description="head_tail: share kept from the start (128 of 510 is usual)."
+    )
+    pooling: Literal["cls", "mean", "attention"] = Field(
+        "mean",
+        description="How token states become one vector: first token, masked mean, attention.",
+    )
+    concat_layers: int = Field(
+        1, ge=1, description="Pool each of the last N hidden layers and concatenate (4 is usual)."
+    )
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the pooled vector.")
+    multi_sample_dropout: int = Field(
+        1, ge=1, description="Dropout masks whose logits are averaged in training (5 is usual)."
+    )
+    hidden_dropout: float | None = Field(
+        None, ge=0, lt=1, description="Backbone hidden/attention dropout; null: the model's own."
+    )
+    reinit_layers: int = Field(0, ge=0, description="Re-initialise the top N transformer layers.")
+    freeze_embeddings: bool = Field(False, description="Do not train the embedding layer.")
+    freeze_layers: int = Field(0, ge=0, description="Do not train the bottom N transformer layers.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward: less memory, about 30% slower."
+    )
+    dynamic_padding: bool = Field(
+        True, description="Pad each batch to its longest row; false pads all to max_length."
+    )
+    bucket_size: int = Field(
+        50,
+        ge=0,
+        description="Training batches per length bucket (rows shuffled, sorted within a bucket, "
+        "batches shuffled); 0: no bucketing.",
+    )
+    pad_to_multiple_of: int | None = Field(
+        8, ge=1, description="Round padded lengths up to a multiple of this (tensor cores)."
+    )
+
+
+class MlmConfig(Section):
+    """Domain-adaptive masked-language-model pretraining (`medalist pretrain-mlm`)."""
+
+    name: str = Field("mlm", description="Output folder: <outputs_dir>/mlm/<name>/.")
+    backbone: str | None = Field(
+        None, description="Local model folder to adapt; null: text.backbone."
+    )
+    include_test: bool = Field(
+        True, description="Also learn from the test set's text (false where the rules forbid it)."
+    )
+    extra_files: list[str] = Field(
+        default_factory=list,
+        description="Unlabelled text, relative to data_dir: .txt (a document per non-empty line), "
+        ".csv or .parquet (column extra_column).",
+    )
+    extra_column: str | None = Field(
+        None, description="Text column of extra .csv/.parquet files; null: text.text_column."
+    )
+    max_length: int = Field(
+        256, ge=8, description="Chunk length in tokens; longer documents are split into chunks."
+    )
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="Share of tokens masked.")
+    whole_word_mask: bool = Field(
+        True, description="Mask whole words (fast tokenizers); else single tokens."
+    )
+    epochs: int = Field(3, ge=1, description="Passes over the corpus.")
+    batch_size: int = Field(32, ge=1, description="Chunks per batch and process.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on biases/norms).")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Fraction of steps of warmup.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    freeze_layers: int = Field(
+        0, ge=0, description="Keep the embeddings and the bottom N layers fixed (faster)."
+    )
+    valid_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Documents held out to measure perplexity before and after."
+    )
+    seed: int = Field(42, description="Seed of the split, the masks and the weights' updates.")
+
+
 class TrainConfig(Section):
     experiment: str = Field("exp001", description="Experiment name: outputs/<experiment>/.")
     folds: list[int] | None = Field(
@@ -160,7 +258,8 @@ class InferConfig(Section):
     batch_size: int = Field(64, ge=1, description="Inference batch size.")
     tta: list[str] = Field(
         default_factory=lambda: ["identity"],
-        description="TTA views: identity, hflip, vflip, transpose, rot90/180/270, d4, scale_<size>.",
+        description="TTA views. Image: identity, hflip, vflip, transpose, rot90/180/270, d4, "
+        "scale_<size>. Text: identity, head, tail, head_tail, each optionally _<max_length>.",
     )
     tta_merge: Literal["mean", "geometric", "max"] = Field(
         "mean", description="How views merge: mean or max of probabilities, geometric (log space)."
@@ -207,18 +306,21 @@ class SubmissionConfig(Section):
 class Config(Section):
     """The whole resolved configuration of a competition project."""
 
-    modality: Literal["image"] = Field("image", description="Input modality.")
+    modality: Literal["image", "text"] = Field("image", description="Input modality.")
     competition: CompetitionConfig = Field(default_factory=CompetitionConfig)
     task: TaskConfig = Field(default_factory=TaskConfig)
     folds: FoldsConfig = Field(default_factory=FoldsConfig)
     image: ImageConfig = Field(default_factory=ImageConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
+    mlm: MlmConfig = Field(default_factory=MlmConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tricks: TricksConfig = Field(default_factory=TricksConfig)
     infer: InferConfig = Field(default_factory=InferConfig)
     pseudo: PseudoConfig = Field(default_factory=PseudoConfig)
     submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
+    kaggle: KaggleConfig = Field(default_factory=KaggleConfig)
     stages: list[Literal["folds", "train", "infer", "pseudo", "submission"]] = Field(
         default_factory=lambda: ["folds", "train", "infer", "submission"],
         description="Stages that `medalist run` runs, in order.",
@@ -247,11 +349,29 @@ class Config(Section):
             raise ValueError("competition.target_columns: a multilabel task needs >= 2 targets")
         if self.image.channels not in (1, 3):
             raise ValueError("image.channels: must be 1 or 3")
+        if self.modality == "text":
+            self._check_text()
         if self.train.pseudo_round is not None and not self.pseudo.allow_test:
             raise ValueError("train.pseudo_round: pseudo.allow_test is false (the rules forbid it)")
         if self.train.folds and -1 in self.train.folds and len(self.train.folds) > 1:
             raise ValueError("train.folds: [-1] (full fit) cannot be combined with other folds")
         return self
+
+    def _check_text(self) -> None:
+        if not self.text.backbone:
+            raise ValueError("text.backbone: modality text needs a local model folder")
+        if self.tricks.mix.enabled:
+            raise ValueError("tricks.mix: mixup and cutmix mix images; modality text has none")
+        text_columns = {self.text.text_column, self.text.pair_column, *self.text.context_columns}
+        clash = sorted(text_columns & set(self.competition.target_columns))
+        if clash:
+            raise ValueError(f"text: column(s) {clash} are also target columns")
+        from medalist.tta import expand_views  # tta imports nothing from config
+
+        try:
+            expand_views(self.infer.tta, modality="text")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     def hash(self) -> str:
         """A short, stable hash of the resolved config (key order independent)."""

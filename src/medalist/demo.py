@@ -3,6 +3,7 @@
 ``digits``: scikit-learn's 1,797 handwritten digits (8x8 scans by 43 people, UCI), written as PNG
 files with ``train.csv``, ``test.csv`` and ``sample_submission.csv``. The test labels are kept
 aside in ``solution.csv`` (outside ``data/``) to score the submission like a leaderboard would.
+``text``: which library a docstring comes from (:mod:`medalist.demo_text`).
 
 :func:`run_demo` does what a team does on day one: bake the template with cookiecutter, copy the
 competition files into ``data/``, run the stages, and check the submission.
@@ -94,15 +95,24 @@ def working_directory(path: Path):
         os.chdir(previous)
 
 
-def score_submission(submission: Path, solution: Path) -> float:
+def score_submission(submission: Path, solution: Path, column: str = "label") -> float:
     """Accuracy of a label submission against the held-out solution (the 'leaderboard')."""
     sub = pd.read_csv(submission).set_index("id")
     truth = pd.read_csv(solution).set_index("id")
-    return float((sub.loc[truth.index, "label"] == truth["label"]).mean())
+    return float((sub.loc[truth.index, column] == truth[column]).mean())
 
 
 def run_demo(name: str = "digits", workdir: str | Path = ".demo") -> dict:
-    """Bake, build the data, run every stage, and report CV and the submission's test score."""
+    """Bake, build the data, run every stage, and report CV and the submission's test score.
+
+    ``name``: ``digits`` (image), ``text`` (:mod:`medalist.demo_text`) or ``all`` (both).
+    """
+    if name == "all":
+        return {demo: run_demo(demo, workdir) for demo in ("digits", "text")}
+    if name == "text":
+        from medalist.demo_text import run_text_demo
+
+        return run_text_demo(workdir)
     from rich.console import Console
     from rich.table import Table
 

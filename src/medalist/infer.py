@@ -75,7 +75,8 @@ def _fold_model(cfg, task, modality, accelerator, fold):
 
 def run(cfg: Config) -> pd.DataFrame:
     """Predict the test set with every trained fold; returns the averaged prediction table."""
-    views = expand_views(cfg.infer.tta)  # an unknown view stops here, before any work
+    # An unknown view stops here, before any work.
+    views = expand_views(cfg.infer.tta, modality=cfg.modality)
     train = read_train(cfg)
     folds_table = load_folds(
         cfg.competition.folds_dir,
@@ -87,7 +88,7 @@ def run(cfg: Config) -> pd.DataFrame:
     test = read_test(cfg)
     modality = MODALITIES[cfg.modality]
     dataset = modality.build_dataset(
-        cfg, test, None, split="test", train=False, source=str(test_path(cfg))
+        cfg, test, None, split="test", train=False, source=str(test_path(cfg)), views=views
     )
     folds = trained_folds(cfg)
     accelerator = make_accelerator(cfg)
@@ -135,7 +136,7 @@ def tta_oof(cfg, task, modality, accelerator, train, folds_table, folds, views) 
         rows = np.flatnonzero(fold_of_row == fold)
         subset = train.iloc[rows].reset_index(drop=True)
         dataset = modality.build_dataset(
-            cfg, subset, None, split="train", train=False, source=str(train_path(cfg))
+            cfg, subset, None, split="train", train=False, source=str(train_path(cfg)), views=views
         )
         loader = accelerator.prepare(
             make_loader(dataset, cfg.infer.batch_size, shuffle=False, cfg=cfg)

@@ -18,7 +18,13 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from medalist.checkpoint import checkpoints, load_checkpoint, save_checkpoint, set_rng_state
+from medalist.checkpoint import (
+    checkpoints,
+    clear_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
 from medalist.config import Config
 from medalist.errors import CheckpointError, TrainingDivergedError
 from medalist.hooks import Hook, Hooks, TrainState, Tricks
@@ -43,14 +49,27 @@ def make_accelerator(cfg: Config) -> Accelerator:
 def make_loader(
     dataset: Dataset, batch_size: int, *, shuffle: bool, cfg: Config, sampler=None
 ) -> DataLoader:
+    """A DataLoader; a dataset may bring its own ``collate`` and ``batch_sampler(...)``.
+
+    Text datasets do (dynamic padding, length-bucketed or length-sorted batches). With a trick's
+    ``sampler`` the dataset's batching gives way, its collate stays.
+    """
+    workers = {
+        "num_workers": cfg.train.num_workers,
+        "pin_memory": torch.cuda.is_available(),
+        "persistent_workers": cfg.train.num_workers > 0,
+        "collate_fn": getattr(dataset, "collate", None),
+    }
+    make_batches = getattr(dataset, "batch_sampler", None)
+    if callable(make_batches) and sampler is None:
+        batches = make_batches(batch_size, shuffle=shuffle, seed=cfg.train.seed)
+        return DataLoader(dataset, batch_sampler=batches, **workers)
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle and sampler is None,
         sampler=sampler,
-        num_workers=cfg.train.num_workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=cfg.train.num_workers > 0,
+        **workers,
     )
 
 
@@ -277,8 +296,15 @@ class FoldTrainer:
                 "best_epoch": self.best.best_epoch,
                 "best_scores": self.best.scores,
                 "history": self.best.history,
+                "training_hash": self._training_hash(),
+                "pseudo_round": self.cfg.train.pseudo_round,
             },
         )
+
+    def _training_hash(self) -> str:
+        from medalist.train import training_hash  # train imports this module
+
+        return training_hash(self.cfg)
 
     def maybe_save_step(self) -> None:
         every = self.cfg.train.checkpoint_every
@@ -291,6 +317,17 @@ class FoldTrainer:
         if not found:
             return None
         ckpt = load_checkpoint(found[-1])
+        if ckpt["progress"].get("training_hash") != self._training_hash():
+            # Made by another config (a changed key, new pseudo labels): resuming would mix runs.
+            log.warning(
+                "fold %s: %s was saved by a different training config; training the fold afresh",
+                self.fold,
+                found[-1],
+            )
+            self.accelerator.wait_for_everyone()
+            if self.accelerator.is_main_process:
+                clear_checkpoints(self.folder)
+            return None
         load_weights_into(self.accelerator.unwrap_model(self.model), ckpt["model"], found[-1])
         for index, hook in enumerate(self.hooks.hooks):
             hook.load_state_dict(ckpt["hooks"].get(index, {}))

@@ -66,16 +66,16 @@ STAGES = {
     "train": Stage(
         "train",
         train.run,
-        lambda c: [train_path(c), *_folds_files(c), *_pseudo_labels(c)],
+        lambda c: [train_path(c), *_folds_files(c), *_pseudo_labels(c), *train.backbone_weights(c)],
         lambda c: [experiment_dir(c) / "metrics.json"],
-        ("modality", "competition", "task", "folds", "image", "model", "train"),
+        ("modality", "competition", "task", "folds", "image", "text", "model", "train", "tricks"),
     ),
     "infer": Stage(
         "infer",
         infer.run,
         lambda c: [test_path(c), experiment_dir(c) / "metrics.json", *_weights(c)],
         lambda c: [experiment_dir(c) / "test.parquet"],
-        ("modality", "competition", "task", "image", "model", "train", "infer"),
+        ("modality", "competition", "task", "image", "text", "model", "train", "tricks", "infer"),
     ),
     "pseudo": Stage(
         "pseudo",

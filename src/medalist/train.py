@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from medalist import image as image_modality
+from medalist import text as text_modality
 from medalist.checkpoint import clear_checkpoints
 from medalist.config import Config
 from medalist.data import experiment_dir, read_test, read_train, test_path, train_path
@@ -34,7 +35,7 @@ from medalist.tricks.registry import build_tricks
 from medalist.weights import save_weights
 
 log = logging.getLogger(__name__)
-MODALITIES = {"image": image_modality}
+MODALITIES = {"image": image_modality, "text": text_modality}
 FULL_FIT = -1
 EVAL_WEIGHTS = "ema.safetensors"
 
@@ -45,12 +46,25 @@ def prediction_weights(cfg: Config, fold: int) -> Path:
     return fold_dir(cfg, fold) / name
 
 
+def backbone_weights(cfg: Config) -> list[Path]:
+    """Local starting weights (``model.pretrained_path`` or ``text.backbone``'s safetensors)."""
+    if cfg.modality == "text":
+        folder = Path(cfg.text.backbone) if cfg.text.backbone else None
+        return sorted(folder.glob("*.safetensors")) if folder and folder.is_dir() else []
+    path = Path(cfg.model.pretrained_path) if cfg.model.pretrained_path else None
+    return [path] if path and path.is_file() else []
+
+
 def training_hash(cfg: Config) -> str:
-    """Hash of what changes a fold's weights (not which folds run, inference or submission)."""
-    data = cfg.model_dump(
-        mode="json", exclude={"infer", "submission", "stages", "pseudo", "ensemble"}
-    )
+    """Hash of what changes a fold's weights (not which folds run, inference or submission).
+
+    The starting weights count by content, so folds trained from a backbone that MLM pretraining
+    has since rewritten in place are trained again.
+    """
+    exclude = {"infer", "submission", "stages", "pseudo", "ensemble", "kaggle", "mlm"}
+    data = cfg.model_dump(mode="json", exclude=exclude)
     data["train"].pop("folds"), data["train"].pop("progress")
+    data["backbone_weights"] = [sha256_file(path) for path in backbone_weights(cfg)]
     if cfg.train.pseudo_round is not None:  # new labels for the same round retrain the folds
         record = pseudo_dir(cfg, cfg.train.pseudo_round) / "teachers.json"
         data["pseudo_labels"] = sha256_file(record) if record.is_file() else None
@@ -111,7 +125,7 @@ def run(cfg: Config) -> dict:
     )
     fold_of_row = folds["fold"].to_numpy()
     selected = _selected_folds(cfg, folds)
-    modality.image_paths(cfg, train, "train", source)  # every file checked before any training
+    modality.check_inputs(cfg, train, "train", source)  # every row checked before any training
     out = experiment_dir(cfg)
     accelerator = make_accelerator(cfg)
     log.info(
@@ -208,7 +222,8 @@ def _train_fold(cfg, task, modality, train, targets, train_rows, valid_rows, fol
         source=source,
     )
     if cfg.train.pseudo_round is not None:
-        train_set = Combined([train_set, _pseudo_set(cfg, task, modality, fold)])
+        combine = getattr(modality, "combine", Combined)  # a modality may join its own way
+        train_set = combine([train_set, _pseudo_set(cfg, task, modality, fold)])
     valid_set = valid_targets = None
     if valid_rows is not None:
         valid_targets = targets[valid_rows]

