@@ -66,40 +66,37 @@ def _time(fn: Callable[[], object]) -> float:
 
 
 def interleave(
-    first: Callable[[], object],
-    second: Callable[[], object],
-    *,
+    *calls: Callable[[], object],
     warmup: int,
     repeats: int,
     budget_s: float | None = None,
     min_repeats: int = 3,
-) -> tuple[list[float], list[float]]:
-    """Time ``first`` and ``second`` in pairs, alternating their order: F S, S F, F S, ...
+) -> list[list[float]]:
+    """Time ``calls`` in rounds, rotating their order: (F S), (S F), ... or (A B C), (B C A), ...
 
-    Alternating cancels what the call that runs first pays for the second (a cold cache, a
-    pending writeback). The first ``warmup`` pairs are run and dropped. After ``min_repeats``
-    timed pairs, timing stops early once ``budget_s`` seconds have gone by (None: no budget).
+    Rotating cancels what the call that runs first pays for the next one (a cold cache, a
+    pending writeback): over rounds every call runs in every position equally often. The first
+    ``warmup`` rounds are run and dropped; a call that appears twice (the A/A control's B and
+    B') is warmed once. After ``min_repeats`` timed rounds, timing stops early once
+    ``budget_s`` seconds have gone by (None: no budget).
 
     Returns:
-        The seconds of each timed call of ``first`` and of ``second``, pair by pair.
+        The seconds of each timed call of each callable, round by round.
     """
-    times_1: list[float] = []
-    times_2: list[float] = []
+    times: list[list[float]] = [[] for _ in calls]
+    warm = [i for i, call in enumerate(calls) if call not in calls[:i]]  # each callable once
     started = time.perf_counter()
-    for i in range(warmup + repeats):
-        if i % 2 == 0:
-            t1 = _time(first)
-            t2 = _time(second)
-        else:
-            t2 = _time(second)
-            t1 = _time(first)
-        if i >= warmup:
-            times_1.append(t1)
-            times_2.append(t2)
+    for round_ in range(warmup + repeats):
+        order = list(range(len(calls))) if round_ >= warmup else warm
+        shift = round_ % len(order)
+        seconds = {i: _time(calls[i]) for i in order[shift:] + order[:shift]}
+        if round_ >= warmup:
+            for i, t in seconds.items():
+                times[i].append(t)
             out_of_time = budget_s is not None and time.perf_counter() - started > budget_s
-            if out_of_time and len(times_1) >= min_repeats:
+            if out_of_time and len(times[0]) >= min_repeats:
                 break
-    return times_1, times_2
+    return times
 
 
 def ratio_of_medians(a: list[float], b: list[float]) -> float:
@@ -123,41 +120,39 @@ def measure(
     throughput: bool = False,
     budget_s: float | None = None,
 ) -> dict:
-    """Time A against B interleaved, then B against itself (the A/A control).
+    """Time A against B interleaved, with B timed twice per round for the A/A control.
 
-    Both callables must do the same amount of work per call (one step, one epoch, one save).
+    Each round runs A, B and B again (``B'``) in a rotating order, so the control (B against
+    itself) is measured in the same rounds, under the same load, as the comparison it qualifies,
+    and costs one call per round instead of a second phase of two. Both callables must do the
+    same amount of work per call (one step, one epoch, one save).
 
     Args:
         a: the medalist side.
         b: the baseline.
-        warmup: pairs run and dropped first (caches, allocator, lazy imports, thread pools).
-        repeats: timed pairs.
-        control: also run the A/A control; ``control_spread`` is None without it.
+        warmup: rounds run and dropped first (caches, allocator, lazy imports, thread pools).
+        repeats: timed rounds.
+        control: also time B' for the control; ``control_spread`` is None without it.
         throughput: report a throughput ratio ``B/A`` (higher is better) instead of ``A/B``.
-        budget_s: seconds each of the two phases may take once 3 pairs are timed.
+        budget_s: seconds the rounds may take once 3 are timed.
 
     Returns:
         ``ratio`` (median A / median B, or B / A for throughput), ``control_spread``
-        (``|median(B) / median(B') - 1|``), the medians in seconds and the pairs timed.
+        (``|median(B) / median(B') - 1|``), the medians in seconds and the rounds timed.
     """
     gc.collect()
-    times_a, times_b = interleave(a, b, warmup=warmup, repeats=repeats, budget_s=budget_s)
-    result = {
+    calls = (a, b, b) if control else (a, b)
+    times = interleave(*calls, warmup=warmup, repeats=repeats, budget_s=budget_s)
+    times_a, times_b = times[0], times[1]
+    return {
         "ratio": ratio_of_medians(times_b, times_a)
         if throughput
         else ratio_of_medians(times_a, times_b),
-        "control_spread": None,
+        "control_spread": spread(times_b, times[2]) if control else None,
         "median_a_s": statistics.median(times_a),
         "median_b_s": statistics.median(times_b),
         "repeats": len(times_a),
     }
-    if control:
-        gc.collect()
-        times_b1, times_b2 = interleave(
-            b, b, warmup=min(warmup, 1), repeats=repeats, budget_s=budget_s
-        )
-        result["control_spread"] = spread(times_b1, times_b2)
-    return result
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def trick_vs_raw(name: str) -> dict:
     run_a = medalist_steps(work, work.model_copy(), make_config(BATCH, SIZE, *overrides))
     assert [type(h).__name__ for h in run_a.hooks.hooks] == [hook]
     run_b = raw_steps(work, work.model_copy(), run_a.batches)
-    result = measure(run_a, run_b, warmup=2, repeats=15, budget_s=8)
+    result = measure(run_a, run_b, warmup=1, repeats=10, budget_s=5)
     result["step_ms"] = 1000 * result["median_b_s"] / STEPS
     return result
 
@@ -64,7 +64,7 @@ def disabled() -> dict:
     assert not run_a.hooks.hooks[0].active(_state_epoch(1))
     run_b = medalist_steps(work, work.model_copy())
     assert not run_b.hooks.hooks
-    return measure(run_a, run_b, warmup=3, repeats=25, budget_s=12)
+    return measure(run_a, run_b, warmup=2, repeats=15, budget_s=4)
 
 
 def _state_epoch(epoch: int):

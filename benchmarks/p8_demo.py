@@ -9,6 +9,7 @@ fails.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -28,13 +29,14 @@ def medalist_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "medalist"]
 
 
-def offered_demos() -> list[str]:
+@functools.cache
+def offered_demos() -> tuple[str, ...]:
     """The demo names ``medalist demo --help`` lists, e.g. ``['all', 'digits', 'text']``."""
     done = subprocess.run(
         [*medalist_command(), "demo", "--help"], capture_output=True, text=True, timeout=120
     )
     match = re.search(r"\{([\w,]+)\}", done.stdout)
-    return match.group(1).split(",") if match else []
+    return tuple(match.group(1).split(",")) if match else ()
 
 
 def run_demo(name: str) -> dict:

@@ -63,7 +63,7 @@ def checkpoint_save() -> dict:
             lambda: save_weights(model, ours, {"fold": 0}),
             lambda: torch.save(model.state_dict(), plain),
             warmup=2,
-            repeats=15,
+            repeats=10,
         )
         result["megabytes"] = ours.stat().st_size / 2**20
         result.update(breakdown(model, folder))

@@ -55,3 +55,28 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setitem(os.environ, "TQDM_DISABLE", "1")
+
+
+TRAINED = ["-c", "configs/tiny.yaml", "train.epochs=1", "train.folds=[0]"]
+
+
+@pytest.fixture(scope="session")
+def trained_template(tiny_template, tmp_path_factory) -> Path:
+    """The tiny project with fold 0 trained for one epoch and its test predictions and
+    submission made (``medalist run`` with ``TRAINED``), once per session."""
+    from medalist.cli import main
+
+    project = tmp_path_factory.mktemp("trained") / "digits"
+    shutil.copytree(tiny_template, project)
+    with working_directory(project):
+        assert main(["run", *TRAINED]) == 0
+    return project
+
+
+@pytest.fixture
+def trained_project(trained_template, tmp_path) -> Path:
+    """A fresh copy of the trained tiny project as the working directory of the test."""
+    project = tmp_path / "digits"
+    shutil.copytree(trained_template, project)
+    with working_directory(project):
+        yield project

@@ -25,12 +25,35 @@ def test_missing_image_file_named(tiny_project):
     assert not (tiny_project / "outputs" / "tiny" / "fold0").exists()  # stopped before training
 
 
-def test_corrupt_image_named(tiny_project):
+@pytest.mark.parametrize("content", [b"not a png", b""], ids=["garbage", "empty"])
+def test_corrupt_image_named_before_training(tiny_project, content):
     folds(cfg())
     name = pd.read_csv("data/train.csv")["image"].iloc[3]
-    (tiny_project / "data" / "train_images" / name).write_bytes(b"not a png")
-    with pytest.raises(DataError, match=name):
+    (tiny_project / "data" / "train_images" / name).write_bytes(content)
+    with pytest.raises(DataError, match=rf"train\.csv: row 3: \S*{name} is not an image"):
         train(cfg())
+    assert not (tiny_project / "outputs" / "tiny" / "fold0").exists()  # stopped before training
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "no image column"])
+def test_bad_test_input_stops_inference_before_predicting(trained_project, damage, caplog):
+    test_csv = trained_project / "data" / "test.csv"
+    test = pd.read_csv(test_csv)
+    image = trained_project / "data" / "test_images" / test["image"].iloc[5]
+    if damage == "missing":
+        image.unlink()
+        expected = f"row 5: image file not found: {image.relative_to(trained_project)}"
+    elif damage == "corrupt":
+        image.write_bytes(b"\x89PNG cut short")
+        expected = f"row 5: {image.relative_to(trained_project)} is not an image"
+    else:
+        test.drop(columns="image").to_csv(test_csv, index=False)
+        expected = "test.csv: missing image column 'image'"
+    predictions = trained_project / "outputs" / "tiny" / "test.parquet"
+    before = predictions.read_bytes()
+    assert main(["infer", "-c", "configs/tiny.yaml", "train.folds=[0]"]) == 2
+    assert expected in caplog.text
+    assert predictions.read_bytes() == before
 
 
 def test_missing_column_named(tiny_project):
@@ -44,6 +67,7 @@ def test_label_outside_classes_named(tiny_project):
     folds(cfg())
     with pytest.raises(DataError, match=r"row 0 \(label=.*\) is not one of the classes"):
         train(cfg("task.classes=[100, 101]"))
+    assert not (tiny_project / "outputs" / "tiny" / "fold0").exists()
 
 
 def test_unknown_config_key_exits_2_with_suggestion(tiny_project, caplog):
@@ -51,9 +75,20 @@ def test_unknown_config_key_exits_2_with_suggestion(tiny_project, caplog):
     assert "train.batch_size" in caplog.text
 
 
-def test_wrong_config_type(tiny_project):
+def test_wrong_config_type(tiny_project, caplog):
     with pytest.raises(ConfigError, match="train.lr"):
         cfg("train.lr=fast")
+    assert main(["train", "-c", "configs/tiny.yaml", "train.epochs=many"]) == 2
+    assert "train.epochs" in caplog.text and "many" in caplog.text
+    assert not (tiny_project / "outputs" / "tiny").exists()
+
+
+def test_wrong_key_in_the_config_file_named(tiny_project, caplog):
+    config = tiny_project / "configs" / "tiny.yaml"
+    config.write_text(config.read_text().replace("  lr: 3.0e-3", "  learning_rate: 3.0e-3"))
+    assert main(["train", "-c", "configs/tiny.yaml"]) == 2
+    assert "train.learning_rate" in caplog.text and "tiny.yaml" in caplog.text
+    assert not (tiny_project / "outputs" / "tiny").exists()
 
 
 def test_data_changed_after_folds_is_refused(tiny_project):
@@ -76,18 +111,17 @@ def test_folds_with_other_settings_not_replaced(tiny_project):
     assert pd.read_csv(tiny_project / "folds" / "folds.csv")["fold"].nunique() == 4
 
 
-def test_sample_submission_mismatch_keeps_previous_file(tiny_project):
-    assert main(["run", "-c", "configs/tiny.yaml", *OVERRIDES]) == 0
-    submission = tiny_project / "submissions" / "tiny.csv"
+def test_sample_submission_mismatch_keeps_previous_file(trained_project):
+    submission = trained_project / "submissions" / "tiny.csv"
     before = submission.read_bytes()
-    sample_csv = tiny_project / "data" / "sample_submission.csv"
+    sample_csv = trained_project / "data" / "sample_submission.csv"
     sample = pd.read_csv(sample_csv)
     sample.loc[0, "id"] = 99999
     sample.to_csv(sample_csv, index=False)
     from medalist.stages import submission as make_submission
 
     with pytest.raises(SubmissionError, match="99999"):
-        make_submission(cfg())
+        make_submission(cfg("train.folds=[0]"))
     assert submission.read_bytes() == before
 
 

@@ -49,17 +49,29 @@ def clock(monkeypatch):
     return fixed, sequence
 
 
-def test_measure_alternates_a_and_b_then_runs_the_control(clock):
+def test_measure_rotates_a_b_and_the_control_in_each_round(clock):
     fixed, _ = clock
     calls = []
     result = harness.measure(fixed(2.0, calls, "A"), fixed(1.0, calls, "B"), warmup=2, repeats=5)
-    main, control = calls[: 2 * 7], calls[2 * 7 :]
-    assert main == ["A", "B", "B", "A"] * 3 + ["A", "B"]  # interleaved, order alternating
-    assert control == ["B"] * len(control) and len(control) == 2 * (1 + 5)  # B against itself
+    warm, timed = calls[:4], calls[4:]
+    assert warm == ["A", "B", "B", "A"]  # warm-up rounds: each callable once, order alternating
+    rounds = [timed[i : i + 3] for i in range(0, len(timed), 3)]
+    assert len(rounds) == 5 and all(sorted(r) == ["A", "B", "B"] for r in rounds)
+    assert [r.index("A") for r in rounds] == [1, 0, 2, 1, 0]  # A in every position in turn
     assert result["ratio"] == pytest.approx(2.0)
     assert result["control_spread"] == pytest.approx(0.0)
     assert (result["median_a_s"], result["median_b_s"]) == (pytest.approx(2.0), pytest.approx(1.0))
     assert result["repeats"] == 5
+
+
+def test_without_control_the_rounds_are_pairs(clock):
+    fixed, _ = clock
+    calls = []
+    result = harness.measure(
+        fixed(2.0, calls, "A"), fixed(1.0, calls, "B"), warmup=1, repeats=3, control=False
+    )
+    assert calls == ["A", "B", "B", "A", "A", "B", "B", "A"]
+    assert result["control_spread"] is None and result["repeats"] == 3
 
 
 def test_measure_takes_medians_after_warmup(clock):
@@ -84,14 +96,14 @@ def test_control_spread_is_the_relative_gap_of_the_baseline_with_itself():
     assert harness.spread([2.0, 2.0], [2.0, 2.0]) == 0.0
 
 
-def test_measure_takes_the_control_spread_from_the_control_phase(clock):
-    """One B is 20% slower than the other in every control pair, whichever runs first."""
+def test_measure_takes_the_control_spread_from_b_against_itself(clock):
+    """The second B of every round is 20% slower than the first, wherever A runs."""
     fixed, sequence = clock
-    main = [1.0] * 4
-    control = [1.0, 1.0] + [1.0, 1.2, 1.2, 1.0, 1.0, 1.2]  # the order alternates: B' B, B B', ...
-    result = harness.measure(fixed(1.0), sequence(main + control), warmup=1, repeats=3)
+    warm = [1.0]
+    rounds = [1.0, 1.2] * 3  # B's calls in call order: B then B' in every round
+    result = harness.measure(fixed(1.0), sequence(warm + rounds), warmup=1, repeats=3)
     assert result["ratio"] == pytest.approx(1.0)
-    assert result["control_spread"] == pytest.approx(0.2)
+    assert result["control_spread"] == pytest.approx(0.2 / 1.2)
 
 
 def test_a_budget_stops_timing_after_the_minimum_repeats(clock):
@@ -100,8 +112,8 @@ def test_a_budget_stops_timing_after_the_minimum_repeats(clock):
     result = harness.measure(
         fixed(10.0, calls, "A"), fixed(10.0, calls, "B"), warmup=1, repeats=50, budget_s=5
     )
-    assert result["repeats"] == 3  # min_repeats pairs, although every pair exceeds the budget
-    assert len(calls) == 2 * (1 + 3) + 2 * (1 + 3)
+    assert result["repeats"] == 3  # min_repeats rounds, although every round exceeds the budget
+    assert len(calls) == 2 + 3 * 3  # one warm-up round of A and B, three rounds of A, B, B'
 
 
 @pytest.mark.parametrize(

@@ -1,18 +1,34 @@
-"""R10: two processes (gloo on CPU) give the single-process OOF and test predictions, every id
-exactly once, and files written once."""
+"""R10: two processes (gloo on CPU) give the single-process results for train (image and text),
+infer, pseudo (and a student trained on its labels) and pretrain-mlm: the same OOF and test
+predictions, pseudo labels and MLM weights within float tolerance, every id exactly once, and every
+file written once, by the main process.
 
+The single-process runs happen in this process; the two-process ones in one ``torchrun`` launch
+that runs every command in turn (``support/commands.py``) and logs every file each rank writes.
+"""
+
+import json
 import os
+import shutil
 import subprocess
 import sys
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from safetensors.torch import load_file
 
 from medalist.cli import main
+from medalist.demo import working_directory
+from support.tiny_text import make_backbone
+
+SUPPORT = Path(__file__).parent / "support"
 
 # A model without batch norm (per-process statistics would differ by design) and the same
-# effective batch: 16 rows in one process, 8 in each of two.
+# effective batch: 16 rows in one process, 8 in each of two. 80 training rows per fold, so every
+# process gets the same number of full batches (no batch padded with repeated rows).
 COMMON = [
     "-c",
     "configs/tiny.yaml",
@@ -23,10 +39,70 @@ COMMON = [
     "tricks.ema.enabled=true",
     "tricks.ema.decay=0.5",
 ]
+# The student of a pseudo round: 80 labelled + 30 pseudo-labelled rows, 10 a step.
+STUDENT = ["train.folds=[0]", "train.epochs=1"]
+
+# pretrain-mlm: 80 one-chunk documents, 16 held out, 8 batches of 8 an epoch. One process
+# accumulates two batches a step; two processes take one each. A BERT without dropout (each
+# process draws its own dropout masks by design); the masks of a batch depend on the batch only.
+SENTENCES = [
+    f"{s} {v} the {o}"
+    for s in ["the array", "the frame", "the tensor", "the model", "the series"]
+    for v in ["holds", "returns", "sorts", "copies"]
+    for o in ["numbers", "labels", "values", "rows"]
+]
+TEXT = [
+    "modality=text",
+    "text.backbone=models/backbone",
+    "competition.target_columns=[label]",
+    "train.progress=false",
+]
+MLM = [
+    *TEXT,
+    "mlm.max_length=16",
+    "mlm.batch_size=8",
+    "mlm.epochs=2",
+    "mlm.lr=2e-3",
+    "mlm.warmup_ratio=0.25",
+    "mlm.valid_fraction=0.2",
+]
+# Text training: fold 0's 32 rows in length-bucketed batches of 4; one process accumulates two.
+TEXT_TRAIN = [
+    *TEXT,
+    "folds.n_splits=2",
+    "train.folds=[0]",
+    "text.max_length=16",
+    "text.dropout=0",
+    "train.epochs=2",
+    "train.batch_size=4",
+    "train.lr=1e-3",
+]
 
 
-def two_processes(project, stage, *args):
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+def text_project(root: Path) -> Path:
+    project = root / "text"
+    (project / "data").mkdir(parents=True)
+    pd.DataFrame(
+        {"id": range(64), "text": SENTENCES[:64], "label": [i % 2 for i in range(64)]}
+    ).to_csv(project / "data" / "train.csv", index=False)
+    pd.DataFrame({"id": range(100, 116), "text": SENTENCES[64:]}).to_csv(
+        project / "data" / "test.csv", index=False
+    )
+    make_backbone(project / "models" / "backbone", SENTENCES, masked_lm=True, dropout=0.0)
+    return project
+
+
+def launch_two(project: Path, writes: Path, *commands: list[str]) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "1",
+        "TQDM_DISABLE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(SUPPORT),
+    }
+    argv = [str(writes)]
+    for command in commands:
+        argv += [*command, ":::"]
     command = [
         sys.executable,
         "-m",
@@ -36,43 +112,150 @@ def two_processes(project, stage, *args):
         "--master_port",
         "29617",
         "-m",
-        "medalist",
-        stage,
-        *args,
+        "commands",
+        *argv[:-1],
     ]
-    done = subprocess.run(
+    return subprocess.run(
         command, cwd=project, env=env, capture_output=True, text=True, timeout=900
     )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    return done
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_template, tmp_path_factory):
+    """The same commands in one process (experiment ``one``, pseudo round 1, MLM ``one``) and in
+    two (``two``, round 2, MLM ``two``), in the same projects."""
+    root = tmp_path_factory.mktemp("distributed")
+    project = root / "digits"
+    shutil.copytree(tiny_template, project)
+    text = text_project(root)
+    with working_directory(project):
+        assert main(["folds", *COMMON]) == 0
+        assert main(["train", *COMMON, "train.batch_size=16", "train.experiment=one"]) == 0
+        assert main(["infer", *COMMON, "train.experiment=one"]) == 0
+        assert main(["pseudo", *COMMON, "train.experiment=one", "pseudo.round=1"]) == 0
+        student = [*COMMON, *STUDENT, "train.batch_size=10", "train.pseudo_round=1"]
+        assert main(["train", *student, "train.experiment=one_pl"]) == 0
+    with working_directory(text):
+        assert main(["pretrain-mlm", *MLM, "mlm.grad_accum=2", "mlm.name=one"]) == 0
+        assert main(["folds", *TEXT_TRAIN]) == 0
+        assert main(["train", *TEXT_TRAIN, "train.grad_accum=2", "train.experiment=one"]) == 0
+    writes = root / "writes.log"
+    done = launch_two(
+        project,
+        writes,
+        ["train", *COMMON, "train.batch_size=8", "train.experiment=two"],
+        ["infer", *COMMON, "train.experiment=two"],
+        ["pseudo", *COMMON, "train.experiment=two", "pseudo.round=2"],
+        [
+            "train",
+            *COMMON,
+            *STUDENT,
+            "train.batch_size=5",
+            "train.pseudo_round=2",
+            "train.experiment=two_pl",
+        ],
+        ["cd", str(text)],
+        ["pretrain-mlm", *MLM, "mlm.grad_accum=1", "mlm.name=two"],
+        ["train", *TEXT_TRAIN, "train.experiment=two"],
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return {
+        "out": project / "outputs",
+        "train": pd.read_csv(project / "data/train.csv"),
+        "test": pd.read_csv(project / "data/test.csv"),
+        "mlm": text / "outputs" / "mlm",
+        "text": text,
+        "log": done.stdout + done.stderr,
+        "writes": [line.split(" ", 1) for line in writes.read_text().splitlines()],
+    }
+
+
+def columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if c.startswith("p_")]
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(tiny_project):
-    assert main(["folds", *COMMON]) == 0
-    assert main(["train", *COMMON, "train.batch_size=16", "train.experiment=one"]) == 0
-    assert main(["infer", *COMMON, "train.experiment=one"]) == 0
-    done = two_processes(
-        tiny_project, "train", *COMMON, "train.batch_size=8", "train.experiment=two"
-    )
-    assert "MULTI_CPU with 2 process(es)" in done.stdout + done.stderr
-    two_processes(tiny_project, "infer", *COMMON, "train.experiment=two")
-
-    out = tiny_project / "outputs"
+def test_two_processes_match_one(runs):
+    assert "MULTI_CPU with 2 process(es)" in runs["log"]
+    out = runs["out"]
     one_oof, two_oof = (
         pd.read_parquet(out / "one/oof.parquet"),
         pd.read_parquet(out / "two/oof.parquet"),
     )
-    train = pd.read_csv(tiny_project / "data/train.csv")
-    assert sorted(two_oof["id"]) == sorted(train["id"])  # every id exactly once
+    assert sorted(two_oof["id"]) == sorted(runs["train"]["id"])  # every id exactly once
     assert list(two_oof["id"]) == list(one_oof["id"])
-    columns = [c for c in one_oof.columns if c.startswith("p_")]
-    np.testing.assert_allclose(two_oof[columns], one_oof[columns], atol=2e-4)
-    one_test, two_test = (
-        pd.read_parquet(out / "one/test.parquet"),
-        pd.read_parquet(out / "two/test.parquet"),
+    p = columns(one_oof)
+    np.testing.assert_allclose(two_oof[p], one_oof[p], rtol=0, atol=1e-5)
+    one_metrics = json.loads((out / "one/metrics.json").read_text())
+    two_metrics = json.loads((out / "two/metrics.json").read_text())
+    assert two_metrics["cv"] == pytest.approx(one_metrics["cv"], abs=1e-3)
+    for name in ("test.parquet", "fold1/test.parquet"):
+        one_test, two_test = (
+            pd.read_parquet(out / "one" / name),
+            pd.read_parquet(out / "two" / name),
+        )
+        assert list(two_test["id"]) == list(runs["test"]["id"])
+        np.testing.assert_allclose(two_test[p], one_test[p], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_pseudo_labels_and_student_match_one(runs):
+    out = runs["out"]
+    for fold in range(3):
+        one = pd.read_parquet(out / f"pseudo/1/fold{fold}.parquet")
+        two = pd.read_parquet(out / f"pseudo/2/fold{fold}.parquet")
+        assert list(two["id"]) == list(one["id"]) and sorted(two["id"]) == sorted(
+            runs["test"]["id"]
+        )
+        np.testing.assert_allclose(two[columns(one)], one[columns(one)], rtol=0, atol=1e-5)
+    record = json.loads((out / "pseudo/2/teachers.json").read_text())
+    assert record["teachers"] == ["two"] and record["files"]["fold0"]["sha256"]
+    one_oof = pd.read_parquet(out / "one_pl/oof.parquet")
+    two_oof = pd.read_parquet(out / "two_pl/oof.parquet")
+    assert list(two_oof["id"]) == list(one_oof["id"])
+    np.testing.assert_allclose(
+        two_oof[columns(one_oof)], one_oof[columns(one_oof)], rtol=0, atol=1e-5
     )
-    assert list(two_test["id"]) == list(pd.read_csv(tiny_project / "data/test.csv")["id"])
-    np.testing.assert_allclose(two_test[columns], one_test[columns], atol=2e-4)
-    ledger = pd.read_csv(out / "ledger.csv")
-    assert ledger["experiment"].tolist() == ["one", "two"]  # the two-process run wrote one row
+
+
+@pytest.mark.slow
+def test_two_processes_pretrain_mlm_matches_one(runs):
+    one, two = runs["mlm"] / "one", runs["mlm"] / "two"
+    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert a.keys() == b.keys()
+    moved = 0
+    start = load_file(Path(runs["mlm"]).parents[1] / "models/backbone/model.safetensors")
+    for key in a:
+        np.testing.assert_allclose(b[key].numpy(), a[key].numpy(), rtol=0, atol=1e-5, err_msg=key)
+        moved += key in start and not a[key].equal(start[key])
+    assert moved > 10  # the weights did train
+    one_report = json.loads((one / "mlm.json").read_text())
+    two_report = json.loads((two / "mlm.json").read_text())
+    assert two_report["perplexity_before"] == pytest.approx(one_report["perplexity_before"])
+    assert two_report["perplexity_after"] == pytest.approx(one_report["perplexity_after"], rel=1e-3)
+    for x, y in zip(one_report["history"], two_report["history"], strict=True):
+        assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_two_processes_train_text_like_one(runs):
+    """Length-bucketed batches of a text model: one process accumulating two, or two processes."""
+    out = runs["text"] / "outputs"
+    one, two = pd.read_parquet(out / "one/oof.parquet"), pd.read_parquet(out / "two/oof.parquet")
+    assert len(set(two["id"])) == len(two) == 32 and list(two["id"]) == list(one["id"])
+    np.testing.assert_allclose(two[columns(one)], one[columns(one)], rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_processes_write_every_file_once_from_the_main_process(runs):
+    ranks = Counter(rank for rank, _ in runs["writes"])
+    assert set(ranks) == {"0"}, ranks  # only the main process writes
+    seen = Counter(path for _, path in runs["writes"])
+    out = str(runs["out"].resolve())
+    assert f"{out}/two/oof.parquet" in seen and f"{out}/pseudo/2/teachers.json" in seen
+    assert str((runs["mlm"] / "two").resolve()) in seen
+    # Each file once; the ledger gets one row per training run (two of them here).
+    twice = {path: n for path, n in seen.items() if n > 1}
+    assert twice == {f"{out}/ledger.csv": 2}, twice  # (text/outputs/ledger.csv: once)
+    ledger = pd.read_csv(f"{out}/ledger.csv")
+    assert ledger["experiment"].tolist() == ["one", "one_pl", "two", "two_pl"]

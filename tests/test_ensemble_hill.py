@@ -119,3 +119,69 @@ def test_argmax_accuracy_bounds_are_exact_with_ties(count):
         blends = [(total + preds[m]) / (count + 1) for m in candidates]
         np.testing.assert_array_equal(scores, [np.mean(b.argmax(1) == y) for b in blends])
     np.testing.assert_array_equal(preds, before)  # the caller's predictions are untouched
+
+
+def float32_case(n=3000, models=10, classes=6, seed=0):
+    """float32 probabilities: rows sum to one only within ~1e-7, as real OOF files do."""
+    preds, y = multiclass_case(n=n, models=models, classes=classes, seed=seed)
+    return preds.astype(np.float32), y
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("metric", ["log_loss", "accuracy"])
+def test_float32_scores_equal_the_metric(metric, seed):
+    """The fast scorers score the metric itself on float32 inputs: the same picks, the same
+    history to rounding (log loss rescales rows that sum to 1 +- 1e-7, as the metric does)."""
+    preds, y = float32_case(seed=seed)
+    fast = hill_climb(preds, y, get_metric(metric), iterations=30)
+    slow = naive_hill_climb(preds, y, get_metric(metric), iterations=30)
+    assert len(fast.selection) >= 2
+    assert fast.selection == slow.selection
+    np.testing.assert_allclose(fast.history, slow.history, rtol=1e-13, atol=0)
+
+
+def test_log_loss_scorer_rescales_rows_as_the_metric_does():
+    """Rows summing to 1 + 1e-6: every candidate's score equals the metric's, not the raw mean."""
+    from medalist.ensemble.hill import TrueClassLogLoss
+
+    preds, y = float32_case(n=500, models=5, seed=3)
+    preds = (preds * np.float32(1 + 1e-6)).astype(np.float32)
+    metric = get_metric("log_loss")
+    total = (preds[1].astype(np.float64) + preds[3]) + preds[1]
+    scores = TrueClassLogLoss.build(preds, y)(total, 3, np.arange(5))
+    expected = [metric(y, (total + preds[m]) / 4) for m in range(5)]
+    np.testing.assert_allclose(scores, expected, rtol=1e-13, atol=0)
+
+
+def test_log_loss_outside_probabilities_scores_each_candidate():
+    """Values above one (not probabilities) leave the fast path: the metric is called per
+    candidate, so the climb still matches the reference."""
+    preds, y = float32_case(n=400, models=5, seed=4)
+    preds[2] *= 1.5
+    fast = hill_climb(preds, y, get_metric("log_loss"), iterations=10)
+    slow = naive_hill_climb(preds, y, get_metric("log_loss"), iterations=10)
+    assert fast.selection == slow.selection
+    np.testing.assert_allclose(fast.history, slow.history, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 5])
+def test_accuracy_leaders_are_exact_where_they_can_win(count):
+    """leaders() (what the climb calls): the best candidate's score exact, and every other score
+    either exact or below the best, so that the climb picks what exact scores would pick."""
+    from medalist.ensemble.hill import ArgmaxAccuracy
+
+    rng = np.random.default_rng(20 + count)
+    y = rng.integers(0, 4, 800)
+    preds = rng.integers(0, 5, size=(7, 800, 4)) / 4.0  # many exact ties
+    preds[2] = np.eye(4)[y] * 0.25 + preds[2] * 0.75  # a likely leader
+    scorer, total = ArgmaxAccuracy(preds, y), np.zeros((800, 4))
+    for model in rng.integers(0, 7, count):
+        scorer.add(int(model))
+        total += preds[model]  # the climb's order of additions
+    candidates = np.arange(7)
+    exact = ArgmaxAccuracy(preds, y)(total, count, candidates)
+    np.testing.assert_array_equal(exact, [np.mean((total + p).argmax(1) == y) for p in preds])
+    scores = scorer.leaders(None, count, candidates)
+    best = int(np.argmax(exact))
+    assert int(np.argmax(scores)) == best and scores[best] == exact[best]
+    assert ((scores == exact) | (scores < exact[best])).all()

@@ -415,10 +415,11 @@ def test_text_competition_through_the_stages(text_project):
     assert resolved.modality == "text" and resolved.text.backbone == "models/backbone"
 
 
-def test_text_stage_refuses_bad_rows_before_training(text_project):
+def test_text_stage_refuses_bad_rows_before_training(text_project, caplog):
     train = pd.read_csv("data/train.csv")
     train.loc[4, "text"] = ""
     train.to_csv("data/train.csv", index=False)
     assert main(["folds", "-c", "configs/tiny.yaml"]) == 0
     assert main(["train", "-c", "configs/tiny.yaml"]) == 2
+    assert "train.csv: row 4, column 'text': an empty text" in caplog.text
     assert not (text_project / "outputs" / "tiny_text" / "fold0").exists()

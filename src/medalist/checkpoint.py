@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medalist.errors import CheckpointError
+from medalist.errors import CheckpointError, MedalistError
 from medalist.io import write_json, write_text, write_with
-from medalist.weights import read_weights, save_weights
+from medalist.weights import first_non_finite, read_weights, save_weights
 
 log = logging.getLogger(__name__)
 COMPLETE = "COMPLETE"
@@ -88,20 +88,19 @@ def save_checkpoint(
 ) -> Path:
     """Write a complete checkpoint for ``step`` and remove the older ones."""
     target = folder / "checkpoint" / f"step-{step:08d}"
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
+    try:
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+    except OSError as exc:  # a read-only or full disk: name the folder, as every write does
+        raise MedalistError(f"cannot write {target}: {exc.strerror or exc}") from exc
     save_weights(model, target / "model.safetensors")
     for index, tensors in enumerate(hook_states):
         if tensors:
-            write_with(
-                target / f"hook-{index}.safetensors", lambda tmp, t=tensors: _save_file(t, tmp)
-            )
+            _save_tensors(tensors, target / f"hook-{index}.safetensors")
     for name in ("model", "eval"):
         if best.get(name):
-            write_with(
-                target / f"best-{name}.safetensors", lambda tmp, t=best[name]: _save_file(t, tmp)
-            )
+            _save_tensors(best[name], target / f"best-{name}.safetensors")
     trainer = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -117,10 +116,14 @@ def save_checkpoint(
     return target
 
 
-def _save_file(tensors: dict, path: Path) -> None:
+def _save_tensors(tensors: dict, path: Path) -> None:
     from safetensors.torch import save_file
 
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+    state = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    bad = first_non_finite(state)
+    if bad is not None:  # EMA or best weights: a non-finite model is never saved either
+        raise CheckpointError(f"refusing to save {path}: tensor '{bad}' is not finite")
+    write_with(path, lambda tmp: save_file(state, str(tmp)))
 
 
 def load_checkpoint(path: Path) -> dict:

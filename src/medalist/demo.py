@@ -5,8 +5,12 @@ files with ``train.csv``, ``test.csv`` and ``sample_submission.csv``. The test l
 aside in ``solution.csv`` (outside ``data/``) to score the submission like a leaderboard would.
 ``text``: which library a docstring comes from (:mod:`medalist.demo_text`).
 
-:func:`run_demo` does what a team does on day one: bake the template with cookiecutter, copy the
-competition files into ``data/``, run the stages, and check the submission.
+:func:`run_demo` does what a team does in its first days: bake the template with cookiecutter,
+copy the competition files into ``data/``, run the stages for two experiments, blend them
+(``medalist ensemble``), write the report (``medalist report``), and score every submission
+against the held-out labels. It also writes ``configs/<demo>_pseudo.yaml`` and
+``configs/<demo>_tta.yaml`` into the project (the demo's experiment file with an overlay from
+``configs/demo/`` merged in): one pseudo-label round, and test-time augmentation, to run after.
 """
 
 from __future__ import annotations
@@ -14,17 +18,21 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import takewhile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
+import yaml
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from medalist.io import write_csv
+from medalist.io import write_csv, write_text
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +110,161 @@ def score_submission(submission: Path, solution: Path, column: str = "label") ->
     return float((sub.loc[truth.index, column] == truth[column]).mean())
 
 
-def run_demo(name: str = "digits", workdir: str | Path = ".demo") -> dict:
-    """Bake, build the data, run every stage, and report CV and the submission's test score.
+# The digits demo's second experiment: a smaller, differently built ResNet (timm's resnet10t:
+# a deep three-convolution stem, average-pool downsampling, one block per stage; about half
+# ResNet-18's time per step on a CPU), so the two make different mistakes.
+DIGITS_SECOND = ["model.backbone=resnet10t", "train.experiment=digits_resnet10t"]
+VARIANTS = ("pseudo", "tta")
+
+
+class _FlowLists(yaml.SafeDumper):
+    """Sections and keys as blocks, lists on one line, as the hand-written configs have them."""
+
+
+_FlowLists.add_representer(
+    list, lambda dumper, data: dumper.represent_sequence("tag:yaml.org,2002:seq", data, True)
+)
+
+
+def write_variants(project: Path, name: str) -> list[Path]:
+    """``configs/<name>_<variant>.yaml`` in the project: the demo's experiment file
+    (``configs/demo/<name>.yaml``) with the overlay ``configs/demo/<name>_<variant>.yaml`` merged
+    in, headed by the overlay's comments. Every other setting equals the demo's, so the stages
+    the demo ran are up to date under these files and only what the overlay adds runs."""
+    from medalist.config import _deep_merge, load_yaml
+
+    base = load_yaml((REPO_CONFIGS / "demo" / f"{name}.yaml").read_text(encoding="utf-8"))
+    written = []
+    for variant in VARIANTS:
+        text = (REPO_CONFIGS / "demo" / f"{name}_{variant}.yaml").read_text(encoding="utf-8")
+        header = list(takewhile(lambda line: line.startswith("#"), text.splitlines()))
+        header.append(
+            f"# Below: configs/{name}.yaml (see its comments) with this overlay merged in."
+        )
+        merged = _deep_merge(base, load_yaml(text))
+        body = yaml.dump(merged, Dumper=_FlowLists, sort_keys=False, width=4096)
+        target = project / "configs" / f"{name}_{variant}.yaml"
+        write_text(target, "\n".join(header) + "\n" + body)
+        written.append(target)
+    return written
+
+
+@dataclass
+class Scored:
+    """One line of a demo's closing table: an experiment or the ensemble."""
+
+    name: str
+    label: str
+    scores: dict  # metrics.json or the ensemble's nested scores: "cv", "folds" per metric
+    test_score: float
+    submission: Path
+
+
+def scored_experiment(project: Path, cfg, label: str, column: str) -> Scored:
+    """CV (``metrics.json``) and test accuracy of an experiment's submission."""
+    metrics = pd.read_json(Path("outputs") / cfg.train.experiment / "metrics.json", typ="series")
+    name = cfg.submission.name or cfg.train.experiment
+    submission = project / cfg.competition.submissions_dir / f"{name}.csv"
+    test_score = score_submission(submission, project / "solution.csv", column)
+    return Scored(cfg.train.experiment, label, dict(metrics), test_score, submission)
+
+
+def ensemble_and_report(project: Path, cfg, column: str) -> tuple[Scored, dict, Path]:
+    """``medalist ensemble`` then ``medalist report`` on ``cfg.ensemble``; the ensemble's line
+    holds its nested (honest) CV and the test accuracy of its submission."""
+    from medalist.ensemble.stage import run as ensemble
+    from medalist.report import write_report
+
+    summary = ensemble(cfg, cfg.ensemble)
+    report = write_report(
+        cfg.competition.outputs_dir, list(cfg.ensemble.experiments), cfg.ensemble.name, cfg=cfg
+    )
+    submission = project / summary["submission"]
+    test_score = score_submission(submission, project / "solution.csv", column)
+    label = f"{cfg.ensemble.method} ({summary['cv']['optimised_metric']}), nested"
+    line = Scored(cfg.ensemble.name, label, summary["cv"]["nested"], test_score, submission)
+    return line, summary, project / report
+
+
+def print_summary(
+    console, title: str, lines: list[Scored], summary: dict, report: Path, main_metric: str
+) -> None:
+    """The closing table (per-fold main metric, CV, test accuracy), then single vs ensemble."""
+    from rich.table import Table
+
+    metrics = list(lines[0].scores["cv"])[:2]
+    folds = list(lines[0].scores["folds"])
+    table = Table(title=title)
+    table.add_column("experiment", no_wrap=True)
+    table.add_column("what", no_wrap=True)
+    for fold in folds:
+        table.add_column(f"fold {fold}", justify="right")
+    for metric in metrics:
+        table.add_column(f"CV {metric}", justify="right")
+    table.add_column("test acc.", justify="right")
+    for line in lines:
+        table.add_row(
+            line.name,
+            line.label,
+            *(f"{line.scores['folds'][k][main_metric]:.4f}" for k in folds),
+            *(f"{line.scores['cv'][m]:.4f}" for m in metrics),
+            f"{line.test_score:.4f}",
+            style="bold" if line is lines[-1] else None,
+        )
+    console.print(table)
+    *singles, blend = lines
+    best = singles[0]
+    for line in singles[1:]:
+        if _better(line.scores["cv"][main_metric], best.scores["cv"][main_metric], main_metric):
+            best = line
+    weights = ", ".join(f"{k} {v:.2f}" for k, v in summary["weights"]["weights"].items())
+    console.print(f"ensemble {blend.name}: weights {weights}")
+    optimised = summary["cv"]["optimised_metric"]
+    for metric in dict.fromkeys([main_metric, optimised]):
+        in_sample = summary["cv"]["in_sample"]["cv"][metric]
+        console.print(
+            f"  CV {metric}: best single model ({best.name}) {best.scores['cv'][metric]:.4f} -> "
+            f"ensemble {blend.scores['cv'][metric]:.4f} nested ({in_sample:.4f} in-sample)"
+        )
+    console.print(f"  test accuracy: {best.test_score:.4f} -> ensemble {blend.test_score:.4f}")
+    console.print(f"report: {report}")
+    console.print(f"submissions: {', '.join(str(line.submission) for line in lines)}")
+
+
+def _better(a: float, b: float, metric: str) -> bool:
+    from medalist.metrics import get_metric
+
+    return get_metric(metric).better(a, b)
+
+
+def print_next_steps(console, project: Path, name: str, experiment: str) -> None:
+    """The optional pseudo-label round and TTA, from the configs the demo wrote."""
+    console.print(f"optional next steps, in {project}:")
+    console.print(
+        f"  medalist run -c configs/{name}_pseudo.yaml   # one pseudo-label round; CV before "
+        "and after: outputs/pseudo/rounds.json"
+    )
+    console.print(
+        f"  medalist run -c configs/{name}_tta.yaml      # test-time augmentation; CV without "
+        f"and with: outputs/{experiment}/tta.json"
+    )
+    console.print(
+        f"  medalist ledger -c configs/{name}.yaml          # every run and ensemble, with CV"
+    )
+
+
+def run_demo(
+    name: str = "digits",
+    workdir: str | Path = ".demo",
+    *,
+    n_rows: int | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> dict:
+    """Bake, build the data, run two experiments, blend them, report, and score the submissions.
 
     ``name``: ``digits`` (image), ``text`` (:mod:`medalist.demo_text`) or ``all`` (both).
+    ``n_rows`` and ``overrides`` (``key=value``, applied to both experiments, last) make a tiny
+    digits demo for tests.
     """
     if name == "all":
         return {demo: run_demo(demo, workdir) for demo in ("digits", "text")}
@@ -114,7 +273,6 @@ def run_demo(name: str = "digits", workdir: str | Path = ".demo") -> dict:
 
         return run_text_demo(workdir)
     from rich.console import Console
-    from rich.table import Table
 
     from medalist.config import resolve_config
     from medalist.pipeline import run
@@ -124,26 +282,36 @@ def run_demo(name: str = "digits", workdir: str | Path = ".demo") -> dict:
     project = bake(workdir, {"competition_name": "Digits"})
     for stale in ("outputs", "folds", "submissions"):  # a fresh run every time
         shutil.rmtree(project / stale, ignore_errors=True)
-    build_digits(project / "data")
+    build_digits(project / "data", n_rows=n_rows)
     shutil.copy(REPO_CONFIGS / "demo" / f"{name}.yaml", project / "configs" / f"{name}.yaml")
+    write_variants(project, name)
+    config = Path("configs") / f"{name}.yaml"
     with working_directory(project):
-        cfg = resolve_config(Path("configs") / f"{name}.yaml")
-        run(cfg)
-        metrics = pd.read_json(
-            Path("outputs") / cfg.train.experiment / "metrics.json", typ="series"
-        )
-        submission = project / "submissions" / f"{cfg.submission.name or cfg.train.experiment}.csv"
-    test_score = score_submission(submission, project / "solution.csv")
-    table = Table(title=f"{name}: CV per fold ({metrics['main_metric']})")
-    table.add_column("fold")
-    for metric in metrics["cv"]:
-        table.add_column(metric, justify="right")
-    for fold, scores in metrics["folds"].items():
-        table.add_row(fold, *(f"{scores[m]:.4f}" for m in metrics["cv"]))
-    table.add_row("CV (OOF)", *(f"{v:.4f}" for v in metrics["cv"].values()), style="bold")
-    console = Console()
-    console.print(table)
-    console.print(f"test accuracy of the submission: {test_score:.4f}")
-    console.print(f"submission: {submission}")
+        first = resolve_config(config, list(overrides))
+        second = resolve_config(config, [*DIGITS_SECOND, *overrides])
+        lines = []
+        for cfg in (first, second):
+            run(cfg)
+            label = f"{cfg.model.backbone}, {cfg.train.epochs} ep."
+            lines.append(scored_experiment(project, cfg, label, "label"))
+        blend, summary, report = ensemble_and_report(project, first, "label")
+    lines.append(blend)
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    main_metric = lines[0].scores["main_metric"]
+    print_summary(
+        console,
+        f"{name}: CV (OOF) per fold and test accuracy, two experiments and their ensemble",
+        lines,
+        summary,
+        report,
+        main_metric,
+    )
+    print_next_steps(console, project, name, first.train.experiment)
     console.print(f"wall time: {time.perf_counter() - started:.0f} s")
-    return {"cv": dict(metrics["cv"]), "test_score": test_score, "submission": submission}
+    return {
+        "experiments": {line.name: line.scores["cv"] for line in lines[:-1]},
+        "cv": blend.scores["cv"],
+        "test_score": {line.name: line.test_score for line in lines},
+        "submission": blend.submission,
+        "report": report,
+    }

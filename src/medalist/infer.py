@@ -87,6 +87,7 @@ def run(cfg: Config) -> pd.DataFrame:
     task = load_task(cfg, train)
     test = read_test(cfg)
     modality = MODALITIES[cfg.modality]
+    modality.check_inputs(cfg, test, "test", str(test_path(cfg)))  # every row, before any work
     dataset = modality.build_dataset(
         cfg, test, None, split="test", train=False, source=str(test_path(cfg)), views=views
     )

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DataLoaderConfiguration, parse_flag_from_env, set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -26,10 +26,11 @@ from medalist.checkpoint import (
     set_rng_state,
 )
 from medalist.config import Config
-from medalist.errors import CheckpointError, TrainingDivergedError
+from medalist.errors import TrainingDivergedError
 from medalist.hooks import Hook, Hooks, TrainState, Tricks
 from medalist.optim import build_optimizer, build_scheduler
 from medalist.tasks import Task
+from medalist.weights import load_state_into
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,16 @@ def make_accelerator(cfg: Config) -> Accelerator:
             use_seedable_sampler=True, data_seed=cfg.train.seed
         ),
     )
+
+
+def process_state(cfg: Config) -> PartialState:
+    """This process among the launched ones (``accelerate launch``, ``torchrun``) for stages that
+    write files without an Accelerator: only ``is_main_process`` writes.
+
+    ``ACCELERATE_USE_CPU`` counts as ``train.cpu``, as in :class:`Accelerator`; without it,
+    processes launched on a machine with no GPU would each believe they are the only one.
+    """
+    return PartialState(cpu=cfg.train.cpu or parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def make_loader(
@@ -71,6 +82,19 @@ def make_loader(
         sampler=sampler,
         **workers,
     )
+
+
+def set_loader_epoch(loader, epoch: int) -> None:
+    """Tell a prepared loader, and the batch sampler inside it, which epoch begins.
+
+    With several processes accelerate wraps a custom batch sampler (pretrain-mlm's length-bucketed
+    batches) in a shard that does not pass ``set_epoch`` on: without this, every epoch would
+    repeat the first one's order there, and differ from a single process from the second on.
+    """
+    loader.set_epoch(epoch)
+    inner = getattr(getattr(loader, "batch_sampler", None), "batch_sampler", None)
+    if callable(getattr(inner, "set_epoch", None)):
+        inner.set_epoch(epoch)
 
 
 def _bar_off(show: bool) -> bool | None:
@@ -463,12 +487,9 @@ def fit_fold(
 
 
 def load_weights_into(model: torch.nn.Module, state: dict, source) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source}: checkpoint does not fit the model "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
+    """A checkpoint's weights into the model; one made for another model is refused whole
+    (keys and shapes checked before anything is copied), naming the checkpoint."""
+    load_state_into(model, state, source)
 
 
 def _snapshots(accelerator: Accelerator, model, eval_model) -> tuple[dict, dict | None]:

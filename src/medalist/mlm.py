@@ -33,8 +33,9 @@ from tqdm.auto import tqdm
 
 from medalist.config import Config
 from medalist.data import read_test, read_train, test_path, train_path
-from medalist.errors import CheckpointError, ConfigError, DataError
+from medalist.errors import CheckpointError, ConfigError, DataError, MedalistError
 from medalist.io import write_json
+from medalist.loop import set_loader_epoch
 from medalist.text import LengthBatchSampler, Template, check_text_rows, text_columns
 from medalist.text_model import (
     backbone_dir,
@@ -113,6 +114,7 @@ def chunk_documents(tokenizer, texts: list[str], max_length: int) -> list[dict]:
                 continue
             chunks.append(
                 {
+                    "key": len(chunks),  # names the chunk in the masking seed
                     "doc": doc,
                     "input_ids": [*prefix, *part, *suffix],
                     "special_tokens_mask": [1] * len(prefix) + [0] * len(part) + [1] * len(suffix),
@@ -126,12 +128,20 @@ def chunk_documents(tokenizer, texts: list[str], max_length: int) -> list[dict]:
 
 class MaskingCollate:
     """Pads chunks to the batch's longest, rounded up to a multiple of 8 (every field, offsets
-    included), then masks them with transformers' ``DataCollatorForLanguageModeling``."""
+    included), then masks them with transformers' ``DataCollatorForLanguageModeling``.
 
-    def __init__(self, tokenizer, collator, whole_word: bool):
+    The masks of a batch are a function of (seed, epoch, the batch's chunks), not of how many
+    batches this object collated before: one process or several (each collating its share of
+    the batches) mask every batch the same way, as do loader workers.
+    """
+
+    def __init__(self, tokenizer, collator, whole_word: bool, seed: int):
         self.pad_id, self.collator, self.whole_word = tokenizer.pad_token_id, collator, whole_word
+        self.seed, self.epoch = seed, 0
 
     def __call__(self, chunks: list[dict]) -> dict:
+        key = hash((self.seed, self.epoch, tuple(c["key"] for c in chunks))) % (2**63)
+        self.collator.generator = torch.Generator().manual_seed(key)
         length = -(-max(len(c["input_ids"]) for c in chunks) // 8) * 8  # multiples of 8
         examples = []
         for c in chunks:
@@ -186,7 +196,7 @@ def _collator(cfg: Config, tokenizer, seed: int) -> MaskingCollate:
         random_replace_prob=0.0 if whole_word else 0.1,
         seed=seed,
     )
-    return MaskingCollate(tokenizer, collator, whole_word)
+    return MaskingCollate(tokenizer, collator, whole_word, seed)
 
 
 def masked_lm_loss(model, batch: dict) -> torch.Tensor:
@@ -206,24 +216,40 @@ def masked_lm_loss(model, batch: dict) -> torch.Tensor:
     hidden = base(**inputs)[0]  # (batch, seq, hidden)
     chosen = labels != -100
     if not chosen.any():  # no token masked in this batch: nothing to learn, a zero loss
-        return hidden.sum() * 0.0
+        return heads[0](hidden[:, 0]).sum() * 0.0  # through the head: every weight takes part
     logits = heads[0](hidden[chosen])  # (masked, vocab)
     return torch.nn.functional.cross_entropy(logits.float(), labels[chosen])
 
 
+class MaskedLMLoss(torch.nn.Module):
+    """:func:`masked_lm_loss` as a module's forward, the module accelerate prepares.
+
+    With several processes the model is wrapped in DistributedDataParallel, which averages the
+    gradients only of a forward pass made through it: calling the wrapped model's parts directly
+    would train each process on its own gradients.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return masked_lm_loss(self.model, batch)
+
+
 @torch.no_grad()
-def perplexity(model, batches: list[dict], accelerator: Accelerator) -> float:
+def perplexity(loss_module, batches: list[dict], accelerator: Accelerator) -> float:
     """exp of the mean loss over every masked token of the held-out batches."""
-    model.eval()
+    loss_module.eval()
     total, count = 0.0, 0
     for batch in batches:
         masked = int((batch["labels"] != -100).sum())
         if masked == 0:
             continue
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        total += float(masked_lm_loss(model, batch)) * masked
+        total += float(loss_module(batch)) * masked
         count += masked
-    model.train()
+    loss_module.train()
     return math.exp(total / max(count, 1))
 
 
@@ -301,9 +327,8 @@ def run(cfg: Config) -> dict:
         sort=True,
         seed=mlm.seed,
     )
-    loader = DataLoader(
-        train_chunks, batch_sampler=sampler, collate_fn=_collator(cfg, tokenizer, seed=mlm.seed)
-    )
+    collate = _collator(cfg, tokenizer, seed=mlm.seed)
+    loader = DataLoader(train_chunks, batch_sampler=sampler, collate_fn=collate)
     optimizer = _optimizer(model, cfg)
     steps = math.ceil(len(sampler) / accelerator.num_processes / mlm.grad_accum) * mlm.epochs
     scheduler = get_scheduler(
@@ -312,7 +337,9 @@ def run(cfg: Config) -> dict:
         num_warmup_steps=int(mlm.warmup_ratio * steps) * accelerator.num_processes,
         num_training_steps=steps * accelerator.num_processes,
     )
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    model, optimizer, loader, scheduler = accelerator.prepare(
+        MaskedLMLoss(model), optimizer, loader, scheduler
+    )
     before = perplexity(model, valid_batches, accelerator)
     log.info(
         "pretrain-mlm: %d documents, %d chunks (%d held out), perplexity before %.2f",
@@ -324,7 +351,8 @@ def run(cfg: Config) -> dict:
     history = []
     show = cfg.train.progress and accelerator.is_main_process
     for epoch in range(mlm.epochs):
-        loader.set_epoch(epoch)
+        set_loader_epoch(loader, epoch)
+        collate.epoch = epoch
         losses = []
         model.train()
         for batch in tqdm(
@@ -334,7 +362,7 @@ def run(cfg: Config) -> dict:
             leave=False,
         ):
             with accelerator.accumulate(model):
-                loss = masked_lm_loss(model, batch)
+                loss = model(batch)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), 1.0)
@@ -342,7 +370,14 @@ def run(cfg: Config) -> dict:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses))})
+        # Each process saw its share of the batches: the epoch's loss is over all of them.
+        total = accelerator.reduce(
+            torch.tensor(
+                [sum(losses), len(losses)], device=accelerator.device, dtype=torch.float64
+            ),
+            "sum",
+        )
+        history.append({"epoch": epoch, "train_loss": float(total[0] / max(float(total[1]), 1))})
         log.info("mlm epoch %d: train loss %.4f", epoch, history[-1]["train_loss"])
     after = perplexity(model, valid_batches, accelerator)
     report = {
@@ -359,7 +394,7 @@ def run(cfg: Config) -> dict:
         "seconds": round(time.perf_counter() - started, 1),
     }
     if accelerator.is_main_process:
-        _save(accelerator.unwrap_model(model), tokenizer, output_dir(cfg), report)
+        _save(accelerator.unwrap_model(model).model, tokenizer, output_dir(cfg), report)
         log.info(
             "pretrain-mlm: held-out perplexity %.2f -> %.2f; backbone written to %s",
             before,
@@ -371,17 +406,28 @@ def run(cfg: Config) -> dict:
 
 
 def _save(model, tokenizer, folder: Path, report: dict) -> None:
-    """Weights (safetensors), config and tokenizer into a new folder, then renamed into place."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    """Weights (safetensors), config and tokenizer into a new folder, then renamed into place.
+
+    A failed write (a full disk, a read-only folder) leaves the previous folder as it was and
+    names the folder; a run killed between the two renames is repaired by the next one.
+    """
     staging = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    with quiet_transformers():
-        model.save_pretrained(staging)  # model.safetensors + config.json
-        tokenizer.save_pretrained(staging)
-    write_json(staging / "mlm.json", report)
     old = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        folder.rename(old)
-    staging.rename(folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if old.is_dir() and not folder.exists():  # killed between the renames: put it back
+            old.rename(folder)
+        shutil.rmtree(staging, ignore_errors=True)
+        with quiet_transformers():
+            model.save_pretrained(staging)  # model.safetensors + config.json
+            tokenizer.save_pretrained(staging)
+        write_json(staging / "mlm.json", report)
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            folder.rename(old)
+        staging.rename(folder)
+    except (OSError, MedalistError) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise MedalistError(f"cannot write {folder}: {reason}") from exc
     shutil.rmtree(old, ignore_errors=True)

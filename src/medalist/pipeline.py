@@ -13,13 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from accelerate import PartialState
-
 from medalist import infer, pseudo, stages, train
 from medalist.config import Config
 from medalist.data import experiment_dir, read_train, sample_path, test_path, train_path
 from medalist.errors import ConfigError
 from medalist.io import write_json
+from medalist.loop import process_state
 from medalist.tasks import build_task
 
 log = logging.getLogger(__name__)
@@ -125,7 +124,7 @@ def _run_stage(cfg: Config, name: str, force: bool, label: str | None = None) ->
         return "skipped"
     log.info("%s: running", label)
     stage.run(cfg)
-    if PartialState().is_main_process:
+    if process_state(cfg).is_main_process:
         write_json(_stamp(cfg, stage), {"config": _config_hash(cfg, stage)})
     return "ran"
 
@@ -197,7 +196,7 @@ def pseudo_rounds(cfg: Config, force: bool = False) -> tuple[Config, list[dict]]
         if not improved:
             break
         best, best_score = student, score
-    if PartialState().is_main_process:
+    if process_state(cfg).is_main_process:
         write_json(
             pseudo.pseudo_dir(cfg, 0).parent / "rounds.json",
             {"base": cfg.train.experiment, "best": best.train.experiment, "rounds": rounds},

@@ -26,6 +26,7 @@ from medalist.config import Config, PseudoConfig
 from medalist.data import read_test
 from medalist.errors import ConfigError, DataError
 from medalist.io import sha256_file, write_json, write_parquet
+from medalist.loop import process_state
 
 log = logging.getLogger(__name__)
 
@@ -135,14 +136,19 @@ def run(cfg: Config) -> dict:
     else:
         folds = sorted(int(p.name[4:]) for p in first.glob("fold*") if p.name[4:].isdigit())
         names = {f"fold{k}": f"fold{k}/test.parquet" for k in folds}
+    # Under several processes (accelerate launch, torchrun) every process computes the labels;
+    # only the main one writes them, and the others wait until they are on disk.
+    state = process_state(cfg)
     files = {}
     for label_name, table_name in names.items():
         info, mean = _teacher_tables(cfg, teachers, table_name, current)
         if not set(mean[cfg.competition.id_column].astype(str)) <= test_ids:
             raise DataError(f"pseudo: {table_name} of {teachers} has ids that are not test ids")
         labels = label_table(cfg, info, mean)
-        path = write_parquet(folder / f"{label_name}.parquet", labels)
-        files[label_name] = {"sha256": sha256_file(path), "rows": len(labels), "of": len(mean)}
+        files[label_name] = {"sha256": None, "rows": len(labels), "of": len(mean)}
+        if state.is_main_process:
+            path = write_parquet(folder / f"{label_name}.parquet", labels)
+            files[label_name]["sha256"] = sha256_file(path)
         log.info(
             "pseudo round %d: %s: %d of %d test rows",
             cfg.pseudo.round,
@@ -162,7 +168,9 @@ def run(cfg: Config) -> dict:
         "folds_sha256": current,
         "files": files,
     }
-    write_json(folder / "teachers.json", record)
+    if state.is_main_process:
+        write_json(folder / "teachers.json", record)
+    state.wait_for_everyone()
     return record
 
 

@@ -13,6 +13,7 @@ from medalist.data import experiment_dir, read_table, read_train, sample_path
 from medalist.errors import FoldsMismatchError
 from medalist.folds import assign_folds, build_manifest, load_folds, write_folds
 from medalist.io import write_text
+from medalist.loop import process_state
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,11 @@ def folds(cfg: Config, force: bool = False) -> pd.DataFrame:
         )
     table = assign_folds(train, **params)
     manifest = build_manifest(train, table, **params)
-    write_folds(table, manifest, folder)
-    log.info("folds: %d rows in %d folds written to %s", len(table), cfg.folds.n_splits, folder)
+    state = process_state(cfg)
+    if state.is_main_process:  # several processes: one writes, the others wait for the files
+        write_folds(table, manifest, folder)
+        log.info("folds: %d rows in %d folds written to %s", len(table), cfg.folds.n_splits, folder)
+    state.wait_for_everyone()
     return table
 
 
@@ -73,7 +77,7 @@ def _same_split(manifest: dict, params: dict) -> bool:
 def submission(cfg: Config, predictions: Path | None = None) -> Path:
     """Map the experiment's test predictions onto the sample submission, validate, write."""
     from medalist.infer import read_predictions
-    from medalist.submission import build_submission, write_submission
+    from medalist.submission import build_submission, validate_submission, write_submission
 
     c = cfg.competition
     table = read_predictions(predictions or experiment_dir(cfg) / "test.parquet")
@@ -96,14 +100,13 @@ def submission(cfg: Config, predictions: Path | None = None) -> Path:
         [] if info["type"] == "regression" else [v for v in values if v not in is_label]
     )
     label_values = {col: info["classes"] or [0, 1] for col in is_label}
-    write_submission(
-        sub,
-        sample,
-        path,
-        id_column=c.id_column,
-        probability_columns=probability_columns,
-        label_values=label_values,
-    )
-    write_text(path.with_suffix(".yaml"), cfg.to_yaml())
-    log.info("submission written and validated: %s", path)
+    checks = {"probability_columns": probability_columns, "label_values": label_values}
+    state = process_state(cfg)
+    if not state.is_main_process:  # validated here too, written by the main process only
+        validate_submission(sub, sample, id_column=c.id_column, **checks)
+    else:
+        write_submission(sub, sample, path, id_column=c.id_column, **checks)
+        write_text(path.with_suffix(".yaml"), cfg.to_yaml())
+        log.info("submission written and validated: %s", path)
+    state.wait_for_everyone()
     return path

@@ -98,9 +98,21 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-@lru_cache(maxsize=8)
 def load_tokenizer(folder: Path):
-    """The folder's tokenizer (cached: every dataset of a run shares it)."""
+    """The folder's tokenizer (cached: every dataset of a run shares it).
+
+    The cache is keyed by the absolute folder and its files' sizes and times: a relative path
+    that now names another project's folder, or a folder rewritten in place (pretrain-mlm), is
+    read again.
+    """
+    folder = Path(folder).resolve()
+    files = sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    return _load_tokenizer(folder, stamp)
+
+
+@lru_cache(maxsize=8)
+def _load_tokenizer(folder: Path, stamp: tuple):
     from transformers import AutoTokenizer
 
     with quiet_transformers():

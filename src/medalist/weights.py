@@ -74,7 +74,15 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     """Load weights saved by :func:`save_weights` into ``model``; keys and shapes must match."""
-    state = read_weights(path)
+    return load_state_into(model, read_weights(path), path)
+
+
+def load_state_into(model: torch.nn.Module, state: dict, source) -> torch.nn.Module:
+    """Load ``state`` (read from ``source``) into ``model`` if its keys and shapes all match.
+
+    Raises:
+        CheckpointError: naming ``source`` and the first mismatches, before any tensor is copied.
+    """
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -83,8 +91,9 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
     missing = [k for k in missing if not _is_tied(model, k)]
     if missing or unexpected or wrong:
         raise CheckpointError(
-            f"{path} does not fit this model: missing {missing[:3]}, unexpected {unexpected[:3]}, "
-            f"shape mismatch {wrong[:3]} (was it saved for another model or config?)"
+            f"{source} does not fit this model: missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}, shape mismatch {wrong[:3]} (was it saved for another model or "
+            "config?)"
         )
     model.load_state_dict(state, strict=False)
     return model

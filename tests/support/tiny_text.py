@@ -45,8 +45,10 @@ def make_backbone(
     max_positions: int = 64,
     masked_lm: bool = False,
     seed: int = 0,
+    dropout: float | None = None,
 ) -> Path:
-    """Write a randomly initialised tiny BERT (safetensors) and its tokenizer into ``folder``."""
+    """Write a randomly initialised tiny BERT (safetensors) and its tokenizer into ``folder``
+    (``dropout``: both dropout rates, instead of BERT's 0.1)."""
     import torch
     from transformers import BertConfig, BertForMaskedLM, BertModel
 
@@ -59,6 +61,11 @@ def make_backbone(
         intermediate_size=2 * hidden,
         max_position_embeddings=max_positions,
         pad_token_id=tokenizer.pad_token_id,
+        **(
+            {}
+            if dropout is None
+            else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
+        ),
     )
     torch.manual_seed(seed)
     model = BertForMaskedLM(config) if masked_lm else BertModel(config)

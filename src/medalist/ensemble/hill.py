@@ -8,9 +8,11 @@ The straightforward implementation scores each candidate with its own blend and 
 (:func:`naive_hill_climb`, kept as the reference). :func:`hill_climb` keeps the running sum of
 the picked models and scores every candidate in a few batched array operations (see
 :mod:`medalist.ensemble.scorers`); both pick the same models. Multiclass log loss and accuracy
-have faster scorers here, which look at one value per row and candidate instead of a blend of
-every class: :class:`ArgmaxAccuracy` bounds each row's argmax so that only the rows a candidate
-could flip are blended in full.
+have faster scorers here, which keep their own running state (:meth:`add`) and look at one or
+two values per row and candidate instead of a blend of every class: :class:`TrueClassLogLoss`
+(the true class's probability and each row's sum) and :class:`ArgmaxAccuracy` (bounds on each
+row's argmax, so that only the rows a candidate could flip are looked at, and only for the
+candidates that could still be the best of the step).
 """
 
 from __future__ import annotations
@@ -51,21 +53,26 @@ def _climb(preds, metric, iterations, replacement, score_candidates) -> HillResu
 
 def _climb_steps(preds, metric, iterations, replacement, score_candidates) -> HillResult:
     n_models = preds.shape[0]
-    total = np.zeros(preds.shape[1:], dtype=np.float64)
+    # A scorer with add() keeps its own running total (and is called with None for it); with
+    # leaders() it may score the candidates that cannot be the best of a step with a bound.
+    tracking = hasattr(score_candidates, "add")
+    score = getattr(score_candidates, "leaders", score_candidates)
+    total = None if tracking else np.zeros(preds.shape[1:], dtype=np.float64)
     counts = np.zeros(n_models, dtype=np.int64)
     result = HillResult()
     for _ in range(iterations):
         candidates = np.arange(n_models) if replacement else np.flatnonzero(counts == 0)
         if candidates.size == 0:
             break
-        scores = score_candidates(total, int(counts.sum()), candidates)
+        scores = score(total, int(counts.sum()), candidates)
         best = _pick(scores, metric)
         if result.history and not metric.better(scores[best], result.history[-1]):
             break
         model = int(candidates[best])
-        total += preds[model]
-        if hasattr(score_candidates, "add"):
+        if tracking:
             score_candidates.add(model)
+        else:
+            total += preds[model]
         counts[model] += 1
         result.selection.append(model)
         result.history.append(float(scores[best]))
@@ -135,140 +142,375 @@ def _row_scorer(metric: Metric, preds: np.ndarray, y: np.ndarray):
     if metric.name == "accuracy":
         return ArgmaxAccuracy(preds, y)
     if metric.name == "log_loss":
-        return TrueClassLogLoss(preds, y)
+        return TrueClassLogLoss.build(preds, y) or _per_candidate(metric, preds, y)
     return None
 
 
-class TrueClassLogLoss:
-    """Multiclass log loss of every candidate from the true class's probability alone.
+def _per_candidate(metric: Metric, preds: np.ndarray, y: np.ndarray):
+    """One metric call per candidate: exact for any input, the slowest scorer."""
 
-    ``score(total, count, candidates)``: ``-mean(log(clip((total[i, y_i] + p_m[i, y_i]) /
-    (count + 1), eps, 1)))`` per candidate m, as the batched scorer computes it, in place in one
-    (candidates, rows) buffer and without the division.
+    def score_each(total, count, candidates):
+        return np.array([metric(y, (total + preds[m]) / (count + 1)) for m in candidates])
+
+    return score_each
+
+
+def _float_dtype(preds: np.ndarray) -> np.dtype:
+    return preds.dtype if np.issubdtype(preds.dtype, np.floating) else np.dtype(np.float64)
+
+
+def _everyone(candidates: np.ndarray, n_models: int) -> bool:
+    return len(candidates) == n_models and bool((candidates == np.arange(n_models)).all())
+
+
+class TrueClassLogLoss:
+    """Multiclass log loss of every candidate as the metric computes it, from two numbers a row.
+
+    The metric clips the blend ``b = (total + p_m) / n`` (``n = count + 1``) to ``[eps, 1]``,
+    rescales each row to sum to one and takes ``-mean(log(b_y / s))``, ``s`` the row's sum. With
+    probabilities in ``[0, 1]`` that is ``-mean(log(clip(b_y, eps, 1))) + mean(log(s))``. The
+    first term needs the true class's value of each model (``true``); the second needs no blend:
+    ``s = 1 + (D_T + D_m) / n`` with ``D`` a row's sum minus one (``count`` for ``total``), and
+    ``log(s)`` is its series ``d - d^2 / 2`` (``|d| <= 1e-5`` is checked: the next term is below
+    1e-15), so a few dot products per step give every candidate's ``sum(log(s))``.
+
+    Without the rescaling float32 probabilities (rows summing to 1 +- 1e-7) would score 1e-7 off
+    the metric, enough to reorder close candidates. Left out are only the ``eps`` clip of the
+    classes other than the true one in ``s`` (at most ``n_classes * eps`` per row, 1e-14) and
+    sklearn's final clip of ``b_y / s`` below ``1 - 2.2e-16``.
+    :meth:`build` returns None where these assumptions do not hold (values outside ``[0, 1]``,
+    rows far from summing to one); the climb then calls the metric per candidate.
     """
 
-    def __init__(self, preds: np.ndarray, y: np.ndarray, eps: float = 1e-15):
-        rows = np.arange(len(y))
-        self.rows, self.y, self.eps = rows, y, eps
-        flat = preds.reshape(len(preds), -1)  # a flat take is faster than 3-d fancy indexing
-        self.true = flat.take(rows * preds.shape[2] + y, axis=1)  # (n_models, n_rows)
-        self.buffer = np.empty(self.true.shape)
+    MAX_DRIFT = 1e-5
 
-    def __call__(self, total: np.ndarray, count: int, candidates: np.ndarray) -> np.ndarray:
-        every = (
-            len(candidates) == len(self.true) and (candidates == np.arange(len(self.true))).all()
-        )
+    def __init__(self, y, true, drift, low: float, eps: float = 1e-15):
+        self.y, self.eps = y, eps
+        self.rows = np.arange(len(y))
+        self.true = true  # (models, rows): each model's probability of the true class
+        self.drift = drift  # (models, rows) float32: each model's row sum minus one
+        self.drift_sum = drift.sum(axis=1, dtype=np.float64)
+        # einsum, not BLAS: OpenBLAS's threaded dot/gemv is several times slower at this size.
+        self.drift_square = np.einsum("ij,ij->i", drift, drift, dtype=np.float64)
+        self.clipped = not low >= 2 * eps  # no blend value reaches eps unless a value does
+        self.buffer = np.empty(true.shape)
+        # The running total's true-class values and row drifts, kept by add().
+        self.truth = np.zeros(len(y))
+        self.total_drift64 = np.zeros(len(y))
+        self.count = 0
+
+    @classmethod
+    def build(cls, preds: np.ndarray, y: np.ndarray, eps: float = 1e-15):
+        """The scorer, or None where the predictions are not probabilities summing to ~one."""
+        dtype = _float_dtype(preds)
+        n_models, n_rows, n_classes = preds.shape
+        true = np.empty((n_models, n_rows), dtype=dtype)
+        drift = np.empty((n_models, n_rows), dtype=np.float32)
+        sums = np.empty(n_rows)
+        plane = np.empty((n_classes, n_rows), dtype=dtype)
+        values = plane.reshape(-1)
+        index = y * n_rows + np.arange(n_rows)  # the true class in a (classes, rows) plane
+        low = np.inf
+        for m in range(n_models):
+            np.copyto(plane, np.asarray(preds[m]).T, casting="unsafe")
+            low, high = min(low, np.fmin.reduce(values)), np.fmax.reduce(values)
+            if not (low >= 0 and high <= 1):  # NaN passes (it stays NaN, as in the metric)
+                return None
+            np.add.reduce(plane, axis=0, dtype=np.float64, out=sums)
+            sums -= 1.0
+            if np.fmax.reduce(np.abs(sums)) > cls.MAX_DRIFT:  # NaN rows stay NaN
+                return None
+            drift[m] = sums
+            values.take(index, out=true[m])
+        return cls(y, true, drift, float(low), eps)
+
+    def add(self, model: int) -> None:
+        """The climb picked ``model``: add it to the running total, as the climb adds it."""
+        self.truth += self.true[model]  # the same float64 additions as total[i, y]
+        self.total_drift64 += self.drift[model]
+        self.count += 1
+
+    def _state(self, total, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(true-class values, row drifts) of ``total``; None: the running ones of add()."""
+        if total is None:
+            return self.truth, self.total_drift64
+        return total[self.rows, self.y], total.sum(axis=1) - count
+
+    def __call__(self, total, count: int, candidates: np.ndarray) -> np.ndarray:
+        truth, total_drift64 = self._state(total, count)
+        every = _everyone(candidates, len(self.true))
         true = self.true if every else self.true[candidates]
-        q = self.buffer[: len(candidates)]
-        np.add(true, total[self.rows, self.y][None], out=q)
-        # log(clip(q / n, eps, 1)) as log(clip(q, n eps, n)) - log(n): one pass fewer.
         n = count + 1
-        np.clip(q, self.eps * n, float(n), out=q)
+        q = self.buffer[: len(candidates)]
+        np.add(true, truth[None], out=q)
+        # log(clip(q / n, eps, 1)) as log(max(q, n eps)) - log(n): q <= n for probabilities.
+        if self.clipped:
+            np.maximum(q, self.eps * n, out=q)
         np.log(q, out=q)
-        return np.log(n) - q.mean(axis=1)
+        first = np.log(n) - np.add.reduce(q, axis=1) / len(self.y)
+        # sum(log(s)) = sum(d) - sum(d^2) / 2, d = (D_T + D_m) / n.
+        drift = self.drift if every else self.drift[candidates]
+        cross = np.einsum("ij,j->i", drift, total_drift64.astype(np.float32), dtype=np.float64)
+        linear = (total_drift64.sum() + self.drift_sum[candidates]) / n
+        square = np.einsum("i,i->", total_drift64, total_drift64)
+        square = square + 2 * cross + self.drift_square[candidates]
+        return first + (linear - square / (2 * n**2)) / len(self.y)
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
 class ArgmaxAccuracy:
-    """Multiclass argmax accuracy of every candidate blend, exactly, from bounds on each row.
+    """Multiclass argmax accuracy of every candidate blend, exactly, deciding most rows by bounds.
 
-    For row i with true class y let ``T = total[i, y]``, ``R1`` the largest other class of
-    ``total`` (class ``k``) and ``R2`` the second largest. Candidate m adds ``p = preds[m, i]``;
-    precomputed per model and row is ``lift = max_{c != y} p_c - p_y``. The blend's true class
-    loses when ``R1 + p_k > T + p_y`` and wins when ``T + p_y`` beats both ``R1 + p_k`` and
-    ``R2 + max_{c != y} p_c``. A row where ``T - R1 > lift`` for every model is right for every
-    candidate and costs nothing more; in the other rows each (row, candidate) pair is decided by
-    these two comparisons, and a pair within a slack far above float rounding of a tie is blended
-    in full with the reference's arithmetic (``(total + p) / (count + 1)``, argmax, ties to the
-    first class). So the scores equal the per-candidate loop's, for a few passes over ``total``
-    and one gathered value per open pair instead of a blend of every class per candidate.
+    Per model and row the scorer keeps the true class's value ``p_y`` and the lift ``max_{c !=
+    y} p_c - p_y``; per row the largest lift of any model and the largest ``p_y``. For the
+    running total ``T`` let ``M = T_y - T_k`` be the true class's margin over the top rival
+    class ``k`` and ``M2`` the margin over the second one. With a slack far above float
+    rounding:
+
+    - ``M`` above every model's lift: the row is right whatever the candidate;
+    - ``M`` below the smallest prediction minus every ``p_y``: wrong whatever the candidate;
+    - else per candidate: right when its lift stays below ``M``; wrong when ``p_y`` is too
+      small for even the smallest ``p_k``; then, with ``p_k`` gathered, wrong when ``p_k -
+      p_y`` exceeds ``M``, right when it stays below ``M`` and the lift below ``M2``; the pairs
+      left (near ties) are blended in full with the reference's arithmetic (``(total + p) /
+      (count + 1)``, argmax, ties to the first class).
+
+    Each stage bounds every candidate's hits, and :meth:`leaders` (what the climb calls) stops
+    refining a candidate once its bound is below another's sure hits: it cannot be the best of
+    the step. The empty ensemble (each model alone) is exact from the lifts' signs. So the
+    climb's picks and scores equal the per-candidate loop's, for a few passes over the rows
+    still open instead of a blend of every class per candidate.
     """
+
+    CHUNK = 1 << 17  # values per transposed chunk (512 KiB in float32)
 
     def __init__(self, preds: np.ndarray, y: np.ndarray):
         n_models, n_rows, n_classes = preds.shape
         self.preds, self.y, self.n_classes = preds, y, n_classes
-        self.flat = preds.reshape(n_models, n_rows * n_classes)
-        self.rows = np.arange(n_rows)
-        self.dtype = preds.dtype if np.issubdtype(preds.dtype, np.floating) else np.float64
-        # In the predictions' precision (a float32 transpose is several times cheaper), which
-        # the slack of __call__ covers.
-        true = np.empty((n_models, n_rows), dtype=self.dtype)
-        lift = np.empty((n_models, n_rows), dtype=self.dtype)
-        largest = 0.0
-        for m in range(n_models):
-            plane = self._plane(m)
-            largest = max(largest, float(plane.max()), -float(plane.min()))
-            true[m] = plane[y, self.rows]
-            plane[y, self.rows] = -np.inf
-            np.subtract(np.maximum.reduce(plane, axis=0), true[m], out=lift[m])
-        self.lift_max = lift.max(axis=0).astype(np.float64)
-        self.eps = float(np.finfo(self.dtype).eps)
-        self.true, self.lift = true, lift  # (models, rows)
-        self.scale = 1.0 + largest
+        self.table = preds.reshape(n_models * n_rows, n_classes)  # row m * n_rows + i
+        self.flat = preds.reshape(-1)
+        self.plane_index = y * n_rows + np.arange(n_rows)  # the true class in a (classes, rows)
+        self.dtype = dtype = _float_dtype(preds)
+        self.true = np.empty((n_models, n_rows), dtype=dtype)  # p_y
+        self.lift = np.empty((n_models, n_rows), dtype=dtype)  # max_{c != y} p_c - p_y
+        low, high = np.inf, -np.inf
+        # Each model in chunks of rows transposed to (classes, rows), small enough to stay in
+        # the core's cache for the few passes over it: reductions over classes are fast there.
+        chunks = []  # (rows, a (classes, rows) buffer, the true class's index in it)
+        for rows in _chunks(n_rows, max(1, self.CHUNK // n_classes)):
+            n = rows.stop - rows.start
+            chunks.append((rows, np.empty((n_classes, n), dtype=dtype), y[rows] * n + np.arange(n)))
+        with np.errstate(invalid="ignore"):  # inf - inf: NaN, left to the exact path
+            for m in range(n_models):
+                table, true_m, lift_m = np.asarray(preds[m]), self.true[m], self.lift[m]
+                for rows, plane, index in chunks:
+                    values = plane.reshape(-1)
+                    np.copyto(plane, table[rows].T, casting="unsafe")
+                    low = min(low, float(np.fmin.reduce(values)))
+                    high = max(high, float(np.fmax.reduce(values)))
+                    true = true_m[rows]
+                    values.take(index, out=true)
+                    values[index] = -np.inf
+                    lift = lift_m[rows]
+                    np.maximum.reduce(plane, axis=0, out=lift)
+                    lift -= true
+        hits = np.array([self._alone(m, lift) for m, lift in enumerate(self.lift)])
+        self.lift_max = self.lift.max(axis=0)  # NaN where any model has NaN
+        true_max = self.true.max(axis=0)
+        self.single = hits / n_rows  # each model's own accuracy (count 0)
+        self.low = low  # the smallest prediction
+        # Below this margin no candidate can lift the true class over the rival.
+        self.hopeless = low - true_max.astype(np.float64)
+        self.eps = float(np.finfo(dtype).eps)
+        self.scale = 1.0 + max(abs(low), abs(high))
         # The running total as (classes, rows) with -inf at the true class, kept by add().
         self.others = np.zeros((n_classes, n_rows))
-        self.others[y, self.rows] = -np.inf
+        self.others.reshape(-1)[self.plane_index] = -np.inf
         self.truth = np.zeros(n_rows)
         self.count = 0
+        self.stored = _RowStore(self.true, self.lift)
 
-    def _plane(self, model: int) -> np.ndarray:
-        """A (classes, rows) copy of one model's predictions: reductions over classes are fast."""
-        return np.array(np.asarray(self.preds[model], dtype=self.dtype).T, order="C", copy=True)
+    def _alone(self, model: int, lift: np.ndarray) -> int:
+        """Rows where the model alone is right: no other class reaches the true one."""
+        hits = int(np.count_nonzero(lift < 0))
+        if hits + np.count_nonzero(lift > 0) < len(lift):  # equal values (first wins), NaN
+            ties = np.flatnonzero(~((lift < 0) | (lift > 0)))
+            table = np.asarray(self.preds[model][ties])
+            hits += int(np.count_nonzero(table.argmax(axis=1) == self.y[ties]))
+        return hits
 
     def add(self, model: int) -> None:
         """The climb picked ``model``: add it to the running total, as the climb adds it."""
-        self.others += self._plane(model)  # -inf at the true class stays -inf
+        self.others += np.asarray(self.preds[model]).T  # -inf at the true class stays -inf
         self.truth += self.true[model]  # exact: the stored values are the predictions'
         self.count += 1
 
-    def _state(self, total: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """(others, truth) of ``total``: the running ones when they match, else from ``total``."""
-        if count == self.count:
-            return self.others.copy(), self.truth
-        plane = np.array(total.T, order="C", copy=True)
-        truth = plane[self.y, self.rows]
-        plane[self.y, self.rows] = -np.inf
+    def _state(self, total, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(others, truth) of ``total``; None: the running ones that add() keeps."""
+        if total is None:
+            if count != self.count:
+                raise ValueError(f"the scorer holds {self.count} models, not {count}")
+            return self.others, self.truth
+        plane = np.array(total.T, order="C", copy=True, dtype=np.float64)
+        truth = plane.reshape(-1)[self.plane_index]
+        plane.reshape(-1)[self.plane_index] = -np.inf
         return plane, truth
 
-    def __call__(self, total: np.ndarray, count: int, candidates: np.ndarray) -> np.ndarray:
+    def __call__(self, total, count: int, candidates: np.ndarray) -> np.ndarray:
+        """The accuracy of every candidate blend, ``total`` (None: the running one) + each."""
+        return self._score(total, count, np.asarray(candidates), every=True)
+
+    def leaders(self, total, count: int, candidates: np.ndarray) -> np.ndarray:
+        """Exact scores of the candidates that could be the best; for the others a bound on
+        their score that is below the best one (so the climb picks as with exact scores)."""
+        return self._score(total, count, np.asarray(candidates), every=False)
+
+    def _score(self, total, count, candidates, every: bool) -> np.ndarray:
+        n_rows = len(self.y)
+        if count == 0 and (total is None or not np.any(total)):  # each candidate alone
+            return self.single[candidates]
         # Rounding in the blends is ~1e-16 of their size (count + 1 times the largest input),
         # in the stored lifts one unit of their precision.
         slack = (1e-9 * (count + 1) + 8 * self.eps) * self.scale
-        n_models = len(self.lift)
-        every = len(candidates) == n_models and bool((candidates == np.arange(n_models)).all())
-        if count == 0:  # each model alone: its true class wins when no other class reaches it
-            lift = self.lift if every else self.lift[candidates]
-            return self._decide(total, count, candidates, self.rows, lift < -slack, lift > slack)
-        plane, truth = self._state(total, count)
-        rival = np.maximum.reduce(plane, axis=0)
-        rival_class = np.zeros(len(self.y), dtype=np.intp)
-        for c in range(self.n_classes - 1, -1, -1):  # the first class reaching the maximum
-            rival_class[plane[c] == rival] = c
-        plane[rival_class, self.rows] = -np.inf
-        second = np.maximum.reduce(plane, axis=0)
-        margin = truth - rival
-        safe = margin > self.lift_max + slack  # right for every candidate
-        rows = np.flatnonzero(~safe)  # NaN margins land here too
-        if not rows.size:
-            return np.full(len(candidates), np.count_nonzero(safe) / len(self.y))
-        # Per open pair (candidate, row): the candidate's margin of the top rival class k.
-        index = rows * self.n_classes + rival_class[rows]
-        gap = np.stack([self.flat[m].take(index) for m in candidates]).astype(np.float64)
-        true = self.true if every else self.true[candidates]
-        lift = self.lift if every else self.lift[candidates]
-        gap -= true.take(rows, axis=1)  # p_k - p_y, (candidates, open rows)
-        margin_k, margin_2 = margin[rows][None], (truth - second)[rows][None]
-        wrong = gap > margin_k + slack
-        right = (gap < margin_k - slack) & (lift.take(rows, axis=1) < margin_2 - slack)
-        hits = self._decide(total, count, candidates, rows, right, wrong) * len(self.y)
-        return (hits + np.count_nonzero(safe)) / len(self.y)
+        others, truth = self._state(total, count)
+        margin = truth - np.maximum.reduce(others, axis=0)
+        with np.errstate(invalid="ignore"):
+            safe = margin > self.lift_max + slack  # right for every candidate
+            settled = safe | (margin < self.hopeless - slack)  # ... or wrong for every one
+        rows = np.flatnonzero(~settled)  # NaN margins land here too
+        hits = np.full(len(candidates), float(np.count_nonzero(safe)))
+        if rows.size:
+            hits += self._open_rows(others, truth, count, candidates, rows, slack, every)
+        return hits / n_rows
 
-    def _decide(self, total, count, candidates, rows, right, wrong) -> np.ndarray:
-        """Accuracy per candidate over ``rows`` given decided pairs; the rest blended in full."""
-        hits = right.sum(axis=1).astype(np.float64)
-        which, where = np.nonzero(~(right | wrong))
+    def _open_rows(self, others, truth, count, candidates, rows, slack, every) -> np.ndarray:
+        """Hits of each candidate among the open ``rows`` (with ``every``, or of the leaders)."""
+        n_rows = len(self.y)
+        top = others.take(rows, axis=1)  # (classes, open rows)
+        best = np.maximum.reduce(top, axis=0)
+        rival = np.full(len(rows), self.n_classes - 1, dtype=np.intp)
+        for c in range(self.n_classes - 2, -1, -1):  # the first class reaching the maximum
+            np.copyto(rival, c, where=top[c] == best)
+        truth = truth[rows]
+        margin = truth - best
+        top.reshape(-1)[rival * len(rows) + np.arange(len(rows))] = -np.inf
+        margin_2 = truth - np.maximum.reduce(top, axis=0)
+        slot = self.stored.get(rows)  # where the rows' true and lift values are stored
+        true, lift = self.stored.columns(slot)  # (models, open rows)
+        if not _everyone(candidates, len(self.lift)):
+            true, lift = true[candidates], lift[candidates]
+        with np.errstate(invalid="ignore"):
+            # From the stored values alone: every other class stays below the true one
+            # (p_c - p_y <= lift < M), or the rival gains at least the smallest prediction.
+            right = lift < self._below(margin - slack)
+            wrong = true < self._below((self.low - slack) - margin)
+        hits = np.count_nonzero(right, axis=1).astype(np.float64)  # hits for certain
+        wrong |= right
+        open_ = np.logical_not(wrong, out=wrong)
+        bound = hits + np.count_nonzero(open_, axis=1)  # and at most
+        alive = self._alive(hits, bound, every)
+        pair = np.flatnonzero(open_ if alive.all() else open_ & alive[:, None])
+        which, where = np.divmod(pair, len(rows))
         if which.size:
-            row = rows[where]
-            blend = (total[row] + self.preds[candidates[which], row]) / (count + 1)
-            correct = blend.argmax(axis=1) == self.y[row]
-            hits += np.bincount(which, weights=correct, minlength=len(candidates))
-        return hits / len(self.y)
+            with np.errstate(invalid="ignore"):
+                # With p_k gathered: p_k - p_y, exact in float64 (two float32 values).
+                model = candidates[which]
+                cell = (model * n_rows + rows[where]) * self.n_classes + rival[where]
+                stored = self.stored.cells(model, slot[where])
+                true_p, lift_p = (values.take(stored) for values in self.stored.flat)
+                gap = np.subtract(self.flat.take(cell), true_p, dtype=np.float64)
+                right = gap < margin[where] - slack
+                right &= lift_p < margin_2[where] - slack
+                near = gap > margin[where] + slack  # wrong, for now
+                near |= right
+                np.logical_not(near, out=near)
+            hits += np.bincount(which[right], minlength=len(candidates))
+            bound[alive] = hits[alive] + np.bincount(which[near], minlength=len(candidates))[alive]
+            alive &= self._alive(hits, bound, every)
+            near &= alive[which]
+            if near.any():  # near ties: blended in full, as the reference does
+                which, where = which[near], where[near]
+                row = rows[where]
+                blend = others.take(row, axis=1).T  # the total's rows, -inf at the true class
+                blend[np.arange(len(row)), self.y[row]] = truth[where]
+                blend += self.table.take(candidates[which] * n_rows + row, axis=0)
+                blend /= count + 1
+                correct = blend.argmax(axis=1) == self.y[row]
+                hits += np.bincount(which[correct], minlength=len(candidates))
+        # A candidate out of the running scores its bound: below another's sure hits.
+        return np.where(alive, hits, bound)
+
+    @staticmethod
+    def _alive(sure: np.ndarray, bound: np.ndarray, every: bool) -> np.ndarray:
+        """Candidates still refined: all, or those whose bound reaches the best sure hits."""
+        if every:
+            return np.ones(len(sure), dtype=bool)
+        return bound >= sure.max()
+
+    def _below(self, threshold: np.ndarray) -> np.ndarray:
+        """Thresholds in the stored precision: ``x < result`` implies ``x < threshold``."""
+        down = threshold.astype(self.dtype)
+        if down.dtype == threshold.dtype:
+            return down
+        return np.nextafter(down, -np.inf, out=down, where=down > threshold)
+
+    def _above(self, threshold: np.ndarray) -> np.ndarray:
+        """Thresholds in the stored precision: ``x > result`` implies ``x > threshold``."""
+        up = threshold.astype(self.dtype)
+        if up.dtype == threshold.dtype:
+            return up
+        return np.nextafter(up, np.inf, out=up, where=up < threshold)
+
+
+class _RowStore:
+    """(models, rows) arrays gathered for open rows into a compact store, once per row.
+
+    Gathering a few percent of the rows of a (models, rows) array reads most of its memory. The
+    open rows of a climb shrink from step to step, so each is gathered once into slots.
+    """
+
+    def __init__(self, *arrays: np.ndarray):
+        self.arrays = arrays
+        self.slot = np.full(arrays[0].shape[1], -1, dtype=np.intp)  # a row's slot, -1: none
+        self.store = [np.empty((a.shape[0], 0), dtype=a.dtype) for a in arrays]
+        self.used = 0
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        """The slots of ``rows``, gathering the rows not stored yet."""
+        slot = self.slot[rows]
+        new = slot < 0
+        if new.any():
+            fresh = rows[new]
+            start = self.used
+            slot[new] = self.slot[fresh] = self._grow(len(fresh))
+            for array, store in zip(self.arrays, self.store, strict=True):
+                for values, stored in zip(array, store, strict=True):
+                    values.take(fresh, out=stored[start : self.used])
+        return slot
+
+    def columns(self, slot: np.ndarray) -> list[np.ndarray]:
+        """Each array's stored columns ``slot``, (models, len(slot)): views when consecutive."""
+        if slot.size and slot[-1] - slot[0] == len(slot) - 1 and (np.diff(slot) == 1).all():
+            return [store[:, slot[0] : slot[-1] + 1] for store in self.store]
+        return [store.take(slot, axis=1) for store in self.store]
+
+    def cells(self, model: np.ndarray, slot: np.ndarray) -> np.ndarray:
+        """Flat indices of (model, slot) pairs in each store (see :attr:`flat`)."""
+        return model * self.store[0].shape[1] + slot
+
+    @property
+    def flat(self) -> list[np.ndarray]:
+        return [store.reshape(-1) for store in self.store]
+
+    def _grow(self, n: int) -> np.ndarray:
+        """``n`` fresh slots; the store grows (doubles) when full."""
+        start, self.used = self.used, self.used + n
+        if self.used > self.store[0].shape[1]:
+            size = max(self.used, 2 * self.store[0].shape[1])
+            for i, old in enumerate(self.store):
+                self.store[i] = np.empty((old.shape[0], size), dtype=old.dtype)
+                self.store[i][:, : old.shape[1]] = old
+        return np.arange(start, self.used)

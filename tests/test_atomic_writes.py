@@ -1,0 +1,134 @@
+"""R2: a process killed while writing, a full disk, a folder that cannot be written, for every kind
+of artifact (weights, parquet, json, csv, yaml, submission, resumable checkpoint, MLM backbone
+folder): no partial file at the final path, the previous artifact still loads, and the error (a
+non-zero exit from the command line) names the path."""
+
+import contextlib
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from medalist.cli import main
+from medalist.errors import MedalistError
+from support.artifacts import KINDS, disk_full, low_level_writer
+
+SUPPORT = Path(__file__).parent / "support"
+TRAINED = ["-c", "configs/tiny.yaml", "train.epochs=1", "train.folds=[0]"]
+
+
+def temporary_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_killed_while_writing_keeps_the_previous_artifact(tmp_path):
+    """SIGKILL with the new version complete in its temporary file, just before the rename."""
+    done = subprocess.run(
+        [sys.executable, str(SUPPORT / "artifacts.py"), str(tmp_path), *KINDS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    signals = dict(line.split() for line in done.stdout.splitlines())
+    for kind, (write, load, final, *_) in KINDS.items():
+        assert signals[kind] == "9", f"{kind}: the writer was not killed ({signals[kind]})"
+        root = tmp_path / kind
+        assert (root / final).exists(), kind
+        assert load(root) == 1, f"{kind}: the previous artifact does not load"
+        write(root, 3)  # the next run writes over whatever the killed one left
+        assert load(root) == 3, kind
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_disk_full_keeps_the_previous_artifact_and_names_the_path(kind, tmp_path, monkeypatch):
+    write, load, final, *_ = KINDS[kind]
+    write(tmp_path, 1)
+    owner, attribute, path_index = low_level_writer(kind)
+    monkeypatch.setattr(owner, attribute, disk_full(path_index))
+    with pytest.raises(MedalistError, match=rf"cannot write \S*{final}\S*: No space left"):
+        write(tmp_path, 2)
+    monkeypatch.undo()
+    assert load(tmp_path) == 1
+    assert not temporary_files(tmp_path)  # half-written temporary files are removed
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """``folder`` and everything under it cannot be written for the block (as root, which ignores
+    permissions, the block runs with the effective user 'nobody')."""
+    folders = [folder, *[p for p in folder.rglob("*") if p.is_dir()]]
+    for path in folders:
+        path.chmod(
+            stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH
+        )
+    as_root = os.geteuid() == 0
+    try:
+        if as_root:
+            os.seteuid(65534)
+        yield
+    finally:
+        if as_root:
+            os.seteuid(0)
+        for path in folders:
+            path.chmod(0o755)
+
+
+@pytest.fixture
+def world_readable_dir():
+    """A folder every user can reach (pytest's own are private to their owner)."""
+    with tempfile.TemporaryDirectory(prefix="medalist-r2-") as folder:
+        Path(folder).chmod(0o755)
+        yield Path(folder)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_read_only_folder_keeps_the_previous_artifact_and_names_the_path(kind, world_readable_dir):
+    root = world_readable_dir / kind
+    root.mkdir()
+    write, load, final, *_ = KINDS[kind]
+    write(root, 1)
+    with read_only(root), pytest.raises(MedalistError, match=rf"cannot write \S*{final}\S*: Perm"):
+        write(root, 2)
+    assert load(root) == 1
+    assert not temporary_files(root)
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+def test_stage_into_an_unwritable_folder_exits_2_naming_it(trained_project, caplog):
+    """/proc refuses new folders even to root: a real folder that cannot be written."""
+    assert main(["submission", *TRAINED, "competition.submissions_dir=/proc/medalist-r2"]) == 2
+    assert "cannot write /proc/medalist-r2/tiny.csv" in caplog.text
+    caplog.clear()
+    assert main(["train", *TRAINED, "competition.outputs_dir=/proc/medalist-r2"]) == 2
+    assert "cannot write /proc/medalist-r2/tiny/config.yaml" in caplog.text
+
+
+def test_disk_full_during_a_stage_exits_2_and_keeps_the_previous_files(
+    trained_project, caplog, monkeypatch
+):
+    out = trained_project / "outputs" / "tiny"
+    before = {name: (out / name).read_bytes() for name in ("test.parquet", "fold0/test.parquet")}
+    submission = trained_project / "submissions" / "tiny.csv"
+    previous_submission = submission.read_bytes()
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", disk_full(1))
+    monkeypatch.setattr(pd.DataFrame, "to_csv", disk_full(1))
+    assert main(["infer", *TRAINED]) == 2
+    assert f"cannot write {Path('outputs/tiny/fold0/test.parquet')}: No space left" in caplog.text
+    assert main(["submission", *TRAINED]) == 2
+    assert "cannot write submissions/tiny.csv: No space left on device" in caplog.text
+    monkeypatch.undo()
+    for name, data in before.items():
+        assert (out / name).read_bytes() == data
+        assert len(pd.read_parquet(out / name)) == len(pd.read_csv("data/test.csv"))
+    assert submission.read_bytes() == previous_submission
+    assert main(["validate", str(submission), *TRAINED]) == 0
+    assert not temporary_files(trained_project)

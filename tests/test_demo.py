@@ -1,0 +1,108 @@
+"""The demos' closing steps on tiny versions: two experiments, their ensemble and the report, and
+the pseudo-label round and TTA configs the demos write (configs/demo/<demo>_{pseudo,tta}.yaml)."""
+
+import json
+import shutil
+
+import pytest
+
+from medalist.cli import main
+from medalist.config import resolve_config
+from medalist.demo import REPO_CONFIGS, bake, run_demo, working_directory, write_variants
+from medalist.demo_text import run_text_demo
+from medalist.pipeline import STAGES, _config_hash
+from support.tiny_text import make_backbone
+
+# Both experiments on timm's test model, 16 px, two folds, one epoch: the steps, not the scores.
+TINY_DIGITS = [
+    "model.backbone=test_resnet",
+    "image.size=16",
+    "folds.n_splits=2",
+    "train.epochs=1",
+    "train.progress=false",
+]
+CONTEXT = {
+    "digits": {"competition_name": "Digits"},
+    "text": {"competition_name": "Docstrings", "modality": "text", "target_columns": "library"},
+}
+
+
+@pytest.mark.parametrize("name", ["digits", "text"])
+def test_variant_configs_add_only_their_overlay(tmp_path, name):
+    project = bake(tmp_path, CONTEXT[name])
+    shutil.copy(REPO_CONFIGS / "demo" / f"{name}.yaml", project / "configs")
+    pseudo_file, tta_file = write_variants(project, name)
+    base = resolve_config(project / "configs" / f"{name}.yaml")
+    pseudo, tta = resolve_config(pseudo_file), resolve_config(tta_file)
+    assert pseudo_file.read_text().startswith("# Overlay on")
+    # What the demo ran is up to date under both files: only the overlay's stages run.
+    for stage in ("folds", "train"):
+        for variant in (pseudo, tta):
+            assert _config_hash(variant, STAGES[stage]) == _config_hash(base, STAGES[stage])
+    assert _config_hash(pseudo, STAGES["infer"]) == _config_hash(base, STAGES["infer"])
+    assert pseudo.stages == ["folds", "train", "infer", "pseudo", "submission"]
+    assert pseudo.pseudo.teachers == list(base.ensemble.experiments)
+    assert pseudo.pseudo.source == "per_fold" and pseudo.pseudo.rounds == 1
+    assert tta.infer.tta_oof and len(tta.infer.tta) == 3
+    assert base.ensemble.experiments and len(base.ensemble.experiments) == 2
+
+
+def test_tiny_digits_demo_blends_reports_then_runs_pseudo_and_tta(tmp_path, capsys):
+    result = run_demo("digits", tmp_path, n_rows=150, overrides=TINY_DIGITS)
+    printed = capsys.readouterr().out
+    project = tmp_path / "digits"
+    assert set(result["experiments"]) == {"digits_resnet18", "digits_resnet10t"}
+    assert set(result["test_score"]) == {"digits_resnet18", "digits_resnet10t", "digits_blend"}
+    cv = json.loads((project / "outputs/ensemble/digits_blend/cv.json").read_text())
+    assert cv["method"] == "hill_climb" and cv["optimised_metric"] == "log_loss"
+    assert result["cv"] == cv["nested"]["cv"]
+    assert result["submission"] == project / "submissions/digits_blend.csv"
+    assert "<img" in result["report"].read_text()
+    for text in ("digits_blend", "best single model", "configs/digits_pseudo.yaml", "tta.yaml"):
+        assert text in printed
+
+    trained = (project / "outputs/digits_resnet18/metrics.json").stat().st_mtime_ns
+    with working_directory(project):
+        assert (
+            main(["run", "-c", "configs/digits_pseudo.yaml", *TINY_DIGITS, "pseudo.threshold=null"])
+            == 0
+        )
+        assert main(["run", "-c", "configs/digits_tta.yaml", *TINY_DIGITS]) == 0
+    assert (project / "outputs/digits_resnet18/metrics.json").stat().st_mtime_ns == trained
+    rounds = json.loads((project / "outputs/pseudo/rounds.json").read_text())
+    assert rounds["base"] == "digits_resnet18"
+    assert rounds["rounds"][0]["teachers"] == ["digits_resnet18", "digits_resnet10t"]
+    labels = json.loads((project / "outputs/pseudo/1/teachers.json").read_text())
+    assert all(entry["rows"] == entry["of"] for entry in labels["files"].values())
+    tta = json.loads((project / "outputs/digits_resnet18/tta.json").read_text())
+    assert tta["views"] == ["identity", "scale_30", "scale_34"]
+    assert set(tta["cv"]) == set(tta["cv_tta"])
+
+
+@pytest.mark.slow
+def test_tiny_text_demo_blends_and_reports(tmp_path, capsys):
+    from medalist.demo_text import docstring_corpus
+
+    corpus = docstring_corpus(per_library=10)["text"].tolist()
+    backbone = make_backbone(tmp_path / "tiny-bert", corpus, masked_lm=True)
+    result = run_text_demo(
+        tmp_path / "demo",
+        per_library=10,
+        backbone=backbone,
+        overrides=[
+            "train.epochs=1",
+            "train.progress=false",
+            "text.freeze_layers=1",
+            "mlm.epochs=1",
+            "mlm.freeze_layers=1",
+        ],
+    )
+    printed = capsys.readouterr().out
+    project = tmp_path / "demo" / "docstrings"
+    assert set(result["experiments"]) == {"as shipped", "after pretrain-mlm"}
+    members = json.loads((project / "outputs/ensemble/docstrings_blend/cv.json").read_text())
+    assert set(members["members"]) == {"docstrings_minilm", "docstrings_minilm_mlm"}
+    assert "<img" in result["report"].read_text()
+    assert result["submission"].is_file()
+    for text in ("docstrings_blend", "perplexity", "configs/text_tta.yaml"):
+        assert text in printed
