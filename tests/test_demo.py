@@ -75,7 +75,7 @@ def test_tiny_digits_demo_blends_reports_then_runs_pseudo_and_tta(tmp_path, caps
     labels = json.loads((project / "outputs/pseudo/1/teachers.json").read_text())
     assert all(entry["rows"] == entry["of"] for entry in labels["files"].values())
     tta = json.loads((project / "outputs/digits_resnet18/tta.json").read_text())
-    assert tta["views"] == ["identity", "scale_30", "scale_34"]
+    assert tta["views"] == ["identity", "zoom_95", "zoom_105"]
     assert set(tta["cv"]) == set(tta["cv_tta"])
 
 

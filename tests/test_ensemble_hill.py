@@ -185,3 +185,25 @@ def test_accuracy_leaders_are_exact_where_they_can_win(count):
     best = int(np.argmax(exact))
     assert int(np.argmax(scores)) == best and scores[best] == exact[best]
     assert ((scores == exact) | (scores < exact[best])).all()
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_row_stats_equal_a_direct_computation(monkeypatch, workers):
+    """The chunked pass (one thread or several, rows spanning several chunks) gives each row's
+    true-class value, lift over the best other class and float64 row sum minus one."""
+    from medalist.ensemble import hill
+
+    monkeypatch.setattr(hill, "_workers", lambda n_models: workers)
+    monkeypatch.setattr(hill.RowStats, "CHUNK", 64)  # 10 rows of 6 classes a chunk
+    preds, y = float32_case(n=203, models=5, seed=8)
+    preds[2, 7] = np.nan
+    stats = hill.RowStats.build(preds, y, drift=True, lift=True)
+    rows = np.arange(len(y))
+    true = preds[:, rows, y]
+    others = preds.copy()
+    others[:, rows, y] = -np.inf
+    np.testing.assert_array_equal(stats.true, true)
+    np.testing.assert_array_equal(stats.lift, others.max(axis=2) - true)
+    drift = (preds.sum(axis=2, dtype=np.float64) - 1.0).astype(np.float32)
+    np.testing.assert_array_equal(stats.drift, drift)
+    assert stats.low == np.nanmin(preds) and stats.high == np.nanmax(preds)

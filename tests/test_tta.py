@@ -50,10 +50,31 @@ def test_batched_views_equal_separate_passes():
         nn.Conv2d(1, 2, 3, padding=1), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(8, 3)
     ).eval()
     x = torch.randn(3, 1, 8, 8)
-    names = ["identity", "hflip", "rot90", "scale_12"]
+    names = ["identity", "hflip", "rot90", "scale_12", "zoom_120"]
     together = batched_views(model, x, names)
     for i, name in enumerate(names):
         assert torch.allclose(together[i], model(view(name, x)), atol=1e-6)
+
+
+def test_zoom_keeps_the_size_and_magnifies_about_the_centre():
+    x = torch.arange(64.0).view(1, 1, 8, 8).repeat(2, 3, 1, 1)
+    assert torch.equal(view("zoom_100", x), x)
+    for name in ("zoom_50", "zoom_90", "zoom_110", "zoom_200"):
+        assert view(name, x).shape == x.shape
+    # A constant image stays constant: shrinking pads with the border, not with zeros.
+    flat = torch.full((1, 1, 6, 6), -1.5)
+    assert torch.allclose(view("zoom_60", flat), flat)
+    # Magnified twice: the centre 4 x 4 fills the image, each pixel over a 2 x 2 block (a
+    # linear ramp is sampled exactly by bilinear interpolation, so the values are known).
+    ramp = torch.arange(8.0).view(1, 1, 1, 8).expand(1, 1, 8, 8)
+    row = view("zoom_200", ramp)[0, 0, 3]
+    assert torch.allclose(row, torch.arange(8.0) / 2 + 1.75)
+    # Shrunk to half: the image's 8 columns land on the middle 4, the edges extended.
+    row = view("zoom_50", ramp)[0, 0, 3]
+    assert torch.allclose(row[2:6], torch.tensor([0.5, 2.5, 4.5, 6.5]))
+    assert torch.allclose(row[:2], torch.zeros(2)) and torch.allclose(
+        row[6:], torch.full((2,), 7.0)
+    )
 
 
 def test_merge_maths():
@@ -78,6 +99,9 @@ def test_merge_maths():
 def test_unknown_view_or_merge_refused():
     with pytest.raises(ConfigError, match="unknown view 'mirror'"):
         expand_views(["hflip", "mirror"])
+    for bad in ("zoom_0", "zoom_", "zoom_x", "scale_-3"):
+        with pytest.raises(ConfigError, match=f"unknown view '{bad}'"):
+            expand_views([bad])
     with pytest.raises(ConfigError, match="infer.tta_merge"):
         merge("multiclass", torch.zeros(1, 1, 2), "median")
 
@@ -91,7 +115,7 @@ def test_tta_in_the_infer_stage_with_oof(tiny_project):
             [
                 "infer",
                 *args,
-                "infer.tta=[d4, scale_20]",
+                "infer.tta=[d4, scale_20, zoom_90]",
                 "infer.tta_merge=geometric",
                 "infer.tta_oof=true",
             ]
@@ -99,6 +123,6 @@ def test_tta_in_the_infer_stage_with_oof(tiny_project):
         == 0
     )
     report = json.loads((tiny_project / "outputs/tiny/tta.json").read_text())
-    assert len(report["views"]) == 9 and set(report["cv"]) == set(report["cv_tta"])
+    assert len(report["views"]) == 10 and set(report["cv"]) == set(report["cv_tta"])
     assert (tiny_project / "outputs/tiny/oof_tta.parquet").is_file()
     assert main(["infer", *args, "infer.tta=[sideways]"]) == 2

@@ -259,7 +259,8 @@ class InferConfig(Section):
     tta: list[str] = Field(
         default_factory=lambda: ["identity"],
         description="TTA views. Image: identity, hflip, vflip, transpose, rot90/180/270, d4, "
-        "scale_<size>. Text: identity, head, tail, head_tail, each optionally _<max_length>.",
+        "zoom_<percent>, scale_<size>. Text: identity, head, tail, head_tail, each optionally "
+        "_<max_length>.",
     )
     tta_merge: Literal["mean", "geometric", "max"] = Field(
         "mean", description="How views merge: mean or max of probabilities, geometric (log space)."

@@ -2,9 +2,12 @@
 
 Image views are tensor operations on the batch (on the device, no re-decoding): ``identity``,
 ``hflip``, ``vflip``, ``transpose``, ``rot90``, ``rot180``, ``rot270``, ``d4`` (the eight
-symmetries of the square) and ``scale_<size>`` (the batch resized to size x size). All views of a
-batch go through the model as one concatenated batch, so n views cost one pass over n times the
-rows, not n passes.
+symmetries of the square), ``zoom_<percent>`` (the content magnified about the centre, 110, or
+shrunk, 90, at the same input size, the border pixels extended: the test-time side of a training
+scale augmentation) and ``scale_<size>`` (the batch resized to size x size: multi-scale, for
+models trained at several sizes; a network trained at one size can see a resized input as a
+different image). All views of a batch go through the model as one concatenated batch, so n
+views cost one pass over n times the rows, not n passes.
 
 Text views are truncations, made by the text dataset from each row's full token ids (the batch
 arrives as ``{view: token ids}``): ``identity`` (``text.truncation`` at ``text.max_length``),
@@ -62,24 +65,47 @@ def expand_views(names: list[str], key: str = "infer.tta", modality: str = "imag
     for name in names or ["identity"]:
         if name == "d4":
             views += D4
-        elif name in VIEWS or _scale(name) is not None:
+        elif name in VIEWS or _sized("scale", name) is not None or _sized("zoom", name):
             views.append(name)
         else:
             raise ConfigError(
-                f"{key}: unknown view '{name}'; known: {[*VIEWS, 'd4', 'scale_<size>']}"
+                f"{key}: unknown view '{name}'; known: "
+                f"{[*VIEWS, 'd4', 'zoom_<percent>', 'scale_<size>']}"
             )
     return views
 
 
-def _scale(name: str) -> int | None:
+def _sized(kind: str, name: str) -> int | None:
+    """``_sized('scale', 'scale_34')`` -> 34; None for another kind or a non-positive number."""
     prefix, _, size = name.partition("_")
-    return int(size) if prefix == "scale" and size.isdigit() and int(size) > 0 else None
+    return int(size) if prefix == kind and size.isdigit() and int(size) > 0 else None
+
+
+def zoom(batch: torch.Tensor, percent: int) -> torch.Tensor:
+    """The batch magnified (``percent`` > 100) or shrunk about its centre, same size.
+
+    Sampled bilinearly; outside the image the border pixels are extended (a shrunk image is
+    padded with its own edge, not with a value that means something else once normalised).
+    """
+    if percent == 100:
+        return batch
+    factor = 100.0 / percent  # the sampling grid spans 1 / magnification of the image
+    theta = batch.new_zeros((batch.shape[0], 2, 3), dtype=torch.float32)
+    theta[:, 0, 0] = theta[:, 1, 1] = factor
+    grid = F.affine_grid(theta, list(batch.shape), align_corners=False)
+    out = F.grid_sample(
+        batch.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
+    return out.to(batch.dtype)
 
 
 def view(name: str, batch: torch.Tensor) -> torch.Tensor:
-    size = _scale(name)
+    size = _sized("scale", name)
     if size is not None:
         return F.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False)
+    percent = _sized("zoom", name)
+    if percent is not None:
+        return zoom(batch, percent)
     return VIEWS[name](batch)
 
 

@@ -17,7 +17,9 @@ candidates that could still be the best of the step).
 
 from __future__ import annotations
 
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -163,6 +165,92 @@ def _everyone(candidates: np.ndarray, n_models: int) -> bool:
     return len(candidates) == n_models and bool((candidates == np.arange(n_models)).all())
 
 
+def _workers(n_models: int) -> int:
+    """Threads for the per-model pass: the cores this process may use, at most 4."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4, n_models))
+
+
+@dataclass
+class RowStats:
+    """One pass over every model's predictions, in (models, rows) arrays.
+
+    ``true``: each row's true-class value; ``drift``: the row's sum (in float64) minus one,
+    stored as float32; ``lift``: the largest other class minus the true one; ``low``/``high``:
+    the smallest and largest value anywhere (NaN ignored). ``drift`` and ``lift`` are None when
+    not asked for.
+    """
+
+    true: np.ndarray
+    drift: np.ndarray | None
+    lift: np.ndarray | None
+    low: float
+    high: float
+
+    CHUNK = 1 << 17  # values per transposed chunk (512 KiB in float32)
+
+    @classmethod
+    def build(cls, preds: np.ndarray, y: np.ndarray, *, drift: bool, lift: bool) -> RowStats:
+        """Each model in chunks of rows transposed to (classes, rows), small enough to stay in
+        the core's cache for the few passes over them (reductions over classes are fast
+        there), the models shared among a few threads (numpy releases the GIL)."""
+        n_models, n_rows, n_classes = preds.shape
+        dtype = _float_dtype(preds)
+        stats = cls(
+            true=np.empty((n_models, n_rows), dtype=dtype),
+            drift=np.empty((n_models, n_rows), dtype=np.float32) if drift else None,
+            lift=np.empty((n_models, n_rows), dtype=dtype) if lift else None,
+            low=np.inf,
+            high=-np.inf,
+        )
+        rows_per_chunk = max(1, cls.CHUNK // n_classes)
+        workers = _workers(n_models)
+        if workers == 1:
+            bounds = [stats._models(preds, y, range(n_models), rows_per_chunk)]
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                parts = [range(w, n_models, workers) for w in range(workers)]
+                bounds = list(
+                    pool.map(lambda part: stats._models(preds, y, part, rows_per_chunk), parts)
+                )
+        stats.low = min(low for low, _ in bounds)
+        stats.high = max(high for _, high in bounds)
+        return stats
+
+    def _models(self, preds, y, models, rows_per_chunk: int) -> tuple[float, float]:
+        """Fill the statistics of ``models``; their (smallest, largest) value."""
+        n_rows, n_classes = preds.shape[1:]
+        buffers = []  # (rows, a (classes, rows) buffer, the true class's index in it, sums)
+        for rows in _chunks(n_rows, rows_per_chunk):
+            n = rows.stop - rows.start
+            plane = np.empty((n_classes, n), dtype=self.true.dtype)
+            buffers.append((rows, plane, y[rows] * n + np.arange(n), np.empty(n)))
+        low, high = np.inf, -np.inf
+        with np.errstate(invalid="ignore"):  # inf - inf: NaN, left to the exact paths
+            for m in models:
+                table = np.asarray(preds[m])
+                for rows, plane, index, sums in buffers:
+                    values = plane.reshape(-1)
+                    np.copyto(plane, table[rows].T, casting="unsafe")
+                    low = min(low, float(np.fmin.reduce(values)))
+                    high = max(high, float(np.fmax.reduce(values)))
+                    true = self.true[m, rows]
+                    values.take(index, out=true, mode="clip")  # valid indices: unbuffered
+                    if self.drift is not None:
+                        np.add.reduce(plane, axis=0, dtype=np.float64, out=sums)
+                        sums -= 1.0
+                        self.drift[m, rows] = sums
+                    if self.lift is not None:
+                        values[index] = -np.inf
+                        lift = self.lift[m, rows]
+                        np.maximum.reduce(plane, axis=0, out=lift)
+                        lift -= true
+        return low, high
+
+
 class TrueClassLogLoss:
     """Multiclass log loss of every candidate as the metric computes it, from two numbers a row.
 
@@ -187,10 +275,11 @@ class TrueClassLogLoss:
     def __init__(self, y, true, drift, low: float, eps: float = 1e-15):
         self.y, self.eps = y, eps
         self.rows = np.arange(len(y))
-        self.true = true  # (models, rows): each model's probability of the true class
+        # (models, rows): each model's probability of the true class, in float64 so that the
+        # per-step addition to the running total stays in one dtype (exact: float32 widens).
+        self.true = true.astype(np.float64)
         self.drift = drift  # (models, rows) float32: each model's row sum minus one
         self.drift_sum = drift.sum(axis=1, dtype=np.float64)
-        # einsum, not BLAS: OpenBLAS's threaded dot/gemv is several times slower at this size.
         self.drift_square = np.einsum("ij,ij->i", drift, drift, dtype=np.float64)
         self.clipped = not low >= 2 * eps  # no blend value reaches eps unless a value does
         self.buffer = np.empty(true.shape)
@@ -202,27 +291,13 @@ class TrueClassLogLoss:
     @classmethod
     def build(cls, preds: np.ndarray, y: np.ndarray, eps: float = 1e-15):
         """The scorer, or None where the predictions are not probabilities summing to ~one."""
-        dtype = _float_dtype(preds)
-        n_models, n_rows, n_classes = preds.shape
-        true = np.empty((n_models, n_rows), dtype=dtype)
-        drift = np.empty((n_models, n_rows), dtype=np.float32)
-        sums = np.empty(n_rows)
-        plane = np.empty((n_classes, n_rows), dtype=dtype)
-        values = plane.reshape(-1)
-        index = y * n_rows + np.arange(n_rows)  # the true class in a (classes, rows) plane
-        low = np.inf
-        for m in range(n_models):
-            np.copyto(plane, np.asarray(preds[m]).T, casting="unsafe")
-            low, high = min(low, np.fmin.reduce(values)), np.fmax.reduce(values)
-            if not (low >= 0 and high <= 1):  # NaN passes (it stays NaN, as in the metric)
-                return None
-            np.add.reduce(plane, axis=0, dtype=np.float64, out=sums)
-            sums -= 1.0
-            if np.fmax.reduce(np.abs(sums)) > cls.MAX_DRIFT:  # NaN rows stay NaN
-                return None
-            drift[m] = sums
-            values.take(index, out=true[m])
-        return cls(y, true, drift, float(low), eps)
+        stats = RowStats.build(preds, y, drift=True, lift=False)
+        if not (stats.low >= 0 and stats.high <= 1):  # NaN passes (it stays NaN, as in the metric)
+            return None
+        drift = stats.drift
+        if max(np.fmax.reduce(drift, axis=None), -np.fmin.reduce(drift, axis=None)) > cls.MAX_DRIFT:
+            return None  # (NaN rows stay NaN)
+        return cls(y, stats.true, drift, stats.low, eps)
 
     def add(self, model: int) -> None:
         """The climb picked ``model``: add it to the running total, as the climb adds it."""
@@ -250,7 +325,8 @@ class TrueClassLogLoss:
         first = np.log(n) - np.add.reduce(q, axis=1) / len(self.y)
         # sum(log(s)) = sum(d) - sum(d^2) / 2, d = (D_T + D_m) / n.
         drift = self.drift if every else self.drift[candidates]
-        cross = np.einsum("ij,j->i", drift, total_drift64.astype(np.float32), dtype=np.float64)
+        # A float32 product is enough: the square term moves a score by ~1e-15 at most.
+        cross = drift @ total_drift64.astype(np.float32)
         linear = (total_drift64.sum() + self.drift_sum[candidates]) / n
         square = np.einsum("i,i->", total_drift64, total_drift64)
         square = square + 2 * cross + self.drift_square[candidates]
@@ -285,8 +361,6 @@ class ArgmaxAccuracy:
     still open instead of a blend of every class per candidate.
     """
 
-    CHUNK = 1 << 17  # values per transposed chunk (512 KiB in float32)
-
     def __init__(self, preds: np.ndarray, y: np.ndarray):
         n_models, n_rows, n_classes = preds.shape
         self.preds, self.y, self.n_classes = preds, y, n_classes
@@ -294,29 +368,9 @@ class ArgmaxAccuracy:
         self.flat = preds.reshape(-1)
         self.plane_index = y * n_rows + np.arange(n_rows)  # the true class in a (classes, rows)
         self.dtype = dtype = _float_dtype(preds)
-        self.true = np.empty((n_models, n_rows), dtype=dtype)  # p_y
-        self.lift = np.empty((n_models, n_rows), dtype=dtype)  # max_{c != y} p_c - p_y
-        low, high = np.inf, -np.inf
-        # Each model in chunks of rows transposed to (classes, rows), small enough to stay in
-        # the core's cache for the few passes over it: reductions over classes are fast there.
-        chunks = []  # (rows, a (classes, rows) buffer, the true class's index in it)
-        for rows in _chunks(n_rows, max(1, self.CHUNK // n_classes)):
-            n = rows.stop - rows.start
-            chunks.append((rows, np.empty((n_classes, n), dtype=dtype), y[rows] * n + np.arange(n)))
-        with np.errstate(invalid="ignore"):  # inf - inf: NaN, left to the exact path
-            for m in range(n_models):
-                table, true_m, lift_m = np.asarray(preds[m]), self.true[m], self.lift[m]
-                for rows, plane, index in chunks:
-                    values = plane.reshape(-1)
-                    np.copyto(plane, table[rows].T, casting="unsafe")
-                    low = min(low, float(np.fmin.reduce(values)))
-                    high = max(high, float(np.fmax.reduce(values)))
-                    true = true_m[rows]
-                    values.take(index, out=true)
-                    values[index] = -np.inf
-                    lift = lift_m[rows]
-                    np.maximum.reduce(plane, axis=0, out=lift)
-                    lift -= true
+        stats = RowStats.build(preds, y, drift=False, lift=True)
+        self.true, self.lift = stats.true, stats.lift  # p_y, max_{c != y} p_c - p_y
+        low, high = stats.low, stats.high
         hits = np.array([self._alone(m, lift) for m, lift in enumerate(self.lift)])
         self.lift_max = self.lift.max(axis=0)  # NaN where any model has NaN
         true_max = self.true.max(axis=0)
@@ -388,7 +442,6 @@ class ArgmaxAccuracy:
 
     def _open_rows(self, others, truth, count, candidates, rows, slack, every) -> np.ndarray:
         """Hits of each candidate among the open ``rows`` (with ``every``, or of the leaders)."""
-        n_rows = len(self.y)
         top = others.take(rows, axis=1)  # (classes, open rows)
         best = np.maximum.reduce(top, axis=0)
         rival = np.full(len(rows), self.n_classes - 1, dtype=np.intp)
@@ -402,6 +455,7 @@ class ArgmaxAccuracy:
         true, lift = self.stored.columns(slot)  # (models, open rows)
         if not _everyone(candidates, len(self.lift)):
             true, lift = true[candidates], lift[candidates]
+        n_rows = len(self.y)
         with np.errstate(invalid="ignore"):
             # From the stored values alone: every other class stays below the true one
             # (p_c - p_y <= lift < M), or the rival gains at least the smallest prediction.
@@ -488,7 +542,7 @@ class _RowStore:
             slot[new] = self.slot[fresh] = self._grow(len(fresh))
             for array, store in zip(self.arrays, self.store, strict=True):
                 for values, stored in zip(array, store, strict=True):
-                    values.take(fresh, out=stored[start : self.used])
+                    values.take(fresh, out=stored[start : self.used], mode="clip")
         return slot
 
     def columns(self, slot: np.ndarray) -> list[np.ndarray]:
