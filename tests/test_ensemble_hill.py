@@ -207,3 +207,25 @@ def test_row_stats_equal_a_direct_computation(monkeypatch, workers):
     drift = (preds.sum(axis=2, dtype=np.float64) - 1.0).astype(np.float32)
     np.testing.assert_array_equal(stats.drift, drift)
     assert stats.low == np.nanmin(preds) and stats.high == np.nanmax(preds)
+
+
+def test_patience_finds_a_small_weight_that_no_single_step_reaches():
+    """B is noisier than A but independent: 5:1 beats A alone, 1:1 to 4:1 do not. Stopping at
+    the first step that does not improve keeps A alone; patience re-picks A to reach it, and
+    keeps the best selection seen (not the last)."""
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=20_000)
+    a = y + rng.normal(scale=1.0, size=y.shape)
+    b = y + rng.normal(scale=3.0, size=y.shape)
+    preds = np.stack([a, b])[:, :, None]
+    metric = get_metric("rmse")
+    greedy = hill_climb(preds, y, metric, patience=0)
+    assert greedy.weights.tolist() == [1.0, 0.0]
+    patient = hill_climb(preds, y, metric, iterations=60, patience=10)
+    assert 0.0 < patient.weights[1] < 0.3
+    assert patient.score < greedy.score == metric(y, preds[0])
+    assert patient.score == min(patient.history) == patient.history[-1]
+    blend = np.tensordot(patient.weights, preds, axes=1)
+    assert metric(y, blend) == pytest.approx(patient.score, rel=1e-12)
+    reference = naive_hill_climb(preds, y, metric, iterations=60, patience=10)
+    assert reference.selection == patient.selection

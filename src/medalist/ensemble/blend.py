@@ -76,13 +76,20 @@ class HillBlender(Blender):
 
     learns = True
 
-    def __init__(self, task_type: str, metric: Metric, iterations: int, replacement: bool):
+    def __init__(
+        self,
+        task_type: str,
+        metric: Metric,
+        iterations: int,
+        replacement: bool,
+        patience: int = 0,
+    ):
         super().__init__(task_type, metric)
-        self.iterations, self.replacement = iterations, replacement
+        self.iterations, self.replacement, self.patience = iterations, replacement, patience
         self.selection: list[int] = []
 
     def fit(self, preds: np.ndarray, y: np.ndarray) -> HillBlender:
-        result = hill_climb(preds, y, self.metric, self.iterations, self.replacement)
+        result = hill_climb(preds, y, self.metric, self.iterations, self.replacement, self.patience)
         self.weights, self.selection = result.weights, result.selection
         return self
 

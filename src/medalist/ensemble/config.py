@@ -35,6 +35,13 @@ class EnsembleConfig(Section):
         description="Hill climbing: at most this many models added (stops earlier "
         "when no candidate improves the OOF score).",
     )
+    hill_patience: int = Field(
+        10,
+        ge=0,
+        description="Hill climbing: steps to go on after the OOF score stops improving, "
+        "keeping the best selection seen; lets a model be added again to make room for a "
+        "small weight on another. 0: stop at the first step that does not improve.",
+    )
     hill_replacement: bool = Field(
         True, description="Hill climbing: a model may be added more than once (Caruana)."
     )

@@ -47,13 +47,13 @@ def _pick(scores: np.ndarray, metric: Metric) -> int:
     return int(np.argmax(signed))
 
 
-def _climb(preds, metric, iterations, replacement, score_candidates) -> HillResult:
+def _climb(preds, metric, iterations, replacement, score_candidates, patience=0) -> HillResult:
     with warnings.catch_warnings():  # float32 probabilities never sum to exactly one
         warnings.filterwarnings("ignore", message=".*do not sum to one.*")
-        return _climb_steps(preds, metric, iterations, replacement, score_candidates)
+        return _climb_steps(preds, metric, iterations, replacement, score_candidates, patience)
 
 
-def _climb_steps(preds, metric, iterations, replacement, score_candidates) -> HillResult:
+def _climb_steps(preds, metric, iterations, replacement, score_candidates, patience) -> HillResult:
     n_models = preds.shape[0]
     # A scorer with add() keeps its own running total (and is called with None for it); with
     # leaders() it may score the candidates that cannot be the best of a step with a bound.
@@ -62,14 +62,19 @@ def _climb_steps(preds, metric, iterations, replacement, score_candidates) -> Hi
     total = None if tracking else np.zeros(preds.shape[1:], dtype=np.float64)
     counts = np.zeros(n_models, dtype=np.int64)
     result = HillResult()
+    kept, stale = 0, 0  # the length of the best selection so far; steps since it improved
     for _ in range(iterations):
         candidates = np.arange(n_models) if replacement else np.flatnonzero(counts == 0)
         if candidates.size == 0:
             break
         scores = score(total, int(counts.sum()), candidates)
         best = _pick(scores, metric)
-        if result.history and not metric.better(scores[best], result.history[-1]):
-            break
+        if kept and not metric.better(scores[best], result.history[kept - 1]):
+            stale += 1
+            if stale > patience:
+                break
+        else:
+            kept, stale = len(result.selection) + 1, 0
         model = int(candidates[best])
         if tracking:
             score_candidates.add(model)
@@ -78,6 +83,9 @@ def _climb_steps(preds, metric, iterations, replacement, score_candidates) -> Hi
         counts[model] += 1
         result.selection.append(model)
         result.history.append(float(scores[best]))
+    # The best selection: the steps after it (patience) did not beat it.
+    del result.selection[kept:], result.history[kept:]
+    counts = np.bincount(np.array(result.selection, dtype=np.int64), minlength=n_models)
     result.weights = counts / max(counts.sum(), 1)
     return result
 
@@ -88,6 +96,7 @@ def hill_climb(
     metric: Metric,
     iterations: int = 100,
     replacement: bool = True,
+    patience: int = 0,
 ) -> HillResult:
     """Caruana ensemble selection, every candidate of a step scored in one batched operation.
 
@@ -97,6 +106,10 @@ def hill_climb(
         metric: the score to optimise, with its direction.
         iterations: at most this many additions.
         replacement: whether a model may be picked again.
+        patience: steps to go on after the score stops improving, keeping the best selection
+            seen. 0 stops at the first step that does not improve; more lets the climb add a
+            model again (no better by itself) to make room for a small weight on another
+            (with one model picked, the next pick can only make it 50:50).
 
     Returns:
         The selection, weights (non-negative, summing to one) and score history.
@@ -110,7 +123,7 @@ def hill_climb(
         [0.0, 1.0]
     """
     scorer = _row_scorer(metric, preds, y) or batch_scorer(metric, preds, y)
-    return _climb(preds, metric, iterations, replacement, scorer)
+    return _climb(preds, metric, iterations, replacement, scorer, patience)
 
 
 def naive_hill_climb(
@@ -119,6 +132,7 @@ def naive_hill_climb(
     metric: Metric,
     iterations: int = 100,
     replacement: bool = True,
+    patience: int = 0,
 ) -> HillResult:
     """The reference: a per-candidate loop that blends and calls the metric for each one.
 
@@ -128,7 +142,7 @@ def naive_hill_climb(
     def score_each(total, count, candidates):
         return np.array([metric(y, (total + preds[m]) / (count + 1)) for m in candidates])
 
-    return _climb(preds, metric, iterations, replacement, score_each)
+    return _climb(preds, metric, iterations, replacement, score_each, patience)
 
 
 # ---------------------------------------------------------------------------------------------

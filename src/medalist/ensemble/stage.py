@@ -76,7 +76,12 @@ def blender_factory(ens_cfg: EnsembleConfig, task_type: str, metric: Metric):
         return partial(WeightedBlender, task_type, metric)
     if ens_cfg.method == "hill_climb":
         return partial(
-            HillBlender, task_type, metric, ens_cfg.hill_iterations, ens_cfg.hill_replacement
+            HillBlender,
+            task_type,
+            metric,
+            ens_cfg.hill_iterations,
+            ens_cfg.hill_replacement,
+            ens_cfg.hill_patience,
         )
     return partial(
         Stacker,
