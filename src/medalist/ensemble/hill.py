@@ -193,7 +193,7 @@ class RowStats:
     """One pass over every model's predictions, in (models, rows) arrays.
 
     ``true``: each row's true-class value; ``drift``: the row's sum (in float64) minus one,
-    stored as float32; ``lift``: the largest other class minus the true one; ``low``/``high``:
+    stored as float32, and ``drift_sum`` each model's sum of them (in float64); ``lift``: the largest other class minus the true one; ``low``/``high``:
     the smallest and largest value anywhere (NaN ignored). ``drift`` and ``lift`` are None when
     not asked for.
     """
@@ -203,6 +203,7 @@ class RowStats:
     lift: np.ndarray | None
     low: float
     high: float
+    drift_sum: np.ndarray | None = None  # each model's sum of row drifts, from float64 sums
 
     CHUNK = 1 << 17  # values per transposed chunk (512 KiB in float32)
 
@@ -219,6 +220,7 @@ class RowStats:
             lift=np.empty((n_models, n_rows), dtype=dtype) if lift else None,
             low=np.inf,
             high=-np.inf,
+            drift_sum=np.zeros(n_models) if drift else None,
         )
         rows_per_chunk = max(1, cls.CHUNK // n_classes)
         workers = _workers(n_models)
@@ -257,6 +259,7 @@ class RowStats:
                         np.add.reduce(plane, axis=0, dtype=np.float64, out=sums)
                         sums -= 1.0
                         self.drift[m, rows] = sums
+                        self.drift_sum[m] += np.add.reduce(sums)
                     if self.lift is not None:
                         values[index] = -np.inf
                         lift = self.lift[m, rows]
@@ -286,20 +289,22 @@ class TrueClassLogLoss:
 
     MAX_DRIFT = 1e-5
 
-    def __init__(self, y, true, drift, low: float, eps: float = 1e-15):
+    def __init__(self, y, true, drift, low: float, eps: float = 1e-15, drift_sum=None):
         self.y, self.eps = y, eps
         self.rows = np.arange(len(y))
         # (models, rows): each model's probability of the true class, in float64 so that the
         # per-step addition to the running total stays in one dtype (exact: float32 widens).
         self.true = true.astype(np.float64)
         self.drift = drift  # (models, rows) float32: each model's row sum minus one
-        self.drift_sum = drift.sum(axis=1, dtype=np.float64)
-        self.drift_square = np.einsum("ij,ij->i", drift, drift, dtype=np.float64)
+        self.drift_sum = drift.sum(axis=1, dtype=np.float64) if drift_sum is None else drift_sum
+        # The drifts' Gram matrix gives the square term from the pick counts alone. float32 is
+        # enough: the term moves a score by ~1e-15 (5e-11 at the largest drift accepted).
+        self.gram = (drift @ drift.T).astype(np.float64)
         self.clipped = not low >= 2 * eps  # no blend value reaches eps unless a value does
         self.buffer = np.empty(true.shape)
-        # The running total's true-class values and row drifts, kept by add().
+        # The running total: its true-class values (as the climb adds them) and pick counts.
         self.truth = np.zeros(len(y))
-        self.total_drift64 = np.zeros(len(y))
+        self.counts = np.zeros(len(true))
         self.count = 0
 
     @classmethod
@@ -311,23 +316,29 @@ class TrueClassLogLoss:
         drift = stats.drift
         if max(np.fmax.reduce(drift, axis=None), -np.fmin.reduce(drift, axis=None)) > cls.MAX_DRIFT:
             return None  # (NaN rows stay NaN)
-        return cls(y, stats.true, drift, stats.low, eps)
+        return cls(y, stats.true, drift, stats.low, eps, stats.drift_sum)
 
     def add(self, model: int) -> None:
         """The climb picked ``model``: add it to the running total, as the climb adds it."""
         self.truth += self.true[model]  # the same float64 additions as total[i, y]
-        self.total_drift64 += self.drift[model]
+        self.counts[model] += 1
         self.count += 1
 
-    def _state(self, total, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """(true-class values, row drifts) of ``total``; None: the running ones of add()."""
-        if total is None:
-            return self.truth, self.total_drift64
-        return total[self.rows, self.y], total.sum(axis=1) - count
-
     def __call__(self, total, count: int, candidates: np.ndarray) -> np.ndarray:
-        truth, total_drift64 = self._state(total, count)
+        """Every candidate's log loss with ``total`` (None: the running one of add())."""
         every = _everyone(candidates, len(self.true))
+        if total is None:
+            truth = self.truth
+            # D_T = sum of the picked drifts: sum(D_T) and the products from the counts.
+            total_linear = self.counts @ self.drift_sum
+            gram_counts = self.gram @ self.counts
+            total_square, cross = self.counts @ gram_counts, gram_counts[candidates]
+        else:
+            truth = total[self.rows, self.y]
+            total_drift = total.sum(axis=1) - count
+            drift = self.drift if every else self.drift[candidates]
+            total_linear, total_square = total_drift.sum(), total_drift @ total_drift
+            cross = drift @ total_drift.astype(np.float32)
         true = self.true if every else self.true[candidates]
         n = count + 1
         q = self.buffer[: len(candidates)]
@@ -338,12 +349,8 @@ class TrueClassLogLoss:
         np.log(q, out=q)
         first = np.log(n) - np.add.reduce(q, axis=1) / len(self.y)
         # sum(log(s)) = sum(d) - sum(d^2) / 2, d = (D_T + D_m) / n.
-        drift = self.drift if every else self.drift[candidates]
-        # A float32 product is enough: the square term moves a score by ~1e-15 at most.
-        cross = drift @ total_drift64.astype(np.float32)
-        linear = (total_drift64.sum() + self.drift_sum[candidates]) / n
-        square = np.einsum("i,i->", total_drift64, total_drift64)
-        square = square + 2 * cross + self.drift_square[candidates]
+        linear = (total_linear + self.drift_sum[candidates]) / n
+        square = total_square + 2 * cross + np.diagonal(self.gram)[candidates]
         return first + (linear - square / (2 * n**2)) / len(self.y)
 
 
