@@ -213,28 +213,34 @@ def print_summary(
         )
     console.print(table)
     *singles, blend = lines
-    best = singles[0]
-    for line in singles[1:]:
-        if _better(line.scores["cv"][main_metric], best.scores["cv"][main_metric], main_metric):
-            best = line
+    best = _best_single(singles, main_metric)
     weights = ", ".join(f"{k} {v:.2f}" for k, v in summary["weights"]["weights"].items())
     console.print(f"ensemble {blend.name}: weights {weights}")
     optimised = summary["cv"]["optimised_metric"]
     for metric in dict.fromkeys([main_metric, optimised]):
         in_sample = summary["cv"]["in_sample"]["cv"][metric]
+        single = _best_single(singles, metric)  # the best single model by this metric
         console.print(
-            f"  CV {metric}: best single model ({best.name}) {best.scores['cv'][metric]:.4f} -> "
+            f"  CV {metric}: best single model ({single.name}) {single.scores['cv'][metric]:.4f} -> "
             f"ensemble {blend.scores['cv'][metric]:.4f} nested ({in_sample:.4f} in-sample)"
         )
-    console.print(f"  test accuracy: {best.test_score:.4f} -> ensemble {blend.test_score:.4f}")
+    console.print(
+        f"  test accuracy: best single model by CV {main_metric} ({best.name}) "
+        f"{best.test_score:.4f} -> ensemble {blend.test_score:.4f}"
+    )
     console.print(f"report: {report}")
     console.print(f"submissions: {', '.join(str(line.submission) for line in lines)}")
 
 
-def _better(a: float, b: float, metric: str) -> bool:
+def _best_single(singles: list, metric: str):
+    """The experiment with the best CV by ``metric`` (the first one on ties)."""
     from medalist.metrics import get_metric
 
-    return get_metric(metric).better(a, b)
+    best = singles[0]
+    for line in singles[1:]:
+        if get_metric(metric).better(line.scores["cv"][metric], best.scores["cv"][metric]):
+            best = line
+    return best
 
 
 def print_next_steps(console, project: Path, name: str, experiment: str) -> None:
