@@ -310,6 +310,29 @@ def test_packaged_ensemble_reproduces_the_local_blend(packaged, tmp_path):
         assert written.read_bytes() == Path("submissions/blend.csv").read_bytes()
 
 
+def test_package_ships_the_views_of_the_last_infer(packaged, tmp_path, caplog):
+    """infer run with TTA after training: the bundle predicts with those views (infer.json), not
+    with the training config's, and reproduces test.parquet; a damaged infer.json is named."""
+    project = tmp_path / "digits"
+    shutil.copytree(packaged, project, ignore=shutil.ignore_patterns("package"))
+    config = ["-c", "configs/tiny.yaml", "train.epochs=1", "kaggle.timing_rows=4"]
+    config.append(f"kaggle.dataset_id={DATASET}")
+    with working_directory(project):
+        _run("infer", *config, "infer.tta=[identity, hflip]", "infer.tta_merge=geometric")
+        _run("package", *config)  # checks the bundle against outputs/tiny/test.parquet
+        manifest = read_manifest(Path(BUNDLE))
+        views = {"tta": ["identity", "hflip"], "tta_merge": "geometric"}
+        assert manifest["experiments"]["tiny"]["infer"] == views
+        run_bundle(BUNDLE, "local", environ={})
+        offline = pd.read_parquet("outputs/offline/predictions/tiny.parquet")
+        local = pd.read_parquet("outputs/tiny/test.parquet")
+        assert np.array_equal(offline.to_numpy(), local.to_numpy())
+        Path("outputs/tiny/infer.json").write_text('{"tta": "identity"}')
+        with caplog.at_level(logging.ERROR):
+            assert main(["package", *config]) == 2
+    assert "infer.json: not an infer settings file" in caplog.text
+
+
 # ------------------------------------------------------------------------------- refusals
 
 

@@ -2,7 +2,8 @@
 
 Reads ``outputs/<experiment>/fold*/model.safetensors``, ``task.json`` and ``data/test.csv``.
 Writes ``outputs/<experiment>/fold{k}/test.parquet`` and the fold average ``test.parquet``, in the
-prediction-table format (id, then one column per output).
+prediction-table format (id, then one column per output), and ``infer.json``: the views and merge
+they were predicted with (what ``medalist package`` ships, whatever config trained the folds).
 """
 
 from __future__ import annotations
@@ -113,6 +114,8 @@ def run(cfg: Config) -> pd.DataFrame:
     table = _table(cfg, task, test, np.mean(per_fold, axis=0))
     if accelerator.is_main_process:
         write_parquet(experiment_dir(cfg) / "test.parquet", table)
+        # The settings behind test.parquet: `medalist package` ships them with the weights.
+        write_json(experiment_dir(cfg) / "infer.json", inference_settings(cfg))
         log.info(
             "test predictions of %d fold(s), %d view(s) written to %s",
             len(folds),
@@ -122,6 +125,14 @@ def run(cfg: Config) -> pd.DataFrame:
     if cfg.infer.tta_oof:
         tta_oof(cfg, task, modality, accelerator, train, folds_table, folds, views)
     return table
+
+
+INFERENCE_KEYS = ("tta", "tta_merge")  # the infer settings that change the predicted values
+
+
+def inference_settings(cfg: Config) -> dict:
+    """The ``infer`` settings that shape the predictions (views and their merge)."""
+    return {key: getattr(cfg.infer, key) for key in INFERENCE_KEYS}
 
 
 def tta_oof(cfg, task, modality, accelerator, train, folds_table, folds, views) -> dict:

@@ -36,7 +36,7 @@ import pandas as pd
 import yaml
 
 import medalist
-from medalist.config import Config, resolve_config
+from medalist.config import Config, InferConfig, resolve_config
 from medalist.data import read_test
 from medalist.errors import ConfigError, DataError
 from medalist.io import sha256_file, write_json, write_text
@@ -94,12 +94,31 @@ def _experiment(outputs: Path, name: str, key: str) -> Experiment:
         if not (folder / needed).is_file():
             raise DataError(f"{key}: {folder / needed} not found; train '{name}' first")
     cfg = resolve_config(folder / "config.yaml")
+    settings = folder / "infer.json"  # the views and merge behind its test.parquet
+    if settings.is_file():
+        saved = json.loads(settings.read_text(encoding="utf-8"))
+        cfg = cfg.model_copy(
+            update={"infer": cfg.infer.model_copy(update=_inference_keys(saved, settings))}
+        )
     # The saved config's outputs_dir is relative to the project, like every path here.
     cfg = cfg.model_copy(
         update={"competition": cfg.competition.model_copy(update={"outputs_dir": str(outputs)})}
     )
     weights = {str(fold): prediction_weights(cfg, fold) for fold in trained_folds(cfg)}
     return Experiment(name, cfg, weights)
+
+
+def _inference_keys(saved: dict, source: Path) -> dict:
+    """The known infer keys of an ``infer.json``, checked (a view name as the stage would)."""
+    from medalist.infer import INFERENCE_KEYS
+
+    try:
+        settings = InferConfig.model_validate({key: saved[key] for key in INFERENCE_KEYS})
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(
+            f"{source}: not an infer settings file ({error}); run infer again"
+        ) from None
+    return {key: getattr(settings, key) for key in INFERENCE_KEYS}
 
 
 def _ensemble(cfg: Config, outputs: Path) -> tuple[dict, list[str]]:
@@ -193,12 +212,16 @@ def _place(source: Path, target: Path) -> None:
 
 
 def _copy_experiment(experiment: Experiment, outputs: Path, root: Path, plan: Plan) -> dict:
+    from medalist.infer import inference_settings
+
     source = outputs / experiment.name
     target = f"outputs/{experiment.name}"
     for name in ("config.yaml", "task.json", "metrics.json"):
         if (source / name).is_file():
             _place(source / name, root / target / name)
     entry: dict = {"config": f"{target}/config.yaml", "task": f"{target}/task.json"}
+    # The views and merge of the last `infer` (test.parquet's), not the training config's.
+    entry["infer"] = inference_settings(experiment.cfg)
     entry["weights"] = {}
     for fold, weights in experiment.weights.items():
         relative = f"{target}/{weights.parent.name}/{weights.name}"

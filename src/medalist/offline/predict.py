@@ -129,6 +129,8 @@ def experiment_config(bundle: Path, entry: dict, data: Path) -> Config:
     cfg = _with(resolve_config(bundle / entry["config"]), "competition.data_dir", str(data))
     for dotted, relative in entry["paths"].items():
         cfg = _with(cfg, dotted, None if relative is None else str(bundle / relative))
+    for key, value in entry.get("infer", {}).items():  # the views test.parquet was made with
+        cfg = _with(cfg, f"infer.{key}", value)
     return cfg
 
 
