@@ -287,7 +287,8 @@ def _check_against_local(outputs: Path, id_column: str, name: str, test, values)
         raise DataError(
             f"{name}: the bundle predicts other values than {local} (largest difference "
             f"{np.max(np.abs(expected - values)) if expected.shape == values.shape else 'shape'}); "
-            "was infer run with other settings than outputs/<experiment>/config.yaml?"
+            f"run `medalist infer` again for {name} with the settings to ship (it records its "
+            "views in infer.json) and package after it"
         )
 
 
