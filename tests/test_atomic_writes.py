@@ -44,6 +44,7 @@ def test_killed_while_writing_keeps_the_previous_artifact(tmp_path):
         assert load(root) == 1, f"{kind}: the previous artifact does not load"
         write(root, 3)  # the next run writes over whatever the killed one left
         assert load(root) == 3, kind
+        assert not temporary_files(root), f"{kind}: the killed writer's temporary file is left"
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -132,3 +133,31 @@ def test_disk_full_during_a_stage_exits_2_and_keeps_the_previous_files(
     assert submission.read_bytes() == previous_submission
     assert main(["validate", str(submission), *TRAINED]) == 0
     assert not temporary_files(trained_project)
+
+
+def test_only_temporary_files_of_gone_writers_of_this_host_are_removed(tmp_path):
+    """A later write of the same artifact removes what a killed writer of this host left; a live
+    writer's file, another host's and another artifact's stay."""
+    import os
+
+    from medalist import io
+
+    host = io._writer()
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    dead = int(gone.stdout)  # a process that has exited
+    names = {
+        "dead": f".metrics.json.{host}-{dead}.abc123.tmp",
+        "live": f".metrics.json.{host}-{os.getppid()}.abc123.tmp",
+        "other_host": f".metrics.json.elsewhere-{dead}.abc123.tmp",
+        "other_file": f".oof.parquet.{host}-{dead}.abc123.tmp",
+    }
+    for name in names.values():
+        (tmp_path / name).write_text("partial")
+    io.write_json(tmp_path / "metrics.json", {"cv": 1})
+    left = {p.name for p in temporary_files(tmp_path)}
+    assert left == {names["live"], names["other_host"], names["other_file"]}

@@ -10,7 +10,8 @@ A checkpoint is a folder ``fold{k}/checkpoint/step-<n>/`` holding
 - ``progress.json``: epoch, step, position in the epoch, best scores and history;
 - ``COMPLETE``, written last: a folder without it is ignored (a kill while writing).
 
-The newest complete folder wins; older ones are removed once a newer one is complete.
+The newest complete folder wins; the others (older ones, and folders a kill left incomplete) are
+removed once a newer one is complete.
 """
 
 from __future__ import annotations
@@ -111,8 +112,10 @@ def save_checkpoint(
     write_with(target / "trainer.pt", lambda tmp: torch.save(trainer, tmp))
     write_json(target / "progress.json", progress)
     write_text(target / COMPLETE, "")
-    for older in checkpoints(folder)[:-1]:
-        shutil.rmtree(older, ignore_errors=True)
+    # This one is complete: the others go, the older complete ones and any a kill cut short.
+    for other in (folder / "checkpoint").glob("step-*"):
+        if other != target:
+            shutil.rmtree(other, ignore_errors=True)
     return target
 
 

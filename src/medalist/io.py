@@ -2,15 +2,19 @@
 
 Every artifact is written to a temporary file in the destination folder, flushed and fsynced, then
 renamed into place (``os.replace`` is atomic on POSIX within one file system). A reader never sees
-half a file, and the previous artifact survives a crash or a full disk.
+half a file, and the previous artifact survives a crash or a full disk. A temporary file names its
+writer (host and process id); the next successful write of the same artifact removes those left
+by writers of this host that are gone (killed mid-write), and no other.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,7 +35,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.{_writer()}-{os.getpid()}.", suffix=".tmp", dir=path.parent
+        )
         os.close(fd)
     except OSError as exc:
         raise MedalistError(f"cannot write {path}: {exc.strerror or exc}") from exc
@@ -46,6 +52,35 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+    _remove_orphans(path)
+
+
+def _writer() -> str:
+    """This host's name, safe in a file name (no dots: they separate the name's parts)."""
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in socket.gethostname()) or "host"
+
+
+def _remove_orphans(path: Path) -> None:
+    """Remove the temporary files of ``path`` whose writer (this host, a dead process) is gone."""
+    prefix = f".{path.name}.{_writer()}-"
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = leftover.name[len(prefix) :].split(".", 1)[0]
+        if not leftover.name.startswith(prefix) or not pid.isdigit():
+            continue  # another host's, or not one of ours
+        if int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def write_with(path: str | os.PathLike, writer: Callable[[Path], Any]) -> Path:
