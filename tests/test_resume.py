@@ -118,6 +118,11 @@ def test_truncated_checkpoint_refused(reference, tmp_path):
     again = train(project, *kill)
     assert again.returncode == 2
     assert "not a valid checkpoint" in again.stdout + again.stderr
+    # Another training config does not resume: the damaged checkpoint is discarded unread.
+    other = train(project, "train.seed=5")
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "different training config" in other.stdout + other.stderr
+    assert (project / "outputs" / "tiny" / "fold0" / "model.safetensors").is_file()
 
 
 def _run(project: Path, *args: str) -> None:

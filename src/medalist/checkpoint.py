@@ -129,6 +129,14 @@ def _save_tensors(tensors: dict, path: Path) -> None:
     write_with(path, lambda tmp: save_file(state, str(tmp)))
 
 
+def read_progress(path: Path) -> dict:
+    """A checkpoint folder's ``progress.json`` alone (epoch, step, the training config's hash)."""
+    try:
+        return json.loads((path / "progress.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path / 'progress.json'}: not a valid checkpoint ({exc})") from exc
+
+
 def load_checkpoint(path: Path) -> dict:
     """Read a checkpoint folder; nothing in it can execute code."""
     try:
@@ -148,7 +156,7 @@ def load_checkpoint(path: Path) -> dict:
         "trainer": trainer,
         "hooks": hooks,
         "best": best,
-        "progress": json.loads((path / "progress.json").read_text()),
+        "progress": read_progress(path),
     }
 
 

@@ -22,6 +22,7 @@ from medalist.checkpoint import (
     checkpoints,
     clear_checkpoints,
     load_checkpoint,
+    read_progress,
     save_checkpoint,
     set_rng_state,
 )
@@ -340,8 +341,9 @@ class FoldTrainer:
         found = checkpoints(self.folder) if self.folder is not None else []
         if not found:
             return None
-        ckpt = load_checkpoint(found[-1])
-        if ckpt["progress"].get("training_hash") != self._training_hash():
+        # The config's hash first: a checkpoint of another config is discarded unread (even if
+        # its tensors are damaged); only one of this config is loaded, and checked.
+        if read_progress(found[-1]).get("training_hash") != self._training_hash():
             # Made by another config (a changed key, new pseudo labels): resuming would mix runs.
             log.warning(
                 "fold %s: %s was saved by a different training config; training the fold afresh",
@@ -352,6 +354,7 @@ class FoldTrainer:
             if self.accelerator.is_main_process:
                 clear_checkpoints(self.folder)
             return None
+        ckpt = load_checkpoint(found[-1])
         load_weights_into(self.accelerator.unwrap_model(self.model), ckpt["model"], found[-1])
         for index, hook in enumerate(self.hooks.hooks):
             hook.load_state_dict(ckpt["hooks"].get(index, {}))
