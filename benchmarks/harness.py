@@ -116,7 +116,7 @@ def measure(
     *,
     warmup: int = 3,
     repeats: int = 20,
-    control: bool = True,
+    control: bool | Callable[[], object] = True,
     throughput: bool = False,
     budget_s: float | None = None,
 ) -> dict:
@@ -132,7 +132,11 @@ def measure(
         b: the baseline.
         warmup: rounds run and dropped first (caches, allocator, lazy imports, thread pools).
         repeats: timed rounds.
-        control: also time B' for the control; ``control_spread`` is None without it.
+        control: also time B' for the control; ``control_spread`` is None without it. A
+            callable is B' itself: a second instance of the baseline built the same way (its
+            own model, optimizer and batches), so that the spread also holds what differs
+            between two instances of the same work (memory placement: a few percent on a
+            training step), which B timed twice cannot show.
         throughput: report a throughput ratio ``B/A`` (higher is better) instead of ``A/B``.
         budget_s: seconds the rounds may take once 3 are timed.
 
@@ -141,7 +145,7 @@ def measure(
         (``|median(B) / median(B') - 1|``), the medians in seconds and the rounds timed.
     """
     gc.collect()
-    calls = (a, b, b) if control else (a, b)
+    calls = (a, b, control if callable(control) else b) if control else (a, b)
     times = interleave(*calls, warmup=warmup, repeats=repeats, budget_s=budget_s)
     times_a, times_b = times[0], times[1]
     return {

@@ -16,6 +16,7 @@ def train_step() -> dict:
     run_a = medalist_steps(work, work.model_copy())
     run_b = raw_steps(work, work.model_copy(), run_a.batches)
     assert not run_a.hooks.hooks, "P1 measures the loop without tricks"
-    result = measure(run_a, run_b, warmup=2, repeats=15, budget_s=4)
+    run_b2 = raw_steps(work, work.model_copy(), run_a.batches)  # the control: another instance
+    result = measure(run_a, run_b, warmup=2, repeats=15, budget_s=4, control=run_b2)
     result["step_ms"] = 1000 * result["median_b_s"] / work.steps
     return result

@@ -22,6 +22,7 @@ def ema_step() -> dict:
     run_a = medalist_steps(work, work.model_copy(), ema_cfg)
     run_b = medalist_steps(work, work.model_copy())
     assert [type(h).__name__ for h in run_a.hooks.hooks] == ["EMA"] and not run_b.hooks.hooks
-    result = measure(run_a, run_b, warmup=1, repeats=8, budget_s=5)
+    run_b2 = medalist_steps(work, work.model_copy())  # the control: another instance
+    result = measure(run_a, run_b, warmup=1, repeats=8, budget_s=5, control=run_b2)
     result.update(parameter_tensors=tensors, step_ms=1000 * result["median_b_s"] / STEPS)
     return result

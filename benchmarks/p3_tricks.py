@@ -64,7 +64,8 @@ def disabled() -> dict:
     assert not run_a.hooks.hooks[0].active(_state_epoch(1))
     run_b = medalist_steps(work, work.model_copy())
     assert not run_b.hooks.hooks
-    return measure(run_a, run_b, warmup=2, repeats=15, budget_s=4)
+    run_b2 = medalist_steps(work, work.model_copy())  # the control: another instance
+    return measure(run_a, run_b, warmup=2, repeats=15, budget_s=4, control=run_b2)
 
 
 def _state_epoch(epoch: int):

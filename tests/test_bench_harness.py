@@ -106,6 +106,23 @@ def test_measure_takes_the_control_spread_from_b_against_itself(clock):
     assert result["control_spread"] == pytest.approx(0.2 / 1.2)
 
 
+def test_a_second_instance_of_the_baseline_is_the_control(clock):
+    """control=B2: every round runs A, B and B2; the spread is B against B2 (here 10% slower)."""
+    fixed, _ = clock
+    calls = []
+    result = harness.measure(
+        fixed(1.0, calls, "A"),
+        fixed(1.0, calls, "B"),
+        warmup=1,
+        repeats=3,
+        control=fixed(1.1, calls, "B2"),
+    )
+    rounds = [calls[i : i + 3] for i in range(3, len(calls), 3)]
+    assert len(rounds) == 3 and all(sorted(r) == ["A", "B", "B2"] for r in rounds)
+    assert result["ratio"] == pytest.approx(1.0)
+    assert result["control_spread"] == pytest.approx(0.1 / 1.1)
+
+
 def test_a_budget_stops_timing_after_the_minimum_repeats(clock):
     fixed, _ = clock
     calls = []
