@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+log = logging.getLogger("medalist.offline")
 MANIFEST = "medalist-bundle.json"
 KAGGLE_INPUT = Path(os.environ.get("MEDALIST_INPUT", "/kaggle/input"))
 PROFILE = os.environ.get("MEDALIST_PROFILE") or ("kaggle" if KAGGLE_INPUT.is_dir() else "local")
@@ -42,7 +44,7 @@ def find_bundle(profile: str) -> Path:
 
 
 BUNDLE = find_bundle(PROFILE)
-print(f"profile {PROFILE}, bundle {BUNDLE}")
+log.info("profile %s, bundle %s", PROFILE, BUNDLE)
 
 
 # %%
@@ -58,6 +60,5 @@ importlib.invalidate_caches()
 # %%
 from medalist.offline.predict import run_bundle  # noqa: E402 - installed by the cell above
 
-logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
 submission = run_bundle(BUNDLE, PROFILE)
-print(f"written: {submission}")
+log.info("written: %s", submission)

@@ -40,6 +40,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
+log = logging.getLogger("medalist.offline")
 MANIFEST = "medalist-bundle.json"
 KAGGLE_INPUT = Path(os.environ.get("MEDALIST_INPUT", "/kaggle/input"))
 PROFILE = os.environ.get("MEDALIST_PROFILE") or ("kaggle" if KAGGLE_INPUT.is_dir() else "local")
@@ -60,7 +62,7 @@ def find_bundle(profile: str) -> Path:
 
 
 BUNDLE = find_bundle(PROFILE)
-print(f"profile {PROFILE}, bundle {BUNDLE}")'''
+log.info("profile %s, bundle %s", PROFILE, BUNDLE)'''
 
 INSTALL = """\
 # The bundle's wheels only, without dependencies: the image provides torch and the rest.
@@ -74,9 +76,8 @@ importlib.invalidate_caches()"""
 RUN = """\
 from medalist.offline.predict import run_bundle  # noqa: E402 - installed by the cell above
 
-logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
 submission = run_bundle(BUNDLE, PROFILE)
-print(f"written: {submission}")"""
+log.info("written: %s", submission)"""
 
 CELLS = [("markdown", INTRO), ("code", FIND), ("code", INSTALL), ("code", RUN)]
 
