@@ -1,8 +1,9 @@
 """Hill climbing ensemble selection (Caruana et al., ICML 2004), vectorised over candidates.
 
 Start from the empty ensemble; at every step add the model (with replacement by default) whose
-addition gives the best OOF score, and stop when no candidate improves it or after
-``iterations`` additions. The weights are how often each model was picked, over the total.
+addition gives the best OOF score, and stop when no candidate improves it (or ``patience``
+steps after that, keeping the best selection seen) or after ``iterations`` additions. The
+weights are how often each model was picked, over the total.
 
 The straightforward implementation scores each candidate with its own blend and metric call
 (:func:`naive_hill_climb`, kept as the reference). :func:`hill_climb` keeps the running sum of
@@ -193,9 +194,9 @@ class RowStats:
     """One pass over every model's predictions, in (models, rows) arrays.
 
     ``true``: each row's true-class value; ``drift``: the row's sum (in float64) minus one,
-    stored as float32, and ``drift_sum`` each model's sum of them (in float64); ``lift``: the largest other class minus the true one; ``low``/``high``:
-    the smallest and largest value anywhere (NaN ignored). ``drift`` and ``lift`` are None when
-    not asked for.
+    stored as float32, and ``drift_sum`` each model's sum of them (in float64); ``lift``: the
+    largest other class minus the true one; ``low``/``high``: the smallest and largest value
+    anywhere (NaN ignored). ``drift``, ``drift_sum`` and ``lift`` are None when not asked for.
     """
 
     true: np.ndarray
@@ -277,7 +278,8 @@ class TrueClassLogLoss:
     first term needs the true class's value of each model (``true``); the second needs no blend:
     ``s = 1 + (D_T + D_m) / n`` with ``D`` a row's sum minus one (``count`` for ``total``), and
     ``log(s)`` is its series ``d - d^2 / 2`` (``|d| <= 1e-5`` is checked: the next term is below
-    1e-15), so a few dot products per step give every candidate's ``sum(log(s))``.
+    1e-15), so each model's sum of ``D`` and the Gram matrix of the ``D`` (both computed once)
+    give every candidate's ``sum(log(s))`` from the pick counts alone.
 
     Without the rescaling float32 probabilities (rows summing to 1 +- 1e-7) would score 1e-7 off
     the metric, enough to reorder close candidates. Left out are only the ``eps`` clip of the
@@ -289,14 +291,14 @@ class TrueClassLogLoss:
 
     MAX_DRIFT = 1e-5
 
-    def __init__(self, y, true, drift, low: float, eps: float = 1e-15, drift_sum=None):
+    def __init__(self, y, true, drift, drift_sum, low: float, eps: float = 1e-15):
         self.y, self.eps = y, eps
         self.rows = np.arange(len(y))
         # (models, rows): each model's probability of the true class, in float64 so that the
         # per-step addition to the running total stays in one dtype (exact: float32 widens).
         self.true = true.astype(np.float64)
         self.drift = drift  # (models, rows) float32: each model's row sum minus one
-        self.drift_sum = drift.sum(axis=1, dtype=np.float64) if drift_sum is None else drift_sum
+        self.drift_sum = drift_sum  # (models,) float64: each model's sum of row drifts
         # The drifts' Gram matrix gives the square term from the pick counts alone. float32 is
         # enough: the term moves a score by ~1e-15 (5e-11 at the largest drift accepted).
         self.gram = (drift @ drift.T).astype(np.float64)
@@ -316,7 +318,7 @@ class TrueClassLogLoss:
         drift = stats.drift
         if max(np.fmax.reduce(drift, axis=None), -np.fmin.reduce(drift, axis=None)) > cls.MAX_DRIFT:
             return None  # (NaN rows stay NaN)
-        return cls(y, stats.true, drift, stats.low, eps, stats.drift_sum)
+        return cls(y, stats.true, drift, stats.drift_sum, stats.low, eps)
 
     def add(self, model: int) -> None:
         """The climb picked ``model``: add it to the running total, as the climb adds it."""
