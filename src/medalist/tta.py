@@ -65,7 +65,7 @@ def expand_views(names: list[str], key: str = "infer.tta", modality: str = "imag
     for name in names or ["identity"]:
         if name == "d4":
             views += D4
-        elif name in VIEWS or _sized("scale", name) is not None or _sized("zoom", name):
+        elif name in VIEWS or any(_sized(kind, name) is not None for kind in ("scale", "zoom")):
             views.append(name)
         else:
             raise ConfigError(
