@@ -2,9 +2,11 @@
 
 - A: :func:`medalist.ensemble.hill.hill_climb`: its scorers keep the running total themselves
   and score every candidate from one or two values per row (``TrueClassLogLoss``) or from
-  bounds that leave only the rows a candidate could flip (``ArgmaxAccuracy``).
+  bounds that leave only the rows a candidate could flip (``ArgmaxAccuracy``). It shares its
+  passes among the cores this process may use (at most 4 threads; numpy releases the GIL).
 - B: the straightforward loop written here in numpy: at every step, blend each candidate with
-  the picked models and compute the metric on the blend, one candidate at a time.
+  the picked models and compute the metric on the blend, one candidate at a time (numpy's
+  element-wise operations run on one core).
 
 Both climb with replacement until no candidate improves the score (at most 100 picks) and must
 pick the same models; the ratio is a speed-up (B / A, >= 10) and ``seconds`` is A's median wall

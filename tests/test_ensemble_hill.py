@@ -189,24 +189,74 @@ def test_accuracy_leaders_are_exact_where_they_can_win(count):
 
 @pytest.mark.parametrize("workers", [1, 3])
 def test_row_stats_equal_a_direct_computation(monkeypatch, workers):
-    """The chunked pass (one thread or several, rows spanning several chunks) gives each row's
-    true-class value, lift over the best other class and float64 row sum minus one."""
+    """The chunked pass of the log-loss scorer (one thread or several, rows spanning several
+    chunks) gives each row's true-class value and float64 row sum minus one."""
     from medalist.ensemble import hill
 
-    monkeypatch.setattr(hill, "_workers", lambda n_models: workers)
+    monkeypatch.setattr(hill, "_workers", lambda n: workers)
     monkeypatch.setattr(hill.RowStats, "CHUNK", 64)  # 10 rows of 6 classes a chunk
     preds, y = float32_case(n=203, models=5, seed=8)
     preds[2, 7] = np.nan
-    stats = hill.RowStats.build(preds, y, drift=True, lift=True)
+    stats = hill.RowStats.build(preds, y, drift=True)
+    np.testing.assert_array_equal(stats.true, preds[:, np.arange(len(y)), y])
+    drift = (preds.sum(axis=2, dtype=np.float64) - 1.0).astype(np.float32)
+    np.testing.assert_array_equal(stats.drift, drift)
+    assert stats.low == np.nanmin(preds) and stats.high == np.nanmax(preds)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_argmax_stats_equal_a_direct_computation(monkeypatch, workers):
+    """The accuracy scorer's pass (chunks of rows on one thread or several): per row and model
+    the true-class value and the lift over the best other class, per row their maxima over
+    the models (NaN where a model has NaN), per model the rows where it alone is right (ties
+    to the first class, NaN rows as argmax reads them)."""
+    from medalist.ensemble import hill
+
+    monkeypatch.setattr(hill, "_workers", lambda n: workers)
+    monkeypatch.setattr(hill.ArgmaxStats, "CHUNK", 64)
+    rng = np.random.default_rng(9)
+    y = rng.integers(0, 6, 203)
+    preds = (rng.integers(0, 4, size=(5, 203, 6)) / 3.0).astype(np.float32)  # many ties
+    preds[2, 7] = np.nan
+    preds[4, 11, 3] = np.nan
+    stats = hill.ArgmaxStats.build(preds, y)
     rows = np.arange(len(y))
     true = preds[:, rows, y]
     others = preds.copy()
     others[:, rows, y] = -np.inf
-    np.testing.assert_array_equal(stats.true, true)
-    np.testing.assert_array_equal(stats.lift, others.max(axis=2) - true)
-    drift = (preds.sum(axis=2, dtype=np.float64) - 1.0).astype(np.float32)
-    np.testing.assert_array_equal(stats.drift, drift)
+    lift = others.max(axis=2) - true
+    np.testing.assert_array_equal(stats.true, true.T)
+    np.testing.assert_array_equal(stats.lift, lift.T)
+    np.testing.assert_array_equal(stats.lift_max, lift.max(axis=0))
+    np.testing.assert_array_equal(stats.true_max, true.max(axis=0))
+    np.testing.assert_array_equal(stats.hits, [(p.argmax(axis=1) == y).sum() for p in preds])
     assert stats.low == np.nanmin(preds) and stats.high == np.nanmax(preds)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_accuracy_running_total_equals_the_given_one(monkeypatch, workers):
+    """The running scorer (rows tracked and left to bounds step by step, in shards, blocks of a
+    few rows) scores every candidate as the reference does after every addition, over a long
+    climb in which rows leave the tracked set and come back."""
+    from medalist.ensemble import hill
+
+    monkeypatch.setattr(hill, "_workers", lambda n: workers)
+    monkeypatch.setattr(hill.ArgmaxAccuracy, "BLOCK", 16)
+    preds, y = float32_case(n=700, models=6, classes=5, seed=11)
+    preds[0] = preds[0][::-1]  # a model right only by chance: margins fall when it is added
+    preds[:, :150] = np.round(preds[:, :150] * 4) / 4  # exact ties in the blends
+    preds[2, 160:164] = np.nan
+    scorer, total = hill.ArgmaxAccuracy(preds, y), np.zeros((700, 5))
+    candidates = np.arange(6)
+    rng = np.random.default_rng(5)
+    for count in range(25):
+        expected = [np.mean(((total + p) / (count + 1)).argmax(1) == y) for p in preds]
+        np.testing.assert_array_equal(scorer(None, count, candidates), expected)
+        np.testing.assert_array_equal(scorer(total, count, candidates), expected)
+        model = int(rng.integers(0, 6))
+        scorer.add(model)
+        total += preds[model]
+    assert 0 < scorer.tracked.sum() < len(y)
 
 
 def test_patience_finds_a_small_weight_that_no_single_step_reaches():

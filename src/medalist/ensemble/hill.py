@@ -12,8 +12,10 @@ the picked models and scores every candidate in a few batched array operations (
 have faster scorers here, which keep their own running state (:meth:`add`) and look at one or
 two values per row and candidate instead of a blend of every class: :class:`TrueClassLogLoss`
 (the true class's probability and each row's sum) and :class:`ArgmaxAccuracy` (bounds on each
-row's argmax, so that only the rows a candidate could flip are looked at, and only for the
-candidates that could still be the best of the step).
+row's argmax, so that only the rows a candidate could flip are looked at, the running total is
+kept for those rows only, and the near ties only of the candidates that could still be the best
+of the step are blended in full). Both share their work among a few threads (numpy releases the
+GIL): the log loss by chunks of rows, the accuracy by contiguous shards of rows.
 """
 
 from __future__ import annotations
@@ -191,17 +193,16 @@ def _workers(n_models: int) -> int:
 
 @dataclass
 class RowStats:
-    """One pass over every model's predictions, in (models, rows) arrays.
+    """One pass over every model's predictions, in (models, rows) arrays, for the log-loss scorer.
 
     ``true``: each row's true-class value; ``drift``: the row's sum (in float64) minus one,
-    stored as float32, and ``drift_sum`` each model's sum of them (in float64); ``lift``: the
-    largest other class minus the true one; ``low``/``high``: the smallest and largest value
-    anywhere (NaN ignored). ``drift``, ``drift_sum`` and ``lift`` are None when not asked for.
+    stored as float32, and ``drift_sum`` each model's sum of them (in float64); ``low``/``high``:
+    the smallest and largest value anywhere (NaN ignored). ``drift`` and ``drift_sum`` are None
+    when not asked for.
     """
 
     true: np.ndarray
     drift: np.ndarray | None
-    lift: np.ndarray | None
     low: float
     high: float
     drift_sum: np.ndarray | None = None  # each model's sum of row drifts, from float64 sums
@@ -209,30 +210,21 @@ class RowStats:
     CHUNK = 1 << 17  # values per transposed chunk (512 KiB in float32)
 
     @classmethod
-    def build(cls, preds: np.ndarray, y: np.ndarray, *, drift: bool, lift: bool) -> RowStats:
+    def build(cls, preds: np.ndarray, y: np.ndarray, *, drift: bool) -> RowStats:
         """Each model in chunks of rows transposed to (classes, rows), small enough to stay in
         the core's cache for the few passes over them (reductions over classes are fast
         there), the models shared among a few threads (numpy releases the GIL)."""
         n_models, n_rows, n_classes = preds.shape
-        dtype = _float_dtype(preds)
         stats = cls(
-            true=np.empty((n_models, n_rows), dtype=dtype),
+            true=np.empty((n_models, n_rows), dtype=_float_dtype(preds)),
             drift=np.empty((n_models, n_rows), dtype=np.float32) if drift else None,
-            lift=np.empty((n_models, n_rows), dtype=dtype) if lift else None,
             low=np.inf,
             high=-np.inf,
             drift_sum=np.zeros(n_models) if drift else None,
         )
         rows_per_chunk = max(1, cls.CHUNK // n_classes)
-        workers = _workers(n_models)
-        if workers == 1:
-            bounds = [stats._models(preds, y, range(n_models), rows_per_chunk)]
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                parts = [range(w, n_models, workers) for w in range(workers)]
-                bounds = list(
-                    pool.map(lambda part: stats._models(preds, y, part, rows_per_chunk), parts)
-                )
+        parts = _shares(range(n_models))
+        bounds = _threads(lambda part: stats._models(preds, y, part, rows_per_chunk), parts)
         stats.low = min(low for low, _ in bounds)
         stats.high = max(high for _, high in bounds)
         return stats
@@ -250,23 +242,38 @@ class RowStats:
             for m in models:
                 table = np.asarray(preds[m])
                 for rows, plane, index, sums in buffers:
-                    values = plane.reshape(-1)
-                    np.copyto(plane, table[rows].T, casting="unsafe")
-                    low = min(low, float(np.fmin.reduce(values)))
-                    high = max(high, float(np.fmax.reduce(values)))
-                    true = self.true[m, rows]
-                    values.take(index, out=true, mode="clip")  # valid indices: unbuffered
+                    low, high = _transpose(table[rows], plane, index, self.true[m, rows], low, high)
                     if self.drift is not None:
                         np.add.reduce(plane, axis=0, dtype=np.float64, out=sums)
                         sums -= 1.0
                         self.drift[m, rows] = sums
                         self.drift_sum[m] += np.add.reduce(sums)
-                    if self.lift is not None:
-                        values[index] = -np.inf
-                        lift = self.lift[m, rows]
-                        np.maximum.reduce(plane, axis=0, out=lift)
-                        lift -= true
         return low, high
+
+
+def _transpose(block, plane, index, true, low: float, high: float) -> tuple[float, float]:
+    """Copy ``block`` (rows, classes) into ``plane`` (classes, rows) and each row's true-class
+    value (at ``index`` of the flat plane) into ``true``; the (smallest, largest) value so far."""
+    values = plane.reshape(-1)
+    np.copyto(plane, block.T, casting="unsafe")
+    low = min(low, float(np.fmin.reduce(values)))
+    high = max(high, float(np.fmax.reduce(values)))
+    values.take(index, out=true, mode="clip")  # valid indices: unbuffered
+    return low, high
+
+
+def _shares(items, workers: int | None = None) -> list:
+    """``items`` dealt round-robin to the threads of :func:`_threads`."""
+    workers = workers or _workers(len(items))
+    return [items[w::workers] for w in range(min(workers, len(items)))] or [items]
+
+
+def _threads(fn, parts: list) -> list:
+    """``fn`` of each part, the parts on threads when there are several."""
+    if len(parts) == 1:
+        return [fn(parts[0])]
+    with ThreadPoolExecutor(len(parts)) as pool:
+        return list(pool.map(fn, parts))
 
 
 class TrueClassLogLoss:
@@ -290,20 +297,18 @@ class TrueClassLogLoss:
     """
 
     MAX_DRIFT = 1e-5
+    CHUNK = 1 << 13  # rows a chunk of the per-step logs (all candidates' rows: in cache)
 
     def __init__(self, y, true, drift, drift_sum, low: float, eps: float = 1e-15):
         self.y, self.eps = y, eps
         self.rows = np.arange(len(y))
-        # (models, rows): each model's probability of the true class, in float64 so that the
-        # per-step addition to the running total stays in one dtype (exact: float32 widens).
-        self.true = true.astype(np.float64)
+        self.true = true  # (models, rows): each model's probability of the true class
         self.drift = drift  # (models, rows) float32: each model's row sum minus one
         self.drift_sum = drift_sum  # (models,) float64: each model's sum of row drifts
         # The drifts' Gram matrix gives the square term from the pick counts alone. float32 is
         # enough: the term moves a score by ~1e-15 (5e-11 at the largest drift accepted).
         self.gram = (drift @ drift.T).astype(np.float64)
         self.clipped = not low >= 2 * eps  # no blend value reaches eps unless a value does
-        self.buffer = np.empty(true.shape)
         # The running total: its true-class values (as the climb adds them) and pick counts.
         self.truth = np.zeros(len(y))
         self.counts = np.zeros(len(true))
@@ -312,7 +317,7 @@ class TrueClassLogLoss:
     @classmethod
     def build(cls, preds: np.ndarray, y: np.ndarray, eps: float = 1e-15):
         """The scorer, or None where the predictions are not probabilities summing to ~one."""
-        stats = RowStats.build(preds, y, drift=True, lift=False)
+        stats = RowStats.build(preds, y, drift=True)
         if not (stats.low >= 0 and stats.high <= 1):  # NaN passes (it stays NaN, as in the metric)
             return None
         drift = stats.drift
@@ -320,9 +325,24 @@ class TrueClassLogLoss:
             return None  # (NaN rows stay NaN)
         return cls(y, stats.true, drift, stats.drift_sum, stats.low, eps)
 
+    def _logs(self, truth, n: int, candidates, every: bool, chunks) -> np.ndarray:
+        """Each candidate's sum of ``log(max(truth + p_y, n eps))`` over the rows of ``chunks``
+        (the clipped log of the blend's true class, times ``n``), a chunk at a time in cache."""
+        sums = np.zeros(len(candidates))
+        buffer = np.empty(len(candidates) * self.CHUNK)
+        for rows in chunks:
+            q = buffer[: len(candidates) * (rows.stop - rows.start)].reshape(len(candidates), -1)
+            np.add(self.true[:, rows] if every else self.true[candidates, rows], truth[rows], out=q)
+            # log(clip(q / n, eps, 1)) as log(max(q, n eps)) - log(n): q <= n for probabilities.
+            if self.clipped:
+                np.maximum(q, self.eps * n, out=q)
+            np.log(q, out=q)
+            sums += np.add.reduce(q, axis=1)
+        return sums
+
     def add(self, model: int) -> None:
         """The climb picked ``model``: add it to the running total, as the climb adds it."""
-        self.truth += self.true[model]  # the same float64 additions as total[i, y]
+        self.truth += self.true[model]  # the same float64 additions as total[i, y] (exact)
         self.counts[model] += 1
         self.count += 1
 
@@ -341,15 +361,10 @@ class TrueClassLogLoss:
             drift = self.drift if every else self.drift[candidates]
             total_linear, total_square = total_drift.sum(), total_drift @ total_drift
             cross = drift @ total_drift.astype(np.float32)
-        true = self.true if every else self.true[candidates]
         n = count + 1
-        q = self.buffer[: len(candidates)]
-        np.add(true, truth[None], out=q)
-        # log(clip(q / n, eps, 1)) as log(max(q, n eps)) - log(n): q <= n for probabilities.
-        if self.clipped:
-            np.maximum(q, self.eps * n, out=q)
-        np.log(q, out=q)
-        first = np.log(n) - np.add.reduce(q, axis=1) / len(self.y)
+        parts = _shares(_chunks(len(self.y), self.CHUNK))
+        logs = _threads(lambda part: self._logs(truth, n, candidates, every, part), parts)
+        first = np.log(n) - np.sum(logs, axis=0) / len(self.y)
         # sum(log(s)) = sum(d) - sum(d^2) / 2, d = (D_T + D_m) / n.
         linear = (total_linear + self.drift_sum[candidates]) / n
         square = total_square + 2 * cross + np.diagonal(self.gram)[candidates]
@@ -360,14 +375,98 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
+@dataclass
+class ArgmaxStats:
+    """One pass over every model's predictions for :class:`ArgmaxAccuracy`.
+
+    ``true`` and ``lift`` are (rows, models), so that the rows a step looks at are gathered as
+    whole lines: each model's true-class value ``p_y`` and lift ``max_{c != y} p_c - p_y``.
+    Per row: ``lift_max`` and ``true_max`` over the models (NaN where any model has NaN); per
+    model: ``hits``, the rows where it alone is right (argmax, ties to the first class);
+    ``low``/``high``: the smallest and largest value anywhere (NaN ignored).
+    """
+
+    true: np.ndarray
+    lift: np.ndarray
+    lift_max: np.ndarray
+    true_max: np.ndarray
+    hits: np.ndarray
+    low: float
+    high: float
+
+    CHUNK = 1 << 17  # values per transposed chunk (512 KiB in float32)
+
+    @classmethod
+    def build(cls, preds: np.ndarray, y: np.ndarray) -> ArgmaxStats:
+        """Chunks of rows, each model's part transposed to (classes, rows) in cache (reductions
+        over classes are fast there); the chunks shared among a few threads."""
+        n_models, n_rows, n_classes = preds.shape
+        dtype = _float_dtype(preds)
+        stats = cls(
+            true=np.empty((n_rows, n_models), dtype=dtype),
+            lift=np.empty((n_rows, n_models), dtype=dtype),
+            lift_max=np.empty(n_rows, dtype=dtype),
+            true_max=np.empty(n_rows, dtype=dtype),
+            hits=np.zeros(n_models, dtype=np.int64),
+            low=np.inf,
+            high=-np.inf,
+        )
+        chunks = _chunks(n_rows, max(1, cls.CHUNK // n_classes))
+        results = _threads(lambda part: stats._rows(preds, y, part), _shares(chunks))
+        ties = []  # (model, row) pairs with equal values or NaN: argmax of the model's row
+        for low, high, hits, tied in results:
+            stats.low, stats.high = min(stats.low, low), max(stats.high, high)
+            stats.hits += hits
+            ties += tied
+        if ties:
+            model, row = (np.concatenate(parts) for parts in zip(*ties, strict=True))
+            table = preds.reshape(n_models * n_rows, n_classes)
+            right = table.take(model * n_rows + row, axis=0).argmax(axis=1) == y[row]
+            stats.hits += np.bincount(model[right], minlength=n_models)
+        return stats
+
+    def _rows(self, preds, y, chunks):
+        """Fill the statistics of the rows in ``chunks``: (smallest, largest value, each model's
+        sure hits, the undecided (model, row) pairs)."""
+        n_models, _, n_classes = preds.shape
+        size = max(rows.stop - rows.start for rows in chunks)
+        buffers = [np.empty(k * size, dtype=self.true.dtype) for k in (n_classes, n_models)]
+        lift_buffer = np.empty(n_models * size, dtype=self.true.dtype)
+        low, high = np.inf, -np.inf
+        hits, ties = np.zeros(n_models, dtype=np.int64), []
+        with np.errstate(invalid="ignore"):  # inf - inf: NaN, left to the exact paths
+            for rows in chunks:
+                n = rows.stop - rows.start
+                plane = buffers[0][: n_classes * n].reshape(n_classes, n)
+                true = buffers[1][: n_models * n].reshape(n_models, n)
+                lift = lift_buffer[: n_models * n].reshape(n_models, n)
+                index = y[rows] * n + np.arange(n)
+                for m in range(n_models):
+                    low, high = _transpose(preds[m, rows], plane, index, true[m], low, high)
+                    plane.reshape(-1)[index] = -np.inf
+                    np.maximum.reduce(plane, axis=0, out=lift[m])
+                    lift[m] -= true[m]
+                np.maximum.reduce(lift, axis=0, out=self.lift_max[rows])
+                np.maximum.reduce(true, axis=0, out=self.true_max[rows])
+                below, above = lift < 0, lift > 0
+                hits += np.count_nonzero(below, axis=1)
+                below |= above
+                if not below.all():
+                    model, row = np.nonzero(~below)
+                    ties.append((model, row + rows.start))
+                self.true[rows] = true.T
+                self.lift[rows] = lift.T
+        return low, high, hits, ties
+
+
 class ArgmaxAccuracy:
     """Multiclass argmax accuracy of every candidate blend, exactly, deciding most rows by bounds.
 
     Per model and row the scorer keeps the true class's value ``p_y`` and the lift ``max_{c !=
-    y} p_c - p_y``; per row the largest lift of any model and the largest ``p_y``. For the
-    running total ``T`` let ``M = T_y - T_k`` be the true class's margin over the top rival
-    class ``k`` and ``M2`` the margin over the second one. With a slack far above float
-    rounding:
+    y} p_c - p_y`` (:class:`ArgmaxStats`); per row the largest lift of any model and the largest
+    ``p_y``. For the running total ``T`` let ``M = T_y - T_k`` be the true class's margin over
+    the top rival class ``k`` and ``M2`` the margin over the second one. With a slack far above
+    float rounding:
 
     - ``M`` above every model's lift: the row is right whatever the candidate;
     - ``M`` below the smallest prediction minus every ``p_y``: wrong whatever the candidate;
@@ -377,64 +476,51 @@ class ArgmaxAccuracy:
       left (near ties) are blended in full with the reference's arithmetic (``(total + p) /
       (count + 1)``, argmax, ties to the first class).
 
-    Each stage bounds every candidate's hits, and :meth:`leaders` (what the climb calls) stops
-    refining a candidate once its bound is below another's sure hits: it cannot be the best of
-    the step. The empty ensemble (each model alone) is exact from the lifts' signs. So the
-    climb's picks and scores equal the per-candidate loop's, for a few passes over the rows
-    still open instead of a blend of every class per candidate.
+    The running total is kept only for the rows still open: a row settled at a step keeps
+    bounds on its margin instead, which each addition moves by what the added model can change
+    (down by its lift, up by the largest ``p_y`` minus the smallest prediction); when the
+    bounds no longer settle it, its total is summed again from the picked models in the climb's
+    order (the same float64 additions). The rows are split into a few contiguous shards, each
+    kept and scored by its own thread. Each stage bounds every candidate's hits, and
+    :meth:`leaders` (what the climb calls) blends the near ties only of the candidates whose
+    bound reaches another's sure hits: the others cannot be the best of the step. The empty
+    ensemble (each model alone) is exact from the lifts' signs. So the climb's picks and scores
+    equal the per-candidate loop's, for a few passes over the rows still open instead of a
+    blend of every class per candidate.
     """
+
+    BLOCK = 8192  # open rows a block: its (rows, models) arrays stay in the core's cache
 
     def __init__(self, preds: np.ndarray, y: np.ndarray):
         n_models, n_rows, n_classes = preds.shape
         self.preds, self.y, self.n_classes = preds, y, n_classes
         self.table = preds.reshape(n_models * n_rows, n_classes)  # row m * n_rows + i
         self.flat = preds.reshape(-1)
-        self.plane_index = y * n_rows + np.arange(n_rows)  # the true class in a (classes, rows)
         self.dtype = dtype = _float_dtype(preds)
-        stats = RowStats.build(preds, y, drift=False, lift=True)
-        self.true, self.lift = stats.true, stats.lift  # p_y, max_{c != y} p_c - p_y
-        low, high = stats.low, stats.high
-        hits = np.array([self._alone(m, lift) for m, lift in enumerate(self.lift)])
-        self.lift_max = self.lift.max(axis=0)  # NaN where any model has NaN
-        true_max = self.true.max(axis=0)
-        self.single = hits / n_rows  # each model's own accuracy (count 0)
-        self.low = low  # the smallest prediction
+        stats = ArgmaxStats.build(preds, y)
+        self.true, self.lift = stats.true, stats.lift  # (rows, models): p_y, max_{c != y} - p_y
+        self.lift_max = stats.lift_max  # NaN where any model has NaN
+        self.single = stats.hits / n_rows  # each model's own accuracy (count 0)
+        self.low = stats.low  # the smallest prediction
         # Below this margin no candidate can lift the true class over the rival.
-        self.hopeless = low - true_max.astype(np.float64)
+        self.hopeless = stats.low - stats.true_max.astype(np.float64)
         self.eps = float(np.finfo(dtype).eps)
-        self.scale = 1.0 + max(abs(low), abs(high))
-        # The running total as (classes, rows) with -inf at the true class, kept by add().
-        self.others = np.zeros((n_classes, n_rows))
-        self.others.reshape(-1)[self.plane_index] = -np.inf
-        self.truth = np.zeros(n_rows)
+        self.scale = 1.0 + max(abs(stats.low), abs(stats.high))
         self.count = 0
-        self.stored = _RowStore(self.true, self.lift)
-
-    def _alone(self, model: int, lift: np.ndarray) -> int:
-        """Rows where the model alone is right: no other class reaches the true one."""
-        hits = int(np.count_nonzero(lift < 0))
-        if hits + np.count_nonzero(lift > 0) < len(lift):  # equal values (first wins), NaN
-            ties = np.flatnonzero(~((lift < 0) | (lift > 0)))
-            table = np.asarray(self.preds[model][ties])
-            hits += int(np.count_nonzero(table.argmax(axis=1) == self.y[ties]))
-        return hits
+        self.picks: list[int] = []
+        self.pending: list[tuple[int, int]] = []  # (picked, count before): not yet added
+        # Rows not tracked: bounds on their margin (the tracked rows' totals: in the shards).
+        self.lower, self.upper = np.zeros(n_rows), np.zeros(n_rows)
+        self.tracked = np.zeros(n_rows, dtype=bool)
+        spans = _chunks(n_rows, max(1, -(-n_rows // _workers(n_rows))))
+        self.shards = [_Shard(self, span) for span in spans]
 
     def add(self, model: int) -> None:
-        """The climb picked ``model``: add it to the running total, as the climb adds it."""
-        self.others += np.asarray(self.preds[model]).T  # -inf at the true class stays -inf
-        self.truth += self.true[model]  # exact: the stored values are the predictions'
+        """The climb picked ``model``: the shards add it to their totals before the next score,
+        as the climb adds it."""
+        self.picks.append(model)
+        self.pending.append((model, self.count))
         self.count += 1
-
-    def _state(self, total, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """(others, truth) of ``total``; None: the running ones that add() keeps."""
-        if total is None:
-            if count != self.count:
-                raise ValueError(f"the scorer holds {self.count} models, not {count}")
-            return self.others, self.truth
-        plane = np.array(total.T, order="C", copy=True, dtype=np.float64)
-        truth = plane.reshape(-1)[self.plane_index]
-        plane.reshape(-1)[self.plane_index] = -np.inf
-        return plane, truth
 
     def __call__(self, total, count: int, candidates: np.ndarray) -> np.ndarray:
         """The accuracy of every candidate blend, ``total`` (None: the running one) + each."""
@@ -446,86 +532,33 @@ class ArgmaxAccuracy:
         return self._score(total, count, np.asarray(candidates), every=False)
 
     def _score(self, total, count, candidates, every: bool) -> np.ndarray:
-        n_rows = len(self.y)
         if count == 0 and (total is None or not np.any(total)):  # each candidate alone
             return self.single[candidates]
         # Rounding in the blends is ~1e-16 of their size (count + 1 times the largest input),
         # in the stored lifts one unit of their precision.
         slack = (1e-9 * (count + 1) + 8 * self.eps) * self.scale
-        others, truth = self._state(total, count)
-        margin = truth - np.maximum.reduce(others, axis=0)
-        with np.errstate(invalid="ignore"):
-            safe = margin > self.lift_max + slack  # right for every candidate
-            settled = safe | (margin < self.hopeless - slack)  # ... or wrong for every one
-        rows = np.flatnonzero(~settled)  # NaN margins land here too
-        hits = np.full(len(candidates), float(np.count_nonzero(safe)))
-        if rows.size:
-            hits += self._open_rows(others, truth, count, candidates, rows, slack, every)
-        return hits / n_rows
-
-    def _open_rows(self, others, truth, count, candidates, rows, slack, every) -> np.ndarray:
-        """Hits of each candidate among the open ``rows`` (with ``every``, or of the leaders)."""
-        top = others.take(rows, axis=1)  # (classes, open rows)
-        best = np.maximum.reduce(top, axis=0)
-        rival = np.full(len(rows), self.n_classes - 1, dtype=np.intp)
-        for c in range(self.n_classes - 2, -1, -1):  # the first class reaching the maximum
-            np.copyto(rival, c, where=top[c] == best)
-        truth = truth[rows]
-        margin = truth - best
-        top.reshape(-1)[rival * len(rows) + np.arange(len(rows))] = -np.inf
-        margin_2 = truth - np.maximum.reduce(top, axis=0)
-        slot = self.stored.get(rows)  # where the rows' true and lift values are stored
-        true, lift = self.stored.columns(slot)  # (models, open rows)
-        if not _everyone(candidates, len(self.lift)):
-            true, lift = true[candidates], lift[candidates]
-        n_rows = len(self.y)
-        with np.errstate(invalid="ignore"):
-            # From the stored values alone: every other class stays below the true one
-            # (p_c - p_y <= lift < M), or the rival gains at least the smallest prediction.
-            right = lift < self._below(margin - slack)
-            wrong = true < self._below((self.low - slack) - margin)
-        hits = np.count_nonzero(right, axis=1).astype(np.float64)  # hits for certain
-        wrong |= right
-        open_ = np.logical_not(wrong, out=wrong)
-        bound = hits + np.count_nonzero(open_, axis=1)  # and at most
-        alive = self._alive(hits, bound, every)
-        pair = np.flatnonzero(open_ if alive.all() else open_ & alive[:, None])
-        which, where = np.divmod(pair, len(rows))
-        if which.size:
-            with np.errstate(invalid="ignore"):
-                # With p_k gathered: p_k - p_y, exact in float64 (two float32 values).
-                model = candidates[which]
-                cell = (model * n_rows + rows[where]) * self.n_classes + rival[where]
-                stored = self.stored.cells(model, slot[where])
-                true_p, lift_p = (values.take(stored) for values in self.stored.flat)
-                gap = np.subtract(self.flat.take(cell), true_p, dtype=np.float64)
-                right = gap < margin[where] - slack
-                right &= lift_p < margin_2[where] - slack
-                near = gap > margin[where] + slack  # wrong, for now
-                near |= right
-                np.logical_not(near, out=near)
-            hits += np.bincount(which[right], minlength=len(candidates))
-            bound[alive] = hits[alive] + np.bincount(which[near], minlength=len(candidates))[alive]
-            alive &= self._alive(hits, bound, every)
-            near &= alive[which]
-            if near.any():  # near ties: blended in full, as the reference does
-                which, where = which[near], where[near]
-                row = rows[where]
-                blend = others.take(row, axis=1).T  # the total's rows, -inf at the true class
-                blend[np.arange(len(row)), self.y[row]] = truth[where]
-                blend += self.table.take(candidates[which] * n_rows + row, axis=0)
-                blend /= count + 1
-                correct = blend.argmax(axis=1) == self.y[row]
-                hits += np.bincount(which[correct], minlength=len(candidates))
+        if total is None:
+            if count != self.count:
+                raise ValueError(f"the scorer holds {self.count} models, not {count}")
+            shards = self.shards
+            pending, self.pending = self.pending, []
+            found = _threads(lambda shard: shard.step(pending, candidates, slack), shards)
+        else:
+            shards = [_Shard(self, slice(0, len(self.y)))]
+            found = [shards[0].given(total, candidates, slack)]
+        sure = sum(part[0] for part in found)
+        hits = sure + np.sum([part[1] for part in found], axis=0)
+        near = [np.bincount(part[2], minlength=len(candidates)) for part in found]
+        bound = hits + np.sum(near, axis=0)  # hits at most
+        alive = np.ones(len(candidates), dtype=bool) if every else bound >= hits.max()
+        work = [(shard, part[2], part[3]) for shard, part in zip(shards, found, strict=True)]
+        if any(alive[which].any() for _, which, _ in work):
+            hits += np.sum(
+                _threads(lambda job: job[0].near(job[1], job[2], alive, count, candidates), work),
+                axis=0,
+            )
         # A candidate out of the running scores its bound: below another's sure hits.
-        return np.where(alive, hits, bound)
-
-    @staticmethod
-    def _alive(sure: np.ndarray, bound: np.ndarray, every: bool) -> np.ndarray:
-        """Candidates still refined: all, or those whose bound reaches the best sure hits."""
-        if every:
-            return np.ones(len(sure), dtype=bool)
-        return bound >= sure.max()
+        return np.where(alive, hits, bound) / len(self.y)
 
     def _below(self, threshold: np.ndarray) -> np.ndarray:
         """Thresholds in the stored precision: ``x < result`` implies ``x < threshold``."""
@@ -534,60 +567,162 @@ class ArgmaxAccuracy:
             return down
         return np.nextafter(down, -np.inf, out=down, where=down > threshold)
 
-    def _above(self, threshold: np.ndarray) -> np.ndarray:
-        """Thresholds in the stored precision: ``x > result`` implies ``x > threshold``."""
-        up = threshold.astype(self.dtype)
-        if up.dtype == threshold.dtype:
-            return up
-        return np.nextafter(up, np.inf, out=up, where=up < threshold)
 
+class _Shard:
+    """The rows ``span`` of an :class:`ArgmaxAccuracy`: the running total of its open rows as
+    (classes, rows) with -inf at the true class (``others``) and the true class's (``truth``),
+    the bounds of the others (in the scorer's arrays), and the step's scoring of its rows."""
 
-class _RowStore:
-    """(models, rows) arrays gathered for open rows into a compact store, once per row.
+    def __init__(self, scorer: ArgmaxAccuracy, span: slice):
+        self.scorer, self.span = scorer, span
+        self.rows = np.zeros(0, dtype=np.intp)
+        self.others = np.zeros((scorer.n_classes, 0))
+        self.truth = np.zeros(0)
+        self.margin = np.zeros(0)
 
-    Gathering a few percent of the rows of a (models, rows) array reads most of its memory. The
-    open rows of a climb shrink from step to step, so each is gathered once into slots.
-    """
+    def step(self, pending: list[tuple[int, int]], candidates: np.ndarray, slack: float):
+        """Add the models picked since the last step, find the open rows and score them:
+        (rows right for every candidate, each candidate's sure hits among the open rows, the
+        (candidate, open row) pairs left)."""
+        with np.errstate(invalid="ignore"):
+            for model, count in pending:
+                self._add(model, count)
+            sure = self._settle(slack)
+            hits, which, where = self._pairs(candidates, slack)
+        return sure, hits, which, where
 
-    def __init__(self, *arrays: np.ndarray):
-        self.arrays = arrays
-        self.slot = np.full(arrays[0].shape[1], -1, dtype=np.intp)  # a row's slot, -1: none
-        self.store = [np.empty((a.shape[0], 0), dtype=a.dtype) for a in arrays]
-        self.used = 0
+    def given(self, total: np.ndarray, candidates: np.ndarray, slack: float):
+        """:meth:`step` for a total given in full (every row's totals, no bounds kept)."""
+        scorer = self.scorer
+        n_rows = len(scorer.y)
+        plane = np.array(total.T, order="C", copy=True, dtype=np.float64)
+        at_true = scorer.y * n_rows + np.arange(n_rows)  # the true class in the flat plane
+        truth = plane.reshape(-1)[at_true]
+        plane.reshape(-1)[at_true] = -np.inf
+        with np.errstate(invalid="ignore"):
+            margin = truth - np.maximum.reduce(plane, axis=0)
+            safe = margin > scorer.lift_max + slack  # right for every candidate
+            rows = np.flatnonzero(~(safe | (margin < scorer.hopeless - slack)))  # NaN: open
+            self.rows, self.truth, self.margin = rows, truth[rows], margin[rows]
+            self.others = plane.take(rows, axis=1)
+            hits, which, where = self._pairs(candidates, slack)
+        return np.count_nonzero(safe), hits, which, where
 
-    def get(self, rows: np.ndarray) -> np.ndarray:
-        """The slots of ``rows``, gathering the rows not stored yet."""
-        slot = self.slot[rows]
-        new = slot < 0
-        if new.any():
-            fresh = rows[new]
-            start = self.used
-            slot[new] = self.slot[fresh] = self._grow(len(fresh))
-            for array, store in zip(self.arrays, self.store, strict=True):
-                for values, stored in zip(array, store, strict=True):
-                    values.take(fresh, out=stored[start : self.used], mode="clip")
-        return slot
+    def _add(self, model: int, count: int) -> None:
+        """Add ``model`` to the tracked rows' totals (as the climb adds it) and move the other
+        rows' bounds by what it can change: down by its lift, up by the largest ``p_y`` minus
+        the smallest prediction, each up to rounding (the stored lifts are rounded to the
+        predictions' precision, the totals to float64)."""
+        scorer, span = self.scorer, self.span
+        drift = (4 * scorer.eps + 8 * np.finfo(np.float64).eps * (count + 1)) * scorer.scale
+        lift = np.add(scorer.lift[span, model], drift, dtype=np.float64)  # a strided column
+        lower, upper = scorer.lower[span], scorer.upper[span]
+        if count == 0:  # the margin is the model's own: -lift, to its rounding
+            np.negative(lift, out=lower)
+            np.subtract(2 * drift, lift, out=upper)
+        else:
+            lower -= lift
+            upper -= scorer.hopeless[span]
+            upper += drift
+        if self.rows.size:
+            self.others += scorer.preds[model].take(self.rows, axis=0).T
+            self.truth += scorer.true[self.rows, model]  # exact: the predictions' own values
 
-    def columns(self, slot: np.ndarray) -> list[np.ndarray]:
-        """Each array's stored columns ``slot``, (models, len(slot)): views when consecutive."""
-        if slot.size and slot[-1] - slot[0] == len(slot) - 1 and (np.diff(slot) == 1).all():
-            return [store[:, slot[0] : slot[-1] + 1] for store in self.store]
-        return [store.take(slot, axis=1) for store in self.store]
+    def _settle(self, slack: float) -> int:
+        """Track the rows whose bounds no longer settle them (their totals summed again from
+        the picks), leave the tracked rows that settle to bounds (their exact margin); the rows
+        right for every candidate."""
+        scorer, span = self.scorer, self.span
+        lower, upper, tracked = scorer.lower[span], scorer.upper[span], scorer.tracked[span]
+        safe = lower > scorer.lift_max[span] + slack  # (tracked rows: stale bounds)
+        fresh = np.flatnonzero(~(tracked | safe | (upper < scorer.hopeless[span] - slack)))
+        sure = np.count_nonzero(safe & ~tracked)  # the untracked rows right for every candidate
+        if fresh.size:
+            tracked[fresh] = True
+            fresh += span.start
+            block = np.zeros((len(fresh), scorer.n_classes))
+            for model in scorer.picks:  # the climb's additions, in its order
+                block += scorer.preds[model].take(fresh, axis=0)
+            at_true = (np.arange(len(fresh)), scorer.y[fresh])
+            self.truth = np.concatenate([self.truth, block[at_true]])
+            block[at_true] = -np.inf
+            self.others = np.concatenate([self.others, block.T], axis=1)
+            self.rows = np.concatenate([self.rows, fresh])
+        rows = self.rows
+        margin = self.truth - np.maximum.reduce(self.others, axis=0)
+        settled = margin > scorer.lift_max[rows] + slack
+        sure += np.count_nonzero(settled)
+        settled |= margin < scorer.hopeless[rows] - slack
+        if settled.any():
+            done = rows[settled]
+            scorer.lower[done] = scorer.upper[done] = margin[settled]
+            scorer.tracked[done] = False
+            keep = np.flatnonzero(~settled)
+            self.rows, self.truth, margin = rows[keep], self.truth[keep], margin[keep]
+            self.others = self.others.take(keep, axis=1)  # (C order: rows along the lines)
+        self.margin = margin
+        return int(sure)
 
-    def cells(self, model: np.ndarray, slot: np.ndarray) -> np.ndarray:
-        """Flat indices of (model, slot) pairs in each store (see :attr:`flat`)."""
-        return model * self.store[0].shape[1] + slot
+    def _pairs(self, candidates: np.ndarray, slack: float):
+        """(each candidate's sure hits among the open rows, the (candidate, open row) pairs
+        left: near ties), block by block."""
+        hits = np.zeros(len(candidates))
+        which, where = [np.zeros(0, dtype=np.intp)], [np.zeros(0, dtype=np.intp)]
+        for block in _chunks(len(self.rows), self.scorer.BLOCK):
+            found = self._block(block, candidates, slack)
+            hits += found[0]
+            which.append(found[1])
+            where.append(found[2])
+        return hits, np.concatenate(which), np.concatenate(where)
 
-    @property
-    def flat(self) -> list[np.ndarray]:
-        return [store.reshape(-1) for store in self.store]
+    def _block(self, block: slice, candidates: np.ndarray, slack: float):
+        """:meth:`_pairs` of the open rows ``block``."""
+        scorer = self.scorer
+        truth, margin, rows = self.truth[block], self.margin[block], self.rows[block]
+        n_open, n_candidates, n_classes = len(rows), len(candidates), scorer.n_classes
+        top = np.array(self.others[:, block], order="C")  # the rival is set to -inf below
+        best = np.maximum.reduce(top, axis=0)
+        rival = np.full(n_open, n_classes - 1, dtype=np.intp)
+        for c in range(n_classes - 2, -1, -1):  # the first class reaching the maximum
+            np.copyto(rival, c, where=top[c] == best)
+        top.reshape(-1)[rival * n_open + np.arange(n_open)] = -np.inf
+        margin_2 = truth - np.maximum.reduce(top, axis=0)
+        true, lift = scorer.true.take(rows, axis=0), scorer.lift.take(rows, axis=0)
+        if not _everyone(candidates, scorer.lift.shape[1]):
+            true, lift = true.take(candidates, axis=1), lift.take(candidates, axis=1)
+        # From the stored values alone: every other class stays below the true one (p_c - p_y
+        # <= lift < M), or the rival gains at least the smallest prediction.
+        right = lift < scorer._below(margin - slack)[:, None]
+        wrong = true < scorer._below((scorer.low - slack) - margin)[:, None]
+        hits = np.count_nonzero(right, axis=0).astype(np.float64)
+        wrong |= right
+        pair = np.flatnonzero(np.logical_not(wrong, out=wrong))
+        where, which = np.divmod(pair, n_candidates)
+        # With p_k gathered: p_k - p_y, exact in float64 (two float32 values).
+        cell = (candidates[which] * len(scorer.y) + rows[where]) * n_classes
+        cell += rival[where]
+        gap = np.subtract(scorer.flat.take(cell), true.reshape(-1).take(pair), dtype=np.float64)
+        right = gap < margin[where] - slack
+        right &= lift.reshape(-1).take(pair) < margin_2[where] - slack
+        near = gap > margin[where] + slack  # wrong, for now
+        near |= right
+        np.logical_not(near, out=near)
+        hits += np.bincount(which[right], minlength=n_candidates)
+        return hits, which[near], where[near] + block.start
 
-    def _grow(self, n: int) -> np.ndarray:
-        """``n`` fresh slots; the store grows (doubles) when full."""
-        start, self.used = self.used, self.used + n
-        if self.used > self.store[0].shape[1]:
-            size = max(self.used, 2 * self.store[0].shape[1])
-            for i, old in enumerate(self.store):
-                self.store[i] = np.empty((old.shape[0], size), dtype=old.dtype)
-                self.store[i][:, : old.shape[1]] = old
-        return np.arange(start, self.used)
+    def near(self, which, where, alive, count: int, candidates: np.ndarray) -> np.ndarray:
+        """Hits of each candidate among the near ties (``which``, ``where``) of the candidates
+        still ``alive``: each blended in full, as the reference does."""
+        scorer = self.scorer
+        hits = np.zeros(len(candidates))
+        keep = alive[which]
+        if not keep.any():
+            return hits
+        which, where = which[keep], where[keep]
+        row = self.rows[where]
+        blend = self.others.take(where, axis=1).T  # the total's rows, -inf at the true class
+        blend[np.arange(len(row)), scorer.y[row]] = self.truth[where]
+        blend += scorer.table.take(candidates[which] * len(scorer.y) + row, axis=0)
+        blend /= count + 1
+        correct = blend.argmax(axis=1) == scorer.y[row]
+        return hits + np.bincount(which[correct], minlength=len(candidates))
