@@ -51,9 +51,13 @@ def _pick(scores: np.ndarray, metric: Metric) -> int:
 
 
 def _climb(preds, metric, iterations, replacement, score_candidates, patience=0) -> HillResult:
-    with warnings.catch_warnings():  # float32 probabilities never sum to exactly one
-        warnings.filterwarnings("ignore", message=".*do not sum to one.*")
-        return _climb_steps(preds, metric, iterations, replacement, score_candidates, patience)
+    try:
+        with warnings.catch_warnings():  # float32 probabilities never sum to exactly one
+            warnings.filterwarnings("ignore", message=".*do not sum to one.*")
+            return _climb_steps(preds, metric, iterations, replacement, score_candidates, patience)
+    finally:
+        if hasattr(score_candidates, "close"):  # a scorer's threads
+            score_candidates.close()
 
 
 def _climb_steps(preds, metric, iterations, replacement, score_candidates, patience) -> HillResult:
@@ -210,7 +214,7 @@ class RowStats:
     CHUNK = 1 << 17  # values per transposed chunk (512 KiB in float32)
 
     @classmethod
-    def build(cls, preds: np.ndarray, y: np.ndarray, *, drift: bool) -> RowStats:
+    def build(cls, preds: np.ndarray, y: np.ndarray, *, drift: bool, threads=None) -> RowStats:
         """Each model in chunks of rows transposed to (classes, rows), small enough to stay in
         the core's cache for the few passes over them (reductions over classes are fast
         there), the models shared among a few threads (numpy releases the GIL)."""
@@ -224,7 +228,9 @@ class RowStats:
         )
         rows_per_chunk = max(1, cls.CHUNK // n_classes)
         parts = _shares(range(n_models))
-        bounds = _threads(lambda part: stats._models(preds, y, part, rows_per_chunk), parts)
+        bounds = _threads(
+            lambda part: stats._models(preds, y, part, rows_per_chunk), parts, threads
+        )
         stats.low = min(low for low, _ in bounds)
         stats.high = max(high for _, high in bounds)
         return stats
@@ -268,12 +274,33 @@ def _shares(items, workers: int | None = None) -> list:
     return [items[w::workers] for w in range(min(workers, len(items)))] or [items]
 
 
-def _threads(fn, parts: list) -> list:
-    """``fn`` of each part, the parts on threads when there are several."""
+def _threads(fn, parts: list, threads: _Threads | None = None) -> list:
+    """``fn`` of each part, the parts on threads when there are several (``threads``' own, or
+    started for this call)."""
     if len(parts) == 1:
         return [fn(parts[0])]
+    if threads is not None:
+        return threads.map(fn, parts)
     with ThreadPoolExecutor(len(parts)) as pool:
         return list(pool.map(fn, parts))
+
+
+class _Threads:
+    """A scorer's threads: started on first use, kept for its steps, stopped by :meth:`close`
+    (or when it is collected)."""
+
+    def __init__(self):
+        self.pool: ThreadPoolExecutor | None = None
+
+    def map(self, fn, parts: list) -> list:
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(4)  # (_workers deals at most 4 parts)
+        return list(self.pool.map(fn, parts))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
 
 
 class TrueClassLogLoss:
@@ -299,8 +326,9 @@ class TrueClassLogLoss:
     MAX_DRIFT = 1e-5
     CHUNK = 1 << 13  # rows a chunk of the per-step logs (all candidates' rows: in cache)
 
-    def __init__(self, y, true, drift, drift_sum, low: float, eps: float = 1e-15):
+    def __init__(self, y, true, drift, drift_sum, low: float, eps: float = 1e-15, threads=None):
         self.y, self.eps = y, eps
+        self.threads = threads or _Threads()
         self.rows = np.arange(len(y))
         self.true = true  # (models, rows): each model's probability of the true class
         self.drift = drift  # (models, rows) float32: each model's row sum minus one
@@ -317,13 +345,21 @@ class TrueClassLogLoss:
     @classmethod
     def build(cls, preds: np.ndarray, y: np.ndarray, eps: float = 1e-15):
         """The scorer, or None where the predictions are not probabilities summing to ~one."""
-        stats = RowStats.build(preds, y, drift=True)
-        if not (stats.low >= 0 and stats.high <= 1):  # NaN passes (it stays NaN, as in the metric)
-            return None
+        threads = _Threads()
+        stats = RowStats.build(preds, y, drift=True, threads=threads)
         drift = stats.drift
-        if max(np.fmax.reduce(drift, axis=None), -np.fmin.reduce(drift, axis=None)) > cls.MAX_DRIFT:
-            return None  # (NaN rows stay NaN)
-        return cls(y, stats.true, drift, stats.drift_sum, stats.low, eps)
+        if not (
+            stats.low >= 0 and stats.high <= 1
+        ) or (  # NaN passes: it stays NaN, as in the metric
+            max(np.fmax.reduce(drift, axis=None), -np.fmin.reduce(drift, axis=None)) > cls.MAX_DRIFT
+        ):
+            threads.close()
+            return None
+        return cls(y, stats.true, drift, stats.drift_sum, stats.low, eps, threads)
+
+    def close(self) -> None:
+        """Stop the scorer's threads."""
+        self.threads.close()
 
     def _logs(self, truth, n: int, candidates, every: bool, chunks) -> np.ndarray:
         """Each candidate's sum of ``log(max(truth + p_y, n eps))`` over the rows of ``chunks``
@@ -363,7 +399,9 @@ class TrueClassLogLoss:
             cross = drift @ total_drift.astype(np.float32)
         n = count + 1
         parts = _shares(_chunks(len(self.y), self.CHUNK))
-        logs = _threads(lambda part: self._logs(truth, n, candidates, every, part), parts)
+        logs = _threads(
+            lambda part: self._logs(truth, n, candidates, every, part), parts, self.threads
+        )
         first = np.log(n) - np.sum(logs, axis=0) / len(self.y)
         # sum(log(s)) = sum(d) - sum(d^2) / 2, d = (D_T + D_m) / n.
         linear = (total_linear + self.drift_sum[candidates]) / n
@@ -397,7 +435,7 @@ class ArgmaxStats:
     CHUNK = 1 << 17  # values per transposed chunk (512 KiB in float32)
 
     @classmethod
-    def build(cls, preds: np.ndarray, y: np.ndarray) -> ArgmaxStats:
+    def build(cls, preds: np.ndarray, y: np.ndarray, threads=None) -> ArgmaxStats:
         """Chunks of rows, each model's part transposed to (classes, rows) in cache (reductions
         over classes are fast there); the chunks shared among a few threads."""
         n_models, n_rows, n_classes = preds.shape
@@ -412,7 +450,7 @@ class ArgmaxStats:
             high=-np.inf,
         )
         chunks = _chunks(n_rows, max(1, cls.CHUNK // n_classes))
-        results = _threads(lambda part: stats._rows(preds, y, part), _shares(chunks))
+        results = _threads(lambda part: stats._rows(preds, y, part), _shares(chunks), threads)
         ties = []  # (model, row) pairs with equal values or NaN: argmax of the model's row
         for low, high, hits, tied in results:
             stats.low, stats.high = min(stats.low, low), max(stats.high, high)
@@ -497,7 +535,8 @@ class ArgmaxAccuracy:
         self.table = preds.reshape(n_models * n_rows, n_classes)  # row m * n_rows + i
         self.flat = preds.reshape(-1)
         self.dtype = dtype = _float_dtype(preds)
-        stats = ArgmaxStats.build(preds, y)
+        self.threads = _Threads()
+        stats = ArgmaxStats.build(preds, y, self.threads)
         self.true, self.lift = stats.true, stats.lift  # (rows, models): p_y, max_{c != y} - p_y
         self.lift_max = stats.lift_max  # NaN where any model has NaN
         self.single = stats.hits / n_rows  # each model's own accuracy (count 0)
@@ -514,6 +553,10 @@ class ArgmaxAccuracy:
         self.tracked = np.zeros(n_rows, dtype=bool)
         spans = _chunks(n_rows, max(1, -(-n_rows // _workers(n_rows))))
         self.shards = [_Shard(self, span) for span in spans]
+
+    def close(self) -> None:
+        """Stop the scorer's threads."""
+        self.threads.close()
 
     def add(self, model: int) -> None:
         """The climb picked ``model``: the shards add it to their totals before the next score,
@@ -542,7 +585,9 @@ class ArgmaxAccuracy:
                 raise ValueError(f"the scorer holds {self.count} models, not {count}")
             shards = self.shards
             pending, self.pending = self.pending, []
-            found = _threads(lambda shard: shard.step(pending, candidates, slack), shards)
+            found = _threads(
+                lambda shard: shard.step(pending, candidates, slack), shards, self.threads
+            )
         else:
             shards = [_Shard(self, slice(0, len(self.y)))]
             found = [shards[0].given(total, candidates, slack)]
@@ -554,7 +599,11 @@ class ArgmaxAccuracy:
         work = [(shard, part[2], part[3]) for shard, part in zip(shards, found, strict=True)]
         if any(alive[which].any() for _, which, _ in work):
             hits += np.sum(
-                _threads(lambda job: job[0].near(job[1], job[2], alive, count, candidates), work),
+                _threads(
+                    lambda job: job[0].near(job[1], job[2], alive, count, candidates),
+                    work,
+                    self.threads,
+                ),
                 axis=0,
             )
         # A candidate out of the running scores its bound: below another's sure hits.
