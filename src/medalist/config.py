@@ -304,6 +304,24 @@ class SubmissionConfig(Section):
     )
 
 
+class TrackingConfig(Section):
+    trackers: list[Literal["wandb", "mlflow"]] = Field(
+        default_factory=list,
+        description="Trackers the train stage also logs to (each when installed): wandb, mlflow. "
+        "The CSV logs are always written: outputs/<experiment>/log.csv and outputs/ledger.csv.",
+    )
+    project: str = Field("medalist", description="The wandb project / mlflow experiment name.")
+    offline: bool = Field(
+        True,
+        description="Write the tracker runs to files under tracking.dir, no server (wandb's "
+        "offline mode, an mlflow file store); false: each tracker's own settings (WANDB_*, "
+        "MLFLOW_TRACKING_URI).",
+    )
+    dir: str | None = Field(
+        None, description="Where offline runs go (default: <outputs>/tracking)."
+    )
+
+
 class Config(Section):
     """The whole resolved configuration of a competition project."""
 
@@ -322,6 +340,7 @@ class Config(Section):
     submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
     ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
     kaggle: KaggleConfig = Field(default_factory=KaggleConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     stages: list[Literal["folds", "train", "infer", "pseudo", "submission"]] = Field(
         default_factory=lambda: ["folds", "train", "infer", "submission"],
         description="Stages that `medalist run` runs, in order.",

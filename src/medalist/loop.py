@@ -36,9 +36,11 @@ from medalist.weights import load_state_into
 log = logging.getLogger(__name__)
 
 
-def make_accelerator(cfg: Config) -> Accelerator:
-    """An Accelerator with seedable (resumable, process-independent) data order."""
+def make_accelerator(cfg: Config, log_with: list[str] | None = None) -> Accelerator:
+    """An Accelerator with seedable (resumable, process-independent) data order; ``log_with``:
+    the experiment trackers it starts (see :mod:`medalist.tracking`)."""
     return Accelerator(
+        log_with=log_with or None,
         mixed_precision=cfg.train.mixed_precision,
         gradient_accumulation_steps=cfg.train.grad_accum,
         cpu=cfg.train.cpu,
@@ -240,6 +242,8 @@ class FoldTrainer:
         tricks: hooks, criterion and sampler of the enabled tricks.
         accelerator: shared between folds.
         folder: the fold's output folder; checkpoints go under it (None: no checkpoints).
+        on_epoch: called with each epoch's row (as in ``log.csv``) on the main process: the
+            experiment trackers (:mod:`medalist.tracking`).
     """
 
     def __init__(
@@ -255,8 +259,10 @@ class FoldTrainer:
         tricks,
         accelerator,
         folder=None,
+        on_epoch=None,
     ):
         self.cfg, self.task, self.fold, self.folder = cfg, task, fold, folder
+        self.on_epoch = on_epoch
         self.train_set, self.valid_targets = train_set, valid_targets
         self.hooks = tricks.hooks
         self.accelerator = accelerator
@@ -452,6 +458,8 @@ class FoldTrainer:
             self.best.history.append(row)
             if self.accelerator.is_main_process:
                 log.info(_format_row(row))
+                if self.on_epoch is not None:
+                    self.on_epoch(row)
             state.epoch += 1
             state.batch_in_epoch, state.loss_count = 0, 0
             state.loss_sum = torch.zeros((), device=self.accelerator.device)
@@ -472,6 +480,7 @@ def fit_fold(
     tricks: Tricks | None = None,
     accelerator: Accelerator | None = None,
     folder=None,
+    on_epoch=None,
 ) -> FoldResult:
     """Train one fold and keep the epoch with the best main metric (the last for a full fit)."""
     trainer = FoldTrainer(
@@ -485,6 +494,7 @@ def fit_fold(
         tricks=tricks or Tricks(Hooks(), task.loss),
         accelerator=accelerator or make_accelerator(cfg),
         folder=folder,
+        on_epoch=on_epoch,
     )
     return trainer.fit()
 

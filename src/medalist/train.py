@@ -31,6 +31,7 @@ from medalist.ledger import append_ledger
 from medalist.loop import fit_fold, make_accelerator, seed_everything
 from medalist.pseudo import folds_hash, load_for_fold, pseudo_dir
 from medalist.tasks import Task, build_task
+from medalist.tracking import RunTracker, check_trackers
 from medalist.tricks.registry import build_tricks
 from medalist.weights import save_weights
 
@@ -61,7 +62,7 @@ def training_hash(cfg: Config) -> str:
     The starting weights count by content, so folds trained from a backbone that MLM pretraining
     has since rewritten in place are trained again.
     """
-    exclude = {"infer", "submission", "stages", "pseudo", "ensemble", "kaggle", "mlm"}
+    exclude = {"infer", "submission", "stages", "pseudo", "ensemble", "kaggle", "mlm", "tracking"}
     data = cfg.model_dump(mode="json", exclude=exclude)
     data["train"].pop("folds"), data["train"].pop("progress")
     data["backbone_weights"] = [sha256_file(path) for path in backbone_weights(cfg)]
@@ -112,6 +113,7 @@ def run(cfg: Config) -> dict:
     """Train the configured folds; returns the metrics dict also written to metrics.json."""
     started = time.perf_counter()
     check_precision(cfg)
+    check_trackers(cfg)
     modality = MODALITIES[cfg.modality]
     source = str(train_path(cfg))
     train = read_train(cfg)
@@ -127,7 +129,7 @@ def run(cfg: Config) -> dict:
     selected = _selected_folds(cfg, folds)
     modality.check_inputs(cfg, train, "train", source)  # every row checked before any training
     out = experiment_dir(cfg)
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, log_with=cfg.tracking.trackers)
     log.info(
         "accelerate: %s with %d process(es) on %s, precision %s",
         accelerator.distributed_type.value,
@@ -138,24 +140,41 @@ def run(cfg: Config) -> dict:
     if accelerator.is_main_process:  # only the main process writes files
         write_text(out / "config.yaml", cfg.to_yaml())
         save_task(cfg, task)
-    for fold in selected:
-        if fold_done(cfg, fold):
-            log.info("fold %s: complete for this config, not retrained", fold)
-            continue
-        train_rows = (
-            np.flatnonzero(fold_of_row != fold) if fold != FULL_FIT else np.arange(len(train))
-        )
-        valid_rows = np.flatnonzero(fold_of_row == fold) if fold != FULL_FIT else None
-        _train_fold(cfg, task, modality, train, targets, train_rows, valid_rows, fold, accelerator)
-        accelerator.wait_for_everyone()  # the fold's files are written before anyone reads them
-        accelerator.free_memory()
-    if not accelerator.is_main_process:
-        return {}
-    metrics = summarize(cfg, task, train, targets, fold_of_row, selected)
-    metrics["seconds"] = round(time.perf_counter() - started, 1)
-    write_json(out / "metrics.json", metrics)
-    append_ledger(cfg, metrics, device=str(accelerator.device))
-    return metrics
+    tracker = RunTracker(cfg, accelerator)
+    tracker.start()
+    metrics: dict = {}
+    try:
+        for fold in selected:
+            if fold_done(cfg, fold):
+                log.info("fold %s: complete for this config, not retrained", fold)
+                continue
+            train_rows = (
+                np.flatnonzero(fold_of_row != fold) if fold != FULL_FIT else np.arange(len(train))
+            )
+            valid_rows = np.flatnonzero(fold_of_row == fold) if fold != FULL_FIT else None
+            _train_fold(
+                cfg,
+                task,
+                modality,
+                train,
+                targets,
+                train_rows,
+                valid_rows,
+                fold,
+                accelerator,
+                tracker.epoch,
+            )
+            accelerator.wait_for_everyone()  # the fold's files are written before anyone reads
+            accelerator.free_memory()
+        if not accelerator.is_main_process:
+            return {}
+        metrics = summarize(cfg, task, train, targets, fold_of_row, selected)
+        metrics["seconds"] = round(time.perf_counter() - started, 1)
+        write_json(out / "metrics.json", metrics)
+        append_ledger(cfg, metrics, device=str(accelerator.device))
+        return metrics
+    finally:
+        tracker.finish(metrics)  # the CV when the run got that far; the trackers closed
 
 
 def _soft(task: Task, targets: np.ndarray) -> np.ndarray:
@@ -210,7 +229,9 @@ def _subset(frame: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
     return frame.iloc[rows].reset_index(drop=True)
 
 
-def _train_fold(cfg, task, modality, train, targets, train_rows, valid_rows, fold, accelerator):
+def _train_fold(
+    cfg, task, modality, train, targets, train_rows, valid_rows, fold, accelerator, on_epoch=None
+):
     source = str(train_path(cfg))
     seed_everything(cfg.train.seed)
     train_set = modality.build_dataset(
@@ -247,6 +268,7 @@ def _train_fold(cfg, task, modality, train, targets, train_rows, valid_rows, fol
         tricks=build_tricks(cfg, task, targets[train_rows]),
         folder=fold_dir(cfg, fold),
         accelerator=accelerator,
+        on_epoch=on_epoch,
     )
     if not accelerator.is_main_process:
         return
