@@ -8,9 +8,9 @@ The CSV files are always written whatever is configured here: ``outputs/<experim
 CV of every metric under ``cv/<metric>``.
 
 ``tracking.offline`` (the default) writes the runs to files under ``tracking.dir`` and reaches no
-server, as on Kaggle or any machine without network: wandb in its offline mode
-(``wandb sync`` uploads such a run later) and mlflow in a local file store (``mlflow ui
---backend-store-uri <dir>/mlruns`` shows it). With ``offline: false`` each tracker follows its
+server, as on Kaggle or any machine without network: wandb in its offline mode (``wandb sync``
+uploads such a run later) and mlflow in a local file store (``MLFLOW_ALLOW_FILE_STORE=true mlflow
+ui --backend-store-uri <dir>/mlruns`` shows it). With ``offline: false`` each tracker follows its
 own settings (``WANDB_API_KEY``/``WANDB_PROJECT``, ``MLFLOW_TRACKING_URI``, ...). A tracker that is
 named but not installed is refused before any training starts.
 """
