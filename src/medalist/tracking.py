@@ -25,15 +25,13 @@ from pathlib import Path
 from medalist.config import Config
 from medalist.errors import ConfigError
 
-PACKAGES = {"wandb": "wandb", "mlflow": "mlflow"}  # tracker -> what `pip install` takes
-
 
 def check_trackers(cfg: Config) -> None:
     """Every tracker named in ``tracking.trackers`` can be imported (else a ConfigError)."""
     for name in cfg.tracking.trackers:
         if importlib.util.find_spec(name) is None:
             raise ConfigError(
-                f"tracking.trackers: {name} is not installed; `pip install {PACKAGES[name]}` "
+                f"tracking.trackers: {name} is not installed; `pip install {name}` "
                 f"or take {name} out of the list (the CSV logs are written either way)"
             )
 

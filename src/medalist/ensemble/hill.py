@@ -186,13 +186,13 @@ def _everyone(candidates: np.ndarray, n_models: int) -> bool:
     return len(candidates) == n_models and bool((candidates == np.arange(n_models)).all())
 
 
-def _workers(n_models: int) -> int:
-    """Threads for the per-model pass: the cores this process may use, at most 4."""
+def _workers(n_parts: int) -> int:
+    """Threads for ``n_parts`` pieces of work: the cores this process may use, at most 4."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(1, min(cores, 4, n_models))
+    return max(1, min(cores, 4, n_parts))
 
 
 @dataclass
@@ -268,9 +268,9 @@ def _transpose(block, plane, index, true, low: float, high: float) -> tuple[floa
     return low, high
 
 
-def _shares(items, workers: int | None = None) -> list:
+def _shares(items) -> list:
     """``items`` dealt round-robin to the threads of :func:`_threads`."""
-    workers = workers or _workers(len(items))
+    workers = _workers(len(items))
     return [items[w::workers] for w in range(min(workers, len(items)))] or [items]
 
 
@@ -348,11 +348,12 @@ class TrueClassLogLoss:
         threads = _Threads()
         stats = RowStats.build(preds, y, drift=True, threads=threads)
         drift = stats.drift
-        if not (
-            stats.low >= 0 and stats.high <= 1
-        ) or (  # NaN passes: it stays NaN, as in the metric
+        # Values outside [0, 1] or rows far from summing to one (NaN passes both checks: it
+        # stays NaN, as in the metric).
+        refused = not (stats.low >= 0 and stats.high <= 1) or (
             max(np.fmax.reduce(drift, axis=None), -np.fmin.reduce(drift, axis=None)) > cls.MAX_DRIFT
-        ):
+        )
+        if refused:
             threads.close()
             return None
         return cls(y, stats.true, drift, stats.drift_sum, stats.low, eps, threads)
