@@ -39,6 +39,9 @@ def results(project: Path, experiment: str = "tiny") -> dict:
     return {
         "model": load_file(fold / "model.safetensors"),
         "ema": load_file(fold / "ema.safetensors"),
+        # Checksums of the files (a bundle's manifest, a teammate's copy) must agree too.
+        "bytes": {p.name: p.read_bytes() for p in sorted(fold.glob("*.safetensors"))},
+        "oof_bytes": (fold / "oof.parquet").read_bytes(),
         "oof": pd.read_parquet(fold / "oof.parquet"),
         "scores": json.loads((fold / "scores.json").read_text())["scores"],
         "metrics": json.loads((project / "outputs" / experiment / "metrics.json").read_text())[
@@ -52,7 +55,11 @@ def assert_identical(got: dict, want: dict) -> None:
         assert got[name].keys() == want[name].keys()
         for key, tensor in want[name].items():
             assert got[name][key].equal(tensor), f"{name}: {key} differs"
+    assert got["bytes"].keys() == want["bytes"].keys()
+    for name, data in want["bytes"].items():
+        assert got["bytes"][name] == data, f"{name}: same tensors, other bytes"
     pd.testing.assert_frame_equal(got["oof"], want["oof"], check_exact=True)
+    assert got["oof_bytes"] == want["oof_bytes"]
     assert got["scores"] == want["scores"] and got["metrics"] == want["metrics"]
 
 

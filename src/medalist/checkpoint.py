@@ -109,7 +109,7 @@ def save_checkpoint(
         "rng": rng_state(),
         "best_logits": None if best.get("logits") is None else torch.from_numpy(best["logits"]),
     }
-    write_with(target / "trainer.pt", lambda tmp: torch.save(trainer, tmp))
+    write_with(target / "trainer.pt", lambda tmp: _torch_save(trainer, tmp))
     write_json(target / "progress.json", progress)
     write_text(target / COMPLETE, "")
     # This one is complete: the others go, the older complete ones and any a kill cut short.
@@ -117,6 +117,13 @@ def save_checkpoint(
         if other != target:
             shutil.rmtree(other, ignore_errors=True)
     return target
+
+
+def _torch_save(obj: dict, path: Path) -> None:
+    """``torch.save`` through an open file: given a path, torch names the archive's folder after
+    the (temporary, per-process) file name, so the same state would give other bytes."""
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def _save_tensors(tensors: dict, path: Path) -> None:

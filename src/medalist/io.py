@@ -95,6 +95,8 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """``obj`` as indented JSON, keys in insertion order: that order carries meaning (a metrics
+    dict lists the main metric first), and the dicts written are built in a fixed order."""
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 

@@ -1,20 +1,24 @@
 """Model weights as safetensors, written atomically and loaded with checks.
 
 Nothing here unpickles: a weights file a teammate sends cannot run code. Loading refuses a
-truncated file, a non-finite tensor and a file made for another model, naming the path.
+truncated file, a non-finite tensor and a file made for another model, naming the path. The same
+weights and metadata give the same bytes in any process, so checksums of the files can be compared.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from medalist.errors import CheckpointError
 from medalist.io import write_with
+
+METADATA_KEY = "medalist"
 
 
 def state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -53,13 +57,28 @@ def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
 
 
 def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict | None = None) -> Path:
-    """Save a model's weights; a non-finite tensor is refused so a broken model never lands."""
+    """Save a model's weights; a non-finite tensor is refused so a broken model never lands.
+
+    ``metadata`` (JSON values) is read back by :func:`read_metadata`.
+    """
     state = state_for_saving(model)
     bad = first_non_finite(state)
     if bad is not None:
         raise CheckpointError(f"refusing to save {path}: tensor '{bad}' is not finite")
-    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    # safetensors keeps the header's metadata in a hash map, written in an order that changes
+    # from one process to the next; one key holding JSON with sorted keys gives the same bytes.
+    meta = {METADATA_KEY: json.dumps(metadata, sort_keys=True, default=str)} if metadata else None
     return write_with(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The metadata :func:`save_weights` stored with the weights ({} when there is none)."""
+    try:
+        with safe_open(str(path), "pt") as handle:
+            stored = handle.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from exc
+    return json.loads(stored[METADATA_KEY]) if METADATA_KEY in stored else stored
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:

@@ -198,7 +198,8 @@ def disk_full(path_index: int):
     """A writer that puts half a file on disk, then fails as a full disk does."""
 
     def write(*args, **kwargs):
-        Path(args[path_index]).write_bytes(b"PAR1 half a file")
+        target = args[path_index]  # a path, or a file opened on one (torch.save's)
+        Path(target.name if hasattr(target, "write") else target).write_bytes(b"PAR1 half a file")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     return write
