@@ -142,3 +142,27 @@ def test_pretrain_mlm_command_reports_bad_input(project, backbone, caplog):
     assert main(["pretrain-mlm", *overrides(backbone, "mlm.max_length=100")]) == 2
     assert "mlm.max_length: 100 is over the model's limit of 64" in caplog.text
     assert not output_dir(resolve_config(overrides=overrides(backbone))).exists()
+
+
+def test_missing_mlm_head_is_one_line(tmp_path, caplog, capfd):
+    """A backbone without an MLM head (a sentence encoder) gets one line, not the key list."""
+    import logging
+
+    from transformers import AutoModelForMaskedLM
+
+    from medalist.mlm import _load_model
+
+    folder = make_backbone(tmp_path / "encoder", SENTENCES, masked_lm=False)
+    _, info = AutoModelForMaskedLM.from_pretrained(folder, output_loading_info=True)
+    fresh = info["missing_keys"]
+    assert fresh and all(k.startswith("cls.") for k in fresh)
+    capfd.readouterr()
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        _load_model(folder)
+    printed = "".join(capfd.readouterr())
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    wanted = f"MLM head not in the checkpoint: initialised fresh ({len(fresh)} tensors)"
+    assert messages.count(wanted) == 1
+    shown = "\n".join([*messages, printed])
+    assert "cls.predictions" not in shown and "LOAD REPORT" not in shown

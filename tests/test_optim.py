@@ -59,3 +59,25 @@ def test_head_lr_without_head_refused():
     net = torch.nn.Sequential(torch.nn.Linear(2, 2))
     with pytest.raises(ConfigError, match="train.head_lr"):
         build_optimizer(net, resolve_config(overrides=["train.head_lr=0.1"]))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[], ["train.layer_decay=0.8"], ["train.layer_decay=0.8", "train.head_lr=5e-3"]],
+    ids=["plain", "layer_decay", "layer_decay+head_lr"],
+)
+def test_vit_no_weight_decay_list_is_honoured(overrides):
+    torch.manual_seed(0)
+    net = timm.create_model("test_vit", num_classes=3)
+    exempt = {"pos_embed", "cls_token"}
+    assert exempt <= net.no_weight_decay()  # what timm's ViT asks for
+    cfg = resolve_config(overrides=["train.weight_decay=0.05", *overrides])
+    optimizer = build_optimizer(net, cfg)
+    decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    named = dict(net.named_parameters())
+    assert len(decay_of) == len(named)  # every parameter in exactly one group
+    for name, param in named.items():
+        # pos_embed and cls_token are 3-D: only the model's list keeps them from decaying.
+        wanted = 0.0 if name in exempt or param.ndim <= 1 else 0.05
+        assert decay_of[id(param)] == wanted, name
+    assert named["pos_embed"].ndim == 3 and named["cls_token"].ndim == 3

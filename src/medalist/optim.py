@@ -5,6 +5,11 @@ the top layer learns at the full rate and each layer below at ``layer_decay`` ti
 above (0.7-0.95). A model says where its layers are through ``layer_groups(weight_decay,
 layer_decay)`` (medalist's text models) or timm's layer grouping (timm backbones). The head can
 learn at its own rate (``train.head_lr``), as a freshly initialised head usually should.
+
+Weight decay applies to weight matrices and kernels, not to biases, norm scales or the
+parameters a model names in ``no_weight_decay()`` (timm's ViT: ``pos_embed``, ``cls_token``),
+as timm's own optimizer factory does, with or without layer decay. A model with its own
+``layer_groups`` places weight decay itself.
 """
 
 from __future__ import annotations
@@ -26,16 +31,18 @@ def _head_parameters(model: torch.nn.Module) -> set[int]:
     return {id(p) for p in head.parameters()} if isinstance(head, torch.nn.Module) else set()
 
 
+def _no_weight_decay(model: torch.nn.Module) -> set[str]:
+    """The parameter names (fnmatch patterns) the model exempts from weight decay."""
+    listed = getattr(model, "no_weight_decay", None)
+    return set(listed()) if callable(listed) else set()
+
+
 def _plain_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weight matrices and kernels only, not on biases and norm scales."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim > 1 else no_decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
-        {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
-    ]
+    from timm.optim._param_groups import param_groups_weight_decay
+
+    return param_groups_weight_decay(
+        model, weight_decay=weight_decay, no_weight_decay_list=_no_weight_decay(model)
+    )
 
 
 def _layer_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
@@ -44,7 +51,12 @@ def _layer_groups(model: torch.nn.Module, weight_decay: float, layer_decay: floa
         return own(weight_decay, layer_decay)
     from timm.optim._param_groups import param_groups_layer_decay
 
-    return param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay)
+    return param_groups_layer_decay(
+        model,
+        weight_decay=weight_decay,
+        layer_decay=layer_decay,
+        no_weight_decay_list=_no_weight_decay(model),
+    )
 
 
 def param_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:

@@ -6,6 +6,10 @@ from all-fold ensembles (``source: ensemble``) go only to full-fit students (``t
 [-1]``); a student of a fold asking for them is refused. Pseudo rows are added to training only,
 never to validation, and CV is computed on labelled rows alone.
 
+One second-order leak remains under ``train.keep: best`` (the default): a teacher's fold-k model
+kept the epoch that scored best on fold k's validation rows, so fold k's labels chose the
+weights behind fold k's pseudo labels. Train teachers with ``train.keep: last`` when it matters.
+
 Writes ``outputs/pseudo/<round>/fold{k}.parquet`` (per fold) or ``full.parquet`` (ensemble), each
 with the id column, ``pseudo_weight``, ``confidence`` and the label columns (the task's
 prediction columns: probabilities for soft labels, one-hot / 0-1 / values for hard ones), and
@@ -59,29 +63,79 @@ def hard_labels(task_type: str, probs: np.ndarray) -> np.ndarray:
     return probs
 
 
+def as_hard(task_type: str, labels: np.ndarray) -> np.ndarray:
+    """Hard labels read back from a label file as training takes them: integers (a one-hot row
+    as its class index, 0/1 as integers; binary: one column, shape (rows,)); values unchanged."""
+    if task_type == "multiclass":
+        return labels.argmax(1)
+    if task_type in ("binary", "multilabel"):
+        return (labels >= 0.5).astype(np.int64)
+    return labels
+
+
+def predicted_class(task_type: str, probs: np.ndarray) -> np.ndarray:
+    """The class each row is predicted as (binary: 1 when p >= 0.5); 0 for other tasks."""
+    if task_type == "multiclass":
+        return probs.argmax(1)
+    if task_type == "binary":
+        return (probs[:, 0] >= 0.5).astype(int)
+    return np.zeros(len(probs), dtype=int)
+
+
 def select_rows(task_type: str, probs: np.ndarray, cfg: PseudoConfig) -> np.ndarray:
     """Indices of the rows kept: above the threshold, balanced, capped; most confident first."""
     conf = confidence(task_type, probs)
-    predicted = probs.argmax(1) if task_type == "multiclass" else np.zeros(len(probs), dtype=int)
-    keep = np.ones(len(probs), dtype=bool)
-    if cfg.threshold is not None:
-        limits = np.asarray(cfg.threshold if isinstance(cfg.threshold, list) else [cfg.threshold])
-        if len(limits) not in (1, probs.shape[1]):
-            raise ConfigError(f"pseudo.threshold: one value or one per class ({probs.shape[1]})")
-        keep &= conf >= (limits[predicted] if len(limits) > 1 else limits[0])
+    predicted = predicted_class(task_type, probs)
+    keep = _passes_threshold(task_type, probs, conf, predicted, cfg.threshold)
     order = [i for i in np.argsort(-conf, kind="stable") if keep[i]]
-    if cfg.balance and task_type == "multiclass":
-        counts = np.bincount(predicted[order], minlength=probs.shape[1])
-        per_class = counts[counts > 0].min() if counts.any() else 0
-        taken = dict.fromkeys(range(probs.shape[1]), 0)
-        balanced = []
-        for i in order:
-            if taken[predicted[i]] < per_class:
-                taken[predicted[i]] += 1
-                balanced.append(i)
-        order = balanced
+    if cfg.balance:
+        order = _balanced(task_type, order, predicted)
     cap = int(np.floor(cfg.max_fraction * len(probs)))
     return np.sort(np.asarray(order[:cap], dtype=int))
+
+
+def _passes_threshold(task_type, probs, conf, predicted, threshold) -> np.ndarray:
+    """One value for every row's confidence, or one per predicted class (binary: [negative,
+    positive]; multiclass), or one per label (multilabel: every label passes its own)."""
+    if threshold is None:
+        return np.ones(len(probs), dtype=bool)
+    limits = np.asarray(threshold if isinstance(threshold, list) else [threshold], dtype=float)
+    if len(limits) == 1:
+        return conf >= limits[0]
+    columns = probs.shape[1]
+    per = {
+        "binary": ("class", 2),
+        "multiclass": ("class", columns),
+        "multilabel": ("label", columns),
+    }
+    unit, count = per.get(task_type, ("", 1))
+    if len(limits) != count:
+        wanted = f"one value, or one per {unit} ({count})" if unit else "one value"
+        raise ConfigError(f"pseudo.threshold: {wanted} for a {task_type} task; got {len(limits)}")
+    if task_type == "multilabel":
+        return (np.maximum(probs, 1 - probs) >= limits).all(1)
+    return conf >= limits[predicted]
+
+
+def _balanced(task_type: str, order: list[int], predicted: np.ndarray) -> list[int]:
+    """The first rows of ``order`` with the same number for each class predicted at all."""
+    if task_type not in ("binary", "multiclass"):
+        raise ConfigError(
+            f"pseudo.balance: keeps the same number of rows per predicted class, which a "
+            f"{task_type} row does not have; set it to false"
+        )
+    counts = np.bincount(predicted[order], minlength=2)
+    present = counts[counts > 0]
+    if len(present) < 2:  # a "balanced" set of one class would be anything but
+        log.warning("pseudo.balance: the selected rows are all of one predicted class; none kept")
+        return []
+    taken = np.zeros(len(counts), dtype=int)
+    balanced = []
+    for i in order:
+        if taken[predicted[i]] < present.min():
+            taken[predicted[i]] += 1
+            balanced.append(i)
+    return balanced
 
 
 def label_table(cfg: Config, task_info: dict, table: pd.DataFrame) -> pd.DataFrame:
@@ -172,6 +226,12 @@ def run(cfg: Config) -> dict:
         write_json(folder / "teachers.json", record)
     state.wait_for_everyone()
     return record
+
+
+def labels_mode(cfg: Config) -> str:
+    """``soft`` or ``hard``: how round ``train.pseudo_round``'s labels were made."""
+    record = pseudo_dir(cfg, cfg.train.pseudo_round) / "teachers.json"
+    return json.loads(record.read_text())["mode"]
 
 
 def load_for_fold(cfg: Config, fold: int, pred_columns: list[str]) -> pd.DataFrame:

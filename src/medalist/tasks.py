@@ -100,8 +100,10 @@ class Task:
             return F.binary_cross_entropy_with_logits(
                 logits[:, 0], target.float(), reduction="none"
             )
-        if self.type == "multilabel":
-            return F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(1)
+        if self.type == "multilabel":  # hard 0/1 labels come as integers in training
+            return F.binary_cross_entropy_with_logits(
+                logits, target.float(), reduction="none"
+            ).mean(1)
         return F.mse_loss(logits, target, reduction="none").mean(1)
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor:

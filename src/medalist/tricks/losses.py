@@ -1,7 +1,8 @@
 """Loss tricks: label smoothing, focal loss, class weights (in the criterion), OHEM and flooding.
 
 - Label smoothing: Szegedy et al., "Rethinking the Inception architecture" (CVPR 2016);
-  0.05-0.2. Not applied again to soft (mixed) targets, which carry their own.
+  0.05-0.2. Hard labels are smoothed exactly once, by :func:`soft_targets`, wherever they become
+  probabilities: here, in mixup (:mod:`medalist.tricks.mix`) or in a pseudo round's training set.
 - Focal loss: Lin et al., "Focal loss for dense object detection" (ICCV 2017); gamma 1-3,
   gamma 0 is cross entropy exactly.
 - Class weights: per-class factors, or 'balanced' = n / (classes x count) from the training fold.
@@ -25,12 +26,35 @@ from medalist.tasks import Task
 from medalist.tricks.config import LossConfig
 
 
+def soft_targets(task: Task, target: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """The probabilities a classification loss aims at, with hard labels smoothed once.
+
+    A target's dtype says what it is. Integers are hard labels: class indices (binary,
+    multiclass) or 0/1 per label (multilabel); they become ``onehot * (1 - eps) + eps / classes``
+    (multiclass) or ``y * (1 - eps) + eps / 2`` (each sigmoid output). Floats are targets already
+    final (soft pseudo labels, mixed or smoothed ones) and are returned as they are, as are
+    regression values.
+
+    Args:
+        task: the task (its type and number of outputs).
+        target: shape (batch,) for binary and multiclass indices, (batch, outputs) otherwise.
+        smoothing: ``tricks.loss.label_smoothing``.
+    """
+    if target.is_floating_point() or task.type == "regression":
+        return target
+    if task.type == "multiclass":
+        classes = task.num_outputs
+        return F.one_hot(target, classes).float() * (1 - smoothing) + smoothing / classes
+    return target.float() * (1 - smoothing) + 0.5 * smoothing
+
+
 class Criterion:
     """Per-sample loss of a task with smoothing, focal modulation and class weights.
 
-    Targets may be class indices (long) or soft probabilities (float, from mixup or pseudo
-    labels) for classification, values for regression. With every option off it is the task's
-    own loss, exactly.
+    Classification targets are hard labels (integers, smoothed here) or final probabilities
+    (floats: soft pseudo labels, mixed targets, a pseudo round's smoothed labels), never smoothed
+    again; see :func:`soft_targets`. Regression targets are values. With every option off it is
+    the task's own loss, exactly.
     """
 
     def __init__(self, task: Task, cfg: LossConfig, class_weights: torch.Tensor | None = None):
@@ -59,11 +83,7 @@ class Criterion:
         return self._sigmoid(logits, target)
 
     def _multiclass(self, logits, target):
-        classes = logits.shape[-1]
-        if not target.is_floating_point():
-            target = F.one_hot(target, classes).float()
-            if self.smoothing:
-                target = target * (1 - self.smoothing) + self.smoothing / classes
+        target = soft_targets(self.task, target, self.smoothing)
         log_p = logits.log_softmax(-1)
         per_class = -target * log_p
         if self.gamma:
@@ -74,10 +94,8 @@ class Criterion:
 
     def _sigmoid(self, logits, target):
         if self.task.type == "binary":
-            logits, target = logits[:, 0], target.float()
-        target = target.float()
-        if self.smoothing:
-            target = target * (1 - self.smoothing) + 0.5 * self.smoothing
+            logits = logits[:, 0]
+        target = soft_targets(self.task, target, self.smoothing)
         loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
         if self.gamma:
             p = logits.sigmoid()

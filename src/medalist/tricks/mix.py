@@ -4,34 +4,32 @@
 - cutmix: Yun et al., "CutMix: regularization strategy to train strong classifiers with
   localizable features" (ICCV 2019); alpha 0.5-1.
 
-Images are mixed with the batch flipped; targets become the same convex combination: soft class
-probabilities (with the configured label smoothing), mixed 0/1 labels, or mixed values for
-regression, so that every soft class target sums to one. Images only (4-D inputs).
+Images are mixed with the batch flipped; targets become the same convex combination of the two
+rows' probabilities: hard labels smoothed first (``tricks.loss.label_smoothing``, once:
+:func:`medalist.tricks.losses.soft_targets`), soft ones as they are, regression values as they
+are. Every multiclass target still sums to one. Images only (4-D inputs).
 """
 
 from __future__ import annotations
 
 import torch
 from timm.data import Mixup
-from timm.data.mixup import mixup_target
 
 from medalist.errors import ConfigError
 from medalist.hooks import Hook
 from medalist.tricks.config import MixConfig
+from medalist.tricks.losses import soft_targets
 
 
 def mix_targets(task, target: torch.Tensor, lam: float, smoothing: float) -> torch.Tensor:
-    """Targets of a batch mixed with the flipped batch in proportion ``lam``."""
-    if task.type == "multiclass":
-        if target.is_floating_point():  # already soft (pseudo labels): mix as they are
-            return target * lam + target.flip(0) * (1 - lam)
-        return mixup_target(target, task.num_outputs, lam, smoothing)
-    if task.type == "binary":
-        dense = target.float().view(-1, 1)
-        return mixup_target(dense, 1, lam, smoothing, multi_label=True).view(-1)
-    if task.type == "multilabel":
-        return mixup_target(target.float(), task.num_outputs, lam, smoothing, multi_label=True)
-    return target * lam + target.flip(0) * (1 - lam)
+    """Targets of a batch mixed with the flipped batch in proportion ``lam``.
+
+    The result is a float target the loss takes as final: hard labels were smoothed here, so
+    smoothing is affine and the mix of smoothed labels is the smoothed mix (timm's
+    ``mixup_target``).
+    """
+    soft = soft_targets(task, target, smoothing)
+    return soft * lam + soft.flip(0) * (1 - lam)
 
 
 class Mix(Hook):
