@@ -1,17 +1,15 @@
 """R10: two processes (gloo on CPU) give the single-process results for train (image and text),
 infer, pseudo (and a student trained on its labels) and pretrain-mlm: the same OOF and test
 predictions, pseudo labels and MLM weights within float tolerance, every id exactly once, and every
-file written once, by the main process.
+file written once, by the main process. A batch-norm model matches too with ``train.sync_bn``,
+and measurably does not without it.
 
 The single-process runs happen in this process; the two-process ones in one ``torchrun`` launch
 that runs every command in turn (``support/commands.py``) and logs every file each rank writes.
 """
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -22,11 +20,10 @@ from safetensors.torch import load_file
 
 from medalist.cli import main
 from medalist.demo import working_directory
+from support.launch import launch_two
 from support.tiny_text import make_backbone
 
-SUPPORT = Path(__file__).parent / "support"
-
-# A model without batch norm (per-process statistics would differ by design) and the same
+# A model without batch norm (batch norm: see BATCH_NORM below) and the same
 # effective batch: 16 rows in one process, 8 in each of two. 80 training rows per fold, so every
 # process gets the same number of full batches (no batch padded with repeated rows).
 COMMON = [
@@ -90,34 +87,6 @@ def text_project(root: Path) -> Path:
     )
     make_backbone(project / "models" / "backbone", SENTENCES, masked_lm=True, dropout=0.0)
     return project
-
-
-def launch_two(project: Path, writes: Path, *commands: list[str]) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "ACCELERATE_USE_CPU": "1",
-        "TQDM_DISABLE": "1",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": str(SUPPORT),
-    }
-    argv = [str(writes)]
-    for command in commands:
-        argv += [*command, ":::"]
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29617",
-        "-m",
-        "commands",
-        *argv[:-1],
-    ]
-    return subprocess.run(
-        command, cwd=project, env=env, capture_output=True, text=True, timeout=900
-    )
 
 
 @pytest.fixture(scope="module")
@@ -259,3 +228,75 @@ def test_two_processes_write_every_file_once_from_the_main_process(runs):
     assert twice == {f"{out}/ledger.csv": 2}, twice  # (text/outputs/ledger.csv: once)
     ledger = pd.read_csv(f"{out}/ledger.csv")
     assert ledger["experiment"].tolist() == ["one", "one_pl", "two", "two_pl"]
+
+
+# A batch-norm model (timm's test_resnet has BatchNorm2d layers) with EMA. A lower learning rate
+# than tiny.yaml's: at 3e-3, AdamW turns float rounding into weight differences that reach the
+# predictions by the second epoch (a 1e-7 relative change of the inputs of a one-process run moves
+# its predictions by ~2e-5), which would hide what batch norm does.
+BATCH_NORM = [
+    "-c",
+    "configs/tiny.yaml",
+    "model.backbone=test_resnet",
+    "image.size=32",
+    "train.folds=[0]",
+    "train.epochs=2",
+    "train.lr=3e-4",
+    "train.max_grad_norm=null",
+    "tricks.ema.enabled=true",
+    "tricks.ema.decay=0.5",
+]
+# SWA recomputes the average's batch-norm statistics over the training rows, across processes.
+SWA = ["train.sync_bn=true", "tricks.swa.enabled=true", "tricks.swa.start_epoch=1"]
+
+
+@pytest.fixture(scope="module")
+def batch_norm(tiny_template, tmp_path_factory):
+    """Fold 0 of a batch-norm model in one process without and with ``train.sync_bn`` (``one``,
+    ``one_sync``) and with SWA (``one_swa``); in two processes with and without it
+    (``two_sync``, ``two``) and with SWA (``two_swa``); test predictions of ``one`` and
+    ``two_sync`` from a one-process ``infer``."""
+    project = tmp_path_factory.mktemp("batch_norm") / "digits"
+    shutil.copytree(tiny_template, project)
+    one, two = [*BATCH_NORM, "train.batch_size=16"], [*BATCH_NORM, "train.batch_size=8"]
+    with working_directory(project):
+        assert main(["folds", *BATCH_NORM]) == 0
+        assert main(["train", *one, "train.experiment=one"]) == 0
+        assert main(["train", *one, "train.sync_bn=true", "train.experiment=one_sync"]) == 0
+        assert main(["train", *one, *SWA, "train.experiment=one_swa"]) == 0
+    done = launch_two(
+        project,
+        project.parent / "writes.log",
+        ["train", *two, "train.sync_bn=true", "train.experiment=two_sync"],
+        ["train", *two, "train.experiment=two"],
+        ["train", *two, *SWA, "train.experiment=two_swa"],
+        port=29618,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    with working_directory(project):  # the weights two processes saved, in the plain model
+        for name in ("one", "two_sync"):
+            assert main(["infer", *BATCH_NORM, f"train.experiment={name}"]) == 0
+    return project / "outputs"
+
+
+def max_difference(out: Path, name: str, reference: str, table: str = "oof.parquet") -> float:
+    a, b = pd.read_parquet(out / reference / table), pd.read_parquet(out / name / table)
+    assert list(a["id"]) == list(b["id"])
+    return float(np.abs(a[columns(a)].to_numpy() - b[columns(a)].to_numpy()).max())
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_batch_norm_only_when_synchronised(batch_norm):
+    out = batch_norm
+    # One process: sync_bn changes nothing (there is no other process to synchronise with).
+    assert max_difference(out, "one_sync", "one") == 0
+    synced, unsynced = max_difference(out, "two_sync", "one"), max_difference(out, "two", "one")
+    assert synced < 1e-5, synced  # measured: 4e-8
+    # Each process normalising its own 8 rows trains another model (measured: 2e-3).
+    assert unsynced > 1e-4 and unsynced > 100 * synced, (unsynced, synced)
+    assert max_difference(out, "two_sync", "one", table="test.parquet") < 1e-5
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_swa_on_a_batch_norm_model(batch_norm):
+    assert max_difference(batch_norm, "two_swa", "one_swa") < 1e-5  # was 1.7e-2

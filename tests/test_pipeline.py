@@ -5,6 +5,9 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import timm
+from safetensors.torch import load_file
+from sklearn.metrics import accuracy_score, log_loss
 
 from medalist.cli import main
 from medalist.config import resolve_config
@@ -26,9 +29,18 @@ def test_stages_one_by_one(tiny_project):
     assert (oof.set_index("id")["fold"] == folds.loc[oof["id"]]).all()
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["folds"]) == {"0", "1", "2"}
-    assert 0.0 <= metrics["cv"]["accuracy"] <= 1.0
-    for fold in range(3):
-        assert (out / f"fold{fold}" / "model.safetensors").stat().st_size > 0
+    # The CV is the OOF table's score (sklearn on the rows joined to their labels by id).
+    labels = train.set_index("id").loc[oof["id"], "label"].to_numpy()
+    probs = oof.filter(like="p_").to_numpy()
+    assert metrics["cv"]["accuracy"] == pytest.approx(accuracy_score(labels, probs.argmax(1)))
+    assert metrics["cv"]["log_loss"] == pytest.approx(log_loss(labels, probs, labels=range(10)))
+    # Each fold's weights: test_resnet with a head for the 10 digits, trained on its own rows.
+    model = timm.create_model("test_resnet", num_classes=10, in_chans=1)
+    expected = {key: tuple(tensor.shape) for key, tensor in model.state_dict().items()}
+    weights = [load_file(out / f"fold{fold}" / "model.safetensors") for fold in range(3)]
+    for fold in weights:
+        assert {key: tuple(tensor.shape) for key, tensor in fold.items()} == expected
+    assert not weights[0]["fc.weight"].equal(weights[1]["fc.weight"])
     assert (out / "config.yaml").is_file() and (out / "log.csv").is_file()
 
     assert main(["infer", *CONFIG]) == 0

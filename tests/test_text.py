@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import accuracy_score
 
 from medalist.cli import main
 from medalist.config import resolve_config
@@ -401,7 +402,11 @@ def test_text_competition_through_the_stages(text_project):
     assert list(oof.columns) == ["id", "fold", "p_numpy", "p_pandas"]
     assert sorted(oof["id"]) == sorted(train["id"])
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["folds"]) == {"0", "1"} and 0 <= metrics["cv"]["accuracy"] <= 1
+    assert set(metrics["folds"]) == {"0", "1"}
+    # The CV is the OOF table's score (sklearn on the rows joined to their labels by id).
+    labels = train.set_index("id").loc[oof["id"], "library"].to_numpy()
+    predicted = np.array(["numpy", "pandas"])[oof[["p_numpy", "p_pandas"]].to_numpy().argmax(1)]
+    assert metrics["cv"]["accuracy"] == pytest.approx(accuracy_score(labels, predicted))
     test = pd.read_parquet(out / "test.parquet")
     assert list(test["id"]) == list(pd.read_csv("data/test.csv")["id"])
     assert np.allclose(test[["p_numpy", "p_pandas"]].sum(axis=1), 1.0, atol=1e-5)

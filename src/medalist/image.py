@@ -138,10 +138,17 @@ class ImageDataset(Dataset):
         self.reseed = Reseeder(pipeline)
         self.channels = channels
         self.seed = seed
-        self.epoch = 0
+        # Persistent loader workers keep the copy of the dataset they started with: a plain
+        # attribute set in the main process would never reach them, and every epoch would
+        # repeat the first one's augmentation. One integer in shared memory reaches them all.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch[0] = epoch
 
     def __len__(self) -> int:
         return len(self.paths)
