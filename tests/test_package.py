@@ -34,7 +34,7 @@ from medalist.config import resolve_config
 from medalist.demo import working_directory
 from medalist.errors import ConfigError, DataError, SubmissionError
 from medalist.offline import notebook
-from medalist.offline.predict import read_manifest, run_bundle
+from medalist.offline.predict import predict_experiment, read_manifest, run_bundle
 from medalist.offline.scan import PICKLED, check_bundle, is_pickle
 from medalist.offline.timing import estimate
 
@@ -103,9 +103,12 @@ def test_bundle_holds_what_the_notebook_needs(packaged):
     assert manifest["install"] == ["medalist==0.1.0", "digits==0.1.0", "offline_probe==1.2.3"]
     assert {"config.yaml", "dataset-metadata.json", "timing.json", "folds/folds.json"} <= files
     experiment = manifest["experiments"]["tiny"]
-    assert set(experiment["weights"]) == {"0", "1", "2"}
-    for weights in experiment["weights"].values():
-        with safe_open(bundle / weights, framework="pt") as handle:
+    # Each fold ships the weights that scored its OOF rows (no EMA, SWA or snapshots here).
+    assert experiment["weights"] == {
+        fold: [f"outputs/tiny/fold{fold}/model.safetensors"] for fold in ("0", "1", "2")
+    }
+    for files in experiment["weights"].values():
+        with safe_open(bundle / files[0], framework="pt") as handle:
             assert len(list(handle.keys())) > 0
     assert experiment["paths"] == {"model.pretrained_path": None}
     assert json.loads((bundle / "dataset-metadata.json").read_text()) == {
@@ -333,7 +336,54 @@ def test_package_ships_the_views_of_the_last_infer(packaged, tmp_path, caplog):
     assert "infer.json: not an infer settings file" in caplog.text
 
 
+def test_package_ships_snapshots_and_the_bundle_averages_them(packaged, tmp_path):
+    """A snapshot ensemble (tricks.schedule.restarts): the bundle holds every snapshot of a fold
+    and predicts with their mean, which is infer's test.parquet (the packaging check compares
+    them too), and not what one snapshot predicts."""
+    project = tmp_path / "digits"
+    shutil.copytree(packaged, project, ignore=shutil.ignore_patterns("package"))
+    config = ["-c", "configs/tiny.yaml", "train.epochs=1", "train.folds=[0]"]
+    config += ["train.experiment=snap", "tricks.schedule.restarts=1", "kaggle.timing_rows=8"]
+    with working_directory(project):
+        for stage in ("train", "infer", "package"):
+            _run(stage, *config)
+        bundle = Path("package/digits-medalist")
+        entry = read_manifest(bundle)["experiments"]["snap"]
+        snapshots = [f"outputs/snap/fold0/snapshot{c}.safetensors" for c in (0, 1)]
+        assert entry["weights"] == {"0": snapshots}
+        for relative in snapshots:
+            assert (bundle / relative).read_bytes() == Path(relative).read_bytes()
+        run_bundle(bundle, "local", environ={})
+        offline = pd.read_parquet("outputs/offline/predictions/snap.parquet")
+        local = pd.read_parquet("outputs/snap/test.parquet")
+        assert np.array_equal(offline.to_numpy(), local.to_numpy())
+        _, _, both = predict_experiment(bundle, entry, Path("data"), rows=8)
+        alone = {**entry, "weights": {"0": snapshots[1:]}}
+        _, _, last = predict_experiment(bundle, alone, Path("data"), rows=8)
+    assert not np.allclose(both, last, atol=1e-4)
+
+
 # ------------------------------------------------------------------------------- refusals
+
+
+def test_package_refuses_a_bundle_that_predicts_other_values(packaged, tmp_path, caplog):
+    """The timed sample's predictions must be the experiment's test.parquet: here that table no
+    longer is what its weights predict, and nothing is packaged."""
+    project = tmp_path / "digits"
+    shutil.copytree(packaged, project, ignore=shutil.ignore_patterns("package"))
+    config = ["-c", "configs/tiny.yaml", "train.epochs=1", "kaggle.timing_rows=4"]
+    with working_directory(project):
+        table = pd.read_parquet("outputs/tiny/test.parquet")
+        columns = [c for c in table.columns if c.startswith("p_")]
+        table.loc[2, columns] = np.roll(
+            table.loc[2, columns].to_numpy(), 1
+        )  # one row, in the sample
+        table.to_parquet("outputs/tiny/test.parquet")
+        with caplog.at_level(logging.ERROR):
+            assert main(["package", *config]) == 2
+        assert not list(Path("package").glob("digits-medalist*"))  # nothing left in place
+    assert "the bundle predicts other values than" in caplog.text
+    assert "outputs/tiny/test.parquet" in caplog.text
 
 
 def test_package_refuses_what_cannot_ship(packaged, tmp_path):

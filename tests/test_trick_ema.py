@@ -1,4 +1,4 @@
-"""EMA: equals its formula on real optimizer steps only; predictions and ema.safetensors use it."""
+"""EMA: equals its formula on real optimizer steps only; predictions come from ema.safetensors."""
 
 import json
 
@@ -99,6 +99,9 @@ def test_ema_weights_saved_and_used_for_predictions(tiny_project):
 
     raw, averaged = load_file(fold / "model.safetensors"), load_file(fold / "ema.safetensors")
     assert any(not torch.equal(raw[k], averaged[k]) for k in raw if raw[k].is_floating_point())
+    assert json.loads((fold / "scores.json").read_text())["prediction_weights"] == [
+        "ema.safetensors"
+    ]
     assert main(["infer", *args]) == 0
     # Removing the EMA file must break inference: predictions come from it, not model.safetensors.
     (fold / "ema.safetensors").unlink()

@@ -81,8 +81,8 @@ def one_backward(hook, *overrides, model=None):
     batch = next(iter(loader))
     hook.on_fit_start(state)
     before = copy.deepcopy(model.state_dict())
-    loss = hook.compute_loss(state, batch, None, state.forward_loss(batch))
-    state.accelerator.backward(loss)
+    batch = hook.before_batch(state, batch)
+    state.accelerator.backward(state.forward_loss(batch))
     plain = {n: p.grad.clone() for n, p in model.named_parameters()}
     hook.after_backward(state, batch)
     after = model.state_dict()
@@ -132,8 +132,8 @@ def test_awp_keeps_gradients_of_earlier_micro_batches():
     awp = AWP(cfg_awp)
     awp.on_fit_start(state)
     for batch in (first, second):
-        loss = awp.compute_loss(state, batch, None, state.forward_loss(batch))
-        state.accelerator.backward(loss)
+        batch = awp.before_batch(state, batch)
+        state.accelerator.backward(state.forward_loss(batch))
         awp.after_backward(state, batch)
     for batch in (first, second):  # accelerate divides each micro-batch's loss by grad_accum
         F.cross_entropy(reference(batch["input"]), batch["target"]).div(2).backward()
@@ -167,7 +167,6 @@ def test_rdrop_kl_is_zero_without_dropout_and_matches_reference():
         + F.kl_div(p.log_softmax(-1), q.log_softmax(-1), log_target=True, reduction="none").sum(-1)
     )
     assert torch.allclose(symmetric_kl("multiclass", p, q), reference, atol=1e-6)
-    assert (symmetric_kl("binary", p[:, :1], q[:, :1]) >= 0).all()
 
 
 def test_rdrop_doubles_the_batch_in_one_forward():

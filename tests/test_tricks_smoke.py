@@ -2,7 +2,9 @@
 
 import json
 
+import pandas as pd
 import pytest
+from sklearn.metrics import accuracy_score
 
 from medalist.cli import main
 
@@ -38,6 +40,13 @@ ALL = [
     *TRICKS["restarts"],
     *TRICKS["accumulation"],
 ]
+SNAPSHOTS = ["snapshot0.safetensors", "snapshot1.safetensors"]
+PREDICTING = {
+    "ema": ["ema.safetensors"],
+    "swa": ["swa.safetensors"],
+    "restarts": SNAPSHOTS,
+    "all": SNAPSHOTS,
+}
 
 
 @pytest.mark.parametrize("name", [*TRICKS, "all"])
@@ -48,12 +57,18 @@ def test_trick_in_train_stage(tiny_project, name):
     assert main(["train", *args]) == 0
     fold = tiny_project / "outputs" / "tiny" / "fold0"
     scores = json.loads((fold / "scores.json").read_text())
-    assert 0.0 <= scores["scores"]["accuracy"] <= 1.0
+    # The fold's score is its OOF table's (sklearn, rows joined to their labels by id).
+    oof = pd.read_parquet(fold / "oof.parquet")
+    labels = pd.read_csv("data/train.csv").set_index("id").loc[oof["id"], "label"].to_numpy()
+    predicted = oof.filter(like="p_").to_numpy().argmax(1)
+    assert scores["scores"]["accuracy"] == pytest.approx(accuracy_score(labels, predicted))
     if name in ("restarts", "all"):
         assert sorted(p.name for p in fold.glob("snapshot*")) == [
             "snapshot0.safetensors",
             "snapshot1.safetensors",
         ]
-    if "tricks.ema.enabled=true" in overrides:
-        assert (fold / "ema.safetensors").is_file()
+    # The fold predicts with what scored its OOF: the snapshots, else SWA's or EMA's weights.
+    expected = PREDICTING.get(name, ["model.safetensors"])
+    assert scores["prediction_weights"] == expected
+    assert all((fold / file).is_file() for file in expected)
     assert main(["infer", *args]) == 0

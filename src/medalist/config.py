@@ -233,6 +233,11 @@ class TrainConfig(Section):
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
         "no", description="accelerate precision."
     )
+    sync_bn: bool = Field(
+        False,
+        description="Batch norm over the rows of every process (SyncBatchNorm) when several run; "
+        "else each normalises its own batch_size rows. Matters for small per-process batches.",
+    )
     seed: int = Field(42, description="Seed of weights, data order and augmentation.")
     checkpoint_every: int = Field(
         0,
@@ -284,10 +289,17 @@ class PseudoConfig(Section):
     )
     mode: Literal["soft", "hard"] = Field("soft", description="Soft probabilities or hard labels.")
     threshold: float | list[float] | None = Field(
-        None, description="Minimum confidence (one value, or one per class); null: all rows."
+        None,
+        description="Minimum confidence: one value, or one per predicted class (binary: "
+        "[negative, positive]), or one per label (multilabel: every label passes its own); "
+        "null: all rows.",
     )
     max_fraction: float = Field(1.0, gt=0, le=1, description="Keep at most this fraction of rows.")
-    balance: bool = Field(False, description="Keep the same number of rows per predicted class.")
+    balance: bool = Field(
+        False,
+        description="Keep the same number of rows per predicted class (binary, multiclass; none "
+        "when only one class is predicted); refused for multilabel and regression.",
+    )
     weight: float = Field(1.0, gt=0, description="Loss weight of a pseudo-labelled row.")
     allow_test: bool = Field(
         True, description="false where the competition forbids pseudo-labelling the test set."

@@ -8,9 +8,14 @@ every hook at every event through :class:`Hooks` and never names a trick. The ev
 - ``per_sample_loss(state, batch, outputs, losses) -> losses``: per-sample losses, shape (batch,)
   (OHEM keeps the hardest).
 - ``compute_loss(state, batch, outputs, loss) -> loss``: the reduced loss (R-Drop, flooding).
-- ``after_backward(state, batch)``: gradients exist, the optimizer has not stepped (AWP, FGM).
+- ``after_backward(state, batch)``: gradients exist, the optimizer has not stepped (AWP, FGM,
+  PGD). An adversarial pass computes the loss again with :meth:`TrainState.forward_loss`, so the
+  two loss events run once more per pass, at the perturbed weights: they must not assume they
+  run once per micro-batch.
 - ``after_step(state)``: after a real optimizer step (not an accumulation micro-step) (EMA).
-- ``eval_model(state) -> module | None``: the weights to evaluate and save instead (EMA, SWA).
+- ``eval_model(state) -> module | None``: the weights to evaluate and save instead (EMA, SWA),
+  as ``fold{k}/<weights_name>.safetensors``; the fold predicts with them (or with snapshots of
+  them, in a snapshot ensemble).
 - ``on_epoch_end(state)``: after the epoch's training, before its evaluation (SWA).
 - ``on_fit_end(state)``: once per fold, after the last epoch.
 
@@ -47,6 +52,7 @@ class TrainState:
     loss_sum: Any = 0.0  # running sum and count of this epoch's training losses
     loss_count: int = 0
     bad_steps: int = 0  # consecutive skipped (non-finite) steps
+    hooks: Hook | None = None  # whose loss events shape the training loss (set by the loop)
 
     def sample_loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
         """Per-sample loss of a batch, times its per-sample ``weight`` when it has one."""
@@ -54,12 +60,30 @@ class TrainState:
         return losses * batch["weight"] if "weight" in batch else losses
 
     def forward_loss(self, batch: dict) -> torch.Tensor:
-        """A plain forward pass and the mean loss, without hooks (for AWP, FGM and PGD)."""
-        return self.sample_loss(self.model(batch["input"]), batch).mean()
+        """The training loss of a batch at the current weights.
+
+        A forward pass, the per-sample losses, then the ``per_sample_loss`` and ``compute_loss``
+        events of :attr:`hooks` (OHEM, R-Drop, flooding, ...). The loop's step and the
+        adversarial passes (AWP, FGM, PGD) both call this, so a perturbed pass optimises the
+        same loss as the step it belongs to.
+        """
+        outputs = self.model(batch["input"])
+        losses = self.sample_loss(outputs, batch)
+        if self.hooks is None:
+            return losses.mean()
+        losses = self.hooks.per_sample_loss(self, batch, outputs, losses)
+        return self.hooks.compute_loss(self, batch, outputs, losses.mean())
 
 
 class Hook:
-    """Base class: every event does nothing."""
+    """Base class: every event does nothing.
+
+    Attributes:
+        weights_name: the name of the weights :meth:`eval_model` returns, and of their file
+            (``ema`` gives ``ema.safetensors``); None: the class name in lower case.
+    """
+
+    weights_name: str | None = None
 
     def on_fit_start(self, state: TrainState) -> None:
         pass
@@ -81,6 +105,13 @@ class Hook:
 
     def eval_model(self, state: TrainState) -> torch.nn.Module | None:
         return None
+
+    def evaluated(self, state: TrainState) -> tuple[str, torch.nn.Module] | None:
+        """:meth:`eval_model` with its name (see ``weights_name``), or None."""
+        module = self.eval_model(state)
+        if module is None:
+            return None
+        return self.weights_name or type(self).__name__.lower(), module
 
     def on_epoch_end(self, state: TrainState) -> None:
         pass
@@ -130,9 +161,14 @@ class Hooks(Hook):
             hook.after_step(state)
 
     def eval_model(self, state):
+        found = self.evaluated(state)
+        return None if found is None else found[1]
+
+    def evaluated(self, state):
+        """The last hook's evaluated weights (SWA's after EMA's), with their name."""
         chosen = None
         for hook in self.hooks:
-            chosen = hook.eval_model(state) or chosen
+            chosen = hook.evaluated(state) or chosen
         return chosen
 
     def on_epoch_end(self, state):

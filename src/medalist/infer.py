@@ -1,9 +1,11 @@
 """The ``infer`` stage: test predictions of every trained fold, and their average.
 
-Reads ``outputs/<experiment>/fold*/model.safetensors``, ``task.json`` and ``data/test.csv``.
-Writes ``outputs/<experiment>/fold{k}/test.parquet`` and the fold average ``test.parquet``, in the
-prediction-table format (id, then one column per output), and ``infer.json``: the views and merge
-they were predicted with (what ``medalist package`` ships, whatever config trained the folds).
+Reads each fold's prediction weights (those that scored its OOF rows, as ``fold{k}/scores.json``
+records them: the model's, the EMA's or SWA's, or the mean of its snapshots), ``task.json`` and
+``data/test.csv``. Writes ``outputs/<experiment>/fold{k}/test.parquet`` and the fold average
+``test.parquet``, in the prediction-table format (id, then one column per output), and
+``infer.json``: the views and merge they were predicted with (what ``medalist package`` ships,
+whatever config trained the folds).
 """
 
 from __future__ import annotations
@@ -22,9 +24,16 @@ from medalist.data import experiment_dir, read_test, read_train, test_path, trai
 from medalist.errors import DataError
 from medalist.folds import load_folds
 from medalist.io import write_json, write_parquet
-from medalist.loop import make_accelerator, make_loader
+from medalist.loop import check_precision, make_accelerator, make_loader
 from medalist.tasks import Task, build_task
-from medalist.train import FULL_FIT, MODALITIES, fold_dir, prediction_weights
+from medalist.train import (
+    FULL_FIT,
+    MODALITIES,
+    fold_dir,
+    has_prediction_weights,
+    mean_prediction,
+    prediction_weights,
+)
 from medalist.tta import batched_views, expand_views, merge
 from medalist.weights import load_weights
 
@@ -39,7 +48,7 @@ def trained_folds(cfg: Config) -> list[int]:
     else:
         folds = sorted(int(p.name[4:]) for p in out.glob("fold*") if p.name[4:].isdigit())
         folds += [FULL_FIT] if (out / "full").is_dir() else []
-    missing = [f for f in folds if not prediction_weights(cfg, f).is_file()]
+    missing = [f for f in folds if not has_prediction_weights(cfg, f)]
     if not folds or missing:
         raise DataError(
             f"{out}: no trained weights for fold(s) {missing or 'any'}; run train first"
@@ -69,14 +78,23 @@ def predict(model, loader, accelerator, task: Task, views: list[str], how: str, 
     return torch.cat(outputs).numpy()[order]
 
 
-def _fold_model(cfg, task, modality, accelerator, fold):
-    model = load_weights(modality.build_model(cfg, task), prediction_weights(cfg, fold))
-    return accelerator.prepare(model)
+def predict_fold(cfg, task, modality, accelerator, fold, loader, views, progress=False):
+    """A fold's merged TTA predictions of ``loader``'s rows: the mean of its prediction
+    weights' (one file, or the snapshots of a snapshot ensemble), as its OOF was made."""
+    outputs = []
+    for path in prediction_weights(cfg, fold):
+        model = accelerator.prepare(load_weights(modality.build_model(cfg, task), path))
+        outputs.append(
+            predict(model, loader, accelerator, task, views, cfg.infer.tta_merge, progress)
+        )
+        accelerator.free_memory(model)
+    return mean_prediction(outputs)
 
 
 def run(cfg: Config) -> pd.DataFrame:
     """Predict the test set with every trained fold; returns the averaged prediction table."""
-    # An unknown view stops here, before any work.
+    # An unknown view or a precision the device cannot run stops here, before any work.
+    check_precision(cfg)
     views = expand_views(cfg.infer.tta, modality=cfg.modality)
     train = read_train(cfg)
     folds_table = load_folds(
@@ -97,20 +115,12 @@ def run(cfg: Config) -> pd.DataFrame:
     loader = accelerator.prepare(make_loader(dataset, cfg.infer.batch_size, shuffle=False, cfg=cfg))
     per_fold = []
     for fold in folds:
-        model = _fold_model(cfg, task, modality, accelerator, fold)
-        probs = predict(
-            model,
-            loader,
-            accelerator,
-            task,
-            views,
-            cfg.infer.tta_merge,
-            progress=cfg.train.progress,
+        probs = predict_fold(
+            cfg, task, modality, accelerator, fold, loader, views, cfg.train.progress
         )
         per_fold.append(probs)
         if accelerator.is_main_process:
             write_parquet(fold_dir(cfg, fold) / "test.parquet", _table(cfg, task, test, probs))
-        accelerator.free_memory(model)
     table = _table(cfg, task, test, np.mean(per_fold, axis=0))
     if accelerator.is_main_process:
         write_parquet(experiment_dir(cfg) / "test.parquet", table)
@@ -153,14 +163,12 @@ def tta_oof(cfg, task, modality, accelerator, train, folds_table, folds, views) 
         loader = accelerator.prepare(
             make_loader(dataset, cfg.infer.batch_size, shuffle=False, cfg=cfg)
         )
-        model = _fold_model(cfg, task, modality, accelerator, fold)
-        probs = predict(model, loader, accelerator, task, views, cfg.infer.tta_merge)
+        probs = predict_fold(cfg, task, modality, accelerator, fold, loader, views)
         part = pd.DataFrame(probs, columns=task.pred_columns)
         part.insert(0, "fold", fold)
         part.insert(0, id_column, subset[id_column].to_numpy())
         parts.append(part)
         rows_all.append(rows)
-        accelerator.free_memory(model)
     if not parts:
         return {}
     oof = pd.concat(parts, ignore_index=True)

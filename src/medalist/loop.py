@@ -27,18 +27,27 @@ from medalist.checkpoint import (
     set_rng_state,
 )
 from medalist.config import Config
-from medalist.errors import TrainingDivergedError
+from medalist.errors import ConfigError, TrainingDivergedError
 from medalist.hooks import Hook, Hooks, TrainState, Tricks
 from medalist.optim import build_optimizer, build_scheduler
+from medalist.syncbn import sync_batch_norm
 from medalist.tasks import Task
 from medalist.weights import load_state_into
 
 log = logging.getLogger(__name__)
 
 
+def check_precision(cfg: Config) -> None:
+    """fp16 needs a CUDA GPU (its grad scaler and kernels); refused before any work elsewhere."""
+    if cfg.train.mixed_precision == "fp16" and (cfg.train.cpu or not torch.cuda.is_available()):
+        raise ConfigError("train.mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on the CPU")
+
+
 def make_accelerator(cfg: Config, log_with: list[str] | None = None) -> Accelerator:
     """An Accelerator with seedable (resumable, process-independent) data order; ``log_with``:
-    the experiment trackers it starts (see :mod:`medalist.tracking`)."""
+    the experiment trackers it starts (see :mod:`medalist.tracking`). A precision the device
+    cannot run is refused (:func:`check_precision`)."""
+    check_precision(cfg)
     return Accelerator(
         log_with=log_with or None,
         mixed_precision=cfg.train.mixed_precision,
@@ -140,13 +149,16 @@ class FoldResult:
     scores: dict
     valid_logits: np.ndarray | None
     history: list[dict]
+    eval_name: str = "model"  # what scored the validation rows: "model", or the hook's "ema", "swa"
 
 
 def _step_is_finite(state: TrainState, cfg: Config, bad_loss: torch.Tensor) -> bool:
     """Clip (or just measure) the gradient norm; False when the loss or the norm is not finite.
 
-    One device sync per optimizer step. Under fp16 the grad scaler owns overflow handling (it
-    skips the step and lowers the scale), so only a non-finite loss counts as bad there.
+    The loop's one host sync per optimizer step, and a needed one: a step with a non-finite
+    loss or gradient must be skipped whole (optimizer, scheduler, EMA), which the host decides.
+    Under fp16 the grad scaler owns overflow handling (it skips the step and lowers the scale),
+    so only a non-finite loss counts as bad there.
     """
     accelerator, params = state.accelerator, state.model.parameters()
     if cfg.train.max_grad_norm:
@@ -156,7 +168,7 @@ def _step_is_finite(state: TrainState, cfg: Config, bad_loss: torch.Tensor) -> b
         norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
     if cfg.train.mixed_precision == "fp16":
         return not bool(bad_loss)
-    return bool(torch.isfinite(norm)) and not bool(bad_loss)
+    return bool(torch.isfinite(norm) & ~bad_loss)
 
 
 def _count_bad_step(state: TrainState, cfg: Config) -> None:
@@ -171,6 +183,11 @@ def _count_bad_step(state: TrainState, cfg: Config) -> None:
         raise TrainingDivergedError(
             f"{state.bad_steps} optimizer steps in a row had a non-finite loss or gradient "
             f"(train.max_bad_steps={cfg.train.max_bad_steps}); lower train.lr or check the data"
+            + (
+                f", or try train.mixed_precision=no (now {cfg.train.mixed_precision})"
+                if cfg.train.mixed_precision != "no"
+                else ""
+            )
         )
 
 
@@ -180,17 +197,19 @@ def train_one_epoch(
     """One pass over ``loader``; returns the mean training loss of the epoch.
 
     A step whose loss or gradient is not finite is skipped whole: no optimizer, scheduler or
-    hook update (R5). ``on_step()`` runs after every real optimizer step (checkpoints).
+    hook update (R5). ``on_step()`` runs after every real optimizer step (checkpoints). The only
+    host sync of a micro-batch is the finiteness check on optimizer steps; the running loss
+    shown on the bar is read (a sync) only when the bar is shown.
     """
     accelerator, model, optimizer = state.accelerator, state.model, state.optimizer
     model.train()
+    state.hooks = hooks  # forward_loss runs their loss events, for the step and adversarial passes
     bad_loss = torch.zeros((), dtype=torch.bool, device=accelerator.device)
+    shown = not bar.disable
     for batch in loader:
         batch = hooks.before_batch(state, batch)
         with accelerator.accumulate(model):
-            outputs = model(batch["input"])
-            losses = hooks.per_sample_loss(state, batch, outputs, state.sample_loss(outputs, batch))
-            loss = hooks.compute_loss(state, batch, outputs, losses.mean())
+            loss = state.forward_loss(batch)
             bad_loss |= ~torch.isfinite(loss.detach())
             accelerator.backward(loss)
             hooks.after_backward(state, batch)
@@ -199,8 +218,9 @@ def train_one_epoch(
                 finite = _step_is_finite(state, cfg, bad_loss)
                 bad_loss.zero_()
                 if finite or cfg.train.mixed_precision == "fp16":
-                    optimizer.step()
-                    state.scheduler.step() if finite else None
+                    optimizer.step()  # under fp16 the scaler skips a step it finds non-finite
+                if finite:
+                    state.scheduler.step()
             optimizer.zero_grad(set_to_none=True)
         state.batch_in_epoch += 1
         if finite:
@@ -216,7 +236,7 @@ def train_one_epoch(
                 if on_step is not None:
                     on_step()
         bar.update(1)
-        if bar.n % 10 == 0 and state.loss_count:
+        if shown and bar.n % 10 == 0 and state.loss_count:
             bar.set_postfix(loss=f"{(state.loss_sum / state.loss_count).item():.4f}", refresh=False)
     return (state.loss_sum / max(state.loss_count, 1)).item()
 
@@ -273,6 +293,8 @@ class FoldTrainer:
             cfg=cfg,
             sampler=tricks.make_sampler(cfg.train.seed),
         )
+        if cfg.train.sync_bn and accelerator.num_processes > 1:
+            model = sync_batch_norm(model, accelerator.device)  # same parameters, same keys
         optimizer = build_optimizer(model.to(accelerator.device), cfg)
         scheduler = build_scheduler(optimizer, cfg, len(loader), accelerator.num_processes)
         self.model, self.optimizer, self.loader, self.scheduler = accelerator.prepare(
@@ -326,6 +348,7 @@ class FoldTrainer:
                 "bad_steps": state.bad_steps,
                 "best_epoch": self.best.best_epoch,
                 "best_scores": self.best.scores,
+                "best_eval_name": self.best.eval_name,
                 "history": self.best.history,
                 "training_hash": self._training_hash(),
                 "pseudo_round": self.cfg.train.pseudo_round,
@@ -381,6 +404,7 @@ class FoldTrainer:
             p["best_scores"],
             best.get("logits"),
             p["history"],
+            p.get("best_eval_name", "model"),
         )
         self.accelerator.step = 0  # checkpoints are taken on optimizer-step boundaries
         log.info(
@@ -440,7 +464,7 @@ class FoldTrainer:
                 "train_loss": train_loss,
                 "lr": self.scheduler.get_last_lr()[0],
             }
-            eval_model = hooks.eval_model(state) or self.model
+            eval_name, eval_model = hooks.evaluated(state) or ("model", self.model)
             scores, logits = {}, None
             if self.valid_loader is not None:
                 scores, logits = _evaluate(state, eval_model, self.valid_loader, self.valid_targets)
@@ -453,7 +477,9 @@ class FoldTrainer:
             )
             if improved or ((self.valid_loader is None or cfg.train.keep == "last") and last):
                 weights = _snapshots(self.accelerator, self.model, eval_model)
-                self.best = FoldResult(*weights, state.epoch, scores, logits, self.best.history)
+                self.best = FoldResult(
+                    *weights, state.epoch, scores, logits, self.best.history, eval_name
+                )
             row["seconds"] = time.perf_counter() - started
             self.best.history.append(row)
             if self.accelerator.is_main_process:

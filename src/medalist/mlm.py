@@ -35,7 +35,7 @@ from medalist.config import Config
 from medalist.data import read_test, read_train, test_path, train_path
 from medalist.errors import CheckpointError, ConfigError, DataError, MedalistError
 from medalist.io import write_json
-from medalist.loop import set_loader_epoch
+from medalist.loop import check_precision, set_loader_epoch
 from medalist.text import LengthBatchSampler, Template, check_text_rows, text_columns
 from medalist.text_model import (
     backbone_dir,
@@ -174,10 +174,14 @@ def _load_model(folder: Path):
             f"{folder}: {len(missing)} tensors missing (e.g. {sorted(missing)[:3]}); "
             "is it a checkpoint of another architecture?"
         )
-    if missing:
-        log.info(
-            "%d masked-LM head tensors are new (not in %s): %s", len(missing), folder, missing[:4]
-        )
+    # A backbone shipped without its MLM head (a sentence encoder) is the usual case: one line.
+    body = [k for k in missing if k.startswith(f"{model.base_model_prefix}.")]
+    head = len(missing) - len(body)
+    if head:
+        log.info("MLM head not in the checkpoint: initialised fresh (%d tensors)", head)
+        log.debug("MLM head tensors initialised fresh: %s", [k for k in missing if k not in body])
+    if body:
+        log.warning("%s: %d backbone tensors initialised fresh: %s", folder, len(body), body[:5])
     return model
 
 
@@ -290,6 +294,7 @@ def run(cfg: Config) -> dict:
     from transformers import get_scheduler
 
     started = time.perf_counter()
+    check_precision(cfg)
     mlm = cfg.mlm
     key = "mlm.backbone" if mlm.backbone else "text.backbone"
     folder = backbone_dir(mlm.backbone or cfg.text.backbone, key)

@@ -16,8 +16,9 @@ or ``train.experiment``) under ``outputs/``, the folds manifest and the config. 
 
 and ``<kaggle.output_dir>/notebook/`` (``predict.ipynb`` and ``kernel-metadata.json`` for
 `kaggle kernels push`), plus ``inference/predict.py`` and ``predict.ipynb`` in the project. Only
-the prediction weights of each fold go in (the EMA's when EMA is on). The bundle is built beside
-its final place, checked (:mod:`medalist.offline.scan`), then moved in.
+the prediction weights of each fold go in: those that scored its OOF rows (the model's, the
+EMA's or SWA's, or its snapshots; :func:`medalist.train.prediction_weights`). The bundle is built
+beside its final place, checked (:mod:`medalist.offline.scan`), then moved in.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ BACKBONE_FILES = scan.ALLOWED - {".whl", ".py", ".ipynb"}
 class Experiment:
     name: str
     cfg: Config  # the experiment's own resolved config (outputs/<name>/config.yaml)
-    weights: dict[str, Path]  # fold -> prediction weights
+    weights: dict[str, list[Path]]  # fold -> its prediction weights (their mean predicts)
 
 
 @dataclass
@@ -223,10 +224,10 @@ def _copy_experiment(experiment: Experiment, outputs: Path, root: Path, plan: Pl
     # The views and merge of the last `infer` (test.parquet's), not the training config's.
     entry["infer"] = inference_settings(experiment.cfg)
     entry["weights"] = {}
-    for fold, weights in experiment.weights.items():
-        relative = f"{target}/{weights.parent.name}/{weights.name}"
-        _place(weights, root / relative)
-        entry["weights"][fold] = relative
+    for fold, files in experiment.weights.items():
+        entry["weights"][fold] = [f"{target}/{path.parent.name}/{path.name}" for path in files]
+        for path, relative in zip(files, entry["weights"][fold], strict=True):
+            _place(path, root / relative)
     # Paths of the training machine mean nothing on Kaggle: the fine-tuned weights replace the
     # pretrained ones, and a text backbone folder (its config, tokenizer) travels in the bundle.
     entry["paths"] = {"model.pretrained_path": None}
@@ -417,7 +418,9 @@ def run(cfg: Config) -> Path:
         len(manifest["files"]) + 1,
         size / 1e6,
         len(manifest["install"]),
-        sum(len(e["weights"]) for e in manifest["experiments"].values()),
+        sum(
+            len(files) for e in manifest["experiments"].values() for files in e["weights"].values()
+        ),
         folder,
     )
     return target

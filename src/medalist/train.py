@@ -1,10 +1,13 @@
 """The ``train`` stage: every configured fold (or a full fit), then OOF, metrics and the ledger.
 
 Reads ``data/train.csv``, ``folds/`` and the config. Writes under ``outputs/<experiment>/``:
-``config.yaml`` (resolved), ``task.json``, ``fold{k}/model.safetensors``, ``fold{k}/oof.parquet``,
-``fold{k}/scores.json``, and once every fold is done ``oof.parquet``, ``metrics.json`` and
-``log.csv``, plus a row in ``outputs/ledger.csv``. A fold whose files are complete for the same
-training config is not trained again, so re-running after an interruption continues.
+``config.yaml`` (resolved), ``task.json``, ``fold{k}/model.safetensors`` (+ the evaluated
+weights ``ema.safetensors`` or ``swa.safetensors``, or ``snapshot{c}.safetensors``),
+``fold{k}/oof.parquet``, ``fold{k}/scores.json`` (its scores, and the weight files its OOF rows
+came from: :func:`prediction_weights`), and once every fold is done ``oof.parquet``,
+``metrics.json`` and ``log.csv``, plus a row in ``outputs/ledger.csv``. A fold whose files are
+complete for the same training config is not trained again, so re-running after an interruption
+continues.
 """
 
 from __future__ import annotations
@@ -28,23 +31,67 @@ from medalist.errors import ConfigError, DataError
 from medalist.folds import load_folds
 from medalist.io import sha256_file, write_json, write_parquet, write_text
 from medalist.ledger import append_ledger
-from medalist.loop import fit_fold, make_accelerator, seed_everything
-from medalist.pseudo import folds_hash, load_for_fold, pseudo_dir
+from medalist.loop import (
+    check_precision,
+    fit_fold,
+    make_accelerator,
+    make_loader,
+    predict_logits,
+    seed_everything,
+)
+from medalist.pseudo import as_hard, folds_hash, labels_mode, load_for_fold, pseudo_dir
 from medalist.tasks import Task, build_task
 from medalist.tracking import RunTracker, check_trackers
 from medalist.tricks.registry import build_tricks
-from medalist.weights import save_weights
+from medalist.tricks.schedule import snapshot_names
+from medalist.weights import load_weights, save_weights
 
 log = logging.getLogger(__name__)
 MODALITIES = {"image": image_modality, "text": text_modality}
 FULL_FIT = -1
-EVAL_WEIGHTS = "ema.safetensors"
+MODEL_WEIGHTS = "model.safetensors"
+LEGACY_EVAL_WEIGHTS = "ema.safetensors"  # an older medalist's file for EMA and SWA weights alike
 
 
-def prediction_weights(cfg: Config, fold: int) -> Path:
-    """The weights predictions come from: the EMA's when EMA is on, else the model's."""
-    name = EVAL_WEIGHTS if cfg.tricks.ema.enabled else "model.safetensors"
-    return fold_dir(cfg, fold) / name
+def weights_file(name: str) -> str:
+    """The file of the fold's weights called ``name`` (``model``, ``ema``, ``swa``)."""
+    return f"{name}.safetensors"
+
+
+def prediction_weights(cfg: Config, fold: int) -> list[Path]:
+    """The weight files a fold predicts with; its prediction is the mean of theirs.
+
+    Training records them in ``fold{k}/scores.json`` (``prediction_weights``): the weights that
+    scored the OOF rows (``model``, ``ema`` or ``swa.safetensors``), or the cycle snapshots of a
+    snapshot ensemble. ``infer`` (test set and TTA OOF) and ``package`` read the record, so they
+    predict with the weights the CV was measured with, whatever the config says now.
+
+    Raises:
+        DataError: the fold has no ``scores.json`` (its training never finished).
+    """
+    folder = fold_dir(cfg, fold)
+    record = folder / "scores.json"
+    if not record.is_file():
+        raise DataError(f"{record} not found: fold {fold} is not trained; run train first")
+    names = json.loads(record.read_text()).get("prediction_weights")
+    if names is None:  # a fold trained before the record existed
+        names = [_legacy_weights(cfg, folder)]
+    return [folder / name for name in names]
+
+
+def _legacy_weights(cfg: Config, folder: Path) -> str:
+    """An older medalist scored the OOF with the EMA or SWA weights when it saved any."""
+    averaged = cfg.tricks.ema.enabled or cfg.tricks.swa.enabled
+    if averaged and (folder / LEGACY_EVAL_WEIGHTS).is_file():
+        return LEGACY_EVAL_WEIGHTS
+    return MODEL_WEIGHTS
+
+
+def has_prediction_weights(cfg: Config, fold: int) -> bool:
+    """Whether the fold finished training and every file it predicts with is there."""
+    if not (fold_dir(cfg, fold) / "scores.json").is_file():
+        return False
+    return all(path.is_file() for path in prediction_weights(cfg, fold))
 
 
 def backbone_weights(cfg: Config) -> list[Path]:
@@ -77,15 +124,12 @@ def fold_dir(cfg: Config, fold: int) -> Path:
 
 
 def fold_done(cfg: Config, fold: int) -> bool:
-    scores = fold_dir(cfg, fold) / "scores.json"
-    if not scores.is_file() or not (fold_dir(cfg, fold) / "model.safetensors").is_file():
+    """Whether the fold's files are complete for this training config."""
+    folder = fold_dir(cfg, fold)
+    if not has_prediction_weights(cfg, fold) or not (folder / MODEL_WEIGHTS).is_file():
         return False
-    return json.loads(scores.read_text()).get("training_hash") == training_hash(cfg)
-
-
-def check_precision(cfg: Config) -> None:
-    if cfg.train.mixed_precision == "fp16" and (cfg.train.cpu or not torch.cuda.is_available()):
-        raise ConfigError("train.mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on the CPU")
+    record = json.loads((folder / "scores.json").read_text())
+    return record.get("training_hash") == training_hash(cfg)
 
 
 def _selected_folds(cfg: Config, folds: pd.DataFrame) -> list[int]:
@@ -177,11 +221,24 @@ def run(cfg: Config) -> dict:
         tracker.finish(metrics)  # the CV when the run got that far; the trackers closed
 
 
-def _soft(task: Task, targets: np.ndarray) -> np.ndarray:
-    """Labelled targets in the pseudo labels' form (class probabilities), for one batch type."""
-    if task.type == "multiclass":
-        return np.eye(task.num_outputs, dtype=np.float32)[targets]
-    return targets.astype(np.float32)
+def _train_targets(cfg: Config, task: Task, targets: np.ndarray) -> np.ndarray:
+    """The labelled training rows' targets as the loss takes them.
+
+    Hard labels are integers (multilabel 0/1 included), which the loss or mixup smooths once
+    (:func:`medalist.tricks.losses.soft_targets`). In a pseudo round they share batches with the
+    pseudo labels' probabilities, so they become probabilities here, smoothed here, once.
+    """
+    if task.type == "multilabel":
+        targets = targets.astype(np.int64)  # hard: told apart from soft labels by their dtype
+    return targets if cfg.train.pseudo_round is None else _smoothed(cfg, task, targets)
+
+
+def _smoothed(cfg: Config, task: Task, hard: np.ndarray) -> np.ndarray:
+    """Hard labels as float probabilities with ``tricks.loss.label_smoothing`` applied."""
+    from medalist.tricks.losses import soft_targets
+
+    soft = soft_targets(task, torch.from_numpy(hard), cfg.tricks.loss.label_smoothing)
+    return soft.numpy().astype(np.float32)
 
 
 def _pseudo_set(cfg, task, modality, fold):
@@ -200,6 +257,8 @@ def _pseudo_set(cfg, task, modality, fold):
     labels = table[task.pred_columns].to_numpy(dtype=np.float32)
     if task.type == "binary":
         labels = labels[:, 0]
+    if labels_mode(cfg) == "hard":  # hard labels, smoothed once as the labelled rows are
+        labels = _smoothed(cfg, task, as_hard(task.type, labels))
     log.info("fold %s: %d pseudo-labelled test rows added to training", fold, len(rows))
     return modality.build_dataset(
         cfg,
@@ -237,7 +296,7 @@ def _train_fold(
     train_set = modality.build_dataset(
         cfg,
         _subset(train, train_rows),
-        _soft(task, targets[train_rows]) if cfg.train.pseudo_round else targets[train_rows],
+        _train_targets(cfg, task, targets[train_rows]),
         split="train",
         train=True,
         source=source,
@@ -270,17 +329,24 @@ def _train_fold(
         accelerator=accelerator,
         on_epoch=on_epoch,
     )
+    folder = fold_dir(cfg, fold)
+    snapshots = snapshot_names(cfg)
+    if snapshots:
+        accelerator.wait_for_everyone()  # the main process saved them; every process reads them
+    probs = scores = None
+    if valid_rows is not None and snapshots:
+        paths = [folder / name for name in snapshots]
+        probs = _snapshot_oof(cfg, task, model, valid_set, paths, accelerator)
+        log.info("fold %s: OOF from the mean of %d snapshots", fold, len(paths))
+        scores = task.score(valid_targets, probs)  # the fold's scores are its OOF's
+    elif valid_rows is not None:
+        probs = task.activate(torch.from_numpy(result.valid_logits)).numpy()
     if not accelerator.is_main_process:
         return
-    folder = fold_dir(cfg, fold)
-    meta = {"fold": fold, "epoch": result.best_epoch}
-    model.load_state_dict(result.state_dict)
-    save_weights(model, folder / "model.safetensors", meta)
-    if result.eval_state_dict is not None:  # predictions come from these (EMA) weights
-        model.load_state_dict(result.eval_state_dict)
-        save_weights(model, folder / EVAL_WEIGHTS, meta)
-    if valid_rows is not None:
-        probs = task.activate(torch.from_numpy(result.valid_logits)).numpy()
+    # The files the OOF rows came from are the ones the fold predicts the test set with.
+    predicting = snapshots or [weights_file(result.eval_name)]
+    _save_fold_weights(model, folder, fold, result, predicting)
+    if probs is not None:
         oof = pd.DataFrame(probs, columns=task.pred_columns)
         oof.insert(0, "fold", fold)
         oof.insert(
@@ -295,11 +361,53 @@ def _train_fold(
         {
             "fold": fold,
             "best_epoch": result.best_epoch,
-            "scores": result.scores,
+            "scores": result.scores if scores is None else scores,
+            "prediction_weights": predicting,
             "training_hash": training_hash(cfg),
         },
     )
     clear_checkpoints(folder)  # the fold is complete; its resumable state is not needed
+
+
+def _save_fold_weights(model, folder: Path, fold: int, result, predicting: list[str]) -> None:
+    """The kept epoch's weights, and the evaluated ones (EMA, SWA) when a hook had them.
+
+    Each file's metadata says what it holds (``weights``) and whether the fold's OOF rows, and
+    so its test predictions, come from it (``oof``).
+    """
+    states = {"model": result.state_dict}
+    if result.eval_state_dict is not None:
+        states[result.eval_name] = result.eval_state_dict
+    for name, state in states.items():
+        model.load_state_dict(state)
+        meta = {
+            "fold": fold,
+            "epoch": result.best_epoch,
+            "weights": name,
+            "oof": weights_file(name) in predicting,
+        }
+        save_weights(model, folder / weights_file(name), meta)
+
+
+def _snapshot_oof(cfg, task, model, valid_set, paths: list[Path], accelerator) -> np.ndarray:
+    """The mean of the snapshots' predictions of the validation rows, as ``infer`` averages
+    them for the test set. Every process takes part (the predictions are gathered)."""
+    size = cfg.train.eval_batch_size or 2 * cfg.train.batch_size  # as the loop evaluates
+    loader = accelerator.prepare(make_loader(valid_set, size, shuffle=False, cfg=cfg))
+    outputs = []
+    for path in paths:
+        _, logits = predict_logits(load_weights(model, path), loader, accelerator)
+        outputs.append(task.activate(torch.from_numpy(logits)).numpy())
+    return mean_prediction(outputs)
+
+
+def mean_prediction(outputs: list[np.ndarray]) -> np.ndarray:
+    """A fold's prediction from those of its weight files (one, or a snapshot ensemble's).
+
+    ``train`` (OOF), ``infer`` and the offline bundle all average through here, so the same
+    predictions give the same bits everywhere.
+    """
+    return np.mean(outputs, axis=0)
 
 
 def summarize(cfg, task, train, targets, fold_of_row, selected) -> dict:

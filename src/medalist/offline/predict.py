@@ -2,9 +2,10 @@
 
 This is what the inference notebook calls once medalist is installed from the bundle. It reads
 the bundle and the competition's test files only (never train.csv, folds or outputs/), predicts
-as the ``infer`` stage does (same dataset, views, merge and fold average), blends with the
-weights the ``ensemble`` stage fitted, and writes the file through the ``submission`` stage,
-which validates it against the sample submission.
+as the ``infer`` stage does (same dataset, views and merge; a fold's prediction the mean of its
+weight files', the folds averaged), blends with the weights the ``ensemble`` stage fitted, and
+writes the file through the ``submission`` stage, which validates it against the sample
+submission.
 
 Paths come from a profile. ``kaggle``: the bundle under ``/kaggle/input``, the competition's data
 at ``/kaggle/input/<competition>``, output to ``/kaggle/working``. ``local``: the competition's
@@ -144,19 +145,21 @@ def predict_experiment(
 ) -> tuple[pd.DataFrame, Task, np.ndarray]:
     """The fold average of one experiment's merged TTA predictions, as ``infer`` makes it.
 
+    A fold's prediction is the mean of its weight files' (one, or a snapshot ensemble's).
+
     Args:
         bundle: the bundle folder.
         entry: the experiment's entry in the manifest.
         data: the competition's data folder (test table and files).
         rows: predict only the first rows (the time estimate).
-        timings: when given, one dict per fold is appended (seconds to load, to predict).
+        timings: when given, one dict per weight file is appended (seconds to load, to predict).
 
     Returns:
         (the test rows, the task, predictions shaped (rows, outputs)).
     """
     from medalist.infer import predict
     from medalist.loop import make_accelerator, make_loader
-    from medalist.train import MODALITIES
+    from medalist.train import MODALITIES, mean_prediction
     from medalist.tta import expand_views
     from medalist.weights import load_weights
 
@@ -172,35 +175,38 @@ def predict_experiment(
     accelerator = make_accelerator(cfg)
     loader = accelerator.prepare(make_loader(dataset, cfg.infer.batch_size, shuffle=False, cfg=cfg))
     per_fold = []
-    for fold, weights in entry["weights"].items():
-        started = time.perf_counter()
-        model = load_weights(modality.build_model(cfg, task), bundle / weights)
-        model = accelerator.prepare(model)
-        loaded = time.perf_counter()
-        per_fold.append(
-            predict(
-                model,
-                loader,
-                accelerator,
-                task,
-                views,
-                cfg.infer.tta_merge,
-                progress=cfg.train.progress,
+    for fold, files in entry["weights"].items():
+        outputs = []
+        for weights in fold_files(files):
+            started = time.perf_counter()
+            model = load_weights(modality.build_model(cfg, task), bundle / weights)
+            model = accelerator.prepare(model)
+            loaded = time.perf_counter()
+            how = cfg.infer.tta_merge
+            outputs.append(
+                predict(model, loader, accelerator, task, views, how, cfg.train.progress)
             )
-        )
-        if timings is not None:
-            timings.append(
-                {
-                    "fold": fold,
-                    "views": len(views),
-                    "rows": len(test),
-                    "load_seconds": loaded - started,
-                    "predict_seconds": time.perf_counter() - loaded,
-                    "device": str(accelerator.device),
-                }
-            )
-        accelerator.free_memory(model)
+            if timings is not None:
+                timings.append(
+                    {
+                        "fold": fold,
+                        "weights": Path(weights).name,
+                        "views": len(views),
+                        "rows": len(test),
+                        "load_seconds": loaded - started,
+                        "predict_seconds": time.perf_counter() - loaded,
+                        "device": str(accelerator.device),
+                    }
+                )
+            accelerator.free_memory(model)
+        per_fold.append(mean_prediction(outputs))
     return test, task, np.mean(per_fold, axis=0)
+
+
+def fold_files(files: str | list[str]) -> list[str]:
+    """A fold's weight files in the manifest: a list, whose mean predicts (one file, or a
+    snapshot ensemble); a bundle of an older medalist names one file as a string."""
+    return [files] if isinstance(files, str) else list(files)
 
 
 def blend(manifest: dict, task_type: str, predictions: dict[str, np.ndarray]) -> np.ndarray:

@@ -13,7 +13,11 @@
   (ICLR 2018): ``steps`` moves of ``alpha * g / |g|`` projected onto the ``epsilon`` ball; the
   last adversarial gradient is added to the clean one. steps 2-5, alpha about epsilon / 3.
 
-All three restore the weights they touch exactly (the saved tensors are copied back).
+Each adversarial pass computes the step's own training loss at the perturbed weights
+(:meth:`~medalist.hooks.TrainState.forward_loss`: R-Drop, OHEM, flooding and custom loss hooks
+included); under gradient accumulation the attack follows this micro-batch's own gradient. All
+three restore the weights they touch exactly (the saved tensors are copied back), and none syncs
+with the host.
 """
 
 from __future__ import annotations
@@ -66,52 +70,81 @@ def embedding(state: TrainState, pattern: str | None, key: str) -> dict[str, tor
     )
 
 
-def _unit(grad: torch.Tensor) -> torch.Tensor | None:
+def _unit(grad: torch.Tensor) -> torch.Tensor:
+    """``grad / |grad|``, zero for a zero gradient, without a host sync (a non-finite gradient
+    gives a non-finite direction: that step is skipped by the loop and the weights restored)."""
     norm = grad.norm()
-    return None if norm == 0 or not torch.isfinite(norm) else grad / norm
+    return grad * torch.where(norm > 0, norm.reciprocal(), 0.0)
 
 
-class AWP(Hook):
+class _Adversarial(Hook):
+    """What the three share: this micro-batch's own gradient under gradient accumulation.
+
+    Gradients that earlier accumulation micro-batches left are read in ``before_batch`` (before
+    this micro-batch's backward adds to them), so the attack direction comes from this
+    micro-batch's loss alone.
+    """
+
+    def __init__(self):
+        self._earlier: dict[str, torch.Tensor] = {}
+
+    def watched(self) -> dict[str, torch.nn.Parameter]:
+        raise NotImplementedError
+
+    def active(self, state: TrainState) -> bool:
+        return True
+
+    def before_batch(self, state, batch):
+        self._earlier = {}
+        if self.active(state):
+            self._earlier = {
+                n: p.grad.clone() for n, p in self.watched().items() if p.grad is not None
+            }
+        return batch
+
+    def own_grad(self, name: str, param: torch.nn.Parameter) -> torch.Tensor | None:
+        earlier = self._earlier.get(name)
+        return param.grad if earlier is None or param.grad is None else param.grad - earlier
+
+
+class AWP(_Adversarial):
     """Adversarial weight perturbation of the parameters matching ``cfg.params``.
 
-    The micro-batch's gradient (of every parameter) becomes the gradient at the perturbed
-    weights. Gradients that earlier accumulation micro-batches left are put back before the
-    adversarial backward, so autograd adds to them exactly as in a plain step (and, under DDP, the
-    synchronising backward reduces the whole sum).
+    The micro-batch's gradient (of every parameter) becomes the gradient of its training loss
+    (loss tricks included) at the perturbed weights. Gradients that earlier accumulation
+    micro-batches left are put back before the adversarial backward, so autograd adds to them
+    exactly as in a plain step (and, under DDP, the synchronising backward reduces the whole sum).
     """
 
     def __init__(self, cfg: AWPConfig):
+        super().__init__()
         self.cfg = cfg
         self.params: dict[str, torch.nn.Parameter] = {}
-        self._earlier: dict[str, torch.Tensor] = {}
+        self.trainable: dict[str, torch.nn.Parameter] = {}
 
     def on_fit_start(self, state):
         self.params = select(state, self.cfg.params, "tricks.awp.params")
-        self.trainable = [(n, p) for n, p in named_parameters(state) if p.requires_grad]
+        self.trainable = {n: p for n, p in named_parameters(state) if p.requires_grad}
+
+    def watched(self):
+        return self.trainable
 
     def active(self, state) -> bool:
         return state.epoch >= self.cfg.start_epoch
 
-    def compute_loss(self, state, batch, outputs, loss):
-        # Before this micro-batch's backward: what earlier micro-batches accumulated.
-        if self.active(state):
-            self._earlier = {n: p.grad.clone() for n, p in self.trainable if p.grad is not None}
-        return loss
-
     @torch.no_grad()
     def _perturb(self, backup: dict[str, torch.Tensor]) -> None:
         # In place with two temporaries per tensor: each out-of-place product, minimum and
-        # maximum allocates a weight-sized tensor, which made this step 7x slower on CPU.
+        # maximum allocates a weight-sized tensor, which made this step 7x slower on CPU. No
+        # host sync: a zero gradient moves nothing through a zero factor.
         for name, param in self.params.items():
-            if param.grad is None:
-                continue
-            earlier = self._earlier.get(name)
-            grad = param.grad if earlier is None else param.grad - earlier
-            norm = grad.norm()
-            if norm == 0 or not torch.isfinite(norm):
+            grad = self.own_grad(name, param)
+            if grad is None:
                 continue
             saved = backup[name]
-            step = grad * (self.cfg.adv_lr * saved.norm() / norm)  # adv_lr |w| g / |g|
+            norm = grad.norm()
+            scale = torch.where(norm > 0, self.cfg.adv_lr * saved.norm() / norm, 0.0)
+            step = grad * scale  # adv_lr |w| g / |g|
             bound = saved.abs().mul_(self.cfg.adv_eps)
             offset = param.sub_(saved).add_(step)  # the perturbation so far, plus this step
             torch.minimum(offset, bound, out=offset)
@@ -120,7 +153,7 @@ class AWP(Hook):
 
     @torch.no_grad()
     def _reset_grads(self) -> None:
-        for name, param in self.trainable:
+        for name, param in self.trainable.items():
             earlier = self._earlier.get(name)
             param.grad = None if earlier is None else earlier.clone()
 
@@ -138,24 +171,28 @@ class AWP(Hook):
         self._earlier = {}
 
 
-class FGM(Hook):
+class FGM(_Adversarial):
     """One adversarial step on the embedding; the adversarial gradient is added."""
 
     def __init__(self, cfg: FGMConfig):
+        super().__init__()
         self.cfg = cfg
         self.params: dict[str, torch.nn.Parameter] = {}
 
     def on_fit_start(self, state):
         self.params = embedding(state, self.cfg.param, "tricks.fgm.param")
 
+    def watched(self):
+        return self.params
+
     def after_backward(self, state, batch):
         backup = {}
         with torch.no_grad():
             for name, param in self.params.items():
-                direction = None if param.grad is None else _unit(param.grad)
-                if direction is not None:
+                grad = self.own_grad(name, param)
+                if grad is not None:
                     backup[name] = param.detach().clone()
-                    param.add_(self.cfg.epsilon * direction)
+                    param.add_(self.cfg.epsilon * _unit(grad))  # epsilon g / |g|
         if not backup:
             return
         state.accelerator.backward(state.forward_loss(batch))
@@ -164,37 +201,48 @@ class FGM(Hook):
                 self.params[name].copy_(saved)
 
 
-class PGD(Hook):
+class PGD(_Adversarial):
     """``steps`` projected steps on the embedding; the last adversarial gradient is added."""
 
     def __init__(self, cfg: PGDConfig):
+        super().__init__()
         self.cfg = cfg
         self.params: dict[str, torch.nn.Parameter] = {}
 
     def on_fit_start(self, state):
         self.params = embedding(state, self.cfg.param, "tricks.pgd.param")
 
+    def watched(self):
+        return self.params
+
+    @torch.no_grad()
+    def _attack(self, backup: dict[str, torch.Tensor], first: bool) -> None:
+        """One step of ``alpha g / |g|``, projected back onto the ``epsilon`` ball."""
+        for name, param in self.params.items():
+            # The first step follows this micro-batch's clean gradient; later ones the gradient
+            # of the adversarial pass alone (the others were zeroed for it).
+            grad = self.own_grad(name, param) if first else param.grad
+            if grad is None:
+                continue
+            param.add_(self.cfg.alpha * _unit(grad))
+            delta = param.sub_(backup[name])  # in place: param holds the offset for a moment
+            # Inside the ball the factor is 1; no host sync either way.
+            delta.mul_((self.cfg.epsilon / delta.norm()).clamp(max=1.0))
+            param.add_(backup[name])
+
     def after_backward(self, state, batch):
         trainable = [p for _, p in named_parameters(state) if p.grad is not None]
         clean_grads = [p.grad.clone() for p in trainable]
         backup = {n: p.detach().clone() for n, p in self.params.items()}
         for step in range(self.cfg.steps):
+            self._attack(backup, first=step == 0)
+            last = step == self.cfg.steps - 1
             with torch.no_grad():
-                for name, param in self.params.items():
-                    direction = None if param.grad is None else _unit(param.grad)
-                    if direction is None:
-                        continue
-                    param.add_(self.cfg.alpha * direction)
-                    delta = param - backup[name]
-                    norm = delta.norm()
-                    if norm > self.cfg.epsilon:  # project back onto the epsilon ball
-                        param.copy_(backup[name] + delta * (self.cfg.epsilon / norm))
-            with torch.no_grad():
-                last = step == self.cfg.steps - 1
                 for param, clean in zip(trainable, clean_grads, strict=True):
-                    # Intermediate steps need the adversarial gradient alone; the last one adds
-                    # to the clean gradient.
-                    param.grad.copy_(clean) if last else param.grad.zero_()
+                    if last:  # the last pass adds its gradient to the clean one
+                        param.grad.copy_(clean)
+                    else:  # the others need the adversarial gradient alone
+                        param.grad.zero_()
             state.accelerator.backward(state.forward_loss(batch))
         with torch.no_grad():
             for name, saved in backup.items():

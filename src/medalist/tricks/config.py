@@ -94,7 +94,17 @@ class MixConfig(Section):
 
 
 class ScheduleConfig(Section):
-    restarts: int = Field(0, ge=0, description="Cosine restarts; a snapshot is saved per cycle.")
+    restarts: int = Field(
+        0, ge=0, description="Cosine restarts: restarts + 1 cycles (snapshot ensembles)."
+    )
+    snapshot_ensemble: bool = Field(
+        True,
+        description=(
+            "With restarts: the evaluated weights (EMA, SWA or model) at each cycle's end are "
+            "saved as fold{k}/snapshot{c}.safetensors, and the fold's OOF and test predictions "
+            "are the mean of theirs. false: restarts only shape the learning rate."
+        ),
+    )
     sgd_epoch: int | None = Field(
         None, ge=1, description="Switch from AdamW to SGD (momentum 0.9) at this epoch."
     )

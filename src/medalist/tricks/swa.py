@@ -5,7 +5,8 @@ From ``start_epoch`` on (usually the last 25-50% of the epochs), the weights at 
 join an equal-weight average; with ``lr`` set the learning rate is held constant there (SWA's
 usual schedule; 0.05-0.5x the peak). Batch-norm statistics of the average are recomputed over the
 training loader before it is evaluated (the averaged weights never saw their own activations).
-When EMA is on too, SWA averages the EMA weights.
+When EMA is on too, SWA averages the EMA weights. The average scores the OOF rows, is saved as
+``fold{k}/swa.safetensors`` and predicts the test set.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class SWA(Hook):
             return
         self.average.update_parameters(self._source(state))
         self.count += 1
+        # The epoch's augmentations, whatever the number of processes: accelerate passes a
+        # prepared loader's epoch on to the dataset in one process only, at its next iteration.
+        if hasattr(state.train_loader, "set_epoch"):
+            state.train_loader.set_epoch(state.epoch)
         recompute_batch_norm(self.average.module, state.train_loader)
 
     def eval_model(self, state):
