@@ -8,7 +8,7 @@ import pytest
 
 from medalist.cli import main
 from medalist.config import resolve_config
-from medalist.demo import REPO_CONFIGS, bake, run_demo, working_directory, write_variants
+from medalist.demo import REPO_CONFIGS, bake, run_digits_demo, working_directory, write_variants
 from medalist.demo_text import run_text_demo
 from medalist.pipeline import STAGES, _config_hash
 from support.tiny_text import make_backbone
@@ -48,7 +48,7 @@ def test_variant_configs_add_only_their_overlay(tmp_path, name):
 
 
 def test_tiny_digits_demo_blends_reports_then_runs_pseudo_and_tta(tmp_path, capsys):
-    result = run_demo("digits", tmp_path, n_rows=150, overrides=TINY_DIGITS)
+    result = run_digits_demo(tmp_path, n_rows=150, overrides=TINY_DIGITS)
     printed = capsys.readouterr().out
     project = tmp_path / "digits"
     assert set(result["experiments"]) == {"digits_resnet18", "digits_resnet10t"}

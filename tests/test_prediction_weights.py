@@ -167,6 +167,7 @@ def test_a_resumed_fold_remembers_which_weights_scored_it(tmp_path):
             tricks=tricks,
             accelerator=accelerator,
             folder=tmp_path,
+            config_hash="the config",
         )
 
     first = trainer()

@@ -96,13 +96,22 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def run_demos(name: str, workdir: str) -> dict:
+    """``medalist demo``: ``digits`` (image), ``text``, or ``all``: both, one after the other."""
+    from medalist.demo import run_digits_demo
+    from medalist.demo_text import run_text_demo
+
+    demos = {"digits": run_digits_demo, "text": run_text_demo}
+    if name == "all":
+        return {demo: run(workdir) for demo, run in demos.items()}
+    return demos[name](workdir)
+
+
 def dispatch(args: argparse.Namespace) -> object:
     from medalist.config import describe, resolve_config
 
     if args.command == "demo":
-        from medalist.demo import run_demo
-
-        return run_demo(args.name, args.workdir)
+        return run_demos(args.name, args.workdir)
     if args.command == "config" and args.describe:
         sys.stdout.write(describe())
         return None

@@ -5,7 +5,8 @@ files with ``train.csv``, ``test.csv`` and ``sample_submission.csv``. The test l
 aside in ``solution.csv`` (outside ``data/``) to score the submission like a leaderboard would.
 ``text``: which library a docstring comes from (:mod:`medalist.demo_text`).
 
-:func:`run_demo` does what a team does in its first days: bake the template with cookiecutter,
+:func:`run_digits_demo` (and :func:`medalist.demo_text.run_text_demo`; ``medalist demo``
+runs either or both) does what a team does in its first days: bake the template with cookiecutter,
 copy the competition files into ``data/``, run the stages for two experiments, blend them
 (``medalist ensemble``), write the report (``medalist report``), and score every submission
 against the held-out labels. It also writes ``configs/<demo>_pseudo.yaml`` and
@@ -259,8 +260,7 @@ def print_next_steps(console, project: Path, name: str, experiment: str) -> None
     )
 
 
-def run_demo(
-    name: str = "digits",
+def run_digits_demo(
     workdir: str | Path = ".demo",
     *,
     n_rows: int | None = None,
@@ -268,21 +268,15 @@ def run_demo(
 ) -> dict:
     """Bake, build the data, run two experiments, blend them, report, and score the submissions.
 
-    ``name``: ``digits`` (image), ``text`` (:mod:`medalist.demo_text`) or ``all`` (both).
     ``n_rows`` and ``overrides`` (``key=value``, applied to both experiments, last) make a tiny
     digits demo for tests.
     """
-    if name == "all":
-        return {demo: run_demo(demo, workdir) for demo in ("digits", "text")}
-    if name == "text":
-        from medalist.demo_text import run_text_demo
-
-        return run_text_demo(workdir)
     from rich.console import Console
 
     from medalist.config import resolve_config
     from medalist.pipeline import run
 
+    name = "digits"
     started = time.perf_counter()
     workdir = Path(workdir).resolve()
     project = bake(workdir, {"competition_name": "Digits"})

@@ -262,6 +262,8 @@ class FoldTrainer:
         tricks: hooks, criterion and sampler of the enabled tricks.
         accelerator: shared between folds.
         folder: the fold's output folder; checkpoints go under it (None: no checkpoints).
+        config_hash: what a checkpoint must have been saved with to be resumed (the train
+            stage's :func:`medalist.train.training_hash`); needed with ``folder``.
         on_epoch: called with each epoch's row (as in ``log.csv``) on the main process: the
             experiment trackers (:mod:`medalist.tracking`).
     """
@@ -279,9 +281,13 @@ class FoldTrainer:
         tricks,
         accelerator,
         folder=None,
+        config_hash: str | None = None,
         on_epoch=None,
     ):
+        if folder is not None and config_hash is None:
+            raise ValueError("FoldTrainer: checkpoints under a folder need the config_hash")
         self.cfg, self.task, self.fold, self.folder = cfg, task, fold, folder
+        self.config_hash = config_hash
         self.on_epoch = on_epoch
         self.train_set, self.valid_targets = train_set, valid_targets
         self.hooks = tricks.hooks
@@ -350,15 +356,10 @@ class FoldTrainer:
                 "best_scores": self.best.scores,
                 "best_eval_name": self.best.eval_name,
                 "history": self.best.history,
-                "training_hash": self._training_hash(),
+                "training_hash": self.config_hash,
                 "pseudo_round": self.cfg.train.pseudo_round,
             },
         )
-
-    def _training_hash(self) -> str:
-        from medalist.train import training_hash  # train imports this module
-
-        return training_hash(self.cfg)
 
     def maybe_save_step(self) -> None:
         every = self.cfg.train.checkpoint_every
@@ -372,7 +373,7 @@ class FoldTrainer:
             return None
         # The config's hash first: a checkpoint of another config is discarded unread (even if
         # its tensors are damaged); only one of this config is loaded, and checked.
-        if read_progress(found[-1]).get("training_hash") != self._training_hash():
+        if read_progress(found[-1]).get("training_hash") != self.config_hash:
             # Made by another config (a changed key, new pseudo labels): resuming would mix runs.
             log.warning(
                 "fold %s: %s was saved by a different training config; training the fold afresh",
@@ -506,6 +507,7 @@ def fit_fold(
     tricks: Tricks | None = None,
     accelerator: Accelerator | None = None,
     folder=None,
+    config_hash: str | None = None,
     on_epoch=None,
 ) -> FoldResult:
     """Train one fold and keep the epoch with the best main metric (the last for a full fit)."""
@@ -520,6 +522,7 @@ def fit_fold(
         tricks=tricks or Tricks(Hooks(), task.loss),
         accelerator=accelerator or make_accelerator(cfg),
         folder=folder,
+        config_hash=config_hash,
         on_epoch=on_epoch,
     )
     return trainer.fit()

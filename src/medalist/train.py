@@ -42,6 +42,7 @@ from medalist.loop import (
 from medalist.pseudo import as_hard, folds_hash, labels_mode, load_for_fold, pseudo_dir
 from medalist.tasks import Task, build_task
 from medalist.tracking import RunTracker, check_trackers
+from medalist.tricks.losses import soft_targets
 from medalist.tricks.registry import build_tricks
 from medalist.tricks.schedule import snapshot_names
 from medalist.weights import load_weights, save_weights
@@ -235,8 +236,6 @@ def _train_targets(cfg: Config, task: Task, targets: np.ndarray) -> np.ndarray:
 
 def _smoothed(cfg: Config, task: Task, hard: np.ndarray) -> np.ndarray:
     """Hard labels as float probabilities with ``tricks.loss.label_smoothing`` applied."""
-    from medalist.tricks.losses import soft_targets
-
     soft = soft_targets(task, torch.from_numpy(hard), cfg.tricks.loss.label_smoothing)
     return soft.numpy().astype(np.float32)
 
@@ -292,6 +291,7 @@ def _train_fold(
     cfg, task, modality, train, targets, train_rows, valid_rows, fold, accelerator, on_epoch=None
 ):
     source = str(train_path(cfg))
+    config_hash = training_hash(cfg)  # hashes the starting weights' files: once per fold
     seed_everything(cfg.train.seed)
     train_set = modality.build_dataset(
         cfg,
@@ -326,6 +326,7 @@ def _train_fold(
         fold=fold,
         tricks=build_tricks(cfg, task, targets[train_rows]),
         folder=fold_dir(cfg, fold),
+        config_hash=config_hash,
         accelerator=accelerator,
         on_epoch=on_epoch,
     )
@@ -363,7 +364,7 @@ def _train_fold(
             "best_epoch": result.best_epoch,
             "scores": result.scores if scores is None else scores,
             "prediction_weights": predicting,
-            "training_hash": training_hash(cfg),
+            "training_hash": config_hash,
         },
     )
     clear_checkpoints(folder)  # the fold is complete; its resumable state is not needed
