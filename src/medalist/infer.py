@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -78,17 +80,40 @@ def predict(model, loader, accelerator, task: Task, views: list[str], how: str, 
     return torch.cat(outputs).numpy()[order]
 
 
-def predict_fold(cfg, task, modality, accelerator, fold, loader, views, progress=False):
-    """A fold's merged TTA predictions of ``loader``'s rows: the mean of its prediction
-    weights' (one file, or the snapshots of a snapshot ensemble), as its OOF was made."""
+def predict_files(
+    cfg: Config,
+    task: Task,
+    modality,
+    accelerator,
+    paths: list[Path],
+    loader,
+    views: list[str],
+    progress: bool = False,
+    on_file: Callable[[Path, float, float], None] | None = None,
+) -> np.ndarray:
+    """The mean of the merged TTA predictions of ``loader``'s rows by each weight file in
+    ``paths`` (one, or the snapshots of a snapshot ensemble), as a fold's OOF was made.
+
+    ``on_file(path, load_seconds, predict_seconds)`` runs after each file (the bundle's timing).
+    """
     outputs = []
-    for path in prediction_weights(cfg, fold):
+    for path in paths:
+        started = time.perf_counter()
         model = accelerator.prepare(load_weights(modality.build_model(cfg, task), path))
+        loaded = time.perf_counter()
         outputs.append(
             predict(model, loader, accelerator, task, views, cfg.infer.tta_merge, progress)
         )
+        if on_file is not None:
+            on_file(path, loaded - started, time.perf_counter() - loaded)
         accelerator.free_memory(model)
     return mean_prediction(outputs)
+
+
+def predict_fold(cfg, task, modality, accelerator, fold, loader, views, progress=False):
+    """A fold's predictions of ``loader``'s rows, from the weights that scored its OOF rows."""
+    paths = prediction_weights(cfg, fold)
+    return predict_files(cfg, task, modality, accelerator, paths, loader, views, progress)
 
 
 def run(cfg: Config) -> pd.DataFrame:

@@ -157,11 +157,10 @@ def predict_experiment(
     Returns:
         (the test rows, the task, predictions shaped (rows, outputs)).
     """
-    from medalist.infer import predict
+    from medalist.infer import predict_files
     from medalist.loop import make_accelerator, make_loader
-    from medalist.train import MODALITIES, mean_prediction
+    from medalist.train import MODALITIES
     from medalist.tta import expand_views
-    from medalist.weights import load_weights
 
     cfg = experiment_config(bundle, entry, data)
     views = expand_views(cfg.infer.tta, modality=cfg.modality)
@@ -176,30 +175,34 @@ def predict_experiment(
     loader = accelerator.prepare(make_loader(dataset, cfg.infer.batch_size, shuffle=False, cfg=cfg))
     per_fold = []
     for fold, files in entry["weights"].items():
-        outputs = []
-        for weights in fold_files(files):
-            started = time.perf_counter()
-            model = load_weights(modality.build_model(cfg, task), bundle / weights)
-            model = accelerator.prepare(model)
-            loaded = time.perf_counter()
-            how = cfg.infer.tta_merge
-            outputs.append(
-                predict(model, loader, accelerator, task, views, how, cfg.train.progress)
+
+        def timed(path: Path, load_seconds: float, predict_seconds: float, fold=fold) -> None:
+            timings.append(
+                {
+                    "fold": fold,
+                    "weights": path.name,
+                    "views": len(views),
+                    "rows": len(test),
+                    "load_seconds": load_seconds,
+                    "predict_seconds": predict_seconds,
+                    "device": str(accelerator.device),
+                }
             )
-            if timings is not None:
-                timings.append(
-                    {
-                        "fold": fold,
-                        "weights": Path(weights).name,
-                        "views": len(views),
-                        "rows": len(test),
-                        "load_seconds": loaded - started,
-                        "predict_seconds": time.perf_counter() - loaded,
-                        "device": str(accelerator.device),
-                    }
-                )
-            accelerator.free_memory(model)
-        per_fold.append(mean_prediction(outputs))
+
+        paths = [bundle / weights for weights in fold_files(files)]
+        per_fold.append(
+            predict_files(
+                cfg,
+                task,
+                modality,
+                accelerator,
+                paths,
+                loader,
+                views,
+                cfg.train.progress,
+                on_file=None if timings is None else timed,
+            )
+        )
     return test, task, np.mean(per_fold, axis=0)
 
 
