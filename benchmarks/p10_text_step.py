@@ -5,7 +5,7 @@ layers), the same pre-collated dynamically padded batches of the demo's real tex
 optimizer and schedule (medalist's ``build_optimizer`` / ``build_scheduler``, handed to the
 Trainer), the same clipping, fp32 on the CPU. Each side has its own copy of the model.
 
-- A: :func:`medalist.loop.train_one_epoch` over K batches (hooks dispatch,
+- A: :func:`medalist.training.loop.train_one_epoch` over K batches (hooks dispatch,
   ``accelerator.accumulate``, the finite-step guard, clipping, scheduler, loss bookkeeping).
 - B: the Trainer's own step, K times, with model and optimizer prepared by its accelerator as
   ``Trainer.train`` does: ``trainer.training_step`` (its input preparation, loss computation and
@@ -41,8 +41,8 @@ class ForTrainer(nn.Module):
 
 
 def batches_of(cfg, task, frame) -> list[dict]:
-    from medalist.loop import make_loader
-    from medalist.text import build_dataset
+    from medalist.modalities.text import build_dataset
+    from medalist.training.runtime import make_loader
 
     dataset = build_dataset(
         cfg, frame, task.encode_targets(frame), split="train", train=True, source="demo"
@@ -52,9 +52,10 @@ def batches_of(cfg, task, frame) -> list[dict]:
 
 
 def medalist_side(cfg, task, model, batches):
-    from medalist.hooks import Hooks, TrainState
-    from medalist.loop import make_accelerator, train_one_epoch
-    from medalist.optim import build_optimizer, build_scheduler
+    from medalist.training.hooks import Hooks, TrainState
+    from medalist.training.loop import train_one_epoch
+    from medalist.training.optim import build_optimizer, build_scheduler
+    from medalist.training.runtime import make_accelerator
 
     accelerator = make_accelerator(cfg)
     optimizer = build_optimizer(model, cfg)
@@ -73,7 +74,7 @@ def medalist_side(cfg, task, model, batches):
 def trainer_side(cfg, task, model, batches, folder: str):
     from transformers import Trainer, TrainingArguments
 
-    from medalist.optim import build_optimizer, build_scheduler
+    from medalist.training.optim import build_optimizer, build_scheduler
 
     wrapped = ForTrainer(model, task)
     optimizer = build_optimizer(model, cfg)
@@ -107,8 +108,8 @@ def trainer_side(cfg, task, model, batches, folder: str):
 
 @benchmark("P10", target="<=1.0", title="text fine-tuning step vs transformers.Trainer")
 def text_step() -> dict:
+    from medalist.modalities.text import build_model
     from medalist.tasks import build_task
-    from medalist.text import build_model
 
     cfg = demo_config()
     frame = demo_rows(STEPS * cfg.train.batch_size)

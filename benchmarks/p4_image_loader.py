@@ -1,10 +1,10 @@
 """P4: image loader throughput, medalist's dataset and loader against the best plain DataLoader.
 
-The real PNG files of the digits demo (``medalist.demo.build_digits``), a configured train
-pipeline of a few albumentations transforms (``medalist.image.build_pipeline``).
+The real PNG files of the digits demo (``medalist.demo.digits.build_digits``), a configured train
+pipeline of a few albumentations transforms (``medalist.modalities.image.build_pipeline``).
 
-- A: ``medalist.image.build_dataset`` (``ImageDataset``: cv2 read, per-sample seeded pipeline)
-  in ``medalist.loop.make_loader``.
+- A: ``medalist.modalities.image.build_dataset`` (``ImageDataset``: cv2 read, per-sample seeded pipeline)
+  in ``medalist.training.loop.make_loader``.
 - B: a minimal ``Dataset`` reading the same files with cv2 and applying the same transforms, in
   a plain ``DataLoader``.
 
@@ -81,9 +81,9 @@ def image_loader() -> dict:
     import pandas as pd
 
     from medalist.config import resolve_config
-    from medalist.demo import build_digits
-    from medalist.image import build_dataset, build_pipeline
-    from medalist.loop import make_loader
+    from medalist.demo.digits import build_digits
+    from medalist.modalities.image import build_dataset, build_pipeline
+    from medalist.training.runtime import make_loader
 
     with tempfile.TemporaryDirectory(prefix="medalist-p4-") as tmp:
         data = build_digits(Path(tmp) / "data")

@@ -1,6 +1,6 @@
 """P5: text training throughput, dynamic padding with length buckets against padding to max length.
 
-The demo's real text (``medalist.demo_text``: docstring descriptions of six libraries), all of
+The demo's real text (``medalist.demo.text``: docstring descriptions of six libraries), all of
 its training rows, and its settings (``configs/demo/text.yaml``: all-MiniLM-L6-v2, its
 ``max_length``, frozen layers, batch size, optimizer, length buckets). The padded length of a
 batch depends on the whole epoch (rows are sorted by length within a bucket of up to 50
@@ -32,8 +32,8 @@ SEED, SAMPLE = 0, 2  # batches timed, spread over the epoch's padded lengths
 
 def demo_config(*overrides: str):
     from medalist.config import resolve_config
-    from medalist.demo import REPO_CONFIGS
-    from medalist.demo_text import minilm_dir
+    from medalist.demo.digits import REPO_CONFIGS
+    from medalist.demo.text import minilm_dir
 
     return resolve_config(
         REPO_CONFIGS / "demo" / "text.yaml",
@@ -53,7 +53,7 @@ def demo_rows(rows: int | None = None):
     """The demo's training split (same corpus, same per-library draw), or ``rows`` of it."""
     from sklearn.model_selection import train_test_split
 
-    from medalist.demo_text import docstring_corpus
+    from medalist.demo.text import docstring_corpus
 
     corpus = docstring_corpus(per_library=130, seed=0)
     train, _ = train_test_split(corpus, test_size=0.2, random_state=0, stratify=corpus["library"])
@@ -65,8 +65,8 @@ def demo_rows(rows: int | None = None):
 def epoch_batches(cfg, task, frame):
     """The dataset of ``frame`` and one training epoch of its batches, as the demo's loader
     makes them (bucketed and dynamically padded, or padded to ``max_length``)."""
-    from medalist.loop import make_loader
-    from medalist.text import build_dataset
+    from medalist.modalities.text import build_dataset
+    from medalist.training.runtime import make_loader
 
     dataset = build_dataset(
         cfg, frame, task.encode_targets(frame), split="train", train=True, source="demo"
@@ -83,9 +83,10 @@ def spread_sample(batches: list[dict], k: int) -> list[dict]:
 
 def steps_runner(cfg, task, model, batches):
     """A callable training ``batches`` through medalist's loop (as a fold's epoch does)."""
-    from medalist.hooks import Hooks, TrainState
-    from medalist.loop import make_accelerator, train_one_epoch
-    from medalist.optim import build_optimizer, build_scheduler
+    from medalist.training.hooks import Hooks, TrainState
+    from medalist.training.loop import train_one_epoch
+    from medalist.training.optim import build_optimizer, build_scheduler
+    from medalist.training.runtime import make_accelerator
 
     accelerator = make_accelerator(cfg)
     optimizer = build_optimizer(model, cfg)
@@ -108,8 +109,8 @@ def slots(batches: list[dict]) -> int:
 
 @benchmark("P5", target=">=2.0", title="text epoch, dynamic padding + buckets vs pad to max")
 def text_padding() -> dict:
+    from medalist.modalities.text import build_model
     from medalist.tasks import build_task
-    from medalist.text import build_model
 
     dynamic, padded = demo_config(), demo_config("text.dynamic_padding=false")
     frame = demo_rows()

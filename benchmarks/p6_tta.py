@@ -3,8 +3,8 @@
 The digits demo's model (timm resnet18, 1 channel, 10 classes, 32 px), its inference batch
 (``infer.batch_size``, 64 rows) and the eight d4 views, merged by the mean of probabilities.
 
-- A: :func:`medalist.infer.predict`, which sends every view of a batch through the model as one
-  concatenated batch (:func:`medalist.tta.batched_views`) and merges them.
+- A: :func:`medalist.prediction.infer.predict`, which sends every view of a batch through the model as one
+  concatenated batch (:func:`medalist.prediction.tta.batched_views`) and merges them.
 - B: the plainest TTA: for each view, one pass over the batches with that view alone, then the
   same merge of the per-view logits.
 
@@ -29,9 +29,9 @@ def tta() -> dict:
     from accelerate import Accelerator
 
     from medalist.config import resolve_config
-    from medalist.infer import predict
+    from medalist.prediction.infer import predict
+    from medalist.prediction.tta import expand_views, merge, view
     from medalist.tasks import build_task
-    from medalist.tta import expand_views, merge, view
 
     cfg = resolve_config(overrides=["train.cpu=true", "image.channels=1", f"image.size={SIZE}"])
     task = build_task(cfg, pd.DataFrame({"target": list(range(10))}))

@@ -1,4 +1,4 @@
-"""P9: checkpoint save, ``medalist.weights.save_weights`` against a plain ``torch.save``.
+"""P9: checkpoint save, ``medalist.training.weights.save_weights`` against a plain ``torch.save``.
 
 A = ``save_weights`` (CPU tensors, a finite check, safetensors, a temporary file fsynced then
 renamed into place); B = ``torch.save(model.state_dict(), path)``. Same model (timm resnet18,
@@ -21,12 +21,12 @@ from benchmarks.harness import benchmark, measure
 def breakdown(model: torch.nn.Module, folder: Path, repeats: int = 5) -> dict:
     """Where A's time goes, phase by phase in save_weights' order (medians, ms).
 
-    Mirrors ``medalist.weights.save_weights`` and ``medalist.io.atomic_path``: CPU tensors, the
+    Mirrors ``medalist.training.weights.save_weights`` and ``medalist.io.atomic_path``: CPU tensors, the
     finite check, safetensors serialisation to a temporary file, fsync, rename into place.
     """
     from safetensors.torch import save_file
 
-    from medalist.weights import first_non_finite, state_for_saving
+    from medalist.training.weights import first_non_finite, state_for_saving
 
     phases: dict[str, list[float]] = {}
     for _ in range(repeats):
@@ -53,7 +53,7 @@ def breakdown(model: torch.nn.Module, folder: Path, repeats: int = 5) -> dict:
 def checkpoint_save() -> dict:
     import timm
 
-    from medalist.weights import save_weights
+    from medalist.training.weights import save_weights
 
     model = timm.create_model("resnet18", num_classes=1000)
     with tempfile.TemporaryDirectory(prefix="medalist-p9-") as tmp:

@@ -4,7 +4,7 @@ Both sides get the same model (each its own copy of one initialisation), the sam
 batches, the same optimizer (AdamW, decay on weight matrices only, foreach), the same schedule,
 the same precision and the same gradient clipping. A call runs ``steps`` optimizer steps.
 
-- :func:`medalist_steps`: :func:`medalist.loop.train_one_epoch` as :class:`FoldTrainer` sets it
+- :func:`medalist_steps`: :func:`medalist.training.loop.train_one_epoch` as :class:`FoldTrainer` sets it
   up (accelerate's prepared loader, optimizer and scheduler, the tricks of the config built by
   :func:`medalist.tricks.registry.build_tricks`, hook dispatch, ``accelerator.accumulate``, the
   finite-step guard, loss bookkeeping).
@@ -93,9 +93,10 @@ def medalist_steps(work: Workload, model: torch.nn.Module, cfg=None):
     """A callable running ``work.steps`` steps through medalist's loop with ``cfg``'s tricks."""
     from tqdm.auto import tqdm
 
-    from medalist.hooks import TrainState
-    from medalist.loop import make_accelerator, make_loader, train_one_epoch
-    from medalist.optim import build_optimizer, build_scheduler
+    from medalist.training.hooks import TrainState
+    from medalist.training.loop import train_one_epoch
+    from medalist.training.optim import build_optimizer, build_scheduler
+    from medalist.training.runtime import make_accelerator, make_loader
     from medalist.tricks.registry import build_tricks
 
     cfg = cfg or work.cfg
@@ -134,7 +135,7 @@ def raw_steps(work: Workload, model: torch.nn.Module, batches: list[dict]):
     """A callable running the same steps written as the plainest accelerate loop."""
     from accelerate import Accelerator
 
-    from medalist.optim import build_optimizer, build_scheduler
+    from medalist.training.optim import build_optimizer, build_scheduler
 
     cfg = work.cfg
     accelerator = Accelerator(cpu=True, mixed_precision="no")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medalist.demo import bake, build_digits, working_directory
+from medalist.demo.digits import bake, build_digits, working_directory
 
 TINY = """\
 image:

@@ -6,8 +6,8 @@ import pytest
 from medalist.cli import main
 from medalist.config import resolve_config
 from medalist.errors import ConfigError, DataError, FoldsMismatchError, SubmissionError
-from medalist.stages import folds
-from medalist.train import run as train
+from medalist.folds import run as folds
+from medalist.training.stage import run as train
 
 OVERRIDES = ["train.epochs=1"]
 
@@ -118,7 +118,7 @@ def test_sample_submission_mismatch_keeps_previous_file(trained_project):
     sample = pd.read_csv(sample_csv)
     sample.loc[0, "id"] = 99999
     sample.to_csv(sample_csv, index=False)
-    from medalist.stages import submission as make_submission
+    from medalist.submission.stage import run as make_submission
 
     with pytest.raises(SubmissionError, match="99999"):
         make_submission(cfg("train.folds=[0]"))

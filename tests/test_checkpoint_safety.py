@@ -10,12 +10,12 @@ import pytest
 import timm
 import torch
 
-from medalist.checkpoint import load_checkpoint, save_checkpoint
 from medalist.cli import main
 from medalist.config import resolve_config
 from medalist.errors import CheckpointError
-from medalist.train import training_hash
-from medalist.weights import save_weights
+from medalist.training.checkpoint import load_checkpoint, save_checkpoint
+from medalist.training.stage import training_hash
+from medalist.training.weights import save_weights
 
 TRAINED = ["-c", "configs/tiny.yaml", "train.epochs=1", "train.folds=[0]"]
 
@@ -74,7 +74,7 @@ def test_training_refuses_a_checkpoint_with_a_payload_or_for_another_model(train
     other = timm.create_model("test_efficientnet", num_classes=10, in_chans=1)
     tiny_checkpoint(fold1, model=other, progress={"training_hash": training_hash(cfg)})
     with pytest.raises(CheckpointError, match=r"step-00000001 does not fit this model"):
-        from medalist.train import run as train
+        from medalist.training.stage import run as train
 
         train(cfg)
     assert not (fold1 / "model.safetensors").exists()

@@ -8,8 +8,14 @@ import pytest
 
 from medalist.cli import main
 from medalist.config import resolve_config
-from medalist.demo import REPO_CONFIGS, bake, run_digits_demo, working_directory, write_variants
-from medalist.demo_text import run_text_demo
+from medalist.demo.digits import (
+    REPO_CONFIGS,
+    bake,
+    run_digits_demo,
+    working_directory,
+    write_variants,
+)
+from medalist.demo.text import run_text_demo
 from medalist.pipeline import STAGES, _config_hash
 from support.tiny_text import make_backbone
 
@@ -81,7 +87,7 @@ def test_tiny_digits_demo_blends_reports_then_runs_pseudo_and_tta(tmp_path, caps
 
 @pytest.mark.slow
 def test_tiny_text_demo_blends_and_reports(tmp_path, capsys):
-    from medalist.demo_text import docstring_corpus
+    from medalist.demo.text import docstring_corpus
 
     corpus = docstring_corpus(per_library=10)["text"].tolist()
     backbone = make_backbone(tmp_path / "tiny-bert", corpus, masked_lm=True)

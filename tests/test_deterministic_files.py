@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from medalist.checkpoint import save_checkpoint
-from medalist.weights import read_metadata, save_weights
+from medalist.training.checkpoint import save_checkpoint
+from medalist.training.weights import read_metadata, save_weights
 
 # Eight keys: safetensors writes a metadata map in a per-process hash order, so eight separate
 # keys would come out in the same order in three processes about once in 40,000^2 runs.
@@ -25,7 +25,7 @@ METADATA = {
 }
 SAVE = """
 import sys, torch
-from medalist.weights import save_weights
+from medalist.training.weights import save_weights
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
 save_weights(model, sys.argv[1], {metadata!r})

@@ -19,7 +19,7 @@ import pytest
 from safetensors.torch import load_file
 
 from medalist.cli import main
-from medalist.demo import working_directory
+from medalist.demo.digits import working_directory
 from support.launch import launch_two
 from support.tiny_text import make_backbone
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
+from medalist.config.ensemble import EnsembleConfig
 from medalist.ensemble.blend import (
     Blender,
     HillBlender,
@@ -14,7 +15,6 @@ from medalist.ensemble.blend import (
     WeightedBlender,
     rank_only,
 )
-from medalist.ensemble.config import EnsembleConfig
 from medalist.ensemble.nested import nested_predictions, score
 from medalist.ensemble.stacking import Stacker, check_stacker
 from medalist.ensemble.stage import check_method

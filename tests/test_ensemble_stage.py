@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from medalist.ensemble.config import EnsembleConfig
+from medalist.config.ensemble import EnsembleConfig
 from medalist.ensemble.stage import run
 from medalist.errors import ConfigError, DataError, FoldsMismatchError
 from medalist.folds import assign_folds, build_manifest, write_folds

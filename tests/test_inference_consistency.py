@@ -8,11 +8,11 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from medalist import image
 from medalist.config import resolve_config
-from medalist.infer import load_task
-from medalist.infer import run as infer
-from medalist.weights import load_weights
+from medalist.modalities import image
+from medalist.prediction.infer import load_task
+from medalist.prediction.infer import run as infer
+from medalist.training.weights import load_weights
 
 
 def cfg(*extra):

@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import get_cosine_schedule_with_warmup
 
 from medalist.config import resolve_config
-from medalist.loop import fit_fold, make_accelerator
 from medalist.tasks import build_task
+from medalist.training.loop import fit_fold
+from medalist.training.runtime import make_accelerator
 from medalist.tricks.registry import build_tricks
 
 ROWS, CLASSES, SIZE = 36, 3, 16  # 36 rows of batch 8: the last batch is partial

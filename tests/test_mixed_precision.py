@@ -15,7 +15,7 @@ from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from medalist.cli import main
-from medalist.demo import working_directory
+from medalist.demo.digits import working_directory
 from support.launch import launch_two
 from support.probes import read_records
 from support.tiny_text import make_backbone

@@ -10,12 +10,12 @@ import torch
 
 from medalist.cli import main
 from medalist.config import resolve_config
-from medalist.demo_text import minilm_dir
+from medalist.demo.text import minilm_dir
 from medalist.errors import DataError
-from medalist.mlm import _collator, chunk_documents, masked_lm_loss, output_dir, run
+from medalist.modalities.mlm import _collator, chunk_documents, masked_lm_loss, output_dir, run
+from medalist.modalities.text import build_model
+from medalist.modalities.text_model import load_tokenizer
 from medalist.tasks import build_task
-from medalist.text import build_model
-from medalist.text_model import load_tokenizer
 from support.tiny_text import make_backbone
 
 # A small repeated domain: held-out sentences follow the same patterns as the training ones.
@@ -150,7 +150,7 @@ def test_missing_mlm_head_is_one_line(tmp_path, caplog, capfd):
 
     from transformers import AutoModelForMaskedLM
 
-    from medalist.mlm import _load_model
+    from medalist.modalities.mlm import _load_model
 
     folder = make_backbone(tmp_path / "encoder", SENTENCES, masked_lm=False)
     _, info = AutoModelForMaskedLM.from_pretrained(folder, output_loading_info=True)

@@ -9,12 +9,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from medalist.checkpoint import checkpoints, save_checkpoint
 from medalist.config import resolve_config
 from medalist.errors import CheckpointError, TrainingDivergedError
-from medalist.hooks import Hook, Hooks, TrainState
-from medalist.loop import make_accelerator, train_one_epoch
-from medalist.optim import build_optimizer, build_scheduler
+from medalist.training.checkpoint import checkpoints, save_checkpoint
+from medalist.training.hooks import Hook, Hooks, TrainState
+from medalist.training.loop import train_one_epoch
+from medalist.training.optim import build_optimizer, build_scheduler
+from medalist.training.runtime import make_accelerator
 from medalist.tricks.ema import EMA
 
 BATCH, ACCUM = 4, 2  # a window of two micro-batches of four rows per optimizer step

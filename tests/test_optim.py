@@ -8,7 +8,7 @@ import torch
 
 from medalist.config import resolve_config
 from medalist.errors import ConfigError
-from medalist.optim import build_optimizer, build_scheduler
+from medalist.training.optim import build_optimizer, build_scheduler
 
 
 def model():

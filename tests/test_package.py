@@ -6,7 +6,7 @@ which is installed only from the bundle with ``pip install --no-index``. The not
 with nbclient in that environment, with a ``kaggle/input`` folder holding the bundle and the
 competition's test files (no train.csv, no outputs/), and its submission must be byte for byte
 the one made locally. `medalist submit` is tested up to the kaggle client, which is replaced at
-its boundary (:func:`medalist.submit.client`): there is no network here.
+its boundary (:func:`medalist.offline.submit.client`): there is no network here.
 """
 
 import hashlib
@@ -27,12 +27,12 @@ import pytest
 import torch
 from nbclient import NotebookClient
 
-from medalist import submit as submit_module
 from medalist.cli import main
 from medalist.config import resolve_config
-from medalist.demo import working_directory
+from medalist.demo.digits import working_directory
 from medalist.errors import ConfigError, DataError, SubmissionError
 from medalist.offline import notebook
+from medalist.offline import submit as submit_module
 from medalist.offline.predict import predict_experiment, read_manifest, run_bundle
 from medalist.offline.scan import PICKLED, check_bundle, is_pickle
 from medalist.offline.timing import estimate
@@ -387,7 +387,7 @@ def test_package_refuses_a_bundle_that_predicts_other_values(packaged, tmp_path,
 def test_package_refuses_what_cannot_ship(packaged, tmp_path):
     project = tmp_path / "digits"
     shutil.copytree(packaged, project, ignore=shutil.ignore_patterns("package"))
-    from medalist.package import run
+    from medalist.offline.package import run
 
     with working_directory(project):
         two = resolve_config("configs/tiny.yaml", ["kaggle.experiments=[tiny,other]"])

@@ -90,7 +90,7 @@ def test_run_skips_up_to_date_stages_and_reruns_on_change(tiny_project):
 
 
 def test_starting_weights_count_by_content(tmp_path):
-    from medalist.train import training_hash
+    from medalist.training.stage import training_hash
 
     weights = tmp_path / "backbone.safetensors"
     weights.write_bytes(b"first")
@@ -113,7 +113,7 @@ def test_finished_fold_is_not_retrained(tiny_project):
             update={"stages": ["folds"]}
         )
     )
-    from medalist.train import run as train
+    from medalist.training.stage import run as train
 
     train(cfg)
     weights = tiny_project / "outputs" / "tiny" / "fold0" / "model.safetensors"

@@ -12,7 +12,7 @@ import torch
 
 from medalist.cli import main
 from medalist.config import resolve_config
-from medalist.hooks import TrainState
+from medalist.training.hooks import TrainState
 from medalist.tricks.swa import SWA
 
 BASE = ["-c", "configs/tiny.yaml", "train.epochs=2", "train.folds=[0]"]
@@ -76,7 +76,7 @@ def test_the_weights_that_scored_the_oof_predict(tiny_project, case):
     np.testing.assert_array_equal(tta[columns].to_numpy(), oof[columns].to_numpy())
 
     # The record says which files, and each file what it holds.
-    from medalist.weights import read_metadata
+    from medalist.training.weights import read_metadata
 
     record = json.loads((out / "fold0" / "scores.json").read_text())
     assert record["prediction_weights"] == files
@@ -90,7 +90,7 @@ def test_the_weights_that_scored_the_oof_predict(tiny_project, case):
     assert record["scores"]["accuracy"] == pytest.approx(metrics["cv"]["accuracy"], abs=1e-12)
 
     # The bundle would ship the same files.
-    from medalist.package import make_plan
+    from medalist.offline.package import make_plan
 
     plan = make_plan(resolve_config("configs/tiny.yaml", [*args[2:], "kaggle.timing_rows=0"]))
     shipped = {f: [p.resolve() for p in paths] for f, paths in plan.experiments[0].weights.items()}
@@ -115,7 +115,7 @@ def test_swa_weights_differ_from_the_model(tiny_project):
 
 def test_a_fold_of_an_older_medalist_predicts_with_its_ema_file(trained_project):
     """scores.json without the record: EMA or SWA weights were saved as ema.safetensors."""
-    from medalist.train import prediction_weights
+    from medalist.training.stage import prediction_weights
 
     fold = Path("outputs/tiny/fold0")  # the config's folders are relative to the project
     record = json.loads((fold / "scores.json").read_text())
@@ -144,9 +144,10 @@ class Rows(torch.utils.data.Dataset):
 def test_a_resumed_fold_remembers_which_weights_scored_it(tmp_path):
     """The best epoch's evaluated weights are named in the checkpoint: a fold resumed after its
     best epoch saves them under their own name, not as the model's."""
-    from medalist.hooks import Hooks, Tricks
-    from medalist.loop import FoldResult, FoldTrainer, make_accelerator
     from medalist.tasks import build_task
+    from medalist.training.hooks import Hooks, Tricks
+    from medalist.training.loop import FoldResult, FoldTrainer
+    from medalist.training.runtime import make_accelerator
 
     cfg = resolve_config(overrides=["train.batch_size=4", "competition.target_columns=[y]"])
     task = build_task(cfg, pd.DataFrame({"y": [0, 1]}))

@@ -11,7 +11,7 @@ import pytest
 from medalist.cli import main
 from medalist.config import PseudoConfig, resolve_config
 from medalist.errors import ConfigError, DataError
-from medalist.pseudo import confidence, hard_labels, select_rows
+from medalist.prediction.pseudo import confidence, hard_labels, select_rows
 
 ARGS = ["-c", "configs/tiny.yaml", "train.epochs=1"]
 
@@ -101,7 +101,7 @@ def test_round_trains_students_on_their_own_folds_labels(tiny_project):
 def test_leaky_and_forbidden_combinations_refused(tiny_project):
     _teacher(tiny_project)
     assert main(["pseudo", *ARGS, "pseudo.source=ensemble"]) == 0
-    from medalist.train import run as train
+    from medalist.training.stage import run as train
 
     with pytest.raises(ConfigError, match="may only train full-fit students"):
         train(
@@ -123,7 +123,7 @@ def test_leaky_and_forbidden_combinations_refused(tiny_project):
 def test_tampered_labels_and_other_folds_refused(tiny_project):
     _teacher(tiny_project)
     assert main(["pseudo", *ARGS]) == 0
-    from medalist.train import run as train
+    from medalist.training.stage import run as train
 
     labels = tiny_project / "outputs/pseudo/1/fold0.parquet"
     table = pd.read_parquet(labels)

@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 from medalist import io
 from medalist.config import resolve_config
 from medalist.errors import MedalistError, TrainingDivergedError
-from medalist.infer import run as infer
+from medalist.folds import run as folds
 from medalist.pipeline import run as pipeline
-from medalist.stages import folds
-from medalist.train import run as train
+from medalist.prediction.infer import run as infer
+from medalist.training.stage import run as train
 
 FAST = ["train.epochs=1", "train.folds=[0]"]
 

@@ -10,10 +10,10 @@ import sys
 import pytest
 from PIL import Image
 
-from medalist.ensemble.config import EnsembleConfig
+from medalist.config.ensemble import EnsembleConfig
 from medalist.ensemble.stage import run
 from medalist.errors import MedalistError
-from medalist.report import write_report
+from medalist.reporting.report import write_report
 from test_ensemble_support import add_experiments, make_project
 
 PNG = re.compile(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)">')

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 
 from medalist.cli import main
 from medalist.config import resolve_config
+from medalist.config.tricks import LossConfig
 from medalist.data import read_test, read_train
-from medalist.demo import working_directory
-from medalist.hooks import Hook
-from medalist.pseudo import folds_hash
+from medalist.demo.digits import working_directory
+from medalist.prediction.pseudo import folds_hash
 from medalist.tasks import Task, build_task
-from medalist.tricks.config import LossConfig
+from medalist.training.hooks import Hook
 from medalist.tricks.losses import Criterion
 from medalist.tricks.mix import mix_targets
 
@@ -107,8 +107,8 @@ def test_mixed_targets_are_smoothed_once(task_type, kind):
 def test_training_targets_hard_until_a_pseudo_round_smooths_them(task_type):
     """Labelled rows stay hard (integers, multilabel 0/1 included) in a plain run; in a pseudo
     round they become their smoothed probabilities, as hard pseudo labels do."""
-    from medalist.pseudo import as_hard, hard_labels
-    from medalist.train import _smoothed, _train_targets
+    from medalist.prediction.pseudo import as_hard, hard_labels
+    from medalist.training.stage import _smoothed, _train_targets
 
     task = task_of(task_type)
     labels, smoothed = hard_case(task_type)
@@ -185,7 +185,7 @@ def smoothed_one_hot(labels: np.ndarray, classes: int) -> np.ndarray:
     [("none", False), ("none", True), ("soft", False), ("soft", True), ("hard", True)],
 )
 def test_student_loss_sees_each_row_smoothed_once(project, labels, mix):
-    from medalist.train import run as train
+    from medalist.training.stage import run as train
 
     overrides = [
         "train.folds=[0]",

@@ -12,13 +12,13 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from medalist import image
 from medalist.cli import main
 from medalist.config import resolve_config
 from medalist.errors import ConfigError
-from medalist.infer import load_task
+from medalist.modalities import image
+from medalist.prediction.infer import load_task
+from medalist.training.weights import load_weights
 from medalist.tricks.schedule import ScheduleTricks, snapshot_names
-from medalist.weights import load_weights
 
 ARGS = ["train.epochs=2", "train.folds=[0]", "tricks.schedule.restarts=1"]
 SNAPSHOTS = ["snapshot0.safetensors", "snapshot1.safetensors"]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from medalist.errors import SubmissionError
-from medalist.submission import (
+from medalist.submission.format import (
     build_submission,
     validate_submission,
     validate_submission_file,

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from timm.layers import BatchNormAct2d, SyncBatchNormAct
 
 from medalist.errors import ConfigError
-from medalist.syncbn import GlooSyncBatchNorm, sync_batch_norm
+from medalist.training.syncbn import GlooSyncBatchNorm, sync_batch_norm
 
 CPU = torch.device("cpu")
 

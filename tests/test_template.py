@@ -10,7 +10,7 @@ import pytest
 from cookiecutter.exceptions import FailedHookException
 
 from medalist.config import resolve_config
-from medalist.demo import TEMPLATE_ROOT, bake, working_directory
+from medalist.demo.digits import TEMPLATE_ROOT, bake, working_directory
 
 OPTIONS = json.loads((TEMPLATE_ROOT / "cookiecutter.json").read_text())
 TARGETS = {"binary": "target", "multiclass": "label", "multilabel": "a, b, c", "regression": "y"}

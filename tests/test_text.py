@@ -14,13 +14,10 @@ from sklearn.metrics import accuracy_score
 
 from medalist.cli import main
 from medalist.config import resolve_config
-from medalist.demo import bake, working_directory
-from medalist.demo_text import description, docstring_corpus, minilm_dir
+from medalist.demo.digits import bake, working_directory
+from medalist.demo.text import description, docstring_corpus, minilm_dir
 from medalist.errors import ConfigError, DataError
-from medalist.loop import make_accelerator, make_loader, predict_logits
-from medalist.optim import build_optimizer
-from medalist.tasks import build_task
-from medalist.text import (
+from medalist.modalities.text import (
     LengthBatchSampler,
     Template,
     allot,
@@ -29,7 +26,10 @@ from medalist.text import (
     combine,
     truncate,
 )
-from medalist.text_model import load_tokenizer, transformer_layers
+from medalist.modalities.text_model import load_tokenizer, transformer_layers
+from medalist.tasks import build_task
+from medalist.training.optim import build_optimizer
+from medalist.training.runtime import make_accelerator, make_loader, predict_logits
 from support.tiny_text import make_backbone
 
 LIBRARIES = {"numpy": ["numpy", "numpy.linalg"], "pandas": ["pandas"]}

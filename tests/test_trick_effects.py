@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from medalist.config import resolve_config
-from medalist.hooks import Hook, Hooks, TrainState
-from medalist.loop import train_one_epoch
 from medalist.tasks import Task
+from medalist.training.hooks import Hook, Hooks, TrainState
+from medalist.training.loop import train_one_epoch
 from medalist.tricks.adversarial import AWP, FGM, PGD
 from medalist.tricks.losses import OHEM, Flooding
 from medalist.tricks.mix import Mix

@@ -10,15 +10,11 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from medalist.config import resolve_config
-from medalist.hooks import Hook, Hooks, TrainState
-from medalist.loop import (
-    build_optimizer,
-    build_scheduler,
-    make_accelerator,
-    make_loader,
-    train_one_epoch,
-)
 from medalist.tasks import build_task
+from medalist.training.hooks import Hook, Hooks, TrainState
+from medalist.training.loop import train_one_epoch
+from medalist.training.optim import build_optimizer, build_scheduler
+from medalist.training.runtime import make_accelerator, make_loader
 from medalist.tricks.ema import EMA
 
 

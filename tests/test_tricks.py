@@ -11,18 +11,14 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from medalist.config import resolve_config
+from medalist.config.tricks import LossConfig
 from medalist.errors import ConfigError
-from medalist.hooks import Hooks, TrainState
-from medalist.loop import (
-    build_optimizer,
-    build_scheduler,
-    make_accelerator,
-    make_loader,
-    train_one_epoch,
-)
 from medalist.tasks import build_task
+from medalist.training.hooks import Hooks, TrainState
+from medalist.training.loop import train_one_epoch
+from medalist.training.optim import build_optimizer, build_scheduler
+from medalist.training.runtime import make_accelerator, make_loader
 from medalist.tricks.adversarial import AWP, FGM, PGD
-from medalist.tricks.config import LossConfig
 from medalist.tricks.ema import EMA
 from medalist.tricks.losses import OHEM, Criterion, Flooding
 from medalist.tricks.mix import Mix, mix_targets

@@ -8,7 +8,7 @@ from torch import nn
 
 from medalist.cli import main
 from medalist.errors import ConfigError
-from medalist.tta import D4, batched_views, expand_views, merge, view
+from medalist.prediction.tta import D4, batched_views, expand_views, merge, view
 
 
 class PoolHead(nn.Module):

@@ -8,7 +8,7 @@ import timm
 import torch
 
 from medalist.errors import CheckpointError
-from medalist.weights import load_weights, save_weights
+from medalist.training.weights import load_weights, save_weights
 
 
 def tiny(name="test_resnet", classes=3):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from medalist.cli import main
-from medalist.hooks import Hook
+from medalist.training.hooks import Hook
 
 
 class Batches(Hook):

@@ -6,6 +6,7 @@ Usage: ``medalist <stage> [-c configs/exp001.yaml] [section.key=value ...]``
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
@@ -27,6 +28,21 @@ STAGE_HELP = {
     "submit": "validate a submission, then send it with the official kaggle client",
     "run": "run the configured stages in order, skipping up-to-date ones",
     "config": "print the resolved config (or every key with --describe)",
+}
+
+# The module whose ``run`` each stage command calls, imported when the command runs: ``medalist
+# --help``, ``config`` and ``validate`` answer without loading torch.
+STAGE_MODULES = {
+    "folds": "medalist.folds",
+    "pretrain-mlm": "medalist.modalities.mlm",
+    "train": "medalist.training.stage",
+    "infer": "medalist.prediction.infer",
+    "pseudo": "medalist.prediction.pseudo",
+    "submission": "medalist.submission.stage",
+    "ensemble": "medalist.ensemble.stage",
+    "package": "medalist.offline.package",
+    "submit": "medalist.offline.submit",
+    "run": "medalist.pipeline",
 }
 
 
@@ -98,8 +114,8 @@ def _setup_logging(verbose: bool) -> None:
 
 def run_demos(name: str, workdir: str) -> dict:
     """``medalist demo``: ``digits`` (image), ``text``, or ``all``: both, one after the other."""
-    from medalist.demo import run_digits_demo
-    from medalist.demo_text import run_text_demo
+    from medalist.demo.digits import run_digits_demo
+    from medalist.demo.text import run_text_demo
 
     demos = {"digits": run_digits_demo, "text": run_text_demo}
     if name == "all":
@@ -121,45 +137,21 @@ def dispatch(args: argparse.Namespace) -> object:
         return cfg
     if args.command == "validate":
         from medalist.data import sample_path
-        from medalist.submission import validate_submission_file
+        from medalist.submission.format import validate_submission_file
 
         validate_submission_file(
             args.submission, sample_path(cfg), id_column=cfg.competition.id_column
         )
         log.info("%s is a valid submission", args.submission)
         return None
-    if args.command == "pretrain-mlm":
-        from medalist.mlm import run
-
-        return run(cfg)
-    if args.command == "folds":
-        from medalist.stages import folds
-
-        return folds(cfg, force=args.force)
-    if args.command == "train":
-        from medalist.train import run
-
-        return run(cfg)
-    if args.command == "infer":
-        from medalist.infer import run
-
-        return run(cfg)
-    if args.command == "pseudo":
-        from medalist.pseudo import run
-
-        return run(cfg)
-    if args.command == "ensemble":
-        from medalist.ensemble.stage import run
-
-        return run(cfg, cfg.ensemble)
     if args.command == "ledger":
-        from medalist.ledger_view import record_lb, show
+        from medalist.reporting.ledger_view import record_lb, show
 
         if args.lb:
             record_lb(cfg.competition.outputs_dir, *args.lb, args.note)
         return show(cfg.competition.outputs_dir)
     if args.command == "report":
-        from medalist.report import write_report
+        from medalist.reporting.report import write_report
 
         experiments = args.experiment or list(cfg.ensemble.experiments)
         if not experiments and not args.ensemble:
@@ -167,21 +159,14 @@ def dispatch(args: argparse.Namespace) -> object:
         return write_report(
             cfg.competition.outputs_dir, experiments, args.ensemble, cfg=cfg, path=args.out
         )
-    if args.command == "submission":
-        from medalist.stages import submission
-
-        return submission(cfg)
-    if args.command == "package":
-        from medalist.package import run
-
-        return run(cfg)
+    run = importlib.import_module(STAGE_MODULES[args.command]).run
+    if args.command in ("folds", "run"):
+        return run(cfg, force=args.force)
+    if args.command == "ensemble":
+        return run(cfg, cfg.ensemble)
     if args.command == "submit":
-        from medalist.submit import run
-
         return run(cfg, args.file, args.message, args.kernel_version)
-    from medalist.pipeline import run
-
-    return run(cfg, force=args.force)
+    return run(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,8 +18,11 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
+from medalist.config import Config
+from medalist.data import read_train
 from medalist.errors import ConfigError, DataError, FoldsMismatchError, show_value
 from medalist.io import sha256_frame, write_csv, write_json
+from medalist.training.runtime import process_state
 
 log = logging.getLogger(__name__)
 
@@ -308,3 +311,62 @@ def load_folds(
         raise _mismatch(folder, reason)
     fold = table["fold"].astype(int).to_numpy()
     return pd.DataFrame({id_column: train[id_column].to_numpy(), "fold": fold})
+
+
+# The folds stage
+
+
+def _fold_params(cfg: Config) -> dict:
+    f, c = cfg.folds, cfg.competition
+    return {
+        "id_column": c.id_column,
+        "target_columns": list(c.target_columns),
+        "scheme": f.scheme,
+        "n_splits": f.n_splits,
+        "random_state": f.random_state,
+        "group_column": f.group_column,
+        "n_bins": f.n_bins,
+    }
+
+
+def run(cfg: Config, force: bool = False) -> pd.DataFrame:
+    """Write ``folds/folds.csv`` and ``folds/folds.json`` once; later runs reuse them.
+
+    Existing folds made with other settings, or for other data, are never replaced silently: a
+    changed split after training would mix validation rows into training (``force`` replaces them).
+    """
+    train = read_train(cfg)
+    folder = Path(cfg.competition.folds_dir)
+    params = _fold_params(cfg)
+    manifest_file = folder / "folds.json"
+    if manifest_file.is_file() and not force:
+        existing = json.loads(manifest_file.read_text())
+        loaded = load_folds(
+            folder, train, id_column=params["id_column"], target_columns=params["target_columns"]
+        )
+        if _same_split(existing, params):
+            log.info("folds: %s already matches the data and settings; reused", folder)
+            return loaded
+        raise FoldsMismatchError(
+            f"{manifest_file} was made with other settings ({existing.get('scheme')}, "
+            f"n_splits={existing.get('params', {}).get('n_splits')}); pass --force to replace it "
+            "(experiments trained on the old folds are no longer comparable)"
+        )
+    table = assign_folds(train, **params)
+    manifest = build_manifest(train, table, **params)
+    state = process_state(cfg)
+    if state.is_main_process:  # several processes: one writes, the others wait for the files
+        write_folds(table, manifest, folder)
+        log.info("folds: %d rows in %d folds written to %s", len(table), cfg.folds.n_splits, folder)
+    state.wait_for_everyone()
+    return table
+
+
+def _same_split(manifest: dict, params: dict) -> bool:
+    got = manifest.get("params", {})
+    return (
+        manifest.get("scheme") == params["scheme"]
+        and got.get("n_splits") == params["n_splits"]
+        and manifest.get("seed") == params["random_state"]
+        and manifest.get("group_column") == params["group_column"]
+    )

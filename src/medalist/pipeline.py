@@ -13,13 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from medalist import infer, pseudo, stages, train
+from medalist import folds
 from medalist.config import Config
 from medalist.data import experiment_dir, read_train, sample_path, test_path, train_path
 from medalist.errors import ConfigError
 from medalist.io import write_json
-from medalist.loop import process_state
+from medalist.prediction import infer, pseudo
+from medalist.submission import stage as submission
 from medalist.tasks import build_task
+from medalist.training import stage as train
+from medalist.training.runtime import process_state
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ def _pseudo_labels(cfg: Config) -> list[Path]:
 
 STAGES = {
     "folds": Stage(
-        "folds", stages.folds, lambda c: [train_path(c)], _folds_files, ("competition", "folds")
+        "folds", folds.run, lambda c: [train_path(c)], _folds_files, ("competition", "folds")
     ),
     "train": Stage(
         "train",
@@ -85,7 +88,7 @@ STAGES = {
     ),
     "submission": Stage(
         "submission",
-        stages.submission,
+        submission.run,
         lambda c: [experiment_dir(c) / "test.parquet", sample_path(c)],
         lambda c: [_submission_file(c)],
         ("competition", "submission", "train"),

@@ -36,13 +36,13 @@ def _linear(v: int):
 
 
 def _weights(root: Path, v: int) -> None:
-    from medalist.weights import save_weights
+    from medalist.training.weights import save_weights
 
     save_weights(_linear(v), root / "model.safetensors", {"fold": 0})
 
 
 def _load_weights(root: Path) -> int:
-    from medalist.weights import load_weights
+    from medalist.training.weights import load_weights
 
     return int(load_weights(_linear(0), root / "model.safetensors").weight[0, 0])
 
@@ -72,14 +72,14 @@ def _text(root: Path, v: int) -> None:
 
 
 def _submission(root: Path, v: int) -> None:
-    from medalist.submission import write_submission
+    from medalist.submission.format import write_submission
 
     sub = SAMPLE.assign(p=0.1 * v)
     write_submission(sub, SAMPLE, root / "submission.csv", id_column=ID, probability_columns=["p"])
 
 
 def _load_submission(root: Path) -> int:
-    from medalist.submission import validate_submission_file
+    from medalist.submission.format import validate_submission_file
 
     sample = root.parent / f"{root.name}-sample.csv"  # beside, not in, the folder under test
     SAMPLE.to_csv(sample, index=False)
@@ -91,7 +91,7 @@ def _load_submission(root: Path) -> int:
 def _checkpoint(root: Path, v: int) -> None:
     import torch
 
-    from medalist.checkpoint import save_checkpoint
+    from medalist.training.checkpoint import save_checkpoint
 
     model = _linear(v)
     optimizer = torch.optim.AdamW(model.parameters())
@@ -109,7 +109,7 @@ def _checkpoint(root: Path, v: int) -> None:
 
 
 def _load_checkpoint(root: Path) -> int:
-    from medalist.checkpoint import checkpoints, load_checkpoint
+    from medalist.training.checkpoint import checkpoints, load_checkpoint
 
     found = load_checkpoint(checkpoints(root)[-1])
     assert found["hooks"][0]["shadow"].tolist() == [found["progress"]["epoch"]] * 2
@@ -135,7 +135,7 @@ def _mlm_objects():
 
 
 def _mlm(root: Path, v: int) -> None:
-    from medalist.mlm import _save
+    from medalist.modalities.mlm import _save
 
     _save(*_mlm_objects(), root / "mlm" / "adapted", {"version": v})
 
@@ -145,7 +145,7 @@ def _load_mlm(root: Path) -> int:
 
     from transformers import AutoModelForMaskedLM
 
-    from medalist.text_model import load_tokenizer
+    from medalist.modalities.text_model import load_tokenizer
 
     folder = root / "mlm" / "adapted"
     AutoModelForMaskedLM.from_pretrained(str(folder), local_files_only=True, use_safetensors=True)
@@ -172,14 +172,20 @@ def _reader(name: str):
 # kind: (write, load, final path under root, (object, attribute) of the low-level writer that a
 # full disk makes fail part way, index of that writer's path argument)
 KINDS = {
-    "weights": (_weights, _load_weights, "model.safetensors", ("medalist.weights", "save_file"), 1),
+    "weights": (
+        _weights,
+        _load_weights,
+        "model.safetensors",
+        ("medalist.training.weights", "save_file"),
+        1,
+    ),
     "parquet": (_parquet, _reader("oof.parquet"), "oof.parquet", ("DataFrame", "to_parquet"), 1),
     "json": (_json, _reader("metrics.json"), "metrics.json", ("Path", "write_text"), 0),
     "csv": (_csv, _reader("folds.csv"), "folds.csv", ("DataFrame", "to_csv"), 1),
     "text": (_text, _reader("config.yaml"), "config.yaml", ("Path", "write_text"), 0),
     "submission": (_submission, _load_submission, "submission.csv", ("DataFrame", "to_csv"), 1),
     "checkpoint": (_checkpoint, _load_checkpoint, "checkpoint", ("torch", "save"), 1),
-    "mlm": (_mlm, _load_mlm, "mlm/adapted", ("medalist.mlm", "write_json"), 0),
+    "mlm": (_mlm, _load_mlm, "mlm/adapted", ("medalist.modalities.mlm", "write_json"), 0),
 }
 
 
@@ -213,9 +219,9 @@ def _kill_child(root: Path, kind: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
     if kind == "mlm":
-        import medalist.mlm
+        import medalist.modalities.mlm
 
-        medalist.mlm.write_json = die
+        medalist.modalities.mlm.write_json = die
     else:
         os.fsync = die
     write(root, 2)
@@ -226,10 +232,10 @@ def main(root: str, kinds: list[str]) -> None:
     # Import everything once here, so that each forked child starts at once.
     import transformers  # noqa: F401
 
-    import medalist.checkpoint  # noqa: F401
-    import medalist.mlm  # noqa: F401
-    import medalist.submission  # noqa: F401
-    import medalist.weights  # noqa: F401
+    import medalist.modalities.mlm  # noqa: F401
+    import medalist.submission.format  # noqa: F401
+    import medalist.training.checkpoint  # noqa: F401
+    import medalist.training.weights  # noqa: F401
 
     for kind in kinds:
         folder = Path(root) / kind

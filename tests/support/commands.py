@@ -16,10 +16,10 @@ from pathlib import Path
 
 def _log_writes(log: Path) -> None:
     import medalist.io
-    import medalist.mlm
+    import medalist.modalities.mlm
 
     rank = os.environ.get("RANK", "0")
-    atomic_path, save = medalist.io.atomic_path, medalist.mlm._save
+    atomic_path, save = medalist.io.atomic_path, medalist.modalities.mlm._save
 
     def record(path) -> None:
         with open(log, "a") as handle:  # O_APPEND: lines of the two processes do not mix
@@ -36,7 +36,7 @@ def _log_writes(log: Path) -> None:
         record(folder)
 
     medalist.io.atomic_path = logged_atomic_path
-    medalist.mlm._save = logged_save
+    medalist.modalities.mlm._save = logged_save
 
 
 def main(argv: list[str]) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from medalist.hooks import Hook
+from medalist.training.hooks import Hook
 
 
 class KillAt(Hook):

@@ -1,5 +1,5 @@
 """Ensembling: blends, hill climbing, stacking, with nested (honest) CV.
 
 Entry point: :func:`medalist.ensemble.stage.run` with an
-:class:`~medalist.ensemble.config.EnsembleConfig`.
+:class:`~medalist.config.ensemble.EnsembleConfig`.
 """

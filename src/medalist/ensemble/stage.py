@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 
 from medalist.config import Config
+from medalist.config.ensemble import EnsembleConfig
 from medalist.ensemble.blend import (
     Blender,
     HillBlender,
@@ -28,13 +29,13 @@ from medalist.ensemble.blend import (
     rank_only,
     weight_objective,
 )
-from medalist.ensemble.config import EnsembleConfig
 from medalist.ensemble.inputs import Inputs, load_inputs
 from medalist.ensemble.nested import nested_predictions, score
 from medalist.ensemble.stacking import Stacker, check_stacker
 from medalist.errors import ConfigError
 from medalist.io import write_json, write_parquet, write_text
 from medalist.metrics import Metric, get_metric
+from medalist.submission import stage as submission_stage
 from medalist.tasks import DEFAULT_METRICS
 
 log = logging.getLogger(__name__)
@@ -218,10 +219,8 @@ def _log_scores(ens_cfg: EnsembleConfig, metric: Metric, cv: dict) -> None:
 
 def submit(cfg: Config, ens_cfg: EnsembleConfig) -> Path:
     """Hand the blended test table to the submission stage: ``submissions/<name>.csv``."""
-    from medalist.stages import submission
-
     train = cfg.train.model_copy(update={"experiment": f"ensemble/{ens_cfg.name}"})
     sub = cfg.submission.model_copy(update={"name": ens_cfg.name})
     as_experiment = cfg.model_copy(update={"train": train, "submission": sub})
     folder = ensemble_dir(cfg, ens_cfg.name)
-    return submission(as_experiment, predictions=folder / "test.parquet")
+    return submission_stage.run(as_experiment, predictions=folder / "test.parquet")

@@ -31,7 +31,12 @@ from medalist.data import read_test, sample_path, test_path
 from medalist.ensemble.blend import Blender, LogitBlender, RankBlender
 from medalist.errors import ConfigError, DataError
 from medalist.io import write_json, write_parquet
+from medalist.prediction.infer import predict_files
+from medalist.prediction.tta import expand_views
+from medalist.submission import stage as submission_stage
 from medalist.tasks import Task
+from medalist.training.runtime import make_accelerator, make_loader
+from medalist.training.stage import MODALITIES
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +162,6 @@ def predict_experiment(
     Returns:
         (the test rows, the task, predictions shaped (rows, outputs)).
     """
-    from medalist.infer import predict_files
-    from medalist.loop import make_accelerator, make_loader
-    from medalist.train import MODALITIES
-    from medalist.tta import expand_views
 
     cfg = experiment_config(bundle, entry, data)
     views = expand_views(cfg.infer.tta, modality=cfg.modality)
@@ -236,8 +237,6 @@ def prediction_table(id_column: str, test: pd.DataFrame, task: Task, values) -> 
 
 def write_submission(bundle: Path, paths: Paths, experiment: str, table: pd.DataFrame) -> Path:
     """``<working>/submission.csv`` through the ``submission`` stage (validated)."""
-    from medalist.stages import submission
-
     cfg = resolve_config(bundle / "config.yaml")
     cfg = _with(cfg, "competition.data_dir", str(paths.data))
     cfg = _with(cfg, "competition.outputs_dir", str(bundle / "outputs"))
@@ -246,7 +245,7 @@ def write_submission(bundle: Path, paths: Paths, experiment: str, table: pd.Data
     cfg = _with(cfg, "submission.name", "submission")
     predictions = paths.working / "predictions" / f"{experiment.replace('/', '__')}.parquet"
     write_parquet(predictions, table)
-    return submission(cfg, predictions=predictions)
+    return submission_stage.run(cfg, predictions=predictions)
 
 
 def check_inputs(bundle: Path, paths: Paths) -> None:

@@ -14,7 +14,7 @@
   last adversarial gradient is added to the clean one. steps 2-5, alpha about epsilon / 3.
 
 Each adversarial pass computes the step's own training loss at the perturbed weights
-(:meth:`~medalist.hooks.TrainState.forward_loss`: R-Drop, OHEM, flooding and custom loss hooks
+(:meth:`~medalist.training.hooks.TrainState.forward_loss`: R-Drop, OHEM, flooding and custom loss hooks
 included); under gradient accumulation the attack follows this micro-batch's own gradient. All
 three restore the weights they touch exactly (the saved tensors are copied back), and none syncs
 with the host.
@@ -26,9 +26,9 @@ import re
 
 import torch
 
+from medalist.config.tricks import AWPConfig, FGMConfig, PGDConfig
 from medalist.errors import ConfigError
-from medalist.hooks import Hook, TrainState
-from medalist.tricks.config import AWPConfig, FGMConfig, PGDConfig
+from medalist.training.hooks import Hook, TrainState
 
 # The input embedding of common transformers and timm models, most specific first.
 EMBEDDING_PATTERNS = (

@@ -19,8 +19,8 @@ import logging
 import torch
 from timm.utils import ModelEmaV3
 
-from medalist.hooks import Hook, TrainState
-from medalist.tricks.config import EMAConfig
+from medalist.config.tricks import EMAConfig
+from medalist.training.hooks import Hook, TrainState
 
 log = logging.getLogger(__name__)
 

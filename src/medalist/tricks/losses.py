@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medalist.config.tricks import LossConfig
 from medalist.errors import ConfigError
-from medalist.hooks import Hook
 from medalist.tasks import Task
-from medalist.tricks.config import LossConfig
+from medalist.training.hooks import Hook
 
 
 def soft_targets(task: Task, target: torch.Tensor, smoothing: float) -> torch.Tensor:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from timm.data import Mixup
 
+from medalist.config.tricks import MixConfig
 from medalist.errors import ConfigError
-from medalist.hooks import Hook
-from medalist.tricks.config import MixConfig
+from medalist.training.hooks import Hook
 from medalist.tricks.losses import soft_targets
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from medalist.hooks import Hook
-from medalist.tricks.config import RDropConfig
+from medalist.config.tricks import RDropConfig
+from medalist.training.hooks import Hook
 
 
 def symmetric_kl(task_type: str, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,16 @@ import numpy as np
 
 from medalist.config import Config
 from medalist.errors import ConfigError
-from medalist.hooks import Hook, Hooks, Tricks
+from medalist.metrics import import_object
 from medalist.tasks import Task
+from medalist.training.hooks import Hook, Hooks, Tricks
+from medalist.tricks.adversarial import AWP, FGM, PGD
+from medalist.tricks.ema import EMA
+from medalist.tricks.losses import OHEM, Criterion, Flooding, class_weights
+from medalist.tricks.mix import Mix
+from medalist.tricks.rdrop import RDrop
+from medalist.tricks.schedule import ScheduleTricks
+from medalist.tricks.swa import SWA
 
 
 def _adversarial(cfg: Config) -> list[Hook]:
@@ -21,16 +29,10 @@ def _adversarial(cfg: Config) -> list[Hook]:
     if sum((tricks.awp.enabled, tricks.fgm.enabled, tricks.pgd.enabled)) > 1:
         raise ConfigError("tricks: AWP, FGM and PGD each add an adversarial pass; enable one")
     if tricks.awp.enabled:
-        from medalist.tricks.adversarial import AWP
-
         hooks.append(AWP(tricks.awp))
     if tricks.fgm.enabled:
-        from medalist.tricks.adversarial import FGM
-
         hooks.append(FGM(tricks.fgm))
     if tricks.pgd.enabled:
-        from medalist.tricks.adversarial import PGD
-
         hooks.append(PGD(tricks.pgd))
     return hooks
 
@@ -39,45 +41,30 @@ def build_hooks(cfg: Config, task: Task | None = None) -> Hooks:
     """One hook per enabled trick, in the order described in the module docstring."""
     tricks, hooks = cfg.tricks, []
     if tricks.mix.enabled:
-        from medalist.tricks.mix import Mix
-
         hooks.append(Mix(tricks.mix, task, tricks.loss.label_smoothing))
     if tricks.rdrop.enabled:
-        from medalist.tricks.rdrop import RDrop
-
         hooks.append(RDrop(tricks.rdrop))
     if tricks.loss.ohem_ratio is not None:
-        from medalist.tricks.losses import OHEM
-
         hooks.append(OHEM(tricks.loss.ohem_ratio))
     if tricks.loss.flooding is not None:
-        from medalist.tricks.losses import Flooding
-
         hooks.append(Flooding(tricks.loss.flooding))
     hooks += _adversarial(cfg)
     if tricks.ema.enabled:
-        from medalist.tricks.ema import EMA
-
         hooks.append(EMA(tricks.ema))
     if tricks.swa.enabled:
-        from medalist.tricks.swa import SWA
-
         hooks.append(SWA(tricks.swa))
     if tricks.schedule.restarts or tricks.schedule.sgd_epoch:
-        from medalist.tricks.schedule import ScheduleTricks
-
         hooks.append(ScheduleTricks(cfg))
     hooks += [_custom(spec, index) for index, spec in enumerate(tricks.custom)]
     return Hooks(hooks)
 
 
 def _custom(spec, index: int) -> Hook:
-    from medalist.metrics import import_object
 
     key = f"tricks.custom[{index}]"
     cls = import_object(spec.name, key)
     if not (isinstance(cls, type) and issubclass(cls, Hook)):
-        raise ConfigError(f"{key}: '{spec.name}' is not a medalist.hooks.Hook subclass")
+        raise ConfigError(f"{key}: '{spec.name}' is not a medalist.training.hooks.Hook subclass")
     kwargs = spec.model_dump(exclude={"name"})
     try:
         return cls(**kwargs)
@@ -87,7 +74,6 @@ def _custom(spec, index: int) -> Hook:
 
 def build_tricks(cfg: Config, task: Task, train_targets: np.ndarray) -> Tricks:
     """Hooks, criterion and sampler of a fold, from its training targets."""
-    from medalist.tricks.losses import Criterion, class_weights
 
     criterion = Criterion(
         task, cfg.tricks.loss, class_weights(cfg.tricks.loss, task, train_targets)

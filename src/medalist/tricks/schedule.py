@@ -20,8 +20,8 @@ import torch
 
 from medalist.config import Config
 from medalist.errors import ConfigError
-from medalist.hooks import Hook, TrainState
-from medalist.weights import save_weights
+from medalist.training.hooks import Hook, TrainState
+from medalist.training.weights import save_weights
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from medalist.hooks import Hook, TrainState
-from medalist.tricks.config import SWAConfig
+from medalist.config.tricks import SWAConfig
+from medalist.training.hooks import Hook, TrainState
 
 
 @torch.no_grad()

@@ -16,8 +16,8 @@ from pathlib import Path
 from medalist.config import Config
 from medalist.data import sample_path
 from medalist.errors import ConfigError, MedalistError
-from medalist.package import competition_slug, notebook_id
-from medalist.submission import validate_submission_file
+from medalist.offline.package import competition_slug, notebook_id
+from medalist.submission.format import validate_submission_file
 
 log = logging.getLogger(__name__)
 

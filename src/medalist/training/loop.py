@@ -13,12 +13,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from accelerate import Accelerator, PartialState
-from accelerate.utils import DataLoaderConfiguration, parse_flag_from_env, set_seed
-from torch.utils.data import DataLoader, Dataset
+from accelerate import Accelerator
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from medalist.checkpoint import (
+from medalist.config import Config
+from medalist.errors import TrainingDivergedError
+from medalist.tasks import Task
+from medalist.training.checkpoint import (
     checkpoints,
     clear_checkpoints,
     load_checkpoint,
@@ -26,117 +28,13 @@ from medalist.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from medalist.config import Config
-from medalist.errors import ConfigError, TrainingDivergedError
-from medalist.hooks import Hook, Hooks, TrainState, Tricks
-from medalist.optim import build_optimizer, build_scheduler
-from medalist.syncbn import sync_batch_norm
-from medalist.tasks import Task
-from medalist.weights import load_state_into
+from medalist.training.hooks import Hook, Hooks, TrainState, Tricks
+from medalist.training.optim import build_optimizer, build_scheduler
+from medalist.training.runtime import bar_off, make_accelerator, make_loader, predict_logits
+from medalist.training.syncbn import sync_batch_norm
+from medalist.training.weights import load_state_into
 
 log = logging.getLogger(__name__)
-
-
-def check_precision(cfg: Config) -> None:
-    """fp16 needs a CUDA GPU (its grad scaler and kernels); refused before any work elsewhere."""
-    if cfg.train.mixed_precision == "fp16" and (cfg.train.cpu or not torch.cuda.is_available()):
-        raise ConfigError("train.mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on the CPU")
-
-
-def make_accelerator(cfg: Config, log_with: list[str] | None = None) -> Accelerator:
-    """An Accelerator with seedable (resumable, process-independent) data order; ``log_with``:
-    the experiment trackers it starts (see :mod:`medalist.tracking`). A precision the device
-    cannot run is refused (:func:`check_precision`)."""
-    check_precision(cfg)
-    return Accelerator(
-        log_with=log_with or None,
-        mixed_precision=cfg.train.mixed_precision,
-        gradient_accumulation_steps=cfg.train.grad_accum,
-        cpu=cfg.train.cpu,
-        dataloader_config=DataLoaderConfiguration(
-            use_seedable_sampler=True, data_seed=cfg.train.seed
-        ),
-    )
-
-
-def process_state(cfg: Config) -> PartialState:
-    """This process among the launched ones (``accelerate launch``, ``torchrun``) for stages that
-    write files without an Accelerator: only ``is_main_process`` writes.
-
-    ``ACCELERATE_USE_CPU`` counts as ``train.cpu``, as in :class:`Accelerator`; without it,
-    processes launched on a machine with no GPU would each believe they are the only one.
-    """
-    return PartialState(cpu=cfg.train.cpu or parse_flag_from_env("ACCELERATE_USE_CPU"))
-
-
-def make_loader(
-    dataset: Dataset, batch_size: int, *, shuffle: bool, cfg: Config, sampler=None
-) -> DataLoader:
-    """A DataLoader; a dataset may bring its own ``collate`` and ``batch_sampler(...)``.
-
-    Text datasets do (dynamic padding, length-bucketed or length-sorted batches). With a trick's
-    ``sampler`` the dataset's batching gives way, its collate stays.
-    """
-    workers = {
-        "num_workers": cfg.train.num_workers,
-        "pin_memory": torch.cuda.is_available(),
-        "persistent_workers": cfg.train.num_workers > 0,
-        "collate_fn": getattr(dataset, "collate", None),
-    }
-    make_batches = getattr(dataset, "batch_sampler", None)
-    if callable(make_batches) and sampler is None:
-        batches = make_batches(batch_size, shuffle=shuffle, seed=cfg.train.seed)
-        return DataLoader(dataset, batch_sampler=batches, **workers)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
-        **workers,
-    )
-
-
-def set_loader_epoch(loader, epoch: int) -> None:
-    """Tell a prepared loader, and the batch sampler inside it, which epoch begins.
-
-    With several processes accelerate wraps a custom batch sampler (pretrain-mlm's length-bucketed
-    batches) in a shard that does not pass ``set_epoch`` on: without this, every epoch would
-    repeat the first one's order there, and differ from a single process from the second on.
-    """
-    loader.set_epoch(epoch)
-    inner = getattr(getattr(loader, "batch_sampler", None), "batch_sampler", None)
-    if callable(getattr(inner, "set_epoch", None)):
-        inner.set_epoch(epoch)
-
-
-def _bar_off(show: bool) -> bool | None:
-    """tqdm's ``disable``: off when not wanted; None hides it when output is not a terminal."""
-    return None if show else True
-
-
-@torch.no_grad()
-def predict_logits(model, loader, accelerator: Accelerator, progress: bool = False):
-    """Row indices and logits of every sample, gathered once each over all processes.
-
-    Returns:
-        (indices (n,), logits (n, outputs)) sorted by row index, as numpy arrays on the CPU.
-    """
-    model.eval()
-    indices, outputs = [], []
-    bar = tqdm(
-        loader,
-        desc="predict",
-        leave=False,
-        disable=_bar_off(progress and accelerator.is_main_process),
-    )
-    for batch in bar:
-        logits = model(batch["input"])
-        index, logits = accelerator.gather_for_metrics((batch["index"], logits.float()))
-        indices.append(index.cpu())
-        outputs.append(logits.cpu())
-    index = torch.cat(indices).numpy()
-    order = np.argsort(index, kind="stable")
-    return index[order], torch.cat(outputs).numpy()[order]
 
 
 @dataclass
@@ -263,9 +161,9 @@ class FoldTrainer:
         accelerator: shared between folds.
         folder: the fold's output folder; checkpoints go under it (None: no checkpoints).
         config_hash: what a checkpoint must have been saved with to be resumed (the train
-            stage's :func:`medalist.train.training_hash`); needed with ``folder``.
+            stage's :func:`medalist.training.stage.training_hash`); needed with ``folder``.
         on_epoch: called with each epoch's row (as in ``log.csv``) on the main process: the
-            experiment trackers (:mod:`medalist.tracking`).
+            experiment trackers (:mod:`medalist.training.tracking`).
     """
 
     def __init__(
@@ -453,7 +351,7 @@ class FoldTrainer:
                 total=len(self.loader),
                 initial=state.batch_in_epoch,
                 desc=desc,
-                disable=_bar_off(show),
+                disable=bar_off(show),
                 leave=False,
             ) as bar:
                 train_loss = train_one_epoch(state, batches, hooks, cfg, bar, self.maybe_save_step)
@@ -547,7 +445,3 @@ def _snapshots(accelerator: Accelerator, model, eval_model) -> tuple[dict, dict 
 def _format_row(row: dict) -> str:
     parts = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()]
     return " ".join(parts)
-
-
-def seed_everything(seed: int) -> None:
-    set_seed(seed, deterministic=False)

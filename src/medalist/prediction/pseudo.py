@@ -30,7 +30,7 @@ from medalist.config import Config, PseudoConfig
 from medalist.data import read_test
 from medalist.errors import ConfigError, DataError
 from medalist.io import sha256_file, write_json, write_parquet
-from medalist.loop import process_state
+from medalist.training.runtime import process_state
 
 log = logging.getLogger(__name__)
 

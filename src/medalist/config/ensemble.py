@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from medalist.configbase import Section
+from medalist.config.section import Section
 
 Method = Literal["mean", "weighted", "rank", "logit", "hill_climb", "stack"]
 

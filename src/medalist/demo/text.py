@@ -29,7 +29,20 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from medalist.config import resolve_config
+from medalist.demo.digits import (
+    REPO_CONFIGS,
+    bake,
+    ensemble_and_report,
+    print_next_steps,
+    print_summary,
+    scored_experiment,
+    working_directory,
+    write_variants,
+)
 from medalist.io import write_csv
+from medalist.modalities import mlm
+from medalist.pipeline import run
 
 log = logging.getLogger(__name__)
 
@@ -208,20 +221,6 @@ def run_text_demo(
     ``overrides`` (``key=value``, applied first) make a tiny text demo for tests.
     """
     from rich.console import Console
-
-    from medalist import mlm
-    from medalist.config import resolve_config
-    from medalist.demo import (
-        REPO_CONFIGS,
-        bake,
-        ensemble_and_report,
-        print_next_steps,
-        print_summary,
-        scored_experiment,
-        working_directory,
-        write_variants,
-    )
-    from medalist.pipeline import run
 
     started = time.perf_counter()
     project = bake(

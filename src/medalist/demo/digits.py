@@ -3,9 +3,9 @@
 ``digits``: scikit-learn's 1,797 handwritten digits (8x8 scans by 43 people, UCI), written as PNG
 files with ``train.csv``, ``test.csv`` and ``sample_submission.csv``. The test labels are kept
 aside in ``solution.csv`` (outside ``data/``) to score the submission like a leaderboard would.
-``text``: which library a docstring comes from (:mod:`medalist.demo_text`).
+``text``: which library a docstring comes from (:mod:`medalist.demo.text`).
 
-:func:`run_digits_demo` (and :func:`medalist.demo_text.run_text_demo`; ``medalist demo``
+:func:`run_digits_demo` (and :func:`medalist.demo.text.run_text_demo`; ``medalist demo``
 runs either or both) does what a team does in its first days: bake the template with cookiecutter,
 copy the competition files into ``data/``, run the stages for two experiments, blend them
 (``medalist ensemble``), write the report (``medalist report``), and score every submission
@@ -33,12 +33,18 @@ import yaml
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from medalist.config import resolve_config
+from medalist.config.load import deep_merge, load_yaml
+from medalist.ensemble.stage import run as ensemble
 from medalist.io import write_csv, write_text
+from medalist.metrics import get_metric
+from medalist.pipeline import run
+from medalist.reporting.report import write_report
 
 log = logging.getLogger(__name__)
 
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-TEMPLATE_ROOT = Path(__file__).resolve().parents[2]
+REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+TEMPLATE_ROOT = Path(__file__).resolve().parents[3]
 
 
 def build_digits(
@@ -132,7 +138,6 @@ def write_variants(project: Path, name: str) -> list[Path]:
     (``configs/demo/<name>.yaml``) with the overlay ``configs/demo/<name>_<variant>.yaml`` merged
     in, headed by the overlay's comments. Every other setting equals the demo's, so the stages
     the demo ran are up to date under these files and only what the overlay adds runs."""
-    from medalist.config import _deep_merge, load_yaml
 
     base = load_yaml((REPO_CONFIGS / "demo" / f"{name}.yaml").read_text(encoding="utf-8"))
     written = []
@@ -142,7 +147,7 @@ def write_variants(project: Path, name: str) -> list[Path]:
         header.append(
             f"# Below: configs/{name}.yaml (see its comments) with this overlay merged in."
         )
-        merged = _deep_merge(base, load_yaml(text))
+        merged = deep_merge(base, load_yaml(text))
         body = yaml.dump(merged, Dumper=_FlowLists, sort_keys=False, width=4096)
         target = project / "configs" / f"{name}_{variant}.yaml"
         write_text(target, "\n".join(header) + "\n" + body)
@@ -173,8 +178,6 @@ def scored_experiment(project: Path, cfg, label: str, column: str) -> Scored:
 def ensemble_and_report(project: Path, cfg, column: str) -> tuple[Scored, dict, Path]:
     """``medalist ensemble`` then ``medalist report`` on ``cfg.ensemble``; the ensemble's line
     holds its nested (honest) CV and the test accuracy of its submission."""
-    from medalist.ensemble.stage import run as ensemble
-    from medalist.report import write_report
 
     summary = ensemble(cfg, cfg.ensemble)
     report = write_report(
@@ -235,7 +238,6 @@ def print_summary(
 
 def _best_single(singles: list, metric: str):
     """The experiment with the best CV by ``metric`` (the first one on ties)."""
-    from medalist.metrics import get_metric
 
     best = singles[0]
     for line in singles[1:]:
@@ -272,9 +274,6 @@ def run_digits_demo(
     digits demo for tests.
     """
     from rich.console import Console
-
-    from medalist.config import resolve_config
-    from medalist.pipeline import run
 
     name = "digits"
     started = time.perf_counter()

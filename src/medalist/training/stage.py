@@ -22,30 +22,30 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medalist import image as image_modality
-from medalist import text as text_modality
-from medalist.checkpoint import clear_checkpoints
 from medalist.config import Config
 from medalist.data import experiment_dir, read_test, read_train, test_path, train_path
 from medalist.errors import ConfigError, DataError
 from medalist.folds import load_folds
 from medalist.io import sha256_file, write_json, write_parquet, write_text
-from medalist.ledger import append_ledger
-from medalist.loop import (
+from medalist.modalities import image as image_modality
+from medalist.modalities import text as text_modality
+from medalist.prediction.pseudo import as_hard, folds_hash, labels_mode, load_for_fold, pseudo_dir
+from medalist.reporting.ledger import append_ledger
+from medalist.tasks import Task, build_task
+from medalist.training.checkpoint import clear_checkpoints
+from medalist.training.loop import fit_fold
+from medalist.training.runtime import (
     check_precision,
-    fit_fold,
     make_accelerator,
     make_loader,
     predict_logits,
     seed_everything,
 )
-from medalist.pseudo import as_hard, folds_hash, labels_mode, load_for_fold, pseudo_dir
-from medalist.tasks import Task, build_task
-from medalist.tracking import RunTracker, check_trackers
+from medalist.training.tracking import RunTracker, check_trackers
+from medalist.training.weights import load_weights, save_weights
 from medalist.tricks.losses import soft_targets
 from medalist.tricks.registry import build_tricks
 from medalist.tricks.schedule import snapshot_names
-from medalist.weights import load_weights, save_weights
 
 log = logging.getLogger(__name__)
 MODALITIES = {"image": image_modality, "text": text_modality}

@@ -26,9 +26,10 @@ from medalist.data import experiment_dir, read_test, read_train, test_path, trai
 from medalist.errors import DataError
 from medalist.folds import load_folds
 from medalist.io import write_json, write_parquet
-from medalist.loop import check_precision, make_accelerator, make_loader
+from medalist.prediction.tta import batched_views, expand_views, merge
 from medalist.tasks import Task, build_task
-from medalist.train import (
+from medalist.training.runtime import check_precision, make_accelerator, make_loader
+from medalist.training.stage import (
     FULL_FIT,
     MODALITIES,
     fold_dir,
@@ -36,8 +37,7 @@ from medalist.train import (
     mean_prediction,
     prediction_weights,
 )
-from medalist.tta import batched_views, expand_views, merge
-from medalist.weights import load_weights
+from medalist.training.weights import load_weights
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@
   ICLR 2021): the top 1-3 layers get the backbone's own initialisation again, which helps small
   data sets.
 - Layer-wise learning-rate decay: :meth:`TextModel.layer_groups` gives one parameter group per
-  transformer layer (embeddings lowest, head highest) for :mod:`medalist.optim`.
+  transformer layer (embeddings lowest, head highest) for :mod:`medalist.training.optim`.
 
 Weights are read from safetensors only; a folder holding only pickled weights is refused.
 """
@@ -228,7 +228,7 @@ class TextModel(nn.Module):
 
         Parameters before the first layer (embeddings) are depth 0, layer i is depth i + 1, and
         parameters after the last layer (a final norm) and the head share the top rate. Weight
-        decay applies to matrices only, as in :mod:`medalist.optim`.
+        decay applies to matrices only, as in :mod:`medalist.training.optim`.
         """
         layers = transformer_layers(self.backbone)
         depth_of = {id(p): i + 1 for i, layer in enumerate(layers) for p in layer.parameters()}

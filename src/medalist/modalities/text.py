@@ -6,7 +6,7 @@ work), :func:`build_dataset` and :func:`build_model`, plus :func:`combine` for p
 - One text column, or a pair (``text.pair_column``, e.g. anchor/target); context columns are
   appended to the last segment, joined by the tokenizer's separator.
 - Every text is tokenised once, in full; truncation (``head``, ``tail``, ``head_tail``) happens on
-  token ids, so the TTA views of :mod:`medalist.tta` (other truncations, other max lengths) cost
+  token ids, so the TTA views of :mod:`medalist.prediction.tta` (other truncations, other max lengths) cost
   no second tokenisation.
 - Dynamic padding: a batch is padded to its longest row, not to ``max_length``. Training batches
   come from length buckets (Sun et al. 2019 truncation; "sortish" batching): rows are shuffled,
@@ -28,14 +28,14 @@ from torch.utils.data import Dataset
 
 from medalist.config import Config
 from medalist.errors import ConfigError, DataError, show_value
-from medalist.text_model import (
+from medalist.modalities.text_model import (
     backbone_dir,
     build_model,
     check_max_length,
     load_tokenizer,
     quiet_transformers,
 )
-from medalist.tta import text_view
+from medalist.prediction.tta import text_view
 
 __all__ = ["build_dataset", "build_model", "check_inputs", "combine", "TextDataset"]
 

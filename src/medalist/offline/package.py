@@ -17,7 +17,7 @@ or ``train.experiment``) under ``outputs/``, the folds manifest and the config. 
 and ``<kaggle.output_dir>/notebook/`` (``predict.ipynb`` and ``kernel-metadata.json`` for
 `kaggle kernels push`), plus ``inference/predict.py`` and ``predict.ipynb`` in the project. Only
 the prediction weights of each fold go in: those that scored its OOF rows (the model's, the
-EMA's or SWA's, or its snapshots; :func:`medalist.train.prediction_weights`). The bundle is built
+EMA's or SWA's, or its snapshots; :func:`medalist.training.stage.prediction_weights`). The bundle is built
 beside its final place, checked (:mod:`medalist.offline.scan`), then moved in.
 """
 
@@ -39,11 +39,15 @@ import yaml
 import medalist
 from medalist.config import Config, InferConfig, resolve_config
 from medalist.data import read_test
+from medalist.ensemble.inputs import expand_members
 from medalist.errors import ConfigError, DataError
 from medalist.io import sha256_file, write_json, write_text
 from medalist.offline import scan, wheels
 from medalist.offline.notebook import notebook, write_entry_point
 from medalist.offline.predict import BLENDERS, FORMAT, MANIFEST
+from medalist.offline.timing import estimate
+from medalist.prediction.infer import INFERENCE_KEYS, inference_settings, trained_folds
+from medalist.training.stage import prediction_weights
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +91,6 @@ def bundle_dir(cfg: Config) -> Path:
 
 def _experiment(outputs: Path, name: str, key: str) -> Experiment:
     """One trained experiment and its prediction weights, as ``infer`` would choose them."""
-    from medalist.infer import trained_folds
-    from medalist.train import prediction_weights
 
     folder = outputs / name
     for needed in ("config.yaml", "task.json"):
@@ -111,7 +113,6 @@ def _experiment(outputs: Path, name: str, key: str) -> Experiment:
 
 def _inference_keys(saved: dict, source: Path) -> dict:
     """The known infer keys of an ``infer.json``, checked (a view name as the stage would)."""
-    from medalist.infer import INFERENCE_KEYS
 
     try:
         settings = InferConfig.model_validate({key: saved[key] for key in INFERENCE_KEYS})
@@ -124,7 +125,6 @@ def _inference_keys(saved: dict, source: Path) -> dict:
 
 def _ensemble(cfg: Config, outputs: Path) -> tuple[dict, list[str]]:
     """The packaged ensemble: method, members (their experiments) and saved weights."""
-    from medalist.ensemble.inputs import expand_members
 
     name = cfg.kaggle.ensemble
     folder = outputs / "ensemble" / name
@@ -213,7 +213,6 @@ def _place(source: Path, target: Path) -> None:
 
 
 def _copy_experiment(experiment: Experiment, outputs: Path, root: Path, plan: Plan) -> dict:
-    from medalist.infer import inference_settings
 
     source = outputs / experiment.name
     target = f"outputs/{experiment.name}"
@@ -294,7 +293,6 @@ def _check_against_local(outputs: Path, id_column: str, name: str, test, values)
 
 
 def _timing(cfg: Config, root: Path, manifest: dict) -> dict | None:
-    from medalist.offline.timing import estimate
 
     k = cfg.kaggle
     if not k.timing_rows:

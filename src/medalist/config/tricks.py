@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
-from medalist.configbase import Section
+from medalist.config.section import Section
 
 
 class EMAConfig(Section):
@@ -117,7 +117,9 @@ class CustomHook(Section):
     """A hook from your own code: its import path and keyword arguments."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = Field(description="'package.module:Class' of a medalist.hooks.Hook subclass.")
+    name: str = Field(
+        description="'package.module:Class' of a medalist.training.hooks.Hook subclass."
+    )
 
 
 class TricksConfig(Section):

@@ -27,7 +27,7 @@ import torch
 
 from medalist.errors import CheckpointError, MedalistError
 from medalist.io import write_json, write_text, write_with
-from medalist.weights import first_non_finite, read_weights, save_weights
+from medalist.training.weights import first_non_finite, read_weights, save_weights
 
 log = logging.getLogger(__name__)
 COMPLETE = "COMPLETE"

@@ -35,15 +35,15 @@ from medalist.config import Config
 from medalist.data import read_test, read_train, test_path, train_path
 from medalist.errors import CheckpointError, ConfigError, DataError, MedalistError
 from medalist.io import write_json
-from medalist.loop import check_precision, set_loader_epoch
-from medalist.text import LengthBatchSampler, Template, check_text_rows, text_columns
-from medalist.text_model import (
+from medalist.modalities.text import LengthBatchSampler, Template, check_text_rows, text_columns
+from medalist.modalities.text_model import (
     backbone_dir,
     check_max_length,
     load_tokenizer,
     quiet_transformers,
     transformer_layers,
 )
+from medalist.training.runtime import check_precision, set_loader_epoch
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import re
 
 from pydantic import Field, model_validator
 
-from medalist.configbase import Section
+from medalist.config.section import Section
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{1,48})[a-z0-9]$")
 OWNED_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9](?:[a-z0-9-]{1,48})[a-z0-9]$")
