@@ -13,8 +13,8 @@ import torch
 from medalist.cli import main
 from medalist.config import resolve_config
 from medalist.errors import CheckpointError
+from medalist.layout import training_hash
 from medalist.training.checkpoint import load_checkpoint, save_checkpoint
-from medalist.training.stage import training_hash
 from medalist.training.weights import save_weights
 
 TRAINED = ["-c", "configs/tiny.yaml", "train.epochs=1", "train.folds=[0]"]

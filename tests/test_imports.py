@@ -19,8 +19,6 @@ DEFERRED = {
     # `medalist --help`, `medalist config` and `medalist validate` answer without loading torch:
     # each command's module is imported when that command runs.
     "medalist.cli",
-    # Validating a config checks the TTA view names without loading torch for it.
-    "medalist.config.schema",
 }
 
 

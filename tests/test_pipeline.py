@@ -90,7 +90,7 @@ def test_run_skips_up_to_date_stages_and_reruns_on_change(tiny_project):
 
 
 def test_starting_weights_count_by_content(tmp_path):
-    from medalist.training.stage import training_hash
+    from medalist.layout import training_hash
 
     weights = tmp_path / "backbone.safetensors"
     weights.write_bytes(b"first")

@@ -115,7 +115,7 @@ def test_swa_weights_differ_from_the_model(tiny_project):
 
 def test_a_fold_of_an_older_medalist_predicts_with_its_ema_file(trained_project):
     """scores.json without the record: EMA or SWA weights were saved as ema.safetensors."""
-    from medalist.training.stage import prediction_weights
+    from medalist.layout import prediction_weights
 
     fold = Path("outputs/tiny/fold0")  # the config's folders are relative to the project
     record = json.loads((fold / "scores.json").read_text())

@@ -136,7 +136,7 @@ def dispatch(args: argparse.Namespace) -> object:
         sys.stdout.write(cfg.to_yaml())
         return cfg
     if args.command == "validate":
-        from medalist.data import sample_path
+        from medalist.layout import sample_path
         from medalist.submission.format import validate_submission_file
 
         validate_submission_file(

@@ -8,6 +8,7 @@ import pandas as pd
 
 from medalist.config import Config
 from medalist.errors import DataError, show_value
+from medalist.layout import test_path, train_path
 
 
 def read_table(path: Path, required: list[str]) -> pd.DataFrame:
@@ -34,18 +35,6 @@ def read_table(path: Path, required: list[str]) -> pd.DataFrame:
     return df
 
 
-def train_path(cfg: Config) -> Path:
-    return Path(cfg.competition.data_dir) / cfg.competition.train_csv
-
-
-def test_path(cfg: Config) -> Path:
-    return Path(cfg.competition.data_dir) / cfg.competition.test_csv
-
-
-def sample_path(cfg: Config) -> Path:
-    return Path(cfg.competition.data_dir) / cfg.competition.sample_submission
-
-
 def read_train(cfg: Config) -> pd.DataFrame:
     c = cfg.competition
     required = [c.id_column, *c.target_columns]
@@ -56,7 +45,3 @@ def read_train(cfg: Config) -> pd.DataFrame:
 
 def read_test(cfg: Config) -> pd.DataFrame:
     return read_table(test_path(cfg), [cfg.competition.id_column])
-
-
-def experiment_dir(cfg: Config) -> Path:
-    return Path(cfg.competition.outputs_dir) / cfg.train.experiment

@@ -15,9 +15,21 @@ from pathlib import Path
 
 from medalist import folds
 from medalist.config import Config
-from medalist.data import experiment_dir, read_train, sample_path, test_path, train_path
+from medalist.config.schema import training_sections
+from medalist.data import read_train
 from medalist.errors import ConfigError
 from medalist.io import write_json
+from medalist.layout import (
+    experiment_dir,
+    folds_files,
+    pseudo_dir,
+    sample_path,
+    stamp_path,
+    starting_weights,
+    submission_path,
+    test_path,
+    train_path,
+)
 from medalist.prediction import infer, pseudo
 from medalist.submission import stage as submission
 from medalist.tasks import build_task
@@ -36,18 +48,8 @@ class Stage:
     config_keys: tuple[str, ...]
 
 
-def _folds_files(cfg: Config) -> list[Path]:
-    folder = Path(cfg.competition.folds_dir)
-    return [folder / "folds.csv", folder / "folds.json"]
-
-
 def _weights(cfg: Config) -> list[Path]:
     return sorted(experiment_dir(cfg).glob("*/model.safetensors"))
-
-
-def _submission_file(cfg: Config) -> Path:
-    name = cfg.submission.name or cfg.train.experiment
-    return Path(cfg.competition.submissions_dir) / f"{name}.csv"
 
 
 def _teacher_tables(cfg: Config) -> list[Path]:
@@ -58,48 +60,42 @@ def _teacher_tables(cfg: Config) -> list[Path]:
 def _pseudo_labels(cfg: Config) -> list[Path]:
     if cfg.train.pseudo_round is None:
         return []
-    return [pseudo.pseudo_dir(cfg, cfg.train.pseudo_round) / "teachers.json"]
+    return [pseudo_dir(cfg, cfg.train.pseudo_round) / "teachers.json"]
 
 
 STAGES = {
     "folds": Stage(
-        "folds", folds.run, lambda c: [train_path(c)], _folds_files, ("competition", "folds")
+        "folds", folds.run, lambda c: [train_path(c)], folds_files, ("competition", "folds")
     ),
     "train": Stage(
         "train",
         train.run,
-        lambda c: [train_path(c), *_folds_files(c), *_pseudo_labels(c), *train.backbone_weights(c)],
+        lambda c: [train_path(c), *folds_files(c), *_pseudo_labels(c), *starting_weights(c)],
         lambda c: [experiment_dir(c) / "metrics.json"],
-        ("modality", "competition", "task", "folds", "image", "text", "model", "train", "tricks"),
+        training_sections(),
     ),
     "infer": Stage(
         "infer",
         infer.run,
         lambda c: [test_path(c), experiment_dir(c) / "metrics.json", *_weights(c)],
         lambda c: [experiment_dir(c) / "test.parquet"],
-        ("modality", "competition", "task", "image", "text", "model", "train", "tricks", "infer"),
+        (*training_sections(), "infer"),
     ),
     "pseudo": Stage(
         "pseudo",
         pseudo.run,
-        lambda c: [*_teacher_tables(c), *_folds_files(c)],
-        lambda c: [pseudo.pseudo_dir(c, c.pseudo.round) / "teachers.json"],
+        lambda c: [*_teacher_tables(c), *folds_files(c)],
+        lambda c: [pseudo_dir(c, c.pseudo.round) / "teachers.json"],
         ("competition", "pseudo", "train"),
     ),
     "submission": Stage(
         "submission",
         submission.run,
         lambda c: [experiment_dir(c) / "test.parquet", sample_path(c)],
-        lambda c: [_submission_file(c)],
+        lambda c: [submission_path(c)],
         ("competition", "submission", "train"),
     ),
 }
-
-
-def _stamp(cfg: Config, stage: Stage) -> Path:
-    return (
-        Path(cfg.competition.outputs_dir) / ".stamps" / f"{cfg.train.experiment}.{stage.name}.json"
-    )
 
 
 def _config_hash(cfg: Config, stage: Stage) -> str:
@@ -111,7 +107,7 @@ def _config_hash(cfg: Config, stage: Stage) -> str:
 
 def up_to_date(cfg: Config, stage: Stage) -> bool:
     outputs, inputs = stage.outputs(cfg), stage.inputs(cfg)
-    stamp = _stamp(cfg, stage)
+    stamp = stamp_path(cfg, stage.name)
     if not stamp.is_file() or not all(p.is_file() for p in outputs):
         return False
     if json.loads(stamp.read_text()).get("config") != _config_hash(cfg, stage):
@@ -128,7 +124,7 @@ def _run_stage(cfg: Config, name: str, force: bool, label: str | None = None) ->
     log.info("%s: running", label)
     stage.run(cfg)
     if process_state(cfg).is_main_process:
-        write_json(_stamp(cfg, stage), {"config": _config_hash(cfg, stage)})
+        write_json(stamp_path(cfg, stage.name), {"config": _config_hash(cfg, stage)})
     return "ran"
 
 

@@ -18,6 +18,8 @@ from medalist.config.kaggle import KaggleConfig
 from medalist.config.section import Section
 from medalist.config.tricks import TricksConfig
 from medalist.errors import ConfigError
+from medalist.modalities import MODALITIES
+from medalist.modalities.text_views import expand_text_views
 
 TaskType = Literal["binary", "multiclass", "multilabel", "regression"]
 Scheme = Literal[
@@ -322,27 +324,39 @@ class TrackingConfig(Section):
     )
 
 
+ModalityName = Literal[tuple(MODALITIES)]  # the registered modalities' names
+
+
+def section(cls: type[Section], *, retrains: bool):
+    """A section of :class:`Config`; ``retrains``: whether changing it trains the folds again
+    (the train stage's fingerprint, ``medalist.layout.training_hash``, covers it)."""
+    return Field(default_factory=cls, json_schema_extra={"retrains": retrains})
+
+
 class Config(Section):
     """The whole resolved configuration of a competition project."""
 
-    modality: Literal["image", "text"] = Field("image", description="Input modality.")
-    competition: CompetitionConfig = Field(default_factory=CompetitionConfig)
-    task: TaskConfig = Field(default_factory=TaskConfig)
-    folds: FoldsConfig = Field(default_factory=FoldsConfig)
-    image: ImageConfig = Field(default_factory=ImageConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    text: TextConfig = Field(default_factory=TextConfig)
-    mlm: MlmConfig = Field(default_factory=MlmConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    tricks: TricksConfig = Field(default_factory=TricksConfig)
-    infer: InferConfig = Field(default_factory=InferConfig)
-    pseudo: PseudoConfig = Field(default_factory=PseudoConfig)
-    submission: SubmissionConfig = Field(default_factory=SubmissionConfig)
-    ensemble: EnsembleConfig = Field(default_factory=EnsembleConfig)
-    kaggle: KaggleConfig = Field(default_factory=KaggleConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    modality: ModalityName = Field(
+        "image", description="Input modality.", json_schema_extra={"retrains": True}
+    )
+    competition: CompetitionConfig = section(CompetitionConfig, retrains=True)
+    task: TaskConfig = section(TaskConfig, retrains=True)
+    folds: FoldsConfig = section(FoldsConfig, retrains=True)
+    image: ImageConfig = section(ImageConfig, retrains=True)
+    model: ModelConfig = section(ModelConfig, retrains=True)
+    text: TextConfig = section(TextConfig, retrains=True)
+    mlm: MlmConfig = section(MlmConfig, retrains=False)
+    train: TrainConfig = section(TrainConfig, retrains=True)
+    tricks: TricksConfig = section(TricksConfig, retrains=True)
+    infer: InferConfig = section(InferConfig, retrains=False)
+    pseudo: PseudoConfig = section(PseudoConfig, retrains=False)
+    submission: SubmissionConfig = section(SubmissionConfig, retrains=False)
+    ensemble: EnsembleConfig = section(EnsembleConfig, retrains=False)
+    kaggle: KaggleConfig = section(KaggleConfig, retrains=False)
+    tracking: TrackingConfig = section(TrackingConfig, retrains=False)
     stages: list[Literal["folds", "train", "infer", "pseudo", "submission"]] = Field(
         default_factory=lambda: ["folds", "train", "infer", "submission"],
+        json_schema_extra={"retrains": False},
         description="Stages that `medalist run` runs, in order.",
     )
 
@@ -386,10 +400,8 @@ class Config(Section):
         clash = sorted(text_columns & set(self.competition.target_columns))
         if clash:
             raise ValueError(f"text: column(s) {clash} are also target columns")
-        from medalist.prediction.tta import expand_views  # tta imports nothing from config
-
         try:
-            expand_views(self.infer.tta, modality="text")
+            expand_text_views(self.infer.tta)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
 
@@ -400,3 +412,12 @@ class Config(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def training_sections() -> tuple[str, ...]:
+    """The :class:`Config` fields whose change trains the folds again, in field order."""
+    return tuple(
+        name
+        for name, field in Config.model_fields.items()
+        if (field.json_schema_extra or {}).get("retrains")
+    )

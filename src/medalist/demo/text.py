@@ -41,6 +41,7 @@ from medalist.demo.digits import (
     write_variants,
 )
 from medalist.io import write_csv
+from medalist.layout import mlm_dir
 from medalist.modalities import mlm
 from medalist.pipeline import run
 
@@ -251,7 +252,7 @@ def run_text_demo(
             config,
             [
                 *overrides,
-                f"text.backbone={mlm.output_dir(plain)}",
+                f"text.backbone={mlm_dir(plain)}",
                 f"train.experiment={plain.train.experiment}_mlm",
             ],
         )

@@ -34,15 +34,12 @@ from medalist.ensemble.nested import nested_predictions, score
 from medalist.ensemble.stacking import Stacker, check_stacker
 from medalist.errors import ConfigError
 from medalist.io import write_json, write_parquet, write_text
+from medalist.layout import ensemble_dir
 from medalist.metrics import Metric, get_metric
 from medalist.submission import stage as submission_stage
 from medalist.tasks import DEFAULT_METRICS
 
 log = logging.getLogger(__name__)
-
-
-def ensemble_dir(cfg: Config, name: str) -> Path:
-    return Path(cfg.competition.outputs_dir) / "ensemble" / name
 
 
 def task_metrics(cfg: Config, ens_cfg: EnsembleConfig) -> tuple[Metric, list[Metric]]:

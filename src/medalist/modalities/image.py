@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from medalist.config import Config, Transform
 from medalist.errors import CheckpointError, ConfigError, DataError
+from medalist.prediction import tta
 from medalist.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -237,3 +238,37 @@ def load_backbone_weights(model: torch.nn.Module, path: Path) -> None:
             skipped[:6],
         )
     model.load_state_dict(matched, strict=False)
+
+
+class Combined(torch.utils.data.ConcatDataset):
+    """Labelled and pseudo-labelled rows; every sample carries a loss weight."""
+
+    def set_epoch(self, epoch: int) -> None:
+        for dataset in self.datasets:
+            dataset.set_epoch(epoch)
+
+    def __getitem__(self, index):
+        sample = super().__getitem__(index)
+        sample.setdefault("weight", torch.tensor(1.0))
+        return sample
+
+
+def combine(datasets: list[Dataset]) -> Combined:
+    """Labelled and pseudo-labelled rows as one training set (see :class:`Combined`)."""
+    return Combined(datasets)
+
+
+def expand_views(names: list[str], key: str = "infer.tta") -> list[str]:
+    """The image TTA views checked and expanded (see :mod:`medalist.prediction.tta`)."""
+    return tta.expand_views(names, key)
+
+
+def starting_weights(cfg: Config) -> list[Path]:
+    """``model.pretrained_path``, when it is a file."""
+    path = Path(cfg.model.pretrained_path) if cfg.model.pretrained_path else None
+    return [path] if path and path.is_file() else []
+
+
+def packaged_folder(cfg: Config) -> None:
+    """Nothing besides the trained weights: they hold the whole model."""
+    return None

@@ -32,9 +32,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from medalist.config import Config
-from medalist.data import read_test, read_train, test_path, train_path
+from medalist.data import read_test, read_train
 from medalist.errors import CheckpointError, ConfigError, DataError, MedalistError
 from medalist.io import write_json
+from medalist.layout import mlm_dir, test_path, train_path
 from medalist.modalities.text import LengthBatchSampler, Template, check_text_rows, text_columns
 from medalist.modalities.text_model import (
     backbone_dir,
@@ -46,10 +47,6 @@ from medalist.modalities.text_model import (
 from medalist.training.runtime import check_precision, set_loader_epoch
 
 log = logging.getLogger(__name__)
-
-
-def output_dir(cfg: Config) -> Path:
-    return Path(cfg.competition.outputs_dir) / "mlm" / cfg.mlm.name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,7 +384,7 @@ def run(cfg: Config) -> dict:
     after = perplexity(model, valid_batches, accelerator)
     report = {
         "backbone": str(folder),
-        "output": str(output_dir(cfg)),
+        "output": str(mlm_dir(cfg)),
         "documents": len(texts),
         "chunks": len(chunks),
         "held_out_chunks": len(valid_chunks),
@@ -399,12 +396,12 @@ def run(cfg: Config) -> dict:
         "seconds": round(time.perf_counter() - started, 1),
     }
     if accelerator.is_main_process:
-        _save(accelerator.unwrap_model(model).model, tokenizer, output_dir(cfg), report)
+        _save(accelerator.unwrap_model(model).model, tokenizer, mlm_dir(cfg), report)
         log.info(
             "pretrain-mlm: held-out perplexity %.2f -> %.2f; backbone written to %s",
             before,
             after,
-            output_dir(cfg),
+            mlm_dir(cfg),
         )
     accelerator.wait_for_everyone()
     return report

@@ -35,7 +35,7 @@ from medalist.modalities.text_model import (
     load_tokenizer,
     quiet_transformers,
 )
-from medalist.prediction.tta import text_view
+from medalist.modalities.text_views import expand_text_views, text_view
 
 __all__ = ["build_dataset", "build_model", "check_inputs", "combine", "TextDataset"]
 
@@ -482,3 +482,19 @@ def combine(datasets: list[TextDataset]) -> TextDataset:
         bucket_size=first.bucket_size,
         pad_to_multiple_of=first.pad_to_multiple_of,
     )
+
+
+def expand_views(names: list[str], key: str = "infer.tta") -> list[str]:
+    """The text TTA views checked (see :mod:`medalist.modalities.text_views`)."""
+    return expand_text_views(names, key)
+
+
+def starting_weights(cfg: Config) -> list[Path]:
+    """The safetensors files of the ``text.backbone`` folder."""
+    folder = Path(cfg.text.backbone) if cfg.text.backbone else None
+    return sorted(folder.glob("*.safetensors")) if folder and folder.is_dir() else []
+
+
+def packaged_folder(cfg: Config) -> tuple[str, Path] | None:
+    """The backbone folder (config, tokenizer) the model and the tokenizer are built from."""
+    return ("text.backbone", Path(cfg.text.backbone)) if cfg.text.backbone else None

@@ -42,12 +42,13 @@ from medalist.data import read_test
 from medalist.ensemble.inputs import expand_members
 from medalist.errors import ConfigError, DataError
 from medalist.io import sha256_file, write_json, write_text
+from medalist.layout import prediction_weights
+from medalist.modalities import get_modality
 from medalist.offline import scan, wheels
 from medalist.offline.notebook import notebook, write_entry_point
 from medalist.offline.predict import BLENDERS, FORMAT, MANIFEST
 from medalist.offline.timing import estimate
 from medalist.prediction.infer import INFERENCE_KEYS, inference_settings, trained_folds
-from medalist.training.stage import prediction_weights
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +174,11 @@ def make_plan(cfg: Config) -> Plan:
             )
     plan = Plan([_experiment(outputs, name, key) for name in names], ensemble)
     for experiment in plan.experiments:
-        backbone = _backbone(experiment.cfg)
+        carried = _packaged_folder(experiment.cfg)
+        backbone = carried[1] if carried else None
         if backbone is not None and backbone.resolve() not in plan.backbones:
             if not backbone.is_dir():
-                raise DataError(f"{experiment.name}: text.backbone folder {backbone} not found")
+                raise DataError(f"{experiment.name}: {carried[0]} folder {backbone} not found")
             taken = set(plan.backbones.values())
             label, index = backbone.name, 1
             while f"backbones/{label}" in taken:
@@ -189,12 +191,10 @@ def make_plan(cfg: Config) -> Plan:
     return plan
 
 
-def _backbone(cfg: Config) -> Path | None:
-    """The text modality's local backbone folder (config, tokenizer), if the model has one."""
-    text = getattr(cfg, "text", None)
-    if cfg.modality != "text" or text is None or not getattr(text, "backbone", None):
-        return None
-    return Path(text.backbone)
+def _packaged_folder(cfg: Config) -> tuple[str, Path] | None:
+    """The config key and local folder the modality needs besides the weights (a text
+    backbone's config and tokenizer), if any."""
+    return get_modality(cfg.modality).packaged_folder(cfg)
 
 
 # ------------------------------------------------------------------------------------- writing
@@ -230,9 +230,10 @@ def _copy_experiment(experiment: Experiment, outputs: Path, root: Path, plan: Pl
     # Paths of the training machine mean nothing on Kaggle: the fine-tuned weights replace the
     # pretrained ones, and a text backbone folder (its config, tokenizer) travels in the bundle.
     entry["paths"] = {"model.pretrained_path": None}
-    backbone = _backbone(experiment.cfg)
-    if backbone is not None:
-        entry["paths"]["text.backbone"] = plan.backbones[backbone.resolve()]
+    carried = _packaged_folder(experiment.cfg)
+    if carried is not None:
+        key, folder = carried
+        entry["paths"][key] = plan.backbones[folder.resolve()]
     metrics_file = source / "metrics.json"
     if metrics_file.is_file():
         entry["cv"] = json.loads(metrics_file.read_text(encoding="utf-8")).get("cv")

@@ -27,16 +27,16 @@ import numpy as np
 import pandas as pd
 
 from medalist.config import Config, resolve_config
-from medalist.data import read_test, sample_path, test_path
+from medalist.data import read_test
 from medalist.ensemble.blend import Blender, LogitBlender, RankBlender
 from medalist.errors import ConfigError, DataError
 from medalist.io import write_json, write_parquet
+from medalist.layout import sample_path, test_path
+from medalist.modalities import get_modality
 from medalist.prediction.infer import predict_files
-from medalist.prediction.tta import expand_views
 from medalist.submission import stage as submission_stage
 from medalist.tasks import Task
 from medalist.training.runtime import make_accelerator, make_loader
-from medalist.training.stage import MODALITIES
 
 log = logging.getLogger(__name__)
 
@@ -164,11 +164,11 @@ def predict_experiment(
     """
 
     cfg = experiment_config(bundle, entry, data)
-    views = expand_views(cfg.infer.tta, modality=cfg.modality)
+    modality = get_modality(cfg.modality)
+    views = modality.expand_views(cfg.infer.tta)
     task = read_task(bundle / entry["task"])
     test = read_test(cfg)
     test = test if rows is None else test.head(rows)
-    modality = MODALITIES[cfg.modality]
     dataset = modality.build_dataset(
         cfg, test, None, split="test", train=False, source=str(test_path(cfg)), views=views
     )

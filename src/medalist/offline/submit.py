@@ -14,8 +14,8 @@ import logging
 from pathlib import Path
 
 from medalist.config import Config
-from medalist.data import sample_path
 from medalist.errors import ConfigError, MedalistError
+from medalist.layout import sample_path
 from medalist.offline.package import competition_slug, notebook_id
 from medalist.submission.format import validate_submission_file
 

@@ -22,21 +22,24 @@ import torch
 from tqdm.auto import tqdm
 
 from medalist.config import Config
-from medalist.data import experiment_dir, read_test, read_train, test_path, train_path
+from medalist.data import read_test, read_train
 from medalist.errors import DataError
 from medalist.folds import load_folds
 from medalist.io import write_json, write_parquet
-from medalist.prediction.tta import batched_views, expand_views, merge
-from medalist.tasks import Task, build_task
-from medalist.training.runtime import check_precision, make_accelerator, make_loader
-from medalist.training.stage import (
+from medalist.layout import (
     FULL_FIT,
-    MODALITIES,
+    experiment_dir,
     fold_dir,
     has_prediction_weights,
-    mean_prediction,
     prediction_weights,
+    test_path,
+    train_path,
 )
+from medalist.modalities import get_modality
+from medalist.prediction.tta import batched_views, merge
+from medalist.tasks import Task, build_task
+from medalist.training.runtime import check_precision, make_accelerator, make_loader
+from medalist.training.stage import mean_prediction
 from medalist.training.weights import load_weights
 
 log = logging.getLogger(__name__)
@@ -120,7 +123,8 @@ def run(cfg: Config) -> pd.DataFrame:
     """Predict the test set with every trained fold; returns the averaged prediction table."""
     # An unknown view or a precision the device cannot run stops here, before any work.
     check_precision(cfg)
-    views = expand_views(cfg.infer.tta, modality=cfg.modality)
+    modality = get_modality(cfg.modality)
+    views = modality.expand_views(cfg.infer.tta)
     train = read_train(cfg)
     folds_table = load_folds(
         cfg.competition.folds_dir,
@@ -130,7 +134,6 @@ def run(cfg: Config) -> pd.DataFrame:
     )
     task = load_task(cfg, train)
     test = read_test(cfg)
-    modality = MODALITIES[cfg.modality]
     modality.check_inputs(cfg, test, "test", str(test_path(cfg)))  # every row, before any work
     dataset = modality.build_dataset(
         cfg, test, None, split="test", train=False, source=str(test_path(cfg)), views=views

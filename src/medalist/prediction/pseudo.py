@@ -30,13 +30,10 @@ from medalist.config import Config, PseudoConfig
 from medalist.data import read_test
 from medalist.errors import ConfigError, DataError
 from medalist.io import sha256_file, write_json, write_parquet
+from medalist.layout import pseudo_dir
 from medalist.training.runtime import process_state
 
 log = logging.getLogger(__name__)
-
-
-def pseudo_dir(cfg: Config, round_: int) -> Path:
-    return Path(cfg.competition.outputs_dir) / "pseudo" / str(round_)
 
 
 def folds_hash(cfg: Config) -> str:

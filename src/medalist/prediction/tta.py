@@ -9,10 +9,9 @@ models trained at several sizes; a network trained at one size can see a resized
 different image). All views of a batch go through the model as one concatenated batch, so n
 views cost one pass over n times the rows, not n passes.
 
-Text views are truncations, made by the text dataset from each row's full token ids (the batch
-arrives as ``{view: token ids}``): ``identity`` (``text.truncation`` at ``text.max_length``),
-``head``, ``tail`` and ``head_tail``, each optionally with another max length (``head_tail_512``).
-Views of the same padded length go through the model together.
+Text views are truncations (:mod:`medalist.modalities.text_views`), made by the text dataset
+from each row's full token ids: the batch arrives as ``{view: token ids}``, and
+:func:`batched_views` passes views of the same padded length through the model together.
 
 Merges: ``mean`` of probabilities; ``geometric``, through log-probabilities (softmax of the mean
 log-softmax for classes, the mean logit for sigmoid outputs: finite for any finite logits);
@@ -40,27 +39,10 @@ VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "rot270": lambda x: x.rot90(3, (-2, -1)),
 }
 MERGES = ("mean", "geometric", "max")
-TEXT_TRUNCATIONS = ("identity", "head", "tail", "head_tail")
 
 
-def text_view(name: str) -> tuple[str, int | None] | None:
-    """``'head_tail_512'`` -> ``('head_tail', 512)``, ``'tail'`` -> ``('tail', None)``, else None."""
-    base, _, size = name.rpartition("_")
-    if base in TEXT_TRUNCATIONS and size.isdigit() and int(size) > 0:
-        return base, int(size)
-    return (name, None) if name in TEXT_TRUNCATIONS else None
-
-
-def expand_views(names: list[str], key: str = "infer.tta", modality: str = "image") -> list[str]:
-    """Validate view names and expand ``d4``; an unknown name is an error naming it."""
-    if modality == "text":
-        for name in names or ["identity"]:
-            if text_view(name) is None:
-                raise ConfigError(
-                    f"{key}: '{name}' is not a text view; known: {list(TEXT_TRUNCATIONS)}, each "
-                    "optionally with _<max_length> (e.g. head_tail_512)"
-                )
-        return list(names or ["identity"])
+def expand_views(names: list[str], key: str = "infer.tta") -> list[str]:
+    """Validate image view names and expand ``d4``; an unknown name is an error naming it."""
     views = []
     for name in names or ["identity"]:
         if name == "d4":

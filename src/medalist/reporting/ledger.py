@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
-from pathlib import Path
 
 import pandas as pd
 
 from medalist.config import Config
 from medalist.io import write_csv
+from medalist.layout import ledger_path
 
 
 def git_commit() -> str:
@@ -29,10 +29,6 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return ""
     return f"{commit}+dirty" if dirty else commit
-
-
-def ledger_path(cfg: Config) -> Path:
-    return Path(cfg.competition.outputs_dir) / "ledger.csv"
 
 
 def append_ledger(cfg: Config, metrics: dict, device: str) -> pd.DataFrame:

@@ -7,8 +7,9 @@ import logging
 from pathlib import Path
 
 from medalist.config import Config
-from medalist.data import experiment_dir, read_table, sample_path
+from medalist.data import read_table
 from medalist.io import write_text
+from medalist.layout import experiment_dir, sample_path, submission_path
 from medalist.prediction.infer import read_predictions
 from medalist.submission.format import build_submission, validate_submission, write_submission
 from medalist.training.runtime import process_state
@@ -31,8 +32,7 @@ def run(cfg: Config, predictions: Path | None = None) -> Path:
         target_columns=info["target_columns"],
         kind=cfg.submission.kind,
     )
-    name = cfg.submission.name or cfg.train.experiment
-    path = Path(c.submissions_dir) / f"{name}.csv"
+    path = submission_path(cfg)
     values = [col for col in sub.columns if col != c.id_column]
     is_label = [col for col in values if sub[col].dtype.kind != "f"]
     probability_columns = (

@@ -12,7 +12,6 @@ continues.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -23,13 +22,23 @@ import pandas as pd
 import torch
 
 from medalist.config import Config
-from medalist.data import experiment_dir, read_test, read_train, test_path, train_path
+from medalist.data import read_test, read_train
 from medalist.errors import ConfigError, DataError
 from medalist.folds import load_folds
-from medalist.io import sha256_file, write_json, write_parquet, write_text
-from medalist.modalities import image as image_modality
-from medalist.modalities import text as text_modality
-from medalist.prediction.pseudo import as_hard, folds_hash, labels_mode, load_for_fold, pseudo_dir
+from medalist.io import write_json, write_parquet, write_text
+from medalist.layout import (
+    FULL_FIT,
+    MODEL_WEIGHTS,
+    experiment_dir,
+    fold_dir,
+    has_prediction_weights,
+    test_path,
+    train_path,
+    training_hash,
+    weights_file,
+)
+from medalist.modalities import get_modality
+from medalist.prediction.pseudo import as_hard, folds_hash, labels_mode, load_for_fold
 from medalist.reporting.ledger import append_ledger
 from medalist.tasks import Task, build_task
 from medalist.training.checkpoint import clear_checkpoints
@@ -48,80 +57,6 @@ from medalist.tricks.registry import build_tricks
 from medalist.tricks.schedule import snapshot_names
 
 log = logging.getLogger(__name__)
-MODALITIES = {"image": image_modality, "text": text_modality}
-FULL_FIT = -1
-MODEL_WEIGHTS = "model.safetensors"
-LEGACY_EVAL_WEIGHTS = "ema.safetensors"  # an older medalist's file for EMA and SWA weights alike
-
-
-def weights_file(name: str) -> str:
-    """The file of the fold's weights called ``name`` (``model``, ``ema``, ``swa``)."""
-    return f"{name}.safetensors"
-
-
-def prediction_weights(cfg: Config, fold: int) -> list[Path]:
-    """The weight files a fold predicts with; its prediction is the mean of theirs.
-
-    Training records them in ``fold{k}/scores.json`` (``prediction_weights``): the weights that
-    scored the OOF rows (``model``, ``ema`` or ``swa.safetensors``), or the cycle snapshots of a
-    snapshot ensemble. ``infer`` (test set and TTA OOF) and ``package`` read the record, so they
-    predict with the weights the CV was measured with, whatever the config says now.
-
-    Raises:
-        DataError: the fold has no ``scores.json`` (its training never finished).
-    """
-    folder = fold_dir(cfg, fold)
-    record = folder / "scores.json"
-    if not record.is_file():
-        raise DataError(f"{record} not found: fold {fold} is not trained; run train first")
-    names = json.loads(record.read_text()).get("prediction_weights")
-    if names is None:  # a fold trained before the record existed
-        names = [_legacy_weights(cfg, folder)]
-    return [folder / name for name in names]
-
-
-def _legacy_weights(cfg: Config, folder: Path) -> str:
-    """An older medalist scored the OOF with the EMA or SWA weights when it saved any."""
-    averaged = cfg.tricks.ema.enabled or cfg.tricks.swa.enabled
-    if averaged and (folder / LEGACY_EVAL_WEIGHTS).is_file():
-        return LEGACY_EVAL_WEIGHTS
-    return MODEL_WEIGHTS
-
-
-def has_prediction_weights(cfg: Config, fold: int) -> bool:
-    """Whether the fold finished training and every file it predicts with is there."""
-    if not (fold_dir(cfg, fold) / "scores.json").is_file():
-        return False
-    return all(path.is_file() for path in prediction_weights(cfg, fold))
-
-
-def backbone_weights(cfg: Config) -> list[Path]:
-    """Local starting weights (``model.pretrained_path`` or ``text.backbone``'s safetensors)."""
-    if cfg.modality == "text":
-        folder = Path(cfg.text.backbone) if cfg.text.backbone else None
-        return sorted(folder.glob("*.safetensors")) if folder and folder.is_dir() else []
-    path = Path(cfg.model.pretrained_path) if cfg.model.pretrained_path else None
-    return [path] if path and path.is_file() else []
-
-
-def training_hash(cfg: Config) -> str:
-    """Hash of what changes a fold's weights (not which folds run, inference or submission).
-
-    The starting weights count by content, so folds trained from a backbone that MLM pretraining
-    has since rewritten in place are trained again.
-    """
-    exclude = {"infer", "submission", "stages", "pseudo", "ensemble", "kaggle", "mlm", "tracking"}
-    data = cfg.model_dump(mode="json", exclude=exclude)
-    data["train"].pop("folds"), data["train"].pop("progress")
-    data["backbone_weights"] = [sha256_file(path) for path in backbone_weights(cfg)]
-    if cfg.train.pseudo_round is not None:  # new labels for the same round retrain the folds
-        record = pseudo_dir(cfg, cfg.train.pseudo_round) / "teachers.json"
-        data["pseudo_labels"] = sha256_file(record) if record.is_file() else None
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def fold_dir(cfg: Config, fold: int) -> Path:
-    return experiment_dir(cfg) / ("full" if fold == FULL_FIT else f"fold{fold}")
 
 
 def fold_done(cfg: Config, fold: int) -> bool:
@@ -159,7 +94,7 @@ def run(cfg: Config) -> dict:
     started = time.perf_counter()
     check_precision(cfg)
     check_trackers(cfg)
-    modality = MODALITIES[cfg.modality]
+    modality = get_modality(cfg.modality)
     source = str(train_path(cfg))
     train = read_train(cfg)
     task = build_task(cfg, train)
@@ -270,19 +205,6 @@ def _pseudo_set(cfg, task, modality, fold):
     )
 
 
-class Combined(torch.utils.data.ConcatDataset):
-    """Labelled and pseudo-labelled rows; every sample carries a loss weight."""
-
-    def set_epoch(self, epoch: int) -> None:
-        for dataset in self.datasets:
-            dataset.set_epoch(epoch)
-
-    def __getitem__(self, index):
-        sample = super().__getitem__(index)
-        sample.setdefault("weight", torch.tensor(1.0))
-        return sample
-
-
 def _subset(frame: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
     return frame.iloc[rows].reset_index(drop=True)
 
@@ -302,8 +224,7 @@ def _train_fold(
         source=source,
     )
     if cfg.train.pseudo_round is not None:
-        combine = getattr(modality, "combine", Combined)  # a modality may join its own way
-        train_set = combine([train_set, _pseudo_set(cfg, task, modality, fold)])
+        train_set = modality.combine([train_set, _pseudo_set(cfg, task, modality, fold)])
     valid_set = valid_targets = None
     if valid_rows is not None:
         valid_targets = targets[valid_rows]

@@ -1,0 +1,175 @@
+"""Where every artifact of a project lives, and what makes a trained fold stale.
+
+Every stage finds its inputs and writes its outputs through these functions; the folders come
+from the ``competition`` config section (defaults shown)::
+
+    data/train.csv, test.csv, sample_submission.csv     train_path, test_path, sample_path
+    folds/folds.csv, folds/folds.json                   folds_files
+    outputs/<experiment>/                               experiment_dir
+        task.json, oof.parquet, test.parquet, metrics.json, log.csv
+        fold<k>/ (full/ for a full fit)                 fold_dir
+            model.safetensors                           the trained weights (MODEL_WEIGHTS)
+            ema|swa|snapshot<c>.safetensors             other weights (weights_file)
+            scores.json                                 scores, training_hash, prediction_weights
+            checkpoint/step-<n>/                        resumable state while training
+    outputs/pseudo/<round>/teachers.json                pseudo_dir
+    outputs/ensemble/<name>/                            ensemble_dir
+    outputs/mlm/<name>/                                 mlm_dir
+    outputs/ledger.csv                                  ledger_path
+    outputs/.stamps/<experiment>.<stage>.json           stamp_path (``medalist run``)
+    submissions/<name>.csv (and .yaml)                  submission_path
+
+A fold is trained again when :func:`training_hash` changes: it covers the config sections marked
+``retrains`` (see :func:`medalist.config.schema.training_sections`), the starting weights by
+content, and the pseudo labels a student trains on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from medalist.config import Config
+from medalist.config.schema import training_sections
+from medalist.errors import DataError
+from medalist.io import sha256_file
+from medalist.modalities import get_modality
+
+FULL_FIT = -1  # the "fold" of a model trained on every row
+MODEL_WEIGHTS = "model.safetensors"
+LEGACY_EVAL_WEIGHTS = "ema.safetensors"  # an older medalist's file for EMA and SWA weights alike
+# Keys of the train section that do not change a fold's weights: which folds run, progress bars.
+TRAIN_KEYS_NOT_TRAINING = ("folds", "progress")
+
+
+# ----------------------------------------------------------------------------- the competition
+
+
+def train_path(cfg: Config) -> Path:
+    return Path(cfg.competition.data_dir) / cfg.competition.train_csv
+
+
+def test_path(cfg: Config) -> Path:
+    return Path(cfg.competition.data_dir) / cfg.competition.test_csv
+
+
+def sample_path(cfg: Config) -> Path:
+    return Path(cfg.competition.data_dir) / cfg.competition.sample_submission
+
+
+def folds_files(cfg: Config) -> list[Path]:
+    """``folds.csv`` (the fold of each row) and ``folds.json`` (its manifest)."""
+    folder = Path(cfg.competition.folds_dir)
+    return [folder / "folds.csv", folder / "folds.json"]
+
+
+# ----------------------------------------------------------------------------- experiments
+
+
+def outputs_dir(cfg: Config) -> Path:
+    return Path(cfg.competition.outputs_dir)
+
+
+def experiment_dir(cfg: Config) -> Path:
+    return outputs_dir(cfg) / cfg.train.experiment
+
+
+def fold_dir(cfg: Config, fold: int) -> Path:
+    return experiment_dir(cfg) / ("full" if fold == FULL_FIT else f"fold{fold}")
+
+
+def weights_file(name: str) -> str:
+    """The file of the fold's weights called ``name`` (``model``, ``ema``, ``swa``)."""
+    return f"{name}.safetensors"
+
+
+def prediction_weights(cfg: Config, fold: int) -> list[Path]:
+    """The weight files a fold predicts with; its prediction is the mean of theirs.
+
+    Training records them in ``fold{k}/scores.json`` (``prediction_weights``): the weights that
+    scored the OOF rows (``model``, ``ema`` or ``swa.safetensors``), or the cycle snapshots of a
+    snapshot ensemble. ``infer`` (test set and TTA OOF) and ``package`` read the record, so they
+    predict with the weights the CV was measured with, whatever the config says now.
+
+    Raises:
+        DataError: the fold has no ``scores.json`` (its training never finished).
+    """
+    folder = fold_dir(cfg, fold)
+    record = folder / "scores.json"
+    if not record.is_file():
+        raise DataError(f"{record} not found: fold {fold} is not trained; run train first")
+    names = json.loads(record.read_text()).get("prediction_weights")
+    if names is None:  # a fold trained before the record existed
+        names = [_legacy_weights(cfg, folder)]
+    return [folder / name for name in names]
+
+
+def _legacy_weights(cfg: Config, folder: Path) -> str:
+    """An older medalist scored the OOF with the EMA or SWA weights when it saved any."""
+    averaged = cfg.tricks.ema.enabled or cfg.tricks.swa.enabled
+    if averaged and (folder / LEGACY_EVAL_WEIGHTS).is_file():
+        return LEGACY_EVAL_WEIGHTS
+    return MODEL_WEIGHTS
+
+
+def has_prediction_weights(cfg: Config, fold: int) -> bool:
+    """Whether the fold finished training and every file it predicts with is there."""
+    if not (fold_dir(cfg, fold) / "scores.json").is_file():
+        return False
+    return all(path.is_file() for path in prediction_weights(cfg, fold))
+
+
+def training_config(cfg: Config) -> dict:
+    """The config as training sees it: the sections that change a fold's weights."""
+    data = cfg.model_dump(mode="json", include=set(training_sections()))
+    for key in TRAIN_KEYS_NOT_TRAINING:
+        data["train"].pop(key, None)
+    return data
+
+
+def training_hash(cfg: Config) -> str:
+    """Hash of what changes a fold's weights (not which folds run, inference or submission).
+
+    The starting weights count by content, so folds trained from a backbone that MLM pretraining
+    has since rewritten in place are trained again.
+    """
+    data = training_config(cfg)
+    data["backbone_weights"] = [sha256_file(path) for path in starting_weights(cfg)]
+    if cfg.train.pseudo_round is not None:  # new labels for the same round retrain the folds
+        record = pseudo_dir(cfg, cfg.train.pseudo_round) / "teachers.json"
+        data["pseudo_labels"] = sha256_file(record) if record.is_file() else None
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def starting_weights(cfg: Config) -> list[Path]:
+    """The local files a model starts from (the modality says which), for the fingerprint."""
+    return get_modality(cfg.modality).starting_weights(cfg)
+
+
+# ----------------------------------------------------------------------------- other stages
+
+
+def pseudo_dir(cfg: Config, round_: int) -> Path:
+    return outputs_dir(cfg) / "pseudo" / str(round_)
+
+
+def ensemble_dir(cfg: Config, name: str) -> Path:
+    return outputs_dir(cfg) / "ensemble" / name
+
+
+def mlm_dir(cfg: Config) -> Path:
+    return outputs_dir(cfg) / "mlm" / cfg.mlm.name
+
+
+def ledger_path(cfg: Config) -> Path:
+    return outputs_dir(cfg) / "ledger.csv"
+
+
+def stamp_path(cfg: Config, stage: str) -> Path:
+    return outputs_dir(cfg) / ".stamps" / f"{cfg.train.experiment}.{stage}.json"
+
+
+def submission_path(cfg: Config) -> Path:
+    name = cfg.submission.name or cfg.train.experiment
+    return Path(cfg.competition.submissions_dir) / f"{name}.csv"

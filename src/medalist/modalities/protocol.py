@@ -1,0 +1,68 @@
+"""What a modality provides: the one interface the train, infer, pseudo and package stages use.
+
+A modality is a module with these functions (``typing.Protocol`` checks modules structurally:
+``isinstance(module, Modality)``). Rows arrive as a table (``pd.DataFrame``) with the targets
+already encoded by the task; the task, not the modality, decides the head size, the loss and
+the prediction columns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from medalist.config import Config
+from medalist.tasks import Task
+
+
+@runtime_checkable
+class Modality(Protocol):
+    def check_inputs(self, cfg: Config, df: pd.DataFrame, split: str, source: str) -> object:
+        """Check every row's inputs before any long work (files exist, text is text...).
+
+        ``split`` is ``train`` or ``test``; ``source`` names the table in errors. Raises
+        ``DataError`` or ``ConfigError`` naming the file, the row or the config key.
+        """
+
+    def build_dataset(
+        self,
+        cfg: Config,
+        df: pd.DataFrame,
+        targets: np.ndarray | None,
+        *,
+        split: str,
+        train: bool,
+        source: str,
+        weights: np.ndarray | None = None,
+        views: list[str] | None = None,
+    ) -> Dataset:
+        """The rows as a dataset of ``{"index", "input", ["target"], ["weight"]}`` samples.
+
+        ``train``: training augmentation; ``weights``: a loss weight per row (pseudo labels);
+        ``views``: the TTA views the dataset must prepare itself (text truncations). A dataset
+        may bring ``collate`` and ``batch_sampler`` (see ``training.runtime.make_loader``) and
+        ``set_epoch`` (augmentation seeded by epoch).
+        """
+
+    def combine(self, datasets: list[Dataset]) -> Dataset:
+        """Labelled and pseudo-labelled rows as one training set; every sample has a weight."""
+
+    def build_model(self, cfg: Config, task: Task) -> torch.nn.Module:
+        """The model with the task's head (``task.num_outputs``), from local weights only."""
+
+    def expand_views(self, names: list[str], key: str = "infer.tta") -> list[str]:
+        """The TTA view names checked (an unknown one is a ``ConfigError`` naming ``key``)
+        and expanded (``d4`` -> its eight symmetries)."""
+
+    def starting_weights(self, cfg: Config) -> list[Path]:
+        """The local files the model starts from: their content is part of the fingerprint
+        that decides whether a fold trains again."""
+
+    def packaged_folder(self, cfg: Config) -> tuple[str, Path] | None:
+        """A folder the offline bundle must carry besides the trained weights, and the config
+        key that points to it (the text backbone's config and tokenizer), or None."""
