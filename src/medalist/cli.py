@@ -10,6 +10,9 @@ import importlib
 import logging
 import sys
 
+from rich.console import Console
+from rich.logging import RichHandler
+
 from medalist.errors import MedalistError
 
 log = logging.getLogger("medalist")
@@ -97,8 +100,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(verbose: bool) -> None:
-    from rich.console import Console
-    from rich.logging import RichHandler
 
     # Logs go to stderr (stdout stays for what a command prints); wide lines in files and CI.
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from medalist.config import Config, TextConfig
 from medalist.errors import CheckpointError, ConfigError
@@ -85,7 +87,6 @@ def backbone_dir(path: str | None, key: str) -> Path:
 @contextmanager
 def quiet_transformers():
     """transformers' load reports and progress bars off while a local folder loads."""
-    from transformers.utils import logging as hf_logging
 
     level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
@@ -113,14 +114,12 @@ def load_tokenizer(folder: Path):
 
 @lru_cache(maxsize=8)
 def _load_tokenizer(folder: Path, stamp: tuple):
-    from transformers import AutoTokenizer
 
     with quiet_transformers():
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
 def load_config(folder: Path):
-    from transformers import AutoConfig
 
     with quiet_transformers():
         return AutoConfig.from_pretrained(str(folder), local_files_only=True)
@@ -278,7 +277,6 @@ def transformer_layers(backbone: nn.Module) -> nn.ModuleList:
 
 def load_backbone(folder: Path, hidden_dropout: float | None = None) -> nn.Module:
     """``AutoModel`` from the folder's safetensors; mostly missing weights are an error."""
-    from transformers import AutoModel
 
     config = load_config(folder)
     if hidden_dropout is not None:

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import pandas as pd
 import yaml
@@ -340,7 +341,6 @@ def _kernel_metadata(cfg: Config) -> dict:
 
 
 def _write_notebook(cfg: Config) -> Path:
-    import nbformat
 
     folder = Path(cfg.kaggle.output_dir) / "notebook"
     write_text(folder / "predict.ipynb", nbformat.writes(notebook()) + "\n")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.console import Console
+from rich.table import Table
 from scipy import stats
 
 from medalist.errors import MedalistError
@@ -179,7 +181,6 @@ def _duration(seconds) -> str:
 
 def build_table(frame: pd.DataFrame):
     """The ledger as a rich Table (one row per run or ensemble)."""
-    from rich.table import Table
 
     metrics = list(dict.fromkeys(m for cv in frame["cv"] for m in cv))
     table = Table(title="medalist ledger", show_lines=False)
@@ -225,7 +226,6 @@ def show(outputs_dir: str | Path, lb: dict[str, float] | None = None, console=No
         lb: leaderboard scores by experiment, added to those recorded in lb.csv.
         console: a rich Console (a new one on stdout by default).
     """
-    from rich.console import Console
 
     if console is None:
         console = Console()

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import confusion_matrix
 
 from medalist.config import Config
 from medalist.data import read_train
@@ -45,7 +47,10 @@ class Subject:
 
 
 def _figure(width: float, height: float):
-    """A matplotlib Figure on the Agg canvas (no pyplot, no backend switch)."""
+    """A matplotlib Figure on the Agg canvas (no pyplot, no backend switch).
+
+    matplotlib is imported here, by the report alone: it takes a second to load.
+    """
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -159,7 +164,6 @@ def weights_plot(weights: dict[str, float], title: str) -> bytes:
 
 def confusion_plot(y: np.ndarray, pred: np.ndarray, classes: list) -> bytes:
     """Row-normalised confusion matrix with counts (binary and multiclass)."""
-    from sklearn.metrics import confusion_matrix
 
     labels = pred.argmax(1) if pred.shape[1] > 1 else (pred[:, 0] >= 0.5).astype(int)
     counts = confusion_matrix(y, labels, labels=np.arange(len(classes)))
@@ -213,7 +217,6 @@ def _calibration_points(task_type: str, y: np.ndarray, pred: np.ndarray):
 
 
 def calibration_plot(subjects: list[Subject], task_type: str, y: np.ndarray) -> bytes:
-    from sklearn.calibration import calibration_curve
 
     figure = _figure(5.5, 4.5)
     axes = figure.add_subplot()

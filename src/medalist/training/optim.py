@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
+from timm.optim._param_groups import param_groups_layer_decay, param_groups_weight_decay
 from transformers import get_scheduler
 
 from medalist.config import Config
@@ -38,7 +39,6 @@ def _no_weight_decay(model: torch.nn.Module) -> set[str]:
 
 
 def _plain_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    from timm.optim._param_groups import param_groups_weight_decay
 
     return param_groups_weight_decay(
         model, weight_decay=weight_decay, no_weight_decay_list=_no_weight_decay(model)
@@ -49,7 +49,6 @@ def _layer_groups(model: torch.nn.Module, weight_decay: float, layer_decay: floa
     own = getattr(model, "layer_groups", None)
     if callable(own):
         return own(weight_decay, layer_decay)
-    from timm.optim._param_groups import param_groups_layer_decay
 
     return param_groups_layer_decay(
         model,

@@ -18,6 +18,7 @@ import logging
 
 import torch
 import torch.distributed as dist
+from timm.layers import convert_sync_batchnorm
 from torch.distributed.nn.functional import all_reduce
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -35,7 +36,6 @@ def sync_batch_norm(model: torch.nn.Module, device: torch.device) -> torch.nn.Mo
         return model
     if device.type == "cpu":
         return _to_gloo(model)
-    from timm.layers import convert_sync_batchnorm  # timm's norm+act layers too
 
     return convert_sync_batchnorm(model)
 
