@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -9,12 +10,11 @@ from pathlib import Path
 import pytest
 
 from medalist import layout
-from medalist.config import resolve_config
 from medalist.config.schema import Config, training_sections
+from support import configs
 
-
-def cfg(*extra):
-    return resolve_config(None, ["competition.target_columns=[y]", *extra])
+# The built-in defaults (no config file), with the one setting they leave open.
+cfg = functools.partial(configs.cfg, path=None, base=["competition.target_columns=[y]"])
 
 
 def test_every_config_section_says_whether_it_retrains():
@@ -94,3 +94,7 @@ def test_paths_follow_the_competition_folders():
     assert layout.submission_path(c) == Path("s/exp.csv")
     named = c.model_copy(update={"submission": c.submission.model_copy(update={"name": "x"})})
     assert layout.submission_path(named) == Path("s/x.csv")
+    assert layout.submission_path(named, "blend") == Path("s/blend.csv")
+    assert layout.ensemble_folder(Path("o"), "blend") == layout.ensemble_dir(c, "blend")
+    assert layout.fold_name(0) == "fold0" and layout.fold_name(layout.FULL_FIT) == "full"
+    assert layout.tracking_dir(c) == Path("o/tracking").resolve()

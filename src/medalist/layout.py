@@ -16,6 +16,7 @@ from the ``competition`` config section (defaults shown)::
     outputs/ensemble/<name>/                            ensemble_dir
     outputs/mlm/<name>/                                 mlm_dir
     outputs/ledger.csv                                  ledger_path
+    outputs/tracking/                                   tracking_dir (wandb, mlflow offline)
     outputs/.stamps/<experiment>.<stage>.json           stamp_path (``medalist run``)
     submissions/<name>.csv (and .yaml)                  submission_path
 
@@ -75,8 +76,13 @@ def experiment_dir(cfg: Config) -> Path:
     return outputs_dir(cfg) / cfg.train.experiment
 
 
+def fold_name(fold: int) -> str:
+    """``fold3``, or ``full`` for a full fit: a fold's folder, and its key in records."""
+    return "full" if fold == FULL_FIT else f"fold{fold}"
+
+
 def fold_dir(cfg: Config, fold: int) -> Path:
-    return experiment_dir(cfg) / ("full" if fold == FULL_FIT else f"fold{fold}")
+    return experiment_dir(cfg) / fold_name(fold)
 
 
 def weights_file(name: str) -> str:
@@ -155,7 +161,12 @@ def pseudo_dir(cfg: Config, round_: int) -> Path:
 
 
 def ensemble_dir(cfg: Config, name: str) -> Path:
-    return outputs_dir(cfg) / "ensemble" / name
+    return ensemble_folder(outputs_dir(cfg), name)
+
+
+def ensemble_folder(outputs: Path, name: str) -> Path:
+    """An ensemble's folder under an outputs folder (the report reads one without a config)."""
+    return Path(outputs) / "ensemble" / name
 
 
 def mlm_dir(cfg: Config) -> Path:
@@ -170,6 +181,12 @@ def stamp_path(cfg: Config, stage: str) -> Path:
     return outputs_dir(cfg) / ".stamps" / f"{cfg.train.experiment}.{stage}.json"
 
 
-def submission_path(cfg: Config) -> Path:
-    name = cfg.submission.name or cfg.train.experiment
+def submission_path(cfg: Config, name: str | None = None) -> Path:
+    """``submissions/<name>.csv``; the name defaults to ``submission.name`` or the experiment."""
+    name = name or cfg.submission.name or cfg.train.experiment
     return Path(cfg.competition.submissions_dir) / f"{name}.csv"
+
+
+def tracking_dir(cfg: Config) -> Path:
+    """Where offline tracker runs are written: ``tracking.dir`` or ``<outputs>/tracking``."""
+    return Path(cfg.tracking.dir or outputs_dir(cfg) / "tracking").resolve()

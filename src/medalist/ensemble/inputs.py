@@ -24,6 +24,7 @@ from medalist.config import Config
 from medalist.data import read_train
 from medalist.errors import ConfigError, DataError, FoldsMismatchError
 from medalist.folds import load_folds
+from medalist.layout import folds_files, train_path
 from medalist.tasks import Task, build_task
 
 log = logging.getLogger(__name__)
@@ -237,11 +238,11 @@ def load_inputs(cfg: Config, entries: list) -> Inputs:
     train = read_train(cfg)
     task = build_task(cfg, train)
     folds = load_folds(c.folds_dir, train, id_column=c.id_column, target_columns=c.target_columns)
-    manifest = json.loads((Path(c.folds_dir) / "folds.json").read_text(encoding="utf-8"))
+    manifest = json.loads(folds_files(cfg)[1].read_text(encoding="utf-8"))
     inputs = Inputs(
         cfg=cfg,
         task=task,
-        y=task.encode_targets(train, source=str(Path(c.data_dir) / c.train_csv)),
+        y=task.encode_targets(train, source=str(train_path(cfg))),
         fold=folds["fold"].to_numpy(dtype=np.int64),
         ids=train[c.id_column].to_numpy(),
         test_ids=np.array([]),

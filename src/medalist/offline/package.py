@@ -43,7 +43,7 @@ from medalist.data import read_test
 from medalist.ensemble.inputs import expand_members
 from medalist.errors import ConfigError, DataError
 from medalist.io import sha256_file, write_json, write_text
-from medalist.layout import prediction_weights
+from medalist.layout import ensemble_folder, folds_files, prediction_weights
 from medalist.modalities import get_modality
 from medalist.offline import scan, wheels
 from medalist.offline.notebook import notebook, write_entry_point
@@ -129,7 +129,7 @@ def _ensemble(cfg: Config, outputs: Path) -> tuple[dict, list[str]]:
     """The packaged ensemble: method, members (their experiments) and saved weights."""
 
     name = cfg.kaggle.ensemble
-    folder = outputs / "ensemble" / name
+    folder = ensemble_folder(outputs, name)
     for needed in ("weights.json", "ensemble.yaml", "task.json"):
         if not (folder / needed).is_file():
             raise DataError(
@@ -368,11 +368,11 @@ def build(cfg: Config, plan: Plan, root: Path) -> dict:
     for source, relative in plan.backbones.items():
         _copy_backbone(source, root / relative)
     if plan.ensemble:
-        folder = outputs / "ensemble" / plan.ensemble["name"]
+        folder = ensemble_folder(outputs, plan.ensemble["name"])
         for name in ("weights.json", "ensemble.yaml", "task.json", "cv.json"):
             if (folder / name).is_file():
                 _place(folder / name, root / "outputs" / "ensemble" / plan.ensemble["name"] / name)
-    folds_manifest = Path(cfg.competition.folds_dir) / "folds.json"
+    folds_manifest = folds_files(cfg)[1]
     if folds_manifest.is_file():
         _place(folds_manifest, root / "folds" / "folds.json")
     write_text(root / "config.yaml", cfg.to_yaml())

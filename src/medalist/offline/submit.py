@@ -15,7 +15,7 @@ from pathlib import Path
 
 from medalist.config import Config
 from medalist.errors import ConfigError, MedalistError
-from medalist.layout import sample_path
+from medalist.layout import ensemble_dir, outputs_dir, sample_path, submission_path
 from medalist.offline.package import competition_slug, notebook_id
 from medalist.submission.format import validate_submission_file
 
@@ -43,14 +43,12 @@ def client():
 
 def _packaged(cfg: Config) -> tuple[str, Path, Path]:
     """(name, its CV file, its submission file) of what was packaged."""
-    outputs = Path(cfg.competition.outputs_dir)
-    submissions = Path(cfg.competition.submissions_dir)
     if cfg.kaggle.ensemble:
         name = cfg.kaggle.ensemble
-        return name, outputs / "ensemble" / name / "cv.json", submissions / f"{name}.csv"
+        return name, ensemble_dir(cfg, name) / "cv.json", submission_path(cfg, name)
     name = (cfg.kaggle.experiments or [cfg.train.experiment])[0]
-    file = submissions / f"{cfg.submission.name or name}.csv"
-    return name, outputs / name / "metrics.json", file
+    file = submission_path(cfg, cfg.submission.name or name)
+    return name, outputs_dir(cfg) / name / "metrics.json", file
 
 
 def cv_message(name: str, scores_file: Path) -> str:

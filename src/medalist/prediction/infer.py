@@ -52,7 +52,7 @@ def trained_folds(cfg: Config) -> list[int]:
         folds = list(cfg.train.folds)
     else:
         folds = sorted(int(p.name[4:]) for p in out.glob("fold*") if p.name[4:].isdigit())
-        folds += [FULL_FIT] if (out / "full").is_dir() else []
+        folds += [FULL_FIT] if fold_dir(cfg, FULL_FIT).is_dir() else []
     missing = [f for f in folds if not has_prediction_weights(cfg, f)]
     if not folds or missing:
         raise DataError(

@@ -30,14 +30,14 @@ from medalist.config import Config, PseudoConfig
 from medalist.data import read_test
 from medalist.errors import ConfigError, DataError
 from medalist.io import sha256_file, write_json, write_parquet
-from medalist.layout import pseudo_dir
+from medalist.layout import FULL_FIT, fold_name, folds_files, outputs_dir, pseudo_dir
 from medalist.training.runtime import process_state
 
 log = logging.getLogger(__name__)
 
 
 def folds_hash(cfg: Config) -> str:
-    manifest = Path(cfg.competition.folds_dir) / "folds.json"
+    manifest = folds_files(cfg)[1]
     if not manifest.is_file():
         raise DataError(f"{manifest} not found; run `medalist folds` first")
     return json.loads(manifest.read_text())["folds_sha256"]
@@ -181,12 +181,12 @@ def run(cfg: Config) -> dict:
     current = folds_hash(cfg)
     folder = pseudo_dir(cfg, cfg.pseudo.round)
     test_ids = set(read_test(cfg)[cfg.competition.id_column].astype(str))
-    first = Path(cfg.competition.outputs_dir) / teachers[0]
+    first = outputs_dir(cfg) / teachers[0]
     if cfg.pseudo.source == "ensemble":
-        names = {"full": "test.parquet"}
+        names = {fold_name(FULL_FIT): "test.parquet"}
     else:
         folds = sorted(int(p.name[4:]) for p in first.glob("fold*") if p.name[4:].isdigit())
-        names = {f"fold{k}": f"fold{k}/test.parquet" for k in folds}
+        names = {fold_name(k): f"{fold_name(k)}/test.parquet" for k in folds}
     # Under several processes (accelerate launch, torchrun) every process computes the labels;
     # only the main one writes them, and the others wait until they are on disk.
     state = process_state(cfg)
@@ -238,7 +238,7 @@ def load_for_fold(cfg: Config, fold: int, pred_columns: list[str]) -> pd.DataFra
     if not record_file.is_file():
         raise DataError(f"train.pseudo_round: {record_file} not found; run `medalist pseudo`")
     record = json.loads(record_file.read_text())
-    name = "full" if fold == -1 else f"fold{fold}"
+    name = fold_name(fold)
     if record["source"] == "ensemble" and fold != -1:
         raise ConfigError(
             "train.pseudo_round: these labels come from all-fold ensembles, whose models saw "

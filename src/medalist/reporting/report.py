@@ -32,6 +32,7 @@ from medalist.ensemble.nested import score
 from medalist.errors import ConfigError, MedalistError
 from medalist.folds import load_folds
 from medalist.io import write_text
+from medalist.layout import ensemble_folder
 from medalist.tasks import build_task
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def png(figure) -> bytes:
 
 def _config_of(outputs_dir: Path, experiments: list, ensemble: str | None) -> Config:
     """The resolved config saved beside the first experiment (or the ensemble)."""
-    folders = [outputs_dir / "ensemble" / ensemble] if ensemble else []
+    folders = [ensemble_folder(outputs_dir, ensemble)] if ensemble else []
     folders += [outputs_dir / e for e in experiments if isinstance(e, str)]
     for folder in folders:
         if (folder / "config.yaml").is_file():
@@ -107,7 +108,7 @@ def _subject(inputs: Inputs, name: str, folders: list[Path]) -> Subject:
 def _members(outputs_dir: Path, experiments: list, ensemble: str | None) -> list:
     if experiments or not ensemble:
         return expand_members(list(experiments), outputs_dir)
-    cv = json.loads((outputs_dir / "ensemble" / ensemble / "cv.json").read_text(encoding="utf-8"))
+    cv = json.loads((ensemble_folder(outputs_dir, ensemble) / "cv.json").read_text("utf-8"))
     return [(name, [Path(f) for f in info["folders"]]) for name, info in cv["members"].items()]
 
 
@@ -375,7 +376,7 @@ def write_report(
     blend = None
     if ensemble:
         blend = _subject(
-            inputs, f"ensemble {ensemble} (nested)", [outputs_dir / "ensemble" / ensemble]
+            inputs, f"ensemble {ensemble} (nested)", [ensemble_folder(outputs_dir, ensemble)]
         )
     everyone = subjects + ([blend] if blend else [])
     metrics = [m.name for m in inputs.task.metrics]
@@ -398,7 +399,7 @@ def write_report(
             )
         )
     if ensemble:
-        sections.append(_ensemble_section(outputs_dir / "ensemble" / ensemble, metrics))
+        sections.append(_ensemble_section(ensemble_folder(outputs_dir, ensemble), metrics))
     sections += _diagnostics(inputs, everyone, _focus(inputs, subjects, blend))
     target = Path(path) if path else outputs_dir / "report.html"
     write_text(target, _page(cfg, inputs, sections))

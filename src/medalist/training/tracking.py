@@ -20,10 +20,10 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-from pathlib import Path
 
 from medalist.config import Config
 from medalist.errors import ConfigError
+from medalist.layout import tracking_dir
 
 
 def check_trackers(cfg: Config) -> None:
@@ -34,11 +34,6 @@ def check_trackers(cfg: Config) -> None:
                 f"tracking.trackers: {name} is not installed; `pip install {name}` "
                 f"or take {name} out of the list (the CSV logs are written either way)"
             )
-
-
-def tracking_dir(cfg: Config) -> Path:
-    """Where offline tracker runs are written: ``tracking.dir`` or ``<outputs>/tracking``."""
-    return Path(cfg.tracking.dir or Path(cfg.competition.outputs_dir) / "tracking").resolve()
 
 
 class RunTracker:
