@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from medalist.demo.digits import bake, build_digits, working_directory
+from support.configs import TRAINED
 
 TINY = """\
 image:
@@ -55,9 +56,6 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
     monkeypatch.setitem(os.environ, "TQDM_DISABLE", "1")
-
-
-TRAINED = ["-c", "configs/tiny.yaml", "train.epochs=1", "train.folds=[0]"]
 
 
 @pytest.fixture(scope="session")

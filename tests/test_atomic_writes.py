@@ -1,7 +1,8 @@
-"""R2: a process killed while writing, a full disk, a folder that cannot be written, for every kind
-of artifact (weights, parquet, json, csv, yaml, submission, resumable checkpoint, MLM backbone
-folder): no partial file at the final path, the previous artifact still loads, and the error (a
-non-zero exit from the command line) names the path."""
+"""Atomic writes under injected faults: a process killed while writing, a full disk, a folder that
+cannot be written or created, for every kind of artifact (weights, parquet, json, csv, yaml,
+submission, resumable checkpoint, MLM backbone folder): no partial file at the final path, the
+previous artifact still loads, and the error (a non-zero exit from the command line) names the
+path."""
 
 import contextlib
 import os
@@ -14,16 +15,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from medalist import io
 from medalist.cli import main
 from medalist.errors import MedalistError
 from support.artifacts import KINDS, disk_full, low_level_writer
+from support.configs import TRAINED
 
 SUPPORT = Path(__file__).parent / "support"
-TRAINED = ["-c", "configs/tiny.yaml", "train.epochs=1", "train.folds=[0]"]
 
 
 def temporary_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.name.endswith(".tmp")]
+
+
+def contents(root: Path) -> dict[Path, bytes | None]:
+    """Every path under ``root``, with the bytes of each file (None for a folder)."""
+    return {p.relative_to(root): p.read_bytes() if p.is_file() else None for p in root.rglob("*")}
 
 
 @pytest.mark.slow
@@ -51,13 +58,18 @@ def test_killed_while_writing_keeps_the_previous_artifact(tmp_path):
 def test_disk_full_keeps_the_previous_artifact_and_names_the_path(kind, tmp_path, monkeypatch):
     write, load, final, *_ = KINDS[kind]
     write(tmp_path, 1)
+    before = contents(tmp_path)
     owner, attribute, path_index = low_level_writer(kind)
     monkeypatch.setattr(owner, attribute, disk_full(path_index))
     with pytest.raises(MedalistError, match=rf"cannot write \S*{final}\S*: No space left"):
         write(tmp_path, 2)
     monkeypatch.undo()
-    assert load(tmp_path) == 1
+    after = contents(tmp_path)
+    assert {path: after.get(path) for path in before} == before  # byte for byte as it was
     assert not temporary_files(tmp_path)  # half-written temporary files are removed
+    if kind != "checkpoint":  # a checkpoint cut short stays without its completion marker
+        assert after == before  # nothing else is left
+    assert load(tmp_path) == 1
 
 
 @contextlib.contextmanager
@@ -84,7 +96,7 @@ def read_only(folder: Path):
 @pytest.fixture
 def world_readable_dir():
     """A folder every user can reach (pytest's own are private to their owner)."""
-    with tempfile.TemporaryDirectory(prefix="medalist-r2-") as folder:
+    with tempfile.TemporaryDirectory(prefix="medalist-test-") as folder:
         Path(folder).chmod(0o755)
         yield Path(folder)
 
@@ -101,16 +113,23 @@ def test_read_only_folder_keeps_the_previous_artifact_and_names_the_path(kind, w
     assert not temporary_files(root)
 
 
+def test_a_folder_that_cannot_be_created_is_named():
+    # /proc refuses new folders even to root: a real folder that cannot be created.
+    target = Path("/proc/medalist-test/metrics.json")
+    with pytest.raises(MedalistError, match="cannot write /proc/medalist-test/metrics.json"):
+        io.write_json(target, {"cv": 1.0})
+
+
 # -- the command line --------------------------------------------------------------------------
 
 
 def test_stage_into_an_unwritable_folder_exits_2_naming_it(trained_project, caplog):
     """/proc refuses new folders even to root: a real folder that cannot be written."""
-    assert main(["submission", *TRAINED, "competition.submissions_dir=/proc/medalist-r2"]) == 2
-    assert "cannot write /proc/medalist-r2/tiny.csv" in caplog.text
+    assert main(["submission", *TRAINED, "competition.submissions_dir=/proc/medalist-test"]) == 2
+    assert "cannot write /proc/medalist-test/tiny.csv" in caplog.text
     caplog.clear()
-    assert main(["train", *TRAINED, "competition.outputs_dir=/proc/medalist-r2"]) == 2
-    assert "cannot write /proc/medalist-r2/tiny/config.yaml" in caplog.text
+    assert main(["train", *TRAINED, "competition.outputs_dir=/proc/medalist-test"]) == 2
+    assert "cannot write /proc/medalist-test/tiny/config.yaml" in caplog.text
 
 
 def test_disk_full_during_a_stage_exits_2_and_keeps_the_previous_files(
@@ -138,10 +157,6 @@ def test_disk_full_during_a_stage_exits_2_and_keeps_the_previous_files(
 def test_only_temporary_files_of_gone_writers_of_this_host_are_removed(tmp_path):
     """A later write of the same artifact removes what a killed writer of this host left; a live
     writer's file, another host's and another artifact's stay."""
-    import os
-
-    from medalist import io
-
     host = io._writer()
     gone = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],

@@ -1,19 +1,18 @@
 """Bad input stops a stage before training, naming the file, row or key; nothing is damaged."""
 
+import functools
+
 import pandas as pd
 import pytest
 
 from medalist.cli import main
-from medalist.config import resolve_config
 from medalist.errors import ConfigError, DataError, FoldsMismatchError, SubmissionError
 from medalist.folds import run as folds
 from medalist.training.stage import run as train
+from support import configs
 
-OVERRIDES = ["train.epochs=1"]
-
-
-def cfg(*extra):
-    return resolve_config("configs/tiny.yaml", [*OVERRIDES, *extra])
+# One epoch of every fold of the tiny config.
+cfg = functools.partial(configs.cfg, base=configs.ONE_EPOCH)
 
 
 def test_missing_image_file_named(tiny_project):

@@ -20,7 +20,7 @@ harness = importlib.import_module("benchmarks.harness")
 
 @pytest.fixture
 def registry(monkeypatch):
-    """Empty registries for the test, and no row of BENCHMARKS.md expected; restored after."""
+    """Empty registries for the test, none of the listed benchmarks expected; restored after."""
     monkeypatch.setattr(harness, "REGISTRY", {})
     monkeypatch.setattr(harness, "BROKEN", {})
     monkeypatch.setattr(harness, "DEFINED", {})

@@ -1,6 +1,7 @@
-"""R3: a truncated file, a pickle with a payload, and weights or a checkpoint made for another
-model: each refused with an error naming the file (exit 2 from a stage), and no code from the
-file ever runs. (Truncated resumable checkpoints: test_resume.py; unit cases: test_weights.py.)"""
+"""Damaged or unsafe weights and checkpoints: a truncated file, a pickle with a payload, and
+weights or a checkpoint made for another model: each refused with an error naming the file (exit 2
+from a stage), and no code from the file ever runs. (Truncated resumable checkpoints:
+test_resume.py; unit cases: test_weights.py.)"""
 
 import os
 import pickle
@@ -11,13 +12,11 @@ import timm
 import torch
 
 from medalist.cli import main
-from medalist.config import resolve_config
 from medalist.errors import CheckpointError
 from medalist.layout import training_hash
 from medalist.training.checkpoint import load_checkpoint, save_checkpoint
 from medalist.training.weights import save_weights
-
-TRAINED = ["-c", "configs/tiny.yaml", "train.epochs=1", "train.folds=[0]"]
+from support.configs import TRAINED, cfg
 
 
 class Payload:
@@ -61,10 +60,10 @@ def test_optimizer_state_with_a_payload_is_refused_unrun(tmp_path):
 
 def test_training_refuses_a_checkpoint_with_a_payload_or_for_another_model(trained_project):
     """A resumable checkpoint of fold 1 (not trained yet) that a teammate sent or an old run left."""
-    cfg = resolve_config(TRAINED[1], [*TRAINED[2:], "train.folds=[1]"])
+    config = cfg("train.folds=[1]")
     fold1 = trained_project / "outputs" / "tiny" / "fold1"
     marker = trained_project / "pwned"
-    newest = tiny_checkpoint(fold1, progress={"training_hash": training_hash(cfg)})
+    newest = tiny_checkpoint(fold1, progress={"training_hash": training_hash(config)})
     torch.save({"optimizer": Payload(marker)}, newest / "trainer.pt")
     assert main(["train", *TRAINED, "train.folds=[1]"]) == 2
     assert not marker.exists()
@@ -72,11 +71,11 @@ def test_training_refuses_a_checkpoint_with_a_payload_or_for_another_model(train
 
     # The same config's hash, but the weights of another model: refused, not half-loaded.
     other = timm.create_model("test_efficientnet", num_classes=10, in_chans=1)
-    tiny_checkpoint(fold1, model=other, progress={"training_hash": training_hash(cfg)})
+    tiny_checkpoint(fold1, model=other, progress={"training_hash": training_hash(config)})
     with pytest.raises(CheckpointError, match=r"step-00000001 does not fit this model"):
         from medalist.training.stage import run as train
 
-        train(cfg)
+        train(config)
     assert not (fold1 / "model.safetensors").exists()
 
 

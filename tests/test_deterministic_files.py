@@ -1,15 +1,22 @@
-"""The same content gives the same bytes: weights, checkpoints and JSON, in any process."""
+"""The same content gives the same bytes: weights, checkpoints and JSON, in any process; and the
+whole pipeline run twice with the same seed writes the same files."""
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+from safetensors.torch import load_file
 
+from medalist.demo.digits import working_directory
+from medalist.pipeline import run as pipeline
 from medalist.training.checkpoint import save_checkpoint
 from medalist.training.weights import read_metadata, save_weights
+from support.configs import ONE_EPOCH, cfg
 
 # Eight keys: safetensors writes a metadata map in a per-process hash order, so eight separate
 # keys would come out in the same order in three processes about once in 40,000^2 runs.
@@ -81,3 +88,36 @@ def test_checkpoint_files_are_the_same_bytes(tmp_path):
     assert first.keys() == second.keys() and "trainer.pt" in first
     for name, data in first.items():
         assert second[name] == data, f"{name} differs"
+
+
+def _run_copy(template: Path, where: Path, *extra: str) -> Path:
+    """The whole pipeline (one epoch, every fold) in a fresh copy of the tiny project."""
+    project = where / "digits"
+    shutil.copytree(template, project)
+    with working_directory(project):
+        pipeline(cfg(*extra, base=ONE_EPOCH))
+    return project
+
+
+@pytest.mark.slow
+def test_same_seed_bitwise_equal_different_seed_differs(tiny_template, tmp_path):
+    first = _run_copy(tiny_template, tmp_path / "a")
+    second = _run_copy(tiny_template, tmp_path / "b")
+    other = _run_copy(tiny_template, tmp_path / "c", "train.seed=7")
+    for name in (
+        "folds/folds.csv",
+        "folds/folds.json",
+        "outputs/tiny/oof.parquet",
+        "outputs/tiny/test.parquet",
+        "submissions/tiny.csv",
+    ):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    for fold in range(3):
+        weights = f"outputs/tiny/fold{fold}/model.safetensors"
+        a, b = load_file(first / weights), load_file(second / weights)
+        assert all(a[k].equal(b[k]) for k in a)
+    c = load_file(other / "outputs/tiny/fold0/model.safetensors")
+    a = load_file(first / "outputs/tiny/fold0/model.safetensors")
+    assert any(not a[k].equal(c[k]) for k in a if a[k].is_floating_point())
+    # The fold file depends on folds.random_state, not on the training seed.
+    assert (first / "folds/folds.csv").read_bytes() == (other / "folds/folds.csv").read_bytes()

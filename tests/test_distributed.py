@@ -1,7 +1,7 @@
-"""R10: two processes (gloo on CPU) give the single-process results for train (image and text),
-infer, pseudo (and a student trained on its labels) and pretrain-mlm: the same OOF and test
-predictions, pseudo labels and MLM weights within float tolerance, every id exactly once, and every
-file written once, by the main process. A batch-norm model matches too with ``train.sync_bn``,
+"""Distributed runs: two processes (gloo on CPU) give the single-process results for train (image
+and text), infer, pseudo (and a student trained on its labels) and pretrain-mlm: the same OOF and
+test predictions, pseudo labels and MLM weights within float tolerance, every id exactly once, and
+every file written once, by the main process. A batch-norm model matches too with ``train.sync_bn``,
 and measurably does not without it.
 
 The single-process runs happen in this process; the two-process ones in one ``torchrun`` launch

@@ -15,7 +15,7 @@ from medalist.config.ensemble import EnsembleConfig
 from medalist.ensemble.stage import run
 from medalist.errors import ConfigError, DataError, FoldsMismatchError
 from medalist.folds import assign_folds, build_manifest, write_folds
-from test_ensemble_support import (
+from support.ensemble_project import (
     add_experiments,
     labels,
     make_project,

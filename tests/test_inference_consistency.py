@@ -1,22 +1,21 @@
-"""R9 at the stage level: the infer stage with the identity view is bitwise one plain forward pass
-of the saved weights, and predicting the validation rows from the saved weights reproduces the
-OOF predictions made in training bitwise (the weights round-trip exactly). Batch-size
-independence: test_reliability.py; the TTA maths: test_tta.py; text batching: test_text.py."""
+"""The infer stage predicts what the trained model predicts: the identity view is bitwise one
+plain forward pass of the saved weights; predicting the validation rows from the saved weights
+reproduces the OOF predictions made in training bitwise (the weights round-trip exactly); and the
+batch size does not change a prediction. The TTA maths: test_tta.py; text batching: test_text.py."""
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from medalist.config import resolve_config
 from medalist.modalities import image
 from medalist.prediction.infer import load_task
 from medalist.prediction.infer import run as infer
 from medalist.training.weights import load_weights
-
-
-def cfg(*extra):
-    return resolve_config("configs/tiny.yaml", ["train.epochs=1", "train.folds=[0]", *extra])
+from support.configs import cfg
 
 
 def test_identity_view_is_one_plain_forward_pass(trained_project):
@@ -54,3 +53,11 @@ def test_saved_weights_reproduce_the_oof_predictions_exactly(trained_project):
     assert list(again["id"]) == list(oof["id"])
     columns = [c for c in oof.columns if c.startswith("p_")]
     np.testing.assert_array_equal(again[columns].to_numpy(), oof[columns].to_numpy())
+
+
+def test_predictions_do_not_depend_on_the_batch_size(trained_project):
+    small = infer(cfg("infer.batch_size=3"))
+    large = infer(cfg("infer.batch_size=64"))
+    np.testing.assert_allclose(small.filter(like="p_"), large.filter(like="p_"), rtol=0, atol=1e-6)
+    # The task the predictions are for is recorded beside them.
+    assert json.loads(Path("outputs/tiny/task.json").read_text())["type"] == "multiclass"

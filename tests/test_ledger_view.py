@@ -13,7 +13,7 @@ from medalist.ensemble.stage import run
 from medalist.errors import MedalistError
 from medalist.reporting.ledger import append_ledger
 from medalist.reporting.ledger_view import cv_lb_correlation, ledger_rows, read_lb, record_lb, show
-from test_ensemble_support import add_experiments, make_project
+from support.ensemble_project import add_experiments, make_project
 
 RUNS = [("exp001", 1, 0.90), ("exp002@s1", 1, 0.92), ("exp002@s2", 2, 0.95), ("exp003", 7, 0.97)]
 

@@ -1,4 +1,5 @@
-"""Smoke runs of every stage on tiny real data, through the command line as a user runs them."""
+"""Smoke runs of every stage on tiny real data, through the command line as a user runs them, and
+a run on shuffled labels that must score at chance (no validation row is trained on)."""
 
 import json
 
@@ -11,7 +12,9 @@ from sklearn.metrics import accuracy_score, log_loss
 
 from medalist.cli import main
 from medalist.config import resolve_config
+from medalist.folds import run as make_folds
 from medalist.pipeline import run
+from medalist.training.stage import run as train_stage
 
 CONFIG = ["-c", "configs/tiny.yaml"]
 
@@ -131,3 +134,16 @@ def test_full_fit(tiny_project):
     assert not (out / "oof.parquet").exists()  # a full fit has no OOF predictions
     assert main(["infer", *CONFIG, "train.folds=[-1]"]) == 0
     assert len(pd.read_parquet(out / "test.parquet")) == len(pd.read_csv("data/test.csv"))
+
+
+@pytest.mark.slow
+def test_shuffled_targets_score_at_chance(tiny_project):
+    train_csv = tiny_project / "data" / "train.csv"
+    data = pd.read_csv(train_csv)
+    data["label"] = np.random.default_rng(0).permutation(data["label"].to_numpy())
+    data.to_csv(train_csv, index=False)
+    config = resolve_config("configs/tiny.yaml", ["train.epochs=3"])
+    make_folds(config)
+    metrics = train_stage(config)
+    # Ten classes: chance is 0.1. A leak (validation rows in training) would score far above.
+    assert metrics["cv"]["accuracy"] < 0.25

@@ -14,7 +14,7 @@ from medalist.config.ensemble import EnsembleConfig
 from medalist.ensemble.stage import run
 from medalist.errors import MedalistError
 from medalist.reporting.report import write_report
-from test_ensemble_support import add_experiments, make_project
+from support.ensemble_project import add_experiments, make_project
 
 PNG = re.compile(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)">')
 NAMES = {"effnet": 1.5, "convnext": 1.0, "resnet": 0.5}

@@ -1,4 +1,8 @@
-"""Submission builder and validator (RELIABILITY R6): every task's layout, every malformed file."""
+"""The submission format (medalist.submission.format): predictions mapped onto the sample
+submission for every task's layout; every malformed submission refused with a message that says
+what is wrong and where; a refused write leaves the previous file; files read back from disk.
+The submission stage runs in test_pipeline.py and refuses a mismatched sample in
+test_bad_input.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Every kind of artifact medalist writes, as (write version v, load) pairs, for the R2 tests.
+"""Every kind of artifact medalist writes, as (write version v, load) pairs, for the atomic-write
+tests (test_atomic_writes.py).
 
 ``write(root, v)`` writes version ``v`` of the artifact under ``root`` through medalist's own
 writer; ``load(root)`` reads it back the way a stage would and returns the version found.

@@ -1,9 +1,9 @@
 """Map predictions onto Kaggle's sample submission, and refuse any file that does not match it.
 
 One bad submission costs a day's quota; :func:`validate_submission` checks what Kaggle checks
-and more (RELIABILITY R6): the ids (missing, duplicated, re-typed, reordered), the columns
-(missing, extra, reordered), the row count, NaN and infinities, probabilities outside [0, 1] and
-labels outside the classes. Every refusal says what is wrong and where.
+and more: the ids (missing, duplicated, re-typed, reordered), the columns (missing, extra,
+reordered), the row count, NaN and infinities, probabilities outside [0, 1] and labels outside
+the classes. Every refusal says what is wrong and where.
 
 Prediction tables hold the id column, then ``p_<class>`` columns (multiclass: one per class;
 binary: ``p_<positive class>``; multilabel: ``p_<target>``) or ``pred_<target>`` (regression).

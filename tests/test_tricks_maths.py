@@ -7,7 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from medalist.config import resolve_config
@@ -16,57 +15,13 @@ from medalist.errors import ConfigError
 from medalist.tasks import build_task
 from medalist.training.hooks import Hooks, TrainState
 from medalist.training.loop import train_one_epoch
-from medalist.training.optim import build_optimizer, build_scheduler
-from medalist.training.runtime import make_accelerator, make_loader
 from medalist.tricks.adversarial import AWP, FGM, PGD
 from medalist.tricks.ema import EMA
 from medalist.tricks.losses import OHEM, Criterion, Flooding
 from medalist.tricks.mix import Mix, mix_targets
 from medalist.tricks.rdrop import RDrop, symmetric_kl
 from medalist.tricks.swa import SWA
-
-
-class TextLike(nn.Module):
-    """Embedding -> mean -> dropout -> linear, with the parameter names of a transformers model."""
-
-    def __init__(self, vocab=20, dim=8, classes=3, dropout=0.0):
-        super().__init__()
-        self.embeddings = nn.Module()
-        self.embeddings.word_embeddings = nn.Embedding(vocab, dim)
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(dim, classes)
-
-    def forward(self, ids):
-        return self.head(self.dropout(self.embeddings.word_embeddings(ids).mean(1)))
-
-
-class Tokens(Dataset):
-    def __init__(self, n=16, classes=3):
-        g = torch.Generator().manual_seed(1)
-        self.x = torch.randint(0, 20, (n, 5), generator=g)
-        self.y = torch.randint(0, classes, (n,), generator=g)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"index": i, "input": self.x[i], "target": self.y[i]}
-
-
-def task_and_cfg(*overrides):
-    cfg = resolve_config(overrides=["train.batch_size=4", "train.max_grad_norm=null", *overrides])
-    return build_task(cfg, pd.DataFrame({"target": [0, 1, 2]})), cfg
-
-
-def prepared(cfg, task, model, dataset=None):
-    torch.manual_seed(0)
-    accelerator = make_accelerator(cfg)
-    loader = make_loader(dataset or Tokens(), cfg.train.batch_size, shuffle=False, cfg=cfg)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, len(loader))
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    state = TrainState(accelerator, model, optimizer, scheduler, task, fold=0, train_loader=loader)
-    return state, loader
+from support.text_like import TextLike, Tokens, prepared, task_and_cfg
 
 
 def one_backward(hook, *overrides, model=None):
@@ -224,26 +179,6 @@ def _run_epoch(cfg, task, model, hooks):
     with tqdm(disable=True) as bar:
         train_one_epoch(state, loader, hooks, cfg, bar)
     return state
-
-
-def test_ema_ignores_steps_the_scaler_skipped(monkeypatch):
-    task, cfg = task_and_cfg("tricks.ema.enabled=true", "tricks.ema.decay=0.5")
-    ema = EMA(cfg.tricks.ema)
-    model = TextLike()
-    initial = {k: v.clone() for k, v in model.state_dict().items()}
-    state, loader = prepared(cfg, task, model)
-    ema.on_fit_start(state)
-    # Every optimizer step reports itself skipped, as the fp16 scaler does on an overflow.
-    monkeypatch.setattr(
-        type(state.accelerator), "optimizer_step_was_skipped", property(lambda s: True)
-    )
-    with tqdm(disable=True) as bar:
-        train_one_epoch(state, loader, Hooks([ema]), cfg, bar)
-    assert state.step == 0  # skipped steps are not counted
-    assert any(not torch.equal(p, initial[n]) for n, p in model.state_dict().items())
-    # No update happened: the EMA still holds the weights it was created from.
-    for key, value in ema.eval_model(state).state_dict().items():
-        assert torch.equal(value, initial[key]), key
 
 
 def test_composition_ema_awp_accumulation_matches_reference_loop():

@@ -1,4 +1,5 @@
-"""The ensemble, ledger and report commands on a tiny project with two real experiments."""
+"""The command line's ensemble, ledger and report commands on a tiny project with two real
+experiments (the stage commands: test_pipeline.py)."""
 
 import json
 

@@ -1,4 +1,5 @@
-"""EMA: equals its formula on real optimizer steps only; predictions come from ema.safetensors."""
+"""EMA: equals its formula on real optimizer steps only (not micro-steps, not steps the fp16
+scaler skipped); predictions come from ema.safetensors."""
 
 import json
 
@@ -16,6 +17,7 @@ from medalist.training.loop import train_one_epoch
 from medalist.training.optim import build_optimizer, build_scheduler
 from medalist.training.runtime import make_accelerator, make_loader
 from medalist.tricks.ema import EMA
+from support.text_like import TextLike, prepared, task_and_cfg
 
 
 class Tensors(Dataset):
@@ -74,6 +76,26 @@ def test_ema_matches_formula_and_ignores_micro_steps():
         expected = decay * first[key] + (1 - decay) * second[key]  # step 1 copies the weights
         assert value.dtype == torch.float32
         assert torch.allclose(value, expected, atol=1e-6), key
+
+
+def test_ema_ignores_steps_the_scaler_skipped(monkeypatch):
+    task, cfg = task_and_cfg("tricks.ema.enabled=true", "tricks.ema.decay=0.5")
+    ema = EMA(cfg.tricks.ema)
+    model = TextLike()
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    state, loader = prepared(cfg, task, model)
+    ema.on_fit_start(state)
+    # Every optimizer step reports itself skipped, as the fp16 scaler does on an overflow.
+    monkeypatch.setattr(
+        type(state.accelerator), "optimizer_step_was_skipped", property(lambda s: True)
+    )
+    with tqdm(disable=True) as bar:
+        train_one_epoch(state, loader, Hooks([ema]), cfg, bar)
+    assert state.step == 0  # skipped steps are not counted
+    assert any(not torch.equal(p, initial[n]) for n, p in model.state_dict().items())
+    # No update happened: the EMA still holds the weights it was created from.
+    for key, value in ema.eval_model(state).state_dict().items():
+        assert torch.equal(value, initial[key]), key
 
 
 def test_ema_weights_saved_and_used_for_predictions(tiny_project):

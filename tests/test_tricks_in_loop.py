@@ -22,7 +22,7 @@ from medalist.tricks.adversarial import AWP, FGM, PGD
 from medalist.tricks.losses import OHEM, Flooding
 from medalist.tricks.mix import Mix
 from medalist.tricks.rdrop import RDrop
-from test_tricks import TextLike, prepared, task_and_cfg
+from support.text_like import TextLike, prepared, task_and_cfg
 
 EMBEDDING = "embeddings.word_embeddings.weight"
 
