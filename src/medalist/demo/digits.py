@@ -12,15 +12,22 @@ copy the competition files into ``data/``, run the stages for two experiments, b
 against the held-out labels. It also writes ``configs/<demo>_pseudo.yaml`` and
 ``configs/<demo>_tta.yaml`` into the project (the demo's experiment file with an overlay from
 ``configs/demo/`` merged in): one pseudo-label round, and test-time augmentation, to run after.
+
+Each demo trains on the split committed in the repository's ``folds/<demo>/`` (as a team commits
+its split once), checked against the data the demo writes. If a dependency changes that data,
+``python -m medalist.demo.<demo> --write-folds`` remakes the files with the folds stage.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import takewhile
@@ -33,10 +40,14 @@ import yaml
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from medalist.config import resolve_config
+from medalist import folds
+from medalist.config import Config, resolve_config
 from medalist.config.load import deep_merge, load_yaml
+from medalist.data import read_train
 from medalist.ensemble.stage import run as ensemble
+from medalist.errors import FoldsMismatchError
 from medalist.io import write_csv, write_text
+from medalist.layout import folds_files
 from medalist.metrics import get_metric
 from medalist.pipeline import run
 from medalist.reporting.report import write_report
@@ -45,6 +56,8 @@ log = logging.getLogger(__name__)
 
 REPO_CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 TEMPLATE_ROOT = Path(__file__).resolve().parents[3]
+# The demos' committed splits, folds/<demo>/folds.{csv,json}: every run trains on the same folds.
+DEMO_FOLDS = Path(__file__).resolve().parents[3] / "folds"
 
 
 def build_digits(
@@ -262,6 +275,78 @@ def print_next_steps(console, project: Path, name: str, experiment: str) -> None
     )
 
 
+def use_committed_folds(cfg: Config, name: str) -> list[Path]:
+    """Copy ``folds/<name>/`` into the project's folds folder, once it is checked against the data
+    the demo wrote; the folds stage then finds them and reuses them. Run in the project folder.
+
+    Raises:
+        FoldsMismatchError: naming the committed folder, when its files were edited or the data
+            changed (a dependency changed what it ships); it says how to remake the files.
+    """
+    source, competition = DEMO_FOLDS / name, cfg.competition
+    try:
+        folds.load_folds(
+            source,
+            read_train(cfg),
+            id_column=competition.id_column,
+            target_columns=list(competition.target_columns),
+        )
+    except FoldsMismatchError as exc:
+        # The check's own advice is for a project's folds; these files are remade otherwise.
+        raise FoldsMismatchError(
+            f"{source}: the {name} demo's committed folds do not fit the data the demo wrote. "
+            f"Restore folds/{name}/ from git if a file was edited; if a dependency changed the "
+            f"demo's data, remake them with `python -m medalist.demo.{name} --write-folds` and "
+            f"commit them. The check said: {exc}"
+        ) from None
+    copied = []
+    for target in folds_files(cfg):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        copied.append(Path(shutil.copyfile(source / target.name, target)))
+    return copied
+
+
+def write_committed_folds(name: str, make_project: Callable[[Path], Path]) -> Path:
+    """Remake ``folds/<name>/`` with the folds stage, from the data ``make_project`` writes into
+    a project baked in a temporary folder; returns the folder (to commit)."""
+    target = DEMO_FOLDS / name
+    with tempfile.TemporaryDirectory() as tmp:
+        project = make_project(Path(tmp))
+        with working_directory(project):
+            cfg = resolve_config(Path("configs") / f"{name}.yaml")
+            folds.run(cfg)  # a fresh project: new folds
+            target.mkdir(parents=True, exist_ok=True)
+            for made in folds_files(cfg):
+                shutil.copyfile(made, target / made.name)
+    log.info("%s: remade from the %s demo's data; commit it", target, name)
+    return target
+
+
+def write_folds_main(name: str, make_project: Callable[[Path], Path], argv=None) -> int:
+    """``python -m medalist.demo.<name> --write-folds``: :func:`write_committed_folds`."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m medalist.demo.{name}",
+        description=f"Remake folds/{name}/ (the {name} demo's committed split) from its data.",
+    )
+    parser.add_argument("--write-folds", action="store_true", help=f"write folds/{name}/")
+    if not parser.parse_args(argv).write_folds:
+        parser.error("nothing to do without --write-folds")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    write_committed_folds(name, make_project)
+    return 0
+
+
+def digits_project(workdir: str | Path, n_rows: int | None = None) -> Path:
+    """Bake the digits project in ``workdir`` and write its data and configs; nothing run yet."""
+    project = bake(Path(workdir).resolve(), {"competition_name": "Digits"})
+    for stale in ("outputs", "folds", "submissions"):  # a fresh run every time
+        shutil.rmtree(project / stale, ignore_errors=True)
+    build_digits(project / "data", n_rows=n_rows)
+    shutil.copy(REPO_CONFIGS / "demo" / "digits.yaml", project / "configs" / "digits.yaml")
+    write_variants(project, "digits")
+    return project
+
+
 def run_digits_demo(
     workdir: str | Path = ".demo",
     *,
@@ -277,17 +362,13 @@ def run_digits_demo(
 
     name = "digits"
     started = time.perf_counter()
-    workdir = Path(workdir).resolve()
-    project = bake(workdir, {"competition_name": "Digits"})
-    for stale in ("outputs", "folds", "submissions"):  # a fresh run every time
-        shutil.rmtree(project / stale, ignore_errors=True)
-    build_digits(project / "data", n_rows=n_rows)
-    shutil.copy(REPO_CONFIGS / "demo" / f"{name}.yaml", project / "configs" / f"{name}.yaml")
-    write_variants(project, name)
+    project = digits_project(workdir, n_rows)
     config = Path("configs") / f"{name}.yaml"
     with working_directory(project):
         first = resolve_config(config, list(overrides))
         second = resolve_config(config, [*DIGITS_SECOND, *overrides])
+        if n_rows is None:  # the demo's own data: train on the committed split
+            use_committed_folds(first, name)
         lines = []
         for cfg in (first, second):
             run(cfg)
@@ -314,3 +395,7 @@ def run_digits_demo(
         "submission": blend.submission,
         "report": report,
     }
+
+
+if __name__ == "__main__":
+    sys.exit(write_folds_main("digits", digits_project))

