@@ -37,6 +37,9 @@ import cv2
 import numpy as np
 import pandas as pd
 import yaml
+from cookiecutter.main import cookiecutter
+from rich.console import Console
+from rich.table import Table
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
@@ -101,7 +104,6 @@ def build_digits(
 
 def bake(output_dir: str | Path, extra_context: dict | None = None, overwrite: bool = True) -> Path:
     """Generate a competition project from the repository's cookiecutter template."""
-    from cookiecutter.main import cookiecutter
 
     project = cookiecutter(
         str(TEMPLATE_ROOT),
@@ -207,7 +209,6 @@ def print_summary(
     console, title: str, lines: list[Scored], summary: dict, report: Path, main_metric: str
 ) -> None:
     """The closing table (per-fold main metric, CV, test accuracy), then single vs ensemble."""
-    from rich.table import Table
 
     metrics = list(lines[0].scores["cv"])[:2]
     folds = list(lines[0].scores["folds"])
@@ -358,7 +359,6 @@ def run_digits_demo(
     ``n_rows`` and ``overrides`` (``key=value``, applied to both experiments, last) make a tiny
     digits demo for tests.
     """
-    from rich.console import Console
 
     name = "digits"
     started = time.perf_counter()

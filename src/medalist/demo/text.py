@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.console import Console
 from sklearn.model_selection import train_test_split
 
 from medalist.config import resolve_config
@@ -245,7 +246,6 @@ def run_text_demo(
     ``per_library``, ``backbone`` (a model folder used instead of all-MiniLM-L6-v2) and
     ``overrides`` (``key=value``, applied first) make a tiny text demo for tests.
     """
-    from rich.console import Console
 
     started = time.perf_counter()
     project = text_project(workdir, per_library)
