@@ -89,6 +89,7 @@ def test_paths_follow_the_competition_folders():
     assert layout.pseudo_dir(c, 3) == Path("o/pseudo/3")
     assert layout.ensemble_dir(c, "blend") == Path("o/ensemble/blend")
     assert layout.mlm_dir(c) == Path("o/mlm/m")
+    assert layout.mlm_resume_dir(c) == Path("o/mlm/.m.resume")
     assert layout.ledger_path(c) == Path("o/ledger.csv")
     assert layout.stamp_path(c, "infer") == Path("o/.stamps/exp.infer.json")
     assert layout.submission_path(c) == Path("s/exp.csv")

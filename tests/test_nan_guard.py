@@ -1,7 +1,7 @@
-"""R5: a NaN or infinite loss (or gradient) is caught in the optimizer step it happens in; that step
-changes nothing (weights, optimizer moments, learning-rate schedule, EMA, step count), so the run
-equals one that never saw those batches; training stops after ``train.max_bad_steps`` bad steps
-in a row; a non-finite model is never saved."""
+"""The NaN guard: a NaN or infinite loss (or gradient) is caught in the optimizer step it happens
+in; that step changes nothing (weights, optimizer moments, learning-rate schedule, EMA, step
+count), so the run equals one that never saw those batches; training stops after
+``train.max_bad_steps`` bad steps in a row; a non-finite model is never saved."""
 
 import pytest
 import torch

@@ -146,7 +146,8 @@ def test_a_resumed_fold_remembers_which_weights_scored_it(tmp_path):
     best epoch saves them under their own name, not as the model's."""
     from medalist.tasks import build_task
     from medalist.training.hooks import Hooks, Tricks
-    from medalist.training.loop import FoldResult, FoldTrainer
+    from medalist.training.loop import FoldTrainer
+    from medalist.training.resume import FoldResult
     from medalist.training.runtime import make_accelerator
 
     cfg = resolve_config(overrides=["train.batch_size=4", "competition.target_columns=[y]"])

@@ -1,4 +1,4 @@
-"""R1: SIGKILL during training, the same command again, and bitwise the uninterrupted result."""
+"""Resume: SIGKILL during training, the same command again, and bitwise the uninterrupted result."""
 
 import json
 import os

@@ -15,6 +15,7 @@ from the ``competition`` config section (defaults shown)::
     outputs/pseudo/<round>/teachers.json                pseudo_dir
     outputs/ensemble/<name>/                            ensemble_dir
     outputs/mlm/<name>/                                 mlm_dir
+    outputs/mlm/.<name>.resume/                         mlm_resume_dir (while pretraining)
     outputs/ledger.csv                                  ledger_path
     outputs/tracking/                                   tracking_dir (wandb, mlflow offline)
     outputs/.stamps/<experiment>.<stage>.json           stamp_path (``medalist run``)
@@ -171,6 +172,12 @@ def ensemble_folder(outputs: Path, name: str) -> Path:
 
 def mlm_dir(cfg: Config) -> Path:
     return outputs_dir(cfg) / "mlm" / cfg.mlm.name
+
+
+def mlm_resume_dir(cfg: Config) -> Path:
+    """Where pretraining keeps its checkpoints: beside its folder, never inside it."""
+    folder = mlm_dir(cfg)
+    return folder.with_name(f".{folder.name}.resume")
 
 
 def ledger_path(cfg: Config) -> Path:

@@ -13,10 +13,18 @@ fixed seed, and its perplexity measured before and after training. Writes
 ``<outputs_dir>/mlm/<name>/``: ``config.json``, ``model.safetensors``, the tokenizer files (a
 folder ``text.backbone`` can point to) and ``mlm.json`` (perplexities, corpus size, loss per
 epoch). The folder is written beside and renamed into place, so a reader never sees half of it.
+
+Pretraining runs on the fold loop's runtime (:func:`medalist.training.loop.train_one_epoch`): a
+step with a non-finite loss or gradient changes nothing, ``train.max_bad_steps`` of them in a row
+stop the run, and checkpoints (every ``train.checkpoint_every`` optimizer steps, and at each epoch
+end) go to ``<outputs_dir>/mlm/.<name>.resume/`` so that a killed run, started again with the same
+config, ends with the weights of an uninterrupted one. They are removed once the folder is written.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import shutil
@@ -34,8 +42,8 @@ from tqdm.auto import tqdm
 from medalist.config import Config
 from medalist.data import read_test, read_train
 from medalist.errors import CheckpointError, ConfigError, DataError, MedalistError
-from medalist.io import write_json
-from medalist.layout import mlm_dir, test_path, train_path
+from medalist.io import sha256_file, write_json
+from medalist.layout import mlm_dir, mlm_resume_dir, test_path, train_path
 from medalist.modalities.text import LengthBatchSampler, Template, check_text_rows, text_columns
 from medalist.modalities.text_model import (
     backbone_dir,
@@ -44,7 +52,11 @@ from medalist.modalities.text_model import (
     quiet_transformers,
     transformer_layers,
 )
-from medalist.training.runtime import check_precision, set_loader_epoch
+from medalist.training.guard import StepGuard
+from medalist.training.hooks import Hooks, TrainState
+from medalist.training.loop import next_epoch, train_one_epoch
+from medalist.training.resume import RunCheckpoints, epoch_batches
+from medalist.training.runtime import bar_off, check_precision, make_accelerator, set_loader_epoch
 
 log = logging.getLogger(__name__)
 
@@ -286,10 +298,29 @@ def _optimizer(model, cfg: Config) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.mlm.lr)
 
 
+class MaskedLMState(TrainState):
+    """The loop's state during pretraining: a batch's loss is what the prepared
+    :class:`MaskedLMLoss` returns (no task, no per-sample losses, no hooks)."""
+
+    def forward_loss(self, batch: dict) -> torch.Tensor:
+        return self.model(batch)
+
+
+def _fingerprint(cfg: Config, backbone: Path, chunks: list[dict]) -> str:
+    """What a checkpoint must have been saved with to be resumed: the ``mlm`` settings, the
+    precision and device, the backbone's weights and the corpus as tokenised."""
+    corpus = json.dumps([c["input_ids"] for c in chunks]).encode()
+    data = {
+        "mlm": cfg.mlm.model_dump(mode="json"),
+        "precision": [cfg.train.mixed_precision, cfg.train.cpu],
+        "backbone": [sha256_file(p) for p in sorted(backbone.glob("*.safetensors"))],
+        "corpus": hashlib.sha256(corpus).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def run(cfg: Config) -> dict:
     """Adapt the backbone to the competition's text; returns the report written to mlm.json."""
-    from transformers import get_scheduler
-
     started = time.perf_counter()
     check_precision(cfg)
     mlm = cfg.mlm
@@ -307,11 +338,7 @@ def run(cfg: Config) -> dict:
     if not train_chunks:
         raise DataError("pretrain-mlm: every document is held out; lower mlm.valid_fraction")
 
-    accelerator = Accelerator(
-        mixed_precision=cfg.train.mixed_precision,
-        cpu=cfg.train.cpu,
-        gradient_accumulation_steps=mlm.grad_accum,
-    )
+    accelerator = make_accelerator(cfg, grad_accum=mlm.grad_accum)
     set_seed(mlm.seed)
     model = _load_model(folder)
     _freeze(model, mlm.freeze_layers)
@@ -321,28 +348,8 @@ def run(cfg: Config) -> dict:
         valid_collate(valid_chunks[i : i + mlm.batch_size])
         for i in range(0, len(valid_chunks), mlm.batch_size)
     ]
-    sampler = LengthBatchSampler(
-        [len(c["input_ids"]) for c in train_chunks],
-        mlm.batch_size,
-        shuffle=True,
-        bucket_size=50,
-        sort=True,
-        seed=mlm.seed,
-    )
-    collate = _collator(cfg, tokenizer, seed=mlm.seed)
-    loader = DataLoader(train_chunks, batch_sampler=sampler, collate_fn=collate)
-    optimizer = _optimizer(model, cfg)
-    steps = math.ceil(len(sampler) / accelerator.num_processes / mlm.grad_accum) * mlm.epochs
-    scheduler = get_scheduler(
-        "linear",
-        optimizer,
-        num_warmup_steps=int(mlm.warmup_ratio * steps) * accelerator.num_processes,
-        num_training_steps=steps * accelerator.num_processes,
-    )
-    model, optimizer, loader, scheduler = accelerator.prepare(
-        MaskedLMLoss(model), optimizer, loader, scheduler
-    )
-    before = perplexity(model, valid_batches, accelerator)
+    state, collate = _prepare(cfg, accelerator, model, tokenizer, train_chunks)
+    before = perplexity(state.model, valid_batches, accelerator)
     log.info(
         "pretrain-mlm: %d documents, %d chunks (%d held out), perplexity before %.2f",
         len(texts),
@@ -350,38 +357,14 @@ def run(cfg: Config) -> dict:
         len(valid_chunks),
         before,
     )
-    history = []
-    show = cfg.train.progress and accelerator.is_main_process
-    for epoch in range(mlm.epochs):
-        set_loader_epoch(loader, epoch)
-        collate.epoch = epoch
-        losses = []
-        model.train()
-        for batch in tqdm(
-            loader,
-            desc=f"mlm epoch {epoch + 1}/{mlm.epochs}",
-            disable=None if show else True,
-            leave=False,
-        ):
-            with accelerator.accumulate(model):
-                loss = model(batch)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
-        # Each process saw its share of the batches: the epoch's loss is over all of them.
-        total = accelerator.reduce(
-            torch.tensor(
-                [sum(losses), len(losses)], device=accelerator.device, dtype=torch.float64
-            ),
-            "sum",
-        )
-        history.append({"epoch": epoch, "train_loss": float(total[0] / max(float(total[1]), 1))})
-        log.info("mlm epoch %d: train loss %.4f", epoch, history[-1]["train_loss"])
-    after = perplexity(model, valid_batches, accelerator)
+    checkpoints = RunCheckpoints(
+        mlm_resume_dir(cfg),
+        _fingerprint(cfg, folder, chunks),
+        cfg.train.checkpoint_every,
+        "pretrain-mlm",
+    )
+    history = _train(cfg, state, collate, checkpoints)
+    after = perplexity(state.model, valid_batches, accelerator)
     report = {
         "backbone": str(folder),
         "output": str(mlm_dir(cfg)),
@@ -396,7 +379,8 @@ def run(cfg: Config) -> dict:
         "seconds": round(time.perf_counter() - started, 1),
     }
     if accelerator.is_main_process:
-        _save(accelerator.unwrap_model(model).model, tokenizer, mlm_dir(cfg), report)
+        _save(accelerator.unwrap_model(state.model).model, tokenizer, mlm_dir(cfg), report)
+        shutil.rmtree(mlm_resume_dir(cfg), ignore_errors=True)  # the folder is complete
         log.info(
             "pretrain-mlm: held-out perplexity %.2f -> %.2f; backbone written to %s",
             before,
@@ -405,6 +389,90 @@ def run(cfg: Config) -> dict:
         )
     accelerator.wait_for_everyone()
     return report
+
+
+def _prepare(cfg: Config, accelerator: Accelerator, model, tokenizer, chunks: list[dict]):
+    """The prepared loss module, optimizer, loader and schedule as the loop's state; and the
+    training collate (told each epoch, which its masks depend on)."""
+    from transformers import get_scheduler
+
+    mlm = cfg.mlm
+    sampler = LengthBatchSampler(
+        [len(c["input_ids"]) for c in chunks],
+        mlm.batch_size,
+        shuffle=True,
+        bucket_size=50,
+        sort=True,
+        seed=mlm.seed,
+    )
+    collate = _collator(cfg, tokenizer, seed=mlm.seed)
+    loader = DataLoader(chunks, batch_sampler=sampler, collate_fn=collate)
+    optimizer = _optimizer(model, cfg)
+    steps = math.ceil(len(sampler) / accelerator.num_processes / mlm.grad_accum) * mlm.epochs
+    scheduler = get_scheduler(
+        "linear",
+        optimizer,
+        num_warmup_steps=int(mlm.warmup_ratio * steps) * accelerator.num_processes,
+        num_training_steps=steps * accelerator.num_processes,
+    )
+    module, optimizer, loader, scheduler = accelerator.prepare(
+        MaskedLMLoss(model), optimizer, loader, scheduler
+    )
+    state = MaskedLMState(
+        accelerator,
+        module,
+        optimizer,
+        scheduler,
+        task=None,
+        fold=0,  # one run, no folds
+        num_epochs=mlm.epochs,
+        train_loader=loader,
+        loss_sum=torch.zeros((), device=accelerator.device),
+    )
+    return state, collate
+
+
+def _train(cfg: Config, state: TrainState, collate, checkpoints: RunCheckpoints) -> list[dict]:
+    """The epochs of pretraining, from the newest checkpoint if there is one; returns the
+    training loss of each epoch."""
+    accelerator, loader, epochs = state.accelerator, state.train_loader, cfg.mlm.epochs
+    hooks = Hooks()
+    # Gradients are clipped at norm 1, whatever train.max_grad_norm says for fine-tuning.
+    guard = StepGuard(
+        "pretrain-mlm", 1.0, cfg.train.max_bad_steps, cfg.train.mixed_precision, "mlm"
+    )
+    resumed = checkpoints.resume(state, hooks)
+    history = resumed.record["history"] if resumed else []
+    rng = resumed.rng if resumed else None
+
+    def save() -> None:
+        checkpoints.save(state, hooks, {}, {"history": history})
+
+    def start_epoch(epoch: int) -> None:
+        set_loader_epoch(loader, epoch)
+        collate.epoch = epoch
+
+    on_step = checkpoints.on_step(state, save)
+    show = cfg.train.progress and accelerator.is_main_process
+    while state.epoch < epochs:
+        batches = epoch_batches(state, loader, rng, start_epoch)
+        rng = None
+        desc = f"mlm epoch {state.epoch + 1}/{epochs}"
+        done = state.batch_in_epoch
+        with tqdm(
+            total=len(loader), initial=done, desc=desc, disable=bar_off(show), leave=False
+        ) as bar:
+            train_one_epoch(state, batches, hooks, cfg, bar, on_step, guard)
+        # Each process saw its share of the batches: the epoch's loss is over all of them.
+        count = torch.tensor(float(state.loss_count), device=accelerator.device)
+        total = accelerator.reduce(torch.stack([state.loss_sum, count]).double(), "sum")
+        history.append(
+            {"epoch": state.epoch, "train_loss": float(total[0] / max(float(total[1]), 1))}
+        )
+        log.info("mlm epoch %d: train loss %.4f", state.epoch, history[-1]["train_loss"])
+        next_epoch(state)
+        save()
+    return history
 
 
 def _save(model, tokenizer, folder: Path, report: dict) -> None:

@@ -1,6 +1,8 @@
-"""Resumable training checkpoints: everything needed to continue a fold bit for bit.
+"""Resumable training checkpoints: everything needed to continue a run bit for bit.
 
-A checkpoint is a folder ``fold{k}/checkpoint/step-<n>/`` holding
+A checkpoint is a folder ``<folder>/checkpoint/step-<n>/`` (a fold's folder, or pretraining's
+``.<name>.resume`` beside its output; :mod:`medalist.training.resume` decides what goes in)
+holding
 
 - ``model.safetensors``, and ``hook-<i>.safetensors`` for hooks with tensor state (EMA, SWA),
   ``best-model.safetensors`` / ``best-eval.safetensors`` (the best epoch so far);

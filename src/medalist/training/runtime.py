@@ -24,15 +24,23 @@ def check_precision(cfg: Config) -> None:
         raise ConfigError("train.mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on the CPU")
 
 
-def make_accelerator(cfg: Config, log_with: list[str] | None = None) -> Accelerator:
-    """An Accelerator with seedable (resumable, process-independent) data order; ``log_with``:
-    the experiment trackers it starts (see :mod:`medalist.training.tracking`). A precision the device
-    cannot run is refused (:func:`check_precision`)."""
+def make_accelerator(
+    cfg: Config, log_with: list[str] | None = None, grad_accum: int | None = None
+) -> Accelerator:
+    """An Accelerator with seedable (resumable, process-independent) data order.
+
+    Args:
+        cfg: the config; ``train.mixed_precision`` and ``train.cpu`` choose precision and device
+            (a precision the device cannot run is refused, :func:`check_precision`).
+        log_with: the experiment trackers it starts (see :mod:`medalist.training.tracking`).
+        grad_accum: micro-batches per optimizer step; None: ``train.grad_accum``
+            (``pretrain-mlm`` passes ``mlm.grad_accum``).
+    """
     check_precision(cfg)
     return Accelerator(
         log_with=log_with or None,
         mixed_precision=cfg.train.mixed_precision,
-        gradient_accumulation_steps=cfg.train.grad_accum,
+        gradient_accumulation_steps=grad_accum or cfg.train.grad_accum,
         cpu=cfg.train.cpu,
         dataloader_config=DataLoaderConfiguration(
             use_seedable_sampler=True, data_seed=cfg.train.seed
