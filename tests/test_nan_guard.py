@@ -1,22 +1,32 @@
 """The NaN guard: a NaN or infinite loss (or gradient) is caught in the optimizer step it happens
 in; that step changes nothing (weights, optimizer moments, learning-rate schedule, EMA, step
 count), so the run equals one that never saw those batches; training stops after
-``train.max_bad_steps`` bad steps in a row; a non-finite model is never saved."""
+``train.max_bad_steps`` bad steps in a row; a non-finite model is never saved. The last tests
+see the guard from the train stage, with NaN losses injected through the public
+``tricks.custom`` hook (tests/support/faults.py)."""
 
+import shutil
+from pathlib import Path
+
+import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from medalist.config import resolve_config
 from medalist.errors import CheckpointError, TrainingDivergedError
+from medalist.folds import run as folds
 from medalist.training.checkpoint import checkpoints, save_checkpoint
 from medalist.training.hooks import Hook, Hooks, TrainState
 from medalist.training.loop import train_one_epoch
 from medalist.training.optim import build_optimizer, build_scheduler
 from medalist.training.runtime import make_accelerator
+from medalist.training.stage import run as train_stage
 from medalist.tricks.ema import EMA
+from support.configs import cfg as stage_cfg
 
 BATCH, ACCUM = 4, 2  # a window of two micro-batches of four rows per optimizer step
 WINDOW = BATCH * ACCUM
@@ -157,3 +167,35 @@ def test_a_non_finite_model_or_ema_never_reaches_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match=r"model.safetensors: tensor 'bias' is not finite"):
         save_checkpoint(tmp_path, step=3, model=model, hook_states=[], progress={}, **args)
     assert [p.name for p in checkpoints(tmp_path)] == ["step-00000001"]  # the last good one
+
+
+# The train stage
+
+NAN = "tricks.custom=[{name: 'faults:NaNLoss', batches: %s}]"
+
+
+@pytest.fixture
+def faults_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "support"))
+
+
+def test_nan_step_skipped_not_applied(tiny_project, faults_on_path):
+    folds(stage_cfg())
+    train_stage(stage_cfg())
+    weights = tiny_project / "outputs/tiny/fold0/model.safetensors"
+    reference = load_file(weights)
+    shutil.rmtree(tiny_project / "outputs")
+    # A NaN loss on micro-batch 1 (the second): training finishes and saves finite weights.
+    train_stage(stage_cfg(NAN % "[1]", "train.max_bad_steps=2"))
+    got = load_file(weights)
+    assert all(torch.isfinite(t).all() for t in got.values() if t.is_floating_point())
+    assert any(not got[k].equal(reference[k]) for k in got if got[k].is_floating_point())
+    log = pd.read_csv(tiny_project / "outputs/tiny/log.csv")
+    assert log["step"].iloc[-1] == 4  # 5 batches, one skipped: 4 optimizer steps
+
+
+def test_nan_steps_in_a_row_stop_training(tiny_project, faults_on_path):
+    folds(stage_cfg())
+    with pytest.raises(TrainingDivergedError, match="3 optimizer steps in a row"):
+        train_stage(stage_cfg(NAN % "[0, 1, 2, 3]", "train.max_bad_steps=3"))
+    assert not (tiny_project / "outputs/tiny/fold0/model.safetensors").exists()
