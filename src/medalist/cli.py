@@ -100,7 +100,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(verbose: bool) -> None:
-
     # Logs go to stderr (stdout stays for what a command prints); wide lines in files and CI.
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
     logging.basicConfig(

@@ -38,6 +38,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, get_scheduler
 
 from medalist.config import Config
 from medalist.data import read_test, read_train
@@ -171,8 +172,6 @@ class MaskingCollate:
 
 
 def _load_model(folder: Path):
-    from transformers import AutoModelForMaskedLM
-
     with quiet_transformers():
         model, info = AutoModelForMaskedLM.from_pretrained(
             str(folder), local_files_only=True, use_safetensors=True, output_loading_info=True
@@ -195,8 +194,6 @@ def _load_model(folder: Path):
 
 
 def _collator(cfg: Config, tokenizer, seed: int) -> MaskingCollate:
-    from transformers import DataCollatorForLanguageModeling
-
     whole_word = cfg.mlm.whole_word_mask and tokenizer.is_fast
     if cfg.mlm.whole_word_mask and not whole_word:
         log.warning("mlm.whole_word_mask: the tokenizer gives no offsets; masking single tokens")
@@ -394,7 +391,6 @@ def run(cfg: Config) -> dict:
 def _prepare(cfg: Config, accelerator: Accelerator, model, tokenizer, chunks: list[dict]):
     """The prepared loss module, optimizer, loader and schedule as the loop's state; and the
     training collate (told each epoch, which its masks depend on)."""
-    from transformers import get_scheduler
 
     mlm = cfg.mlm
     sampler = LengthBatchSampler(

@@ -114,13 +114,11 @@ def load_tokenizer(folder: Path):
 
 @lru_cache(maxsize=8)
 def _load_tokenizer(folder: Path, stamp: tuple):
-
     with quiet_transformers():
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
 def load_config(folder: Path):
-
     with quiet_transformers():
         return AutoConfig.from_pretrained(str(folder), local_files_only=True)
 

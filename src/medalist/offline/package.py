@@ -214,7 +214,6 @@ def _place(source: Path, target: Path) -> None:
 
 
 def _copy_experiment(experiment: Experiment, outputs: Path, root: Path, plan: Plan) -> dict:
-
     source = outputs / experiment.name
     target = f"outputs/{experiment.name}"
     for name in ("config.yaml", "task.json", "metrics.json"):
@@ -295,7 +294,6 @@ def _check_against_local(outputs: Path, id_column: str, name: str, test, values)
 
 
 def _timing(cfg: Config, root: Path, manifest: dict) -> dict | None:
-
     k = cfg.kaggle
     if not k.timing_rows:
         return None
@@ -341,7 +339,6 @@ def _kernel_metadata(cfg: Config) -> dict:
 
 
 def _write_notebook(cfg: Config) -> Path:
-
     folder = Path(cfg.kaggle.output_dir) / "notebook"
     write_text(folder / "predict.ipynb", nbformat.writes(notebook()) + "\n")
     write_json(folder / "kernel-metadata.json", _kernel_metadata(cfg))

@@ -218,7 +218,6 @@ def _calibration_points(task_type: str, y: np.ndarray, pred: np.ndarray):
 
 
 def calibration_plot(subjects: list[Subject], task_type: str, y: np.ndarray) -> bytes:
-
     figure = _figure(5.5, 4.5)
     axes = figure.add_subplot()
     axes.plot([0, 1], [0, 1], ls="--", color="grey", label="perfect")

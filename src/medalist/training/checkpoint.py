@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from medalist.errors import CheckpointError, MedalistError
 from medalist.io import write_json, write_text, write_with
@@ -129,8 +130,6 @@ def _torch_save(obj: dict, path: Path) -> None:
 
 
 def _save_tensors(tensors: dict, path: Path) -> None:
-    from safetensors.torch import save_file
-
     state = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     bad = first_non_finite(state)
     if bad is not None:  # EMA or best weights: a non-finite model is never saved either

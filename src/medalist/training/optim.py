@@ -39,7 +39,6 @@ def _no_weight_decay(model: torch.nn.Module) -> set[str]:
 
 
 def _plain_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-
     return param_groups_weight_decay(
         model, weight_decay=weight_decay, no_weight_decay_list=_no_weight_decay(model)
     )

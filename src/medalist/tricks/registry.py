@@ -60,7 +60,6 @@ def build_hooks(cfg: Config, task: Task | None = None) -> Hooks:
 
 
 def _custom(spec, index: int) -> Hook:
-
     key = f"tricks.custom[{index}]"
     cls = import_object(spec.name, key)
     if not (isinstance(cls, type) and issubclass(cls, Hook)):
