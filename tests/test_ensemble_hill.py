@@ -9,7 +9,13 @@ import pytest
 from scipy.special import softmax
 
 from medalist.ensemble import hill
-from medalist.ensemble.hill import batch_scorer, hill_climb, naive_hill_climb, per_candidate
+from medalist.ensemble.hill import (
+    _argmax_is,
+    batch_scorer,
+    hill_climb,
+    naive_hill_climb,
+    per_candidate,
+)
 from medalist.metrics import Metric, get_metric, rmse
 
 
@@ -159,6 +165,18 @@ def test_multiclass_accuracy_is_exact_with_ties_and_nan(count):
         expected = [np.mean(blend.argmax(axis=1) == y) for blend in blends]
         np.testing.assert_array_equal(scorer(total, count, candidates), expected)
     np.testing.assert_array_equal(preds, before)  # the caller's predictions are untouched
+
+
+def test_argmax_is_reads_ties_and_nan_as_argmax():
+    """The first maximum wins a tie; a row with NaN goes to its first NaN."""
+    rng = np.random.default_rng(0)
+    blend = rng.integers(0, 3, size=(2000, 5)).astype(np.float64)
+    blend[rng.random(blend.shape) < 0.05] = np.nan
+    y = rng.integers(0, 5, 2000)
+    expected = blend.argmax(axis=1) == y
+    got = _argmax_is(np.ascontiguousarray(blend.T), y)
+    assert 0 < expected.sum() < len(y) and np.isnan(blend).any(axis=1).sum() > 100
+    np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("seed", range(3))
