@@ -55,7 +55,7 @@ from medalist.modalities.text_model import (
 )
 from medalist.training.guard import StepGuard
 from medalist.training.hooks import Hooks, TrainState
-from medalist.training.loop import next_epoch, train_one_epoch
+from medalist.training.loop import train_one_epoch
 from medalist.training.resume import RunCheckpoints, epoch_batches
 from medalist.training.runtime import bar_off, check_precision, make_accelerator, set_loader_epoch
 
@@ -466,7 +466,7 @@ def _train(cfg: Config, state: TrainState, collate, checkpoints: RunCheckpoints)
             {"epoch": state.epoch, "train_loss": float(total[0] / max(float(total[1]), 1))}
         )
         log.info("mlm epoch %d: train loss %.4f", state.epoch, history[-1]["train_loss"])
-        next_epoch(state)
+        state.next_epoch()
         save()
     return history
 

@@ -54,6 +54,12 @@ class TrainState:
     bad_steps: int = 0  # consecutive skipped (non-finite) steps
     hooks: Hook | None = None  # whose loss events shape the training loss (set by the loop)
 
+    def next_epoch(self) -> None:
+        """Move the counters on to the next epoch (its first batch, no loss summed yet)."""
+        self.epoch += 1
+        self.batch_in_epoch, self.loss_count = 0, 0
+        self.loss_sum = torch.zeros((), device=self.accelerator.device)
+
     def sample_loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
         """Per-sample loss of a batch, times its per-sample ``weight`` when it has one."""
         losses = (self.criterion or self.task.loss)(outputs, batch["target"])

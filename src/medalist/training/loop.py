@@ -21,12 +21,12 @@ from tqdm.auto import tqdm
 
 from medalist.config import Config
 from medalist.tasks import Task
+from medalist.training.fold_setup import prepare_fold
 from medalist.training.guard import StepGuard
 from medalist.training.hooks import Hook, Hooks, TrainState, Tricks
-from medalist.training.optim import build_optimizer, build_scheduler
 from medalist.training.resume import FoldResult, RunCheckpoints, epoch_batches, snapshot_weights
-from medalist.training.runtime import bar_off, make_accelerator, make_loader, predict_logits
-from medalist.training.syncbn import sync_batch_norm
+from medalist.training.runtime import bar_off, evaluate, make_accelerator
+from medalist.training.tracking import format_row
 
 log = logging.getLogger(__name__)
 
@@ -82,22 +82,6 @@ def train_one_epoch(
     return (state.loss_sum / max(state.loss_count, 1)).item()
 
 
-def next_epoch(state: TrainState) -> None:
-    """Move the counters on to the next epoch (its first batch, no loss summed yet)."""
-    state.epoch += 1
-    state.batch_in_epoch, state.loss_count = 0, 0
-    state.loss_sum = torch.zeros((), device=state.accelerator.device)
-
-
-def _evaluate(state: TrainState, model, loader, targets: np.ndarray) -> tuple[dict, np.ndarray]:
-    """Scores (with the plain task loss as ``valid_loss``) and logits on the validation rows."""
-    _, logits = predict_logits(model, loader, state.accelerator)
-    logits_t = torch.from_numpy(logits)
-    scores = state.task.score(targets, state.task.activate(logits_t).numpy())
-    valid_loss = state.task.loss(logits_t, torch.from_numpy(targets)).mean().item()
-    return {"valid_loss": valid_loss, **scores}, logits
-
-
 class FoldTrainer:
     """Trains one fold: prepares everything, resumes from a checkpoint, runs the epochs.
 
@@ -137,25 +121,10 @@ class FoldTrainer:
         self.cfg, self.task, self.fold, self.on_epoch = cfg, task, fold, on_epoch
         self.train_set, self.valid_targets = train_set, valid_targets
         tricks = tricks or Tricks(Hooks(), task.loss)
-        accelerator = accelerator or make_accelerator(cfg)
-        self.hooks, self.accelerator = tricks.hooks, accelerator
-        sampler = tricks.make_sampler(cfg.train.seed)
-        loader = make_loader(
-            train_set, cfg.train.batch_size, shuffle=True, cfg=cfg, sampler=sampler
-        )
-        if cfg.train.sync_bn and accelerator.num_processes > 1:
-            model = sync_batch_norm(model, accelerator.device)  # same parameters, same keys
-        optimizer = build_optimizer(model.to(accelerator.device), cfg)
-        scheduler = build_scheduler(optimizer, cfg, len(loader), accelerator.num_processes)
-        self.model, self.optimizer, self.loader, self.scheduler = accelerator.prepare(
-            model, optimizer, loader, scheduler
-        )
-        self.valid_loader = None
-        if valid_set is not None:
-            eval_batch = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
-            self.valid_loader = accelerator.prepare(
-                make_loader(valid_set, eval_batch, shuffle=False, cfg=cfg)
-            )
+        self.hooks = tricks.hooks
+        self.accelerator = accelerator = accelerator or make_accelerator(cfg)
+        prepared = prepare_fold(cfg, model, train_set, valid_set, tricks, accelerator)
+        self.model, self.optimizer, self.loader, self.scheduler, self.valid_loader = prepared
         self.state = TrainState(
             accelerator,
             self.model,
@@ -207,7 +176,7 @@ class FoldTrainer:
                 train_loss = train_one_epoch(state, batches, hooks, cfg, bar, on_step)
             hooks.on_epoch_end(state)
             self._end_epoch(train_loss, started)
-            next_epoch(state)
+            state.next_epoch()
             self.save()
         hooks.on_fit_end(state)
         return self.best
@@ -225,7 +194,9 @@ class FoldTrainer:
         eval_name, eval_model = self.hooks.evaluated(state) or ("model", self.model)
         scores, logits = {}, None
         if self.valid_loader is not None:
-            scores, logits = _evaluate(state, eval_model, self.valid_loader, self.valid_targets)
+            scores, logits = evaluate(
+                self.task, eval_model, self.valid_loader, self.valid_targets, self.accelerator
+            )
             row.update(scores)
         last = state.epoch == cfg.train.epochs - 1
         improved = (
@@ -241,7 +212,7 @@ class FoldTrainer:
         row["seconds"] = time.perf_counter() - started
         self.best.history.append(row)
         if self.accelerator.is_main_process:
-            log.info(_format_row(row))
+            log.info(format_row(row))
             if self.on_epoch is not None:
                 self.on_epoch(row)
 
@@ -254,8 +225,3 @@ def fit_fold(
     ``options`` are :class:`FoldTrainer`'s keyword arguments (``fold`` is required).
     """
     return FoldTrainer(cfg, task, model, train_set, valid_set, valid_targets, **options).fit()
-
-
-def _format_row(row: dict) -> str:
-    parts = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()]
-    return " ".join(parts)

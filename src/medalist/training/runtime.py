@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from medalist.config import Config
 from medalist.errors import ConfigError
+from medalist.tasks import Task
 
 
 def check_precision(cfg: Config) -> None:
@@ -126,6 +127,17 @@ def predict_logits(model, loader, accelerator: Accelerator, progress: bool = Fal
     index = torch.cat(indices).numpy()
     order = np.argsort(index, kind="stable")
     return index[order], torch.cat(outputs).numpy()[order]
+
+
+def evaluate(
+    task: Task, model, loader, targets: np.ndarray, accelerator: Accelerator
+) -> tuple[dict, np.ndarray]:
+    """Scores (with the plain task loss as ``valid_loss``) and logits on the validation rows."""
+    _, logits = predict_logits(model, loader, accelerator)
+    logits_t = torch.from_numpy(logits)
+    scores = task.score(targets, task.activate(logits_t).numpy())
+    valid_loss = task.loss(logits_t, torch.from_numpy(targets)).mean().item()
+    return {"valid_loss": valid_loss, **scores}, logits
 
 
 def seed_everything(seed: int) -> None:

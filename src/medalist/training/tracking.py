@@ -102,3 +102,9 @@ def _flat(values: dict, prefix: str = "") -> dict:
         else:
             flat[prefix + key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return flat
+
+
+def format_row(row: dict) -> str:
+    """An epoch's row as the log shows it: ``key=value``, floats to four decimals."""
+    parts = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()]
+    return " ".join(parts)
