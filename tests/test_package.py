@@ -418,6 +418,21 @@ def test_package_refuses_what_cannot_ship(packaged, tmp_path):
         resolve_config(None, ["kaggle.dataset_id=no-owner"])
 
 
+def test_kernel_metadata_names_the_card():
+    """enable_gpu alone may land on any card: kaggle.accelerator sets machine_shape; a name
+    Kaggle would silently swap for a P100 is refused, as is a card with kaggle.gpu false."""
+    from medalist.offline.package import _kernel_metadata
+
+    plain = _kernel_metadata(resolve_config(None, []))
+    assert plain["enable_gpu"] is True and "machine_shape" not in plain
+    t4 = _kernel_metadata(resolve_config(None, ["kaggle.accelerator=NvidiaTeslaT4"]))
+    assert t4["enable_gpu"] is True and t4["machine_shape"] == "NvidiaTeslaT4"
+    with pytest.raises(ConfigError, match="kaggle.accelerator"):
+        resolve_config(None, ["kaggle.accelerator=GpuT4x2"])
+    with pytest.raises(ConfigError, match="kaggle.accelerator"):
+        resolve_config(None, ["kaggle.accelerator=NvidiaTeslaP100", "kaggle.gpu=false"])
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -49,6 +50,12 @@ class KaggleConfig(Section):
         "<dataset owner>/<competition>-medalist-inference.",
     )
     gpu: bool = Field(True, description="The notebook asks Kaggle for a GPU.")
+    accelerator: Literal["NvidiaTeslaT4", "NvidiaTeslaP100"] | None = Field(
+        None,
+        description="The notebook's card (kernel-metadata.json machine_shape): NvidiaTeslaT4 (two "
+        "T4s) or NvidiaTeslaP100; null: whichever GPU Kaggle gives (enable_gpu alone). Kaggle "
+        "silently swaps a name it does not know for a P100, hence only these.",
+    )
     output_dir: str = Field(
         "package",
         description="The dataset is written to <output_dir>/<dataset slug>/, the notebook to "
@@ -106,6 +113,10 @@ class KaggleConfig(Section):
                     f"kaggle.{key}: '{value}' must look like owner/slug (slug: 3-50 lowercase "
                     "letters, digits and hyphens)"
                 )
+        if self.accelerator is not None and not self.gpu:
+            raise ValueError(
+                f"kaggle.accelerator: '{self.accelerator}' is a GPU, but kaggle.gpu is false"
+            )
         title = self.dataset_title
         if title is not None and not 6 <= len(title) <= 50:
             raise ValueError(f"kaggle.dataset_title: '{title}' must have 6 to 50 characters")

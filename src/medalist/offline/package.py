@@ -322,6 +322,7 @@ def _files(root: Path) -> dict:
 
 def _kernel_metadata(cfg: Config) -> dict:
     identifier = notebook_id(cfg)
+    machine = {"machine_shape": cfg.kaggle.accelerator} if cfg.kaggle.accelerator else {}
     return {
         "id": identifier,
         "title": identifier.split("/")[1].replace("-", " "),
@@ -335,6 +336,7 @@ def _kernel_metadata(cfg: Config) -> dict:
         "competition_sources": [competition_slug(cfg)],
         "kernel_sources": [],
         "model_sources": [],
+        **machine,
     }
 
 
