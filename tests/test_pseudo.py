@@ -139,15 +139,18 @@ def test_tampered_labels_and_other_folds_refused(tiny_project):
 
 
 @pytest.mark.slow
-def test_leaky_teachers_inflate_cv_but_per_fold_teachers_do_not(tiny_project):
+@pytest.mark.parametrize("keep", ["last", "best"])
+def test_leaky_teachers_inflate_cv_but_per_fold_teachers_do_not(tiny_project, keep):
     """Random labels, and a test set made of copies of the training images: only a leak can
     score above chance. Teachers memorise their training rows; an all-fold ensemble therefore
-    hands fold k's labels to fold k's student through the copies.
+    hands fold k's labels to fold k's student through the copies, and per-fold teachers do not.
 
-    Under the default ``train.keep: best``: each teacher keeps the epoch that scored best on
-    fold k's rows, a choice made with fold k's labels (the second-order leak the README names),
-    which must stay far below the first-order one. ``keep: last`` (the memorised weights) leaks
-    more through the ensemble and passes the same checks."""
+    ``keep: last``: the teachers keep their memorised weights, so the all-fold ensemble leaks
+    fold k's labels in full. ``keep: best`` (the default): each teacher keeps the epoch that
+    scored best on fold k's rows, a choice made with fold k's labels (the second-order leak the
+    README names): the per-fold students must stay near chance all the same. How much the
+    all-fold ensemble leaks then depends on how far the chosen epochs had memorised (an early
+    epoch may win on random labels), so only its direction is checked there."""
     train_csv = pd.read_csv("data/train.csv")
     train_csv["label"] = np.random.default_rng(1).permutation(train_csv["label"].to_numpy())
     train_csv.to_csv("data/train.csv", index=False)
@@ -161,7 +164,7 @@ def test_leaky_teachers_inflate_cv_but_per_fold_teachers_do_not(tiny_project):
         "train.lr=0.01",
         "image.train_transforms=[]",
         "train.weight_decay=0",
-        "train.keep=best",
+        f"train.keep={keep}",
     ]
     assert main(["folds", *args]) == 0
     assert main(["train", *args]) == 0
@@ -188,7 +191,7 @@ def test_leaky_teachers_inflate_cv_but_per_fold_teachers_do_not(tiny_project):
     honest = metrics["honest"]["cv"]["accuracy"]
     leaky = metrics["leaky"]["cv"]["accuracy"]
     assert honest < 0.3, metrics["honest"]["cv"]  # chance is 0.1
-    assert leaky > honest + 0.2, (honest, leaky)
+    assert leaky > honest + (0.5 if keep == "last" else 0.0), (honest, leaky)
 
 
 def test_run_loops_rounds_and_stops_when_cv_stops_improving(tiny_project):
