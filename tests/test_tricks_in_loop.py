@@ -38,7 +38,7 @@ class Recorder(Hook):
     def compute_loss(self, state, batch, outputs, loss):
         model = state.accelerator.unwrap_model(state.model)
         self.embeddings.append(model.embeddings.word_embeddings.weight.detach().clone())
-        self.losses.append(float(loss))
+        self.losses.append(float(loss.detach()))
         return loss
 
     def after_backward(self, state, batch):

@@ -4,8 +4,14 @@ Reads each fold's prediction weights (those that scored its OOF rows, as ``fold{
 records them: the model's, the EMA's or SWA's, or the mean of its snapshots), ``task.json`` and
 ``data/test.csv``. Writes ``outputs/<experiment>/fold{k}/test.parquet`` and the fold average
 ``test.parquet``, in the prediction-table format (id, then one column per output), and
-``infer.json``: the views and merge they were predicted with (what ``medalist package`` ships,
-whatever config trained the folds).
+``infer.json``: the views, merge and precision they were predicted with (what ``medalist
+package`` ships, whatever config trained the folds).
+
+Precision: the prepared model runs as it was evaluated in training (accelerate autocasts its
+forward under ``train.mixed_precision``, so a bf16- or fp16-trained model predicts the test set
+as it predicted its OOF rows). ``infer.precision: bf16`` adds bf16 autocast around the forward
+on top, logits back in float32; with ``fp32`` nothing is added. An fp16 forward
+(``train.mixed_precision: fp16``) stays fp16: the innermost autocast decides.
 """
 
 from __future__ import annotations
@@ -43,6 +49,62 @@ from medalist.training.stage import mean_prediction
 from medalist.training.weights import load_weights
 
 log = logging.getLogger(__name__)
+_warned: set[str] = set()  # each precision warning once per process, not once per weight file
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
+class Bf16Autocast(torch.nn.Module):
+    """A model whose forward runs under bf16 autocast and returns float32 (``infer.precision``).
+
+    Matrix products and convolutions run in bf16, reductions and activations as autocast keeps
+    them; the logits are cast back so TTA merges, means and tables stay float32.
+    """
+
+    def __init__(self, model: torch.nn.Module, device_type: str):
+        super().__init__()
+        self.model, self.device_type = model, device_type
+
+    def forward(self, inputs):
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            out = self.model(inputs)
+        return out.float()
+
+
+def bf16_usable(cfg: Config, device: torch.device) -> bool:
+    """Whether ``infer.precision: bf16`` autocasts on ``device``.
+
+    Not on a CUDA GPU without native bf16 (compute capability below 8.0: Kaggle's T4 and P100),
+    where it would be emulated, slower than fp32: there it predicts in fp32, with a warning.
+    """
+    if cfg.infer.precision != "bf16":
+        return False
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        name = torch.cuda.get_device_name(device)
+        _warn_once(f"infer.precision: bf16 is not native on {name}; predicting in fp32")
+        return False
+    if cfg.train.mixed_precision == "fp16":
+        _warn_once(
+            "infer.precision: bf16 has no effect with train.mixed_precision fp16: the model's "
+            "forward is autocast to fp16 inside"
+        )
+    return True
+
+
+def prediction_model(cfg: Config, model: torch.nn.Module, accelerator) -> torch.nn.Module:
+    """``model`` ready to predict as configured: channels_last when it was trained so
+    (``train.channels_last``; the loaders give channels_last batches then), prepared by
+    ``accelerator``, under bf16 autocast with ``infer.precision: bf16``."""
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # 4-D weights only: text unchanged
+    model = accelerator.prepare(model)
+    if bf16_usable(cfg, accelerator.device):
+        model = Bf16Autocast(model, accelerator.device.type)
+    return model
 
 
 def trained_folds(cfg: Config) -> list[int]:
@@ -98,11 +160,17 @@ def predict_files(
     ``paths`` (one, or the snapshots of a snapshot ensemble), as a fold's OOF was made.
 
     ``on_file(path, load_seconds, predict_seconds)`` runs after each file (the bundle's timing).
+    The model runs as :func:`prediction_model` sets it up (``infer.precision``, channels_last).
     """
+    # The fine-tuned file replaces every weight: the model is built without reading pretrained
+    # ones (a machine without them, such as the offline notebook, predicts the same).
+    unread = {"pretrained": False, "pretrained_path": None}
+    build_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update=unread)})
     outputs = []
     for path in paths:
         started = time.perf_counter()
-        model = accelerator.prepare(load_weights(modality.build_model(cfg, task), path))
+        model = load_weights(modality.build_model(build_cfg, task), path)
+        model = prediction_model(cfg, model, accelerator)
         loaded = time.perf_counter()
         outputs.append(
             predict(model, loader, accelerator, task, views, cfg.infer.tta_merge, progress)
@@ -165,11 +233,12 @@ def run(cfg: Config) -> pd.DataFrame:
     return table
 
 
-INFERENCE_KEYS = ("tta", "tta_merge")  # the infer settings that change the predicted values
+# The infer settings that change the predicted values.
+INFERENCE_KEYS = ("tta", "tta_merge", "precision")
 
 
 def inference_settings(cfg: Config) -> dict:
-    """The ``infer`` settings that shape the predictions (views and their merge)."""
+    """The ``infer`` settings that shape the predictions (views, their merge, the precision)."""
     return {key: getattr(cfg.infer, key) for key in INFERENCE_KEYS}
 
 

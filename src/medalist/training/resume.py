@@ -28,6 +28,7 @@ from medalist.training.checkpoint import (
     set_rng_state,
 )
 from medalist.training.hooks import Hooks, TrainState
+from medalist.training.runtime import bare_model
 from medalist.training.weights import load_state_into
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class RunCheckpoints:
         save_checkpoint(
             self.folder,
             step=state.step,
-            model=accelerator.unwrap_model(state.model),
+            model=bare_model(state.model),
             optimizer=state.optimizer,
             scheduler=state.scheduler,
             scaler=accelerator.scaler,
@@ -189,7 +190,7 @@ def _restore(state: TrainState, hooks: Hooks, ckpt: dict, source: Path) -> None:
     """Weights, hooks, optimizer, scheduler, grad scaler and counters from a checkpoint."""
     accelerator = state.accelerator
     # A checkpoint made for another model is refused whole, naming it, before anything is copied.
-    load_state_into(accelerator.unwrap_model(state.model), ckpt["model"], source)
+    load_state_into(bare_model(state.model), ckpt["model"], source)
     for index, hook in enumerate(hooks.hooks):
         hook.load_state_dict(ckpt["hooks"].get(index, {}))
     trainer = ckpt["trainer"]
@@ -232,10 +233,11 @@ def epoch_batches(
 
 def snapshot_weights(accelerator, model, eval_model) -> tuple[dict, dict | None]:
     """CPU copies of the trained weights and, when they differ, of the evaluated ones: the best
-    epoch's, kept through later epochs and saved in each checkpoint."""
+    epoch's, kept through later epochs and saved in each checkpoint. Their keys are the bare
+    model's, whether or not it is compiled (:func:`~medalist.training.runtime.bare_model`)."""
 
     def copy(module: torch.nn.Module) -> dict:
-        unwrapped = accelerator.unwrap_model(module)
+        unwrapped = bare_model(module)
         return {k: v.detach().to("cpu", copy=True) for k, v in unwrapped.state_dict().items()}
 
     return copy(model), (copy(eval_model) if eval_model is not model else None)

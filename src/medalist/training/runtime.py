@@ -10,8 +10,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DataLoaderConfiguration, parse_flag_from_env, set_seed
-from torch.utils.data import DataLoader, Dataset
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    extract_model_from_parallel,
+    parse_flag_from_env,
+    set_seed,
+)
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from medalist.config import Config
@@ -59,19 +64,69 @@ def process_state(cfg: Config) -> PartialState:
     return PartialState(cpu=cfg.train.cpu or parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
+def bare_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model itself, out of every wrapper: DDP's (``module.``) and ``torch.compile``'s
+    (``_orig_mod.``).
+
+    Its ``state_dict`` keys are the model's own, so weights saved from it load into the model
+    whether or not either run was compiled or distributed. Training code that saves, copies or
+    names a prepared model's tensors (checkpoints, EMA, SWA, snapshots, adversarial targets)
+    goes through here, not through ``Accelerator.unwrap_model``: by default that keeps the
+    compiled wrapper, and re-points it at the model inside DDP, so a compiled DDP model would no
+    longer synchronise its gradients.
+    """
+    return extract_model_from_parallel(model, keep_torch_compile=False)
+
+
+def to_channels_last(batch):
+    """``batch`` with its 4-D floating tensors in channels_last memory format (images, N C H W);
+    anything else (token ids, targets, indices) as it was. Values are unchanged."""
+    if isinstance(batch, torch.Tensor):
+        if batch.dim() == 4 and batch.is_floating_point():
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, dict):
+        return {key: to_channels_last(value) for key, value in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_channels_last(value) for value in batch)
+    return batch
+
+
+class ChannelsLastCollate:
+    """A collate function whose batches' model inputs are channels_last (``train.channels_last``).
+
+    Only ``batch["input"]`` is converted: what the model sees. Moving a batch to the device keeps
+    its memory format. A class, not a closure, so worker processes can receive it.
+    """
+
+    def __init__(self, collate=None):
+        self.collate = collate or default_collate
+
+    def __call__(self, samples):
+        batch = self.collate(samples)
+        if isinstance(batch, dict) and "input" in batch:
+            batch = {**batch, "input": to_channels_last(batch["input"])}
+        return batch
+
+
 def make_loader(
     dataset: Dataset, batch_size: int, *, shuffle: bool, cfg: Config, sampler=None
 ) -> DataLoader:
     """A DataLoader; a dataset may bring its own ``collate`` and ``batch_sampler(...)``.
 
     Text datasets do (dynamic padding, length-bucketed or length-sorted batches). With a trick's
-    ``sampler`` the dataset's batching gives way, its collate stays.
+    ``sampler`` the dataset's batching gives way, its collate stays. With
+    ``train.channels_last``, image batches come in channels_last memory format (a no-op for
+    inputs that are not 4-D, such as token ids), in training, evaluation and prediction alike.
     """
+    collate = getattr(dataset, "collate", None)
+    if cfg.train.channels_last:
+        collate = ChannelsLastCollate(collate)
     workers = {
         "num_workers": cfg.train.num_workers,
         "pin_memory": torch.cuda.is_available(),
         "persistent_workers": cfg.train.num_workers > 0,
-        "collate_fn": getattr(dataset, "collate", None),
+        "collate_fn": collate,
     }
     make_batches = getattr(dataset, "batch_sampler", None)
     if callable(make_batches) and sampler is None:

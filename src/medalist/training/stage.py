@@ -42,6 +42,7 @@ from medalist.prediction.pseudo import as_hard, folds_hash, labels_mode, load_fo
 from medalist.reporting.ledger import append_ledger
 from medalist.tasks import Task, build_task
 from medalist.training.checkpoint import clear_checkpoints
+from medalist.training.fold_setup import check_compile
 from medalist.training.loop import fit_fold
 from medalist.training.runtime import (
     check_precision,
@@ -110,6 +111,8 @@ def run(cfg: Config) -> dict:
     modality.check_inputs(cfg, train, "train", source)  # every row checked before any training
     out = experiment_dir(cfg)
     accelerator = make_accelerator(cfg, log_with=cfg.tracking.trackers)
+    if cfg.train.compile:
+        check_compile(accelerator.device)  # before writing anything or training a fold
     log.info(
         "accelerate: %s with %d process(es) on %s, precision %s",
         accelerator.distributed_type.value,

@@ -3,6 +3,10 @@
 Nothing here unpickles: a weights file a teammate sends cannot run code. Loading refuses a
 truncated file, a non-finite tensor and a file made for another model, naming the path. The same
 weights and metadata give the same bytes in any process, so checksums of the files can be compared.
+
+Keys are always the bare model's: a ``torch.compile``-d model is saved and loaded through the
+model it wraps, and a file whose keys carry torch.compile's ``_orig_mod.`` (the state dict of a
+compiled model, saved by other code) loads into the bare model.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from accelerate.utils import is_compiled_module
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
@@ -19,16 +24,31 @@ from medalist.errors import CheckpointError
 from medalist.io import write_with
 
 METADATA_KEY = "medalist"
+COMPILED_PREFIX = "_orig_mod."  # what torch.compile's wrapper puts before its model's keys
+
+
+def uncompiled(model: torch.nn.Module) -> torch.nn.Module:
+    """The model a ``torch.compile`` wrapper holds (the model itself when not compiled)."""
+    return model._orig_mod if is_compiled_module(model) else model
+
+
+def without_compiled_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with torch.compile's ``_orig_mod.`` taken out of its keys (where it wraps the
+    whole model, or a compiled submodule)."""
+    if not any(COMPILED_PREFIX in key for key in state):
+        return state
+    return {key.replace(COMPILED_PREFIX, ""): tensor for key, tensor in state.items()}
 
 
 def state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Contiguous CPU tensors of the state dict, with tied tensors stored once each.
 
     A tensor already on the CPU is not copied (the file is written before the caller returns),
-    except where it shares its storage with another entry, which safetensors refuses.
+    except where it shares its storage with another entry, which safetensors refuses. A compiled
+    model gives its bare model's keys; channels_last tensors are stored in the standard layout.
     """
     state, seen = {}, {}
-    for key, tensor in model.state_dict().items():
+    for key, tensor in uncompiled(model).state_dict().items():
         ptr = (tensor.data_ptr(), tensor.shape, tensor.dtype) if tensor.numel() else None
         if ptr is not None and ptr in seen:
             continue  # a tied weight is restored through the module that owns it
@@ -99,22 +119,26 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
 def load_state_into(model: torch.nn.Module, state: dict, source) -> torch.nn.Module:
     """Load ``state`` (read from ``source``) into ``model`` if its keys and shapes all match.
 
+    ``model`` may be compiled and ``state`` may come from a compiled model: the keys compared are
+    the bare model's (:func:`without_compiled_prefix`).
+
     Raises:
         CheckpointError: naming ``source`` and the first mismatches, before any tensor is copied.
     """
-    own = model.state_dict()
+    target, state = uncompiled(model), without_compiled_prefix(state)
+    own = target.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = [k for k in state if k in own and own[k].shape != state[k].shape]
     # Tied tensors were saved once; they are missing here but filled by their owner.
-    missing = [k for k in missing if not _is_tied(model, k)]
+    missing = [k for k in missing if not _is_tied(target, k)]
     if missing or unexpected or wrong:
         raise CheckpointError(
             f"{source} does not fit this model: missing {missing[:3]}, unexpected "
             f"{unexpected[:3]}, shape mismatch {wrong[:3]} (was it saved for another model or "
             "config?)"
         )
-    model.load_state_dict(state, strict=False)
+    target.load_state_dict(state, strict=False)
     return model
 
 

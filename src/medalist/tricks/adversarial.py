@@ -29,6 +29,7 @@ import torch
 from medalist.config.tricks import AWPConfig, FGMConfig, PGDConfig
 from medalist.errors import ConfigError
 from medalist.training.hooks import Hook, TrainState
+from medalist.training.runtime import bare_model
 
 # The input embedding of common transformers and timm models, most specific first.
 EMBEDDING_PATTERNS = (
@@ -44,7 +45,7 @@ EMBEDDING_PATTERNS = (
 
 
 def named_parameters(state: TrainState):
-    return state.accelerator.unwrap_model(state.model).named_parameters()
+    return bare_model(state.model).named_parameters()
 
 
 def select(state: TrainState, pattern: str, key: str) -> dict[str, torch.nn.Parameter]:

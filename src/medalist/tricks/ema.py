@@ -21,6 +21,7 @@ from timm.utils import ModelEmaV3
 
 from medalist.config.tricks import EMAConfig
 from medalist.training.hooks import Hook, TrainState
+from medalist.training.runtime import bare_model
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class EMA(Hook):
         self.ema: ModelEmaV3 | None = None
 
     def on_fit_start(self, state: TrainState) -> None:
-        model = state.accelerator.unwrap_model(state.model)
+        model = bare_model(state.model)
         self.ema = ModelEmaV3(
             model,
             decay=self.cfg.decay,

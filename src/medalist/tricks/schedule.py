@@ -21,6 +21,7 @@ import torch
 from medalist.config import Config
 from medalist.errors import ConfigError
 from medalist.training.hooks import Hook, TrainState
+from medalist.training.runtime import bare_model
 from medalist.training.weights import save_weights
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class ScheduleTricks(Hook):
         if folder is None or not state.accelerator.is_main_process:
             return
         found = state.hooks.evaluated(state) if state.hooks is not None else None
-        name, module = found or ("model", state.accelerator.unwrap_model(state.model))
+        name, module = found or ("model", bare_model(state.model))
         meta = {
             "fold": state.fold,
             "cycle": cycle,

@@ -16,6 +16,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from medalist.config.tricks import SWAConfig
 from medalist.training.hooks import Hook, TrainState
+from medalist.training.runtime import bare_model
 
 
 @torch.no_grad()
@@ -47,7 +48,7 @@ class SWA(Hook):
 
     def _source(self, state: TrainState) -> torch.nn.Module:
         ema = state.extra.get("ema_module")
-        return ema if ema is not None else state.accelerator.unwrap_model(state.model)
+        return ema if ema is not None else bare_model(state.model)
 
     def on_fit_start(self, state):
         self.average = AveragedModel(self._source(state), use_buffers=False)
