@@ -19,6 +19,7 @@ image:
     - {name: Affine, translate_percent: [-0.05, 0.05], p: 0.5}
 model:
   backbone: test_resnet
+  pretrained: false  # the template starts from pretrained weights; tests never download
 folds:
   n_splits: 3
 train:

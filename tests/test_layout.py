@@ -32,11 +32,14 @@ def test_every_config_section_says_whether_it_retrains():
 def test_the_fingerprint_of_folds_trained_before_is_unchanged():
     """Recomputed as medalist has always written it: every section but those listed here, less
     the train keys that only choose folds or show progress, plus the starting weights (none
-    here). A fold trained earlier is not trained again for nothing."""
+    here); the keys added since (the speed knobs, model.pretrained) are not in it. A fold
+    trained earlier is not trained again for nothing."""
     config = cfg("train.folds=[0]")
     not_training = {"infer", "submission", "stages", "pseudo", "ensemble", "kaggle", "mlm"}
     data = config.model_dump(mode="json", exclude=not_training | {"tracking"})
     del data["train"]["folds"], data["train"]["progress"]
+    del data["train"]["compile"], data["train"]["channels_last"]
+    del data["model"]["pretrained"], data["model"]["grad_checkpointing"]
     data["backbone_weights"] = []
     expected = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
     assert layout.training_hash(config) == expected
@@ -51,6 +54,10 @@ def test_the_fingerprint_of_folds_trained_before_is_unchanged():
         ("folds.n_splits=3", True),
         ("train.folds=[1]", False),
         ("train.progress=false", False),
+        ("train.compile=true", False),
+        ("train.channels_last=true", False),
+        ("model.grad_checkpointing=true", False),
+        ("model.pretrained=true", True),
         ("infer.tta=[hflip]", False),
         ("mlm.lr=1.0", False),
         ("submission.name=other", False),

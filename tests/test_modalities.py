@@ -28,6 +28,7 @@ def test_the_protocol_names_what_a_stage_needs():
         "combine",
         "build_model",
         "expand_views",
+        "backbone_names",
         "starting_weights",
         "packaged_folder",
     }

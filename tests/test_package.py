@@ -29,13 +29,15 @@ from nbclient import NotebookClient
 
 from medalist.cli import main
 from medalist.config import resolve_config
-from medalist.demo.digits import working_directory
+from medalist.demo.digits import bake, working_directory
 from medalist.errors import ConfigError, DataError, SubmissionError
 from medalist.offline import notebook
 from medalist.offline import submit as submit_module
 from medalist.offline.predict import predict_experiment, read_manifest, run_bundle
 from medalist.offline.scan import PICKLED, check_bundle, is_pickle
 from medalist.offline.timing import estimate
+from support.hub_cache import TEXT_REPO, seed_text
+from support.tiny_text import make_backbone
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "tester/digits-offline-test"
@@ -109,6 +111,7 @@ def test_bundle_holds_what_the_notebook_needs(packaged):
     for files in experiment["weights"].values():  # the trained files, byte for byte
         assert (bundle / files[0]).read_bytes() == (packaged / files[0]).read_bytes()
     assert experiment["paths"] == {"model.pretrained_path": None}
+    assert experiment["settings"] == {"model.pretrained": False}  # no hub cache on Kaggle
     assert json.loads((bundle / "dataset-metadata.json").read_text()) == {
         "title": "digits medalist bundle",
         "id": DATASET,
@@ -322,12 +325,18 @@ def test_package_ships_the_views_of_the_last_infer(packaged, tmp_path, caplog):
         _run("infer", *config, "infer.tta=[identity, hflip]", "infer.tta_merge=geometric")
         _run("package", *config)  # checks the bundle against outputs/tiny/test.parquet
         manifest = read_manifest(Path(BUNDLE))
-        views = {"tta": ["identity", "hflip"], "tta_merge": "geometric"}
+        views = {"tta": ["identity", "hflip"], "tta_merge": "geometric", "precision": "fp32"}
         assert manifest["experiments"]["tiny"]["infer"] == views
         run_bundle(BUNDLE, "local", environ={})
         offline = pd.read_parquet("outputs/offline/predictions/tiny.parquet")
         local = pd.read_parquet("outputs/tiny/test.parquet")
         assert np.array_equal(offline.to_numpy(), local.to_numpy())
+        # An infer.json from before infer.precision existed: it predicted in fp32.
+        Path("outputs/tiny/infer.json").write_text(
+            json.dumps({k: views[k] for k in ("tta", "tta_merge")})
+        )
+        _run("package", *config)
+        assert read_manifest(Path(BUNDLE))["experiments"]["tiny"]["infer"] == views
         Path("outputs/tiny/infer.json").write_text('{"tta": "identity"}')
         with caplog.at_level(logging.ERROR):
             assert main(["package", *config]) == 2
@@ -539,4 +548,59 @@ def test_offline_predictions_equal_infer_in_process(packaged):
         run_bundle(BUNDLE, "local", environ={})
         offline = pd.read_parquet("outputs/offline/predictions/tiny.parquet")
         local = pd.read_parquet("outputs/tiny/test.parquet")
+    assert np.array_equal(offline.to_numpy(), local.to_numpy())
+
+
+# ------------------------------------------------------------------- a hub-named text backbone
+
+TEXT_WORDS = ["alpha", "beta", "gamma", "delta", "omega", "sigma"]
+HUB_TEXT = f"""\
+text:
+  backbone: {TEXT_REPO}
+  max_length: 32
+folds:
+  n_splits: 2
+train:
+  experiment: hub_text
+  epochs: 1
+  folds: [0]
+  batch_size: 8
+  num_workers: 0
+  progress: false
+"""
+
+
+def test_hub_named_text_backbone_ships_as_a_folder(tmp_path, monkeypatch):
+    """The snapshot of a hub id travels as backbones/<name>/, and the bundle predicts with the
+    hub cache gone, as infer did with it."""
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    texts = [f"{TEXT_WORDS[i % 6]} {TEXT_WORDS[(i + 1) % 6]} {i}" for i in range(20)]
+    snapshot = seed_text(cache, make_backbone(tmp_path / "bert", texts, hidden=16))
+    project = bake(tmp_path, {"competition_name": "Hub", "modality": "text", "target_columns": "y"})
+    rows = pd.DataFrame({"id": range(20), "text": texts, "y": ["a", "b"] * 10})
+    rows[:14].to_csv(project / "data" / "train.csv", index=False)
+    rows[14:][["id", "text"]].to_csv(project / "data" / "test.csv", index=False)
+    rows[14:][["id", "y"]].assign(y="a").to_csv(project / "data/sample_submission.csv", index=False)
+    (project / "configs" / "hub.yaml").write_text(HUB_TEXT)
+    wheel = tmp_path / "medalist-0.1.0-py3-none-any.whl"  # never installed here
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("medalist/__init__.py", "")
+    config = ["-c", "configs/hub.yaml"]
+    kaggle = [f"kaggle.medalist_wheel={wheel}", "kaggle.project_wheel=false"]
+    with working_directory(project):
+        for stage in ("folds", "train", "infer"):
+            _run(stage, *config)
+        _run("package", *config, *kaggle, "kaggle.timing_rows=0", f"kaggle.dataset_id={DATASET}")
+        bundle = BUNDLE
+        manifest = read_manifest(bundle)
+        assert (
+            manifest["experiments"]["hub_text"]["paths"]["text.backbone"] == "backbones/tiny-bert"
+        )
+        shipped = {p.name for p in (bundle / "backbones" / "tiny-bert").iterdir()}
+        assert shipped == {p.name for p in snapshot.iterdir()} and "model.safetensors" in shipped
+        shutil.rmtree(cache)
+        run_bundle(bundle, "local", environ={})
+        offline = pd.read_parquet("outputs/offline/predictions/hub_text.parquet")
+        local = pd.read_parquet("outputs/hub_text/test.parquet")
     assert np.array_equal(offline.to_numpy(), local.to_numpy())

@@ -18,6 +18,7 @@ from medalist.errors import MedalistError
 log = logging.getLogger("medalist")
 
 STAGE_HELP = {
+    "weights": "fetch and verify the pretrained backbones the config names (models/weights.json)",
     "folds": "split train.csv into folds (folds/folds.csv + folds.json)",
     "pretrain-mlm": "masked-LM pretraining on the competition's text; writes outputs/mlm/<name>/",
     "train": "train every configured fold; writes outputs/<experiment>/",
@@ -36,6 +37,7 @@ STAGE_HELP = {
 # The module whose ``run`` each stage command calls, imported when the command runs: ``medalist
 # --help``, ``config`` and ``validate`` answer without loading torch.
 STAGE_MODULES = {
+    "weights": "medalist.pretrained.stage",
     "folds": "medalist.folds",
     "pretrain-mlm": "medalist.modalities.mlm",
     "train": "medalist.training.stage",

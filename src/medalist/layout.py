@@ -5,6 +5,7 @@ from the ``competition`` config section (defaults shown)::
 
     data/train.csv, test.csv, sample_submission.csv     train_path, test_path, sample_path
     folds/folds.csv, folds/folds.json                   folds_files
+    models/weights.json                                 weights_manifest (pretrained files)
     outputs/<experiment>/                               experiment_dir
         task.json, oof.parquet, test.parquet, metrics.json, log.csv
         fold<k>/ (full/ for a full fit)                 fold_dir
@@ -41,8 +42,16 @@ from medalist.modalities import get_modality
 FULL_FIT = -1  # the "fold" of a model trained on every row
 MODEL_WEIGHTS = "model.safetensors"
 LEGACY_EVAL_WEIGHTS = "ema.safetensors"  # an older medalist's file for EMA and SWA weights alike
-# Keys of the train section that do not change a fold's weights: which folds run, progress bars.
-TRAIN_KEYS_NOT_TRAINING = ("folds", "progress")
+# Keys of the training sections that do not change what a fold learns: which folds run, progress
+# bars, and the speed knobs (compiled or not, memory layout, recomputed activations: the same
+# maths up to float rounding), so that a run resumes across a change of them.
+KEYS_NOT_TRAINING = {
+    "train": ("folds", "progress", "compile", "channels_last"),
+    "model": ("grad_checkpointing",),
+}
+# Keys added since folds were first fingerprinted, left out while at their default (what training
+# did before they existed), so that folds trained earlier are not trained again for nothing.
+KEYS_ADDED = {"model": {"pretrained": False}}
 
 
 # ----------------------------------------------------------------------------- the competition
@@ -64,6 +73,12 @@ def folds_files(cfg: Config) -> list[Path]:
     """``folds.csv`` (the fold of each row) and ``folds.json`` (its manifest)."""
     folder = Path(cfg.competition.folds_dir)
     return [folder / "folds.csv", folder / "folds.json"]
+
+
+def weights_manifest() -> Path:
+    """The record of the pretrained files resolved through the hub (``medalist weights``),
+    in the project folder beside ``data/``: a project's cache may move, its record stays."""
+    return Path("models") / "weights.json"
 
 
 # ----------------------------------------------------------------------------- experiments
@@ -130,8 +145,13 @@ def has_prediction_weights(cfg: Config, fold: int) -> bool:
 def training_config(cfg: Config) -> dict:
     """The config as training sees it: the sections that change a fold's weights."""
     data = cfg.model_dump(mode="json", include=set(training_sections()))
-    for key in TRAIN_KEYS_NOT_TRAINING:
-        data["train"].pop(key, None)
+    for section, keys in KEYS_NOT_TRAINING.items():
+        for key in keys:
+            data[section].pop(key, None)
+    for section, defaults in KEYS_ADDED.items():
+        for key, default in defaults.items():
+            if data[section].get(key) == default:
+                del data[section][key]
     return data
 
 

@@ -51,8 +51,8 @@ class ModelConfig(Section):
     )
     grad_checkpointing: bool = Field(
         False,
-        description="Recompute activations in the backward pass (timm's set_grad_checkpointing, "
-        "transformers' gradient checkpointing): less memory, about 30% more compute.",
+        description="Recompute activations in the backward pass (timm's set_grad_checkpointing): "
+        "less memory, about 30% more compute (text models: text.gradient_checkpointing).",
     )
     drop_rate: float = Field(0.0, ge=0, lt=1, description="Dropout before the classifier.")
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="Stochastic depth rate.")

@@ -25,6 +25,8 @@ from torch.utils.data import Dataset
 from medalist.config import Config, Transform
 from medalist.errors import CheckpointError, ConfigError, DataError
 from medalist.prediction import tta
+from medalist.pretrained import manifest
+from medalist.pretrained.resolve import MissingWeights, Weights, resolve
 from medalist.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -167,14 +169,58 @@ class ImageDataset(Dataset):
 
 
 def check_inputs(cfg: Config, df: pd.DataFrame, split: str, source: str) -> None:
-    """The modality's input check before any work: every row's image file exists and starts
-    like an image OpenCV can decode (its signature: about 10 us a file, no decoding).
+    """The modality's input check before any work: the backbone name, the pretrained weights
+    (training only: fetched here, with a warning, when missing and allowed), and every row's image
+    file exists and starts like an image OpenCV can decode (its signature: about 10 us a file, no
+    decoding).
 
     A file cut short after a valid header still fails later, when it is read, naming the file.
     """
+    check_backbone(cfg.model.backbone)
+    if split == "train":
+        weights = pretrained_weights(cfg, download=True)
+        if weights is not None:
+            manifest.check_recorded(weights)
+            _log_stem(cfg, weights)
     for row, path in enumerate(image_paths(cfg, df, split, source)):
         if not cv2.haveImageReader(str(path)):
             raise DataError(f"{source}: row {row}: {path} is not an image (corrupt or empty file)")
+
+
+def check_backbone(backbone: str) -> None:
+    """A name timm knows (its pretrained tag, if any, is checked where weights are resolved)."""
+    architecture = timm.models.split_model_name_tag(backbone)[0]
+    if not timm.is_model(architecture):
+        close = timm.list_models(f"*{architecture}*")[:5]
+        raise ConfigError(f"model.backbone: timm has no model '{backbone}' (close: {close})")
+
+
+def backbone_names(cfg: Config) -> list[tuple[str, str]]:
+    """The pretrained weights the config names, as (config key, name): ``model.pretrained_path``
+    (it wins), else ``model.backbone`` when ``model.pretrained``; none for a random start."""
+    if cfg.model.pretrained_path:
+        return [("model.pretrained_path", cfg.model.pretrained_path)]
+    if cfg.model.pretrained:
+        return [("model.backbone", cfg.model.backbone)]
+    return []
+
+
+def pretrained_weights(cfg: Config, *, download: bool = False) -> Weights | None:
+    """The resolved file the model starts from, or None for a random start (see
+    :mod:`medalist.pretrained.resolve` for the errors)."""
+    names = backbone_names(cfg)
+    return resolve(*names[0], download=download) if names else None
+
+
+def _log_stem(cfg: Config, weights: Weights) -> None:
+    if weights.in_chans is not None and weights.in_chans != cfg.image.channels:
+        log.info(
+            "model.backbone: %s was pretrained on %d input channels; timm adapts its stem to "
+            "image.channels=%d",
+            weights.name,
+            weights.in_chans,
+            cfg.image.channels,
+        )
 
 
 def build_dataset(
@@ -195,24 +241,50 @@ def build_dataset(
 
 
 def build_model(cfg: Config, task: Task) -> torch.nn.Module:
-    """A timm model with the task's head; weights from a local file when configured."""
+    """A timm model with the task's head, from its pretrained weights when configured.
+
+    ``model.pretrained_path`` is loaded as a local file; ``model.pretrained`` builds the model
+    through timm from the cached hub file (timm drops a head of another size and adapts the stem
+    to ``image.channels``). A cached file is never downloaded here: training fetched it in
+    :func:`check_inputs`, and inference replaces every weight with the fine-tuned ones, so a
+    machine without the file (the offline bundle) builds from random init instead, with a warning.
+    """
     model_cfg = cfg.model
-    if not timm.is_model(model_cfg.backbone):
-        close = timm.list_models(f"*{model_cfg.backbone}*")[:5]
-        raise ConfigError(
-            f"model.backbone: timm has no model '{model_cfg.backbone}' (close: {close})"
+    check_backbone(model_cfg.backbone)
+    kwargs = {
+        "num_classes": task.num_outputs,
+        "in_chans": cfg.image.channels,
+        "drop_rate": model_cfg.drop_rate,
+        "drop_path_rate": model_cfg.drop_path_rate or None,
+    }
+    weights = None if model_cfg.pretrained_path else _cached_pretrained(cfg)
+    if weights is None:
+        model = timm.create_model(model_cfg.backbone, pretrained=False, **kwargs)
+    else:
+        log.info("model.backbone: %s from %s", weights.name, weights.files[0])
+        model = timm.create_model(
+            weights.name,
+            pretrained=True,
+            pretrained_cfg_overlay={"file": str(weights.files[0])},
+            **kwargs,
         )
-    model = timm.create_model(
-        model_cfg.backbone,
-        pretrained=False,
-        num_classes=task.num_outputs,
-        in_chans=cfg.image.channels,
-        drop_rate=model_cfg.drop_rate,
-        drop_path_rate=model_cfg.drop_path_rate or None,
-    )
     if model_cfg.pretrained_path:
         load_backbone_weights(model, Path(model_cfg.pretrained_path))
     return model
+
+
+def _cached_pretrained(cfg: Config) -> Weights | None:
+    if not cfg.model.pretrained:
+        return None
+    try:
+        return pretrained_weights(cfg)
+    except MissingWeights:
+        log.warning(
+            "model.backbone: the pretrained weights of %s are not in the cache: random init "
+            "(right before loading fine-tuned weights; to train, run `medalist weights`)",
+            cfg.model.backbone,
+        )
+        return None
 
 
 def load_backbone_weights(model: torch.nn.Module, path: Path) -> None:
@@ -264,9 +336,16 @@ def expand_views(names: list[str], key: str = "infer.tta") -> list[str]:
 
 
 def starting_weights(cfg: Config) -> list[Path]:
-    """``model.pretrained_path``, when it is a file."""
-    path = Path(cfg.model.pretrained_path) if cfg.model.pretrained_path else None
-    return [path] if path and path.is_file() else []
+    """The weights file the model starts from: ``model.pretrained_path``, or the cached file of
+    the pretrained backbone (none when it is not cached yet: training fetches it first)."""
+    if cfg.model.pretrained_path:
+        path = Path(cfg.model.pretrained_path)
+        return [path] if path.is_file() else []
+    try:
+        weights = pretrained_weights(cfg)
+    except MissingWeights:
+        return []
+    return list(weights.files) if weights else []
 
 
 def packaged_folder(cfg: Config) -> None:

@@ -322,7 +322,8 @@ def run(cfg: Config) -> dict:
     check_precision(cfg)
     mlm = cfg.mlm
     key = "mlm.backbone" if mlm.backbone else "text.backbone"
-    folder = backbone_dir(mlm.backbone or cfg.text.backbone, key)
+    # A hub id missing from the cache is fetched here (with a warning), before any work.
+    folder = backbone_dir(mlm.backbone or cfg.text.backbone, key, download=True)
     check_max_length(folder, mlm.max_length, "mlm.max_length")
     tokenizer = load_tokenizer(folder)
     if tokenizer.mask_token is None or tokenizer.pad_token_id is None:

@@ -53,7 +53,12 @@ class Modality(Protocol):
         """Labelled and pseudo-labelled rows as one training set; every sample has a weight."""
 
     def build_model(self, cfg: Config, task: Task) -> torch.nn.Module:
-        """The model with the task's head (``task.num_outputs``), from local weights only."""
+        """The model with the task's head (``task.num_outputs``), from local or cached weights
+        only (never a download: :meth:`check_inputs` fetches for training)."""
+
+    def backbone_names(self, cfg: Config) -> list[tuple[str, str]]:
+        """The pretrained weights the config names, as (config key, name or path): what
+        ``medalist weights`` resolves, fetches and verifies."""
 
     def expand_views(self, names: list[str], key: str = "infer.tta") -> list[str]:
         """The TTA view names checked (an unknown one is a ``ConfigError`` naming ``key``)

@@ -36,6 +36,8 @@ from medalist.modalities.text_model import (
     quiet_transformers,
 )
 from medalist.modalities.text_views import expand_text_views, text_view
+from medalist.pretrained import manifest
+from medalist.pretrained.resolve import MissingWeights, Weights, resolve, resolve_text
 
 __all__ = ["build_dataset", "build_model", "check_inputs", "combine", "TextDataset"]
 
@@ -58,11 +60,16 @@ def text_columns(cfg: Config) -> list[str]:
 def check_inputs(cfg: Config, df: pd.DataFrame, split: str, source: str) -> Path:
     """Columns, rows, the backbone folder and ``max_length``, before any work; returns the folder.
 
+    For training, a hub id missing from the cache is fetched here (with a warning) and the
+    cached files are checked against the project's ``models/weights.json``.
+
     Raises:
         DataError: a missing text column, or an empty or non-string text (naming row and column).
         ConfigError: a folder without config, weights or tokenizer, a max length over the limit.
     """
     check_text_rows(df, text_columns(cfg), source)
+    if split == "train" and cfg.text.backbone:
+        manifest.check_recorded(resolve_text(cfg.text.backbone, "text.backbone", download=True))
     folder = backbone_dir(cfg.text.backbone, "text.backbone")
     check_max_length(folder, cfg.text.max_length, "text.max_length")
     tokenizer = load_tokenizer(folder)
@@ -489,12 +496,36 @@ def expand_views(names: list[str], key: str = "infer.tta") -> list[str]:
     return expand_text_views(names, key)
 
 
+def backbone_names(cfg: Config) -> list[tuple[str, str]]:
+    """The backbones the config names, as (config key, name): ``text.backbone`` and a different
+    ``mlm.backbone``, local folders or hub ids."""
+    names = [("text.backbone", cfg.text.backbone)] if cfg.text.backbone else []
+    if cfg.mlm.backbone and cfg.mlm.backbone != cfg.text.backbone:
+        names.append(("mlm.backbone", cfg.mlm.backbone))
+    return names
+
+
+def pretrained_weights(cfg: Config, *, download: bool = False) -> Weights | None:
+    """``text.backbone`` resolved (a local folder, or a hub id's cached snapshot)."""
+    return (
+        resolve("text.backbone", cfg.text.backbone, download=download)
+        if cfg.text.backbone
+        else None
+    )
+
+
 def starting_weights(cfg: Config) -> list[Path]:
-    """The safetensors files of the ``text.backbone`` folder."""
-    folder = Path(cfg.text.backbone) if cfg.text.backbone else None
-    return sorted(folder.glob("*.safetensors")) if folder and folder.is_dir() else []
+    """The safetensors files of the ``text.backbone`` folder (a hub id's cached snapshot; none
+    when it is not cached yet: training fetches it first)."""
+    try:
+        weights = pretrained_weights(cfg)
+    except MissingWeights:
+        return []
+    return list(weights.files) if weights else []
 
 
 def packaged_folder(cfg: Config) -> tuple[str, Path] | None:
-    """The backbone folder (config, tokenizer) the model and the tokenizer are built from."""
-    return ("text.backbone", Path(cfg.text.backbone)) if cfg.text.backbone else None
+    """The backbone folder (config, tokenizer) the model and the tokenizer are built from: the
+    local folder, or the cached snapshot of a hub id."""
+    weights = pretrained_weights(cfg)
+    return ("text.backbone", weights.folder) if weights else None

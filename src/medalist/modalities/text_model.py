@@ -1,4 +1,5 @@
-"""Text backbones: a transformers model from a local folder, pooled into the task's head.
+"""Text backbones: a transformers model from a local folder or the hub cache, pooled into the
+task's head.
 
 - Pooling: the first token (``cls``), the masked ``mean``, or ``attention`` pooling (a learnt
   score per token, softmax over the real tokens), applied to each of the last ``concat_layers``
@@ -29,20 +30,11 @@ from transformers.utils import logging as hf_logging
 
 from medalist.config import Config, TextConfig
 from medalist.errors import CheckpointError, ConfigError
+from medalist.pretrained.resolve import VOCAB_FILES, resolve_text
 from medalist.tasks import Task
 
 log = logging.getLogger(__name__)
 
-# Files that carry a tokenizer's vocabulary (tokenizer_config.json alone does not).
-VOCAB_FILES = (
-    "tokenizer.json",
-    "vocab.txt",
-    "vocab.json",
-    "spm.model",
-    "spiece.model",
-    "sentencepiece.bpe.model",
-    "tokenizer.model",
-)
 # Absolute positions start after the padding index in these families (RoBERTa's offset).
 PADDING_OFFSET_POSITIONS = {
     "roberta",
@@ -62,11 +54,15 @@ LAYER_LISTS = ("encoder.layer", "encoder.layers", "transformer.layer", "layers",
 # The backbone folder
 
 
-def backbone_dir(path: str | None, key: str) -> Path:
-    """A local model folder with a config, safetensors weights and a tokenizer; else ConfigError."""
+def backbone_dir(path: str | None, key: str, *, download: bool = False) -> Path:
+    """A model folder with a config, safetensors weights and a tokenizer; else ConfigError.
+
+    ``path`` is a local folder or a Hugging Face hub id, read from the hub cache (fetched first
+    when ``download`` allows it; see :func:`medalist.pretrained.resolve.resolve_text`).
+    """
     if not path:
-        raise ConfigError(f"{key}: set it to a local transformers model folder")
-    folder = Path(path)
+        raise ConfigError(f"{key}: set it to a local transformers model folder or a hub id")
+    folder = resolve_text(path, key, download=download).folder
     if not folder.is_dir():
         raise ConfigError(f"{key}: model folder not found: {folder}")
     if not (folder / "config.json").is_file():
@@ -79,7 +75,8 @@ def backbone_dir(path: str | None, key: str) -> Path:
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.safetensors.index.json")):
         raise ConfigError(
             f"{key}: {folder} has no safetensors weights (pickled weights are never loaded; "
-            "convert them with save_pretrained)"
+            "convert them on a trusted machine with save_pretrained(folder, "
+            "safe_serialization=True))"
         )
     return folder
 
@@ -312,7 +309,8 @@ def reinit_layers(backbone: nn.Module, layers: list[nn.Module]) -> None:
 
 
 def build_model(cfg: Config, task: Task) -> TextModel:
-    """The configured backbone (local folder) with the task's head, freezing and re-init applied."""
+    """The configured backbone (a local folder or a cached hub id; never downloaded here) with the
+    task's head, freezing and re-init applied."""
     text = cfg.text
     folder = backbone_dir(text.backbone, "text.backbone")
     backbone = load_backbone(folder, text.hidden_dropout)

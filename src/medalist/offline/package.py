@@ -10,7 +10,8 @@ or ``train.experiment``) under ``outputs/``, the folds manifest and the config. 
     wheels/                    medalist, the project's own package, kaggle.wheels
     outputs/<exp>/             config.yaml, task.json, metrics.json, fold*/<weights>.safetensors
     outputs/ensemble/<name>/   weights.json, ensemble.yaml, task.json, cv.json (with an ensemble)
-    backbones/<name>/          config and tokenizer files of a text backbone folder
+    backbones/<name>/          config and tokenizer files of a text backbone folder (a local
+                               one, or a hub id's cached snapshot)
     folds/folds.json           the folds manifest (ids and hashes, no rows)
     timing.json                the run-time estimate against kaggle.time_limit_hours
 
@@ -50,6 +51,7 @@ from medalist.offline.notebook import notebook, write_entry_point
 from medalist.offline.predict import BLENDERS, FORMAT, MANIFEST
 from medalist.offline.timing import estimate
 from medalist.prediction.infer import INFERENCE_KEYS, inference_settings, trained_folds
+from medalist.pretrained.resolve import snapshot_label
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +116,10 @@ def _experiment(outputs: Path, name: str, key: str) -> Experiment:
 
 
 def _inference_keys(saved: dict, source: Path) -> dict:
-    """The known infer keys of an ``infer.json``, checked (a view name as the stage would)."""
+    """The known infer keys of an ``infer.json``, checked (a view name as the stage would); one
+    written before ``precision`` existed predicted in fp32."""
 
+    saved = {"precision": "fp32", **saved} if isinstance(saved, dict) else saved
     try:
         settings = InferConfig.model_validate({key: saved[key] for key in INFERENCE_KEYS})
     except (KeyError, TypeError, ValueError) as error:
@@ -181,10 +185,12 @@ def make_plan(cfg: Config) -> Plan:
             if not backbone.is_dir():
                 raise DataError(f"{experiment.name}: {carried[0]} folder {backbone} not found")
             taken = set(plan.backbones.values())
-            label, index = backbone.name, 1
+            # A hub id's cached snapshot is named by its commit: the bundle names it by the model.
+            stem = snapshot_label(backbone) or backbone.name
+            label, index = stem, 1
             while f"backbones/{label}" in taken:
                 index += 1
-                label = f"{backbone.name}-{index}"
+                label = f"{stem}-{index}"
             plan.backbones[backbone.resolve()] = f"backbones/{label}"
     wheels.check_sources(cfg)
     if cfg.kaggle.timing_rows:
@@ -230,6 +236,8 @@ def _copy_experiment(experiment: Experiment, outputs: Path, root: Path, plan: Pl
     # Paths of the training machine mean nothing on Kaggle: the fine-tuned weights replace the
     # pretrained ones, and a text backbone folder (its config, tokenizer) travels in the bundle.
     entry["paths"] = {"model.pretrained_path": None}
+    # Nor does its hub cache: the bundle's models are built without pretrained weights.
+    entry["settings"] = {"model.pretrained": False}
     carried = _packaged_folder(experiment.cfg)
     if carried is not None:
         key, folder = carried

@@ -131,10 +131,13 @@ def _with(cfg: Config, dotted: str, value) -> Config:
 
 
 def experiment_config(bundle: Path, entry: dict, data: Path) -> Config:
-    """An experiment's resolved config, pointed at the bundle's files and the data folder."""
+    """An experiment's resolved config, pointed at the bundle's files and the data folder, with
+    the bundle's ``settings`` (no pretrained weights: the fine-tuned ones replace them)."""
     cfg = _with(resolve_config(bundle / entry["config"]), "competition.data_dir", str(data))
     for dotted, relative in entry["paths"].items():
         cfg = _with(cfg, dotted, None if relative is None else str(bundle / relative))
+    for dotted, value in entry.get("settings", {}).items():  # model.pretrained: false
+        cfg = _with(cfg, dotted, value)
     for key, value in entry.get("infer", {}).items():  # the views test.parquet was made with
         cfg = _with(cfg, f"infer.{key}", value)
     return cfg
@@ -290,7 +293,8 @@ def run_bundle(
         "prediction": experiment,
         "rows": len(test),
         "seconds": round(seconds, 2),
-        "estimated_seconds": manifest.get("timing", {}).get("estimated_seconds"),
+        # A bundle packaged with kaggle.timing_rows=0 has no estimate (timing: null).
+        "estimated_seconds": (manifest.get("timing") or {}).get("estimated_seconds"),
         "models": timings,
         "submission": str(path),
     }
