@@ -6,11 +6,16 @@ file each process writes.
 Commands are separated by ``:::``; ``cd DIR`` changes the working directory. Every file written
 through ``medalist.io`` (all artifacts) and every folder ``pretrain-mlm`` saves is logged as
 ``<rank> <absolute path>`` to WRITES_LOG. Exits with the first non-zero status.
+
+The main process (rank 0) writes its tables (``.parquet``) half a second late, as on a slow disk:
+a stage that returns on the other ranks before the main one's files are on disk (a missing
+barrier) then fails the next stage there, instead of passing when the timing happens to allow.
 """
 
 import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -29,6 +34,8 @@ def _log_writes(log: Path) -> None:
     def logged_atomic_path(path):
         with atomic_path(path) as tmp:
             yield tmp
+            if rank == "0" and Path(path).suffix == ".parquet":
+                time.sleep(0.5)  # a slow disk: the file lands late
         record(path)
 
     def logged_save(model, tokenizer, folder, report):

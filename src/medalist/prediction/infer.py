@@ -230,6 +230,7 @@ def run(cfg: Config) -> pd.DataFrame:
         )
     if cfg.infer.tta_oof:
         tta_oof(cfg, task, modality, accelerator, train, folds_table, folds, views)
+    accelerator.wait_for_everyone()  # the main process's files are on disk before anyone reads
     return table
 
 
