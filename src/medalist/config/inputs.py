@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from medalist.config.section import Section
 
@@ -58,6 +58,40 @@ class ModelConfig(Section):
     drop_path_rate: float = Field(0.0, ge=0, lt=1, description="Stochastic depth rate.")
 
 
+class LoraConfig(Section):
+    """Low-rank adapters (Hu et al., "LoRA", 2021) on the text backbone, through peft.
+
+    The backbone's own weights stay fixed; each targeted linear layer W gets W + (alpha / r) B A
+    with A (r x in) and B (out x r) trained (B starts at zero, so training starts from the
+    backbone as it is). The head outside the backbone trains in full. r 8-64 and alpha 2r are
+    usual for 2B-9B decoders; dropout 0.05-0.1.
+    """
+
+    enabled: bool = Field(
+        False,
+        description="Train adapters instead of the backbone (needs peft: pip install "
+        "'medalist[llm]'); fold weight files then hold only the adapters and the head.",
+    )
+    r: int = Field(16, ge=1, description="Rank of each adapter (8-64 is usual).")
+    alpha: float = Field(
+        32.0, gt=0, description="Scale numerator: the update is (alpha / r) B A (2r is usual)."
+    )
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapters' input.")
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        None,
+        description="Names (or name suffixes) of the linear layers to adapt, e.g. [q_proj, k_proj, "
+        "v_proj, o_proj]; all-linear: every linear layer of the backbone; null: peft's default "
+        "for the architecture (the query and value projections for Llama, Qwen2, Gemma, Mistral, "
+        "BERT).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> LoraConfig:
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ValueError("text.lora.target_modules: empty; name layers, all-linear or null")
+        return self
+
+
 class TextConfig(Section):
     """Text columns, tokenisation, batching and the transformers backbone (modality: text)."""
 
@@ -83,9 +117,11 @@ class TextConfig(Section):
     head_fraction: float = Field(
         0.25, gt=0, lt=1, description="head_tail: share kept from the start (128 of 510 is usual)."
     )
-    pooling: Literal["cls", "mean", "attention"] = Field(
+    pooling: Literal["cls", "mean", "attention", "last"] = Field(
         "mean",
-        description="How token states become one vector: first token, masked mean, attention.",
+        description="How token states become one vector: first token, masked mean, attention, or "
+        "the last real token (decoder models: the only one that has seen the whole text; cls is "
+        "refused for them).",
     )
     concat_layers: int = Field(
         1, ge=1, description="Pool each of the last N hidden layers and concatenate (4 is usual)."
@@ -115,6 +151,22 @@ class TextConfig(Section):
     pad_to_multiple_of: int | None = Field(
         8, ge=1, description="Round padded lengths up to a multiple of this (tensor cores)."
     )
+    lora: LoraConfig = Field(
+        default_factory=LoraConfig, description="Low-rank adapters instead of full fine-tuning."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TextConfig:
+        if self.lora.enabled:
+            # Under LoRA every backbone weight is fixed: a re-initialised layer would stay random,
+            # and freezing the bottom layers is already done (adapters are placed by target_modules).
+            for key in ("reinit_layers", "freeze_layers"):
+                if getattr(self, key):
+                    raise ValueError(
+                        f"text.{key}: not with text.lora.enabled (the backbone is frozen and "
+                        f"only its adapters train); set text.{key}=0"
+                    )
+        return self
 
 
 class MlmConfig(Section):

@@ -49,6 +49,8 @@ from medalist.modalities.text import LengthBatchSampler, Template, check_text_ro
 from medalist.modalities.text_model import (
     backbone_dir,
     check_max_length,
+    is_decoder,
+    load_config,
     load_tokenizer,
     quiet_transformers,
     transformer_layers,
@@ -324,6 +326,12 @@ def run(cfg: Config) -> dict:
     key = "mlm.backbone" if mlm.backbone else "text.backbone"
     # A hub id missing from the cache is fetched here (with a warning), before any work.
     folder = backbone_dir(mlm.backbone or cfg.text.backbone, key, download=True)
+    config = load_config(folder)
+    if is_decoder(config):
+        raise ConfigError(
+            f"{key}: {folder} is a decoder ({config.model_type}); masked-LM pretraining needs an "
+            "encoder with a masked-LM head (BERT, RoBERTa, DeBERTa)"
+        )
     check_max_length(folder, mlm.max_length, "mlm.max_length")
     tokenizer = load_tokenizer(folder)
     if tokenizer.mask_token is None or tokenizer.pad_token_id is None:

@@ -31,6 +31,7 @@ from medalist.errors import ConfigError, DataError, show_value
 from medalist.modalities.text_model import (
     backbone_dir,
     build_model,
+    check_backbone_settings,
     check_max_length,
     load_tokenizer,
     quiet_transformers,
@@ -65,16 +66,21 @@ def check_inputs(cfg: Config, df: pd.DataFrame, split: str, source: str) -> Path
 
     Raises:
         DataError: a missing text column, or an empty or non-string text (naming row and column).
-        ConfigError: a folder without config, weights or tokenizer, a max length over the limit.
+        ConfigError: a folder without config, weights or tokenizer, a max length over the limit,
+            cls pooling on a decoder.
     """
     check_text_rows(df, text_columns(cfg), source)
     if split == "train" and cfg.text.backbone:
         manifest.check_recorded(resolve_text(cfg.text.backbone, "text.backbone", download=True))
     folder = backbone_dir(cfg.text.backbone, "text.backbone")
     check_max_length(folder, cfg.text.max_length, "text.max_length")
+    check_backbone_settings(folder, cfg.text)
     tokenizer = load_tokenizer(folder)
     if tokenizer.pad_token_id is None:
-        raise ConfigError(f"text.backbone: the tokenizer in {folder} has no padding token")
+        raise ConfigError(
+            f"text.backbone: the tokenizer in {folder} has neither a padding nor an end-of-text "
+            "token to pad with"
+        )
     return folder
 
 

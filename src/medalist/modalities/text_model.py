@@ -1,9 +1,19 @@
 """Text backbones: a transformers model from a local folder or the hub cache, pooled into the
 task's head.
 
-- Pooling: the first token (``cls``), the masked ``mean``, or ``attention`` pooling (a learnt
-  score per token, softmax over the real tokens), applied to each of the last ``concat_layers``
-  hidden layers and concatenated (the last four is usual).
+- Pooling: the first token (``cls``), the masked ``mean``, ``attention`` pooling (a learnt
+  score per token, softmax over the real tokens) or the ``last`` real token, applied to each of
+  the last ``concat_layers`` hidden layers and concatenated (the last four is usual).
+- Decoder backbones (Llama, Qwen2, Gemma, Mistral, ...): ``AutoModel`` plus the same head, so
+  last-token pooling and the linear classifier are ``AutoModelForSequenceClassification``'s
+  maths, with the last real token found from the attention mask (any padding side) rather than
+  from the pad id (which may be the end-of-text id). A tokenizer without a padding token pads
+  with its end-of-text token. ``cls`` pooling is refused: under causal attention the first
+  token has seen nothing of the text.
+- LoRA (``text.lora``, through peft): adapters injected into the backbone in place; only they
+  and the head train, and the fold weight files hold only them (:meth:`TextModel.saved_keys`),
+  with a fingerprint of the fixed base weights (:meth:`TextModel.weights_base`) that loading
+  checks.
 - Multi-sample dropout (Inoue, "Multi-sample dropout for accelerated training and better
   generalization", 2019): in training the head's logits are averaged over several dropout masks
   of the pooled vector (5 is usual); in evaluation dropout is off and it is one plain pass.
@@ -18,6 +28,8 @@ Weights are read from safetensors only; a folder holding only pickled weights is
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import logging
 from contextlib import contextmanager
 from functools import lru_cache
@@ -26,6 +38,10 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+)
 from transformers.utils import logging as hf_logging
 
 from medalist.config import Config, TextConfig
@@ -47,6 +63,7 @@ PADDING_OFFSET_POSITIONS = {
     "ibert",
     "mpnet",
 }
+PEFT_MISSING = "text.lora.enabled: needs peft (pip install 'medalist[llm]', or peft==0.21.2)"
 LAYER_LISTS = ("encoder.layer", "encoder.layers", "transformer.layer", "layers", "layer", "h")
 
 
@@ -112,12 +129,40 @@ def load_tokenizer(folder: Path):
 @lru_cache(maxsize=8)
 def _load_tokenizer(folder: Path, stamp: tuple):
     with quiet_transformers():
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # Decoder tokenizers (Llama, Mistral) often have none; padding is masked out and the last
+        # real token is found from the mask, so the end-of-text token can pad.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_config(folder: Path):
     with quiet_transformers():
         return AutoConfig.from_pretrained(str(folder), local_files_only=True)
+
+
+def is_decoder(config) -> bool:
+    """A decoder-only model (causal attention): a causal-LM architecture with no masked-LM one
+    (BERT and RoBERTa have both; Llama, Qwen2, Gemma, Mistral, Phi, GPT-2 only the first)."""
+    kind = config.model_type
+    return (
+        kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
+
+
+def check_backbone_settings(folder: Path, text: TextConfig) -> None:
+    """Settings the backbone's architecture (or the environment) rules out; ConfigError naming
+    the key."""
+    config = load_config(folder)
+    if is_decoder(config) and text.pooling == "cls":
+        raise ConfigError(
+            f"text.pooling: cls pools the first token, which in a decoder ({config.model_type}, "
+            "causal attention) has seen nothing of the text; use last (the usual choice for "
+            "decoders), mean or attention"
+        )
+    if text.lora.enabled and importlib.util.find_spec("peft") is None:
+        raise ConfigError(PEFT_MISSING)
 
 
 def position_limit(config) -> int | None:
@@ -150,6 +195,16 @@ def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
+def last_token(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The state of each row's last real token: states (batch, seq, hidden), mask (batch, seq).
+
+    The rightmost position of the mask, so right and left padding both work.
+    """
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    last = (positions * (mask != 0)).argmax(-1)  # (batch,)
+    return states[torch.arange(states.shape[0], device=states.device), last]
+
+
 class AttentionPool(nn.Module):
     """A learnt score per token, softmax over the real tokens, the weighted sum of the states."""
 
@@ -180,10 +235,13 @@ class TextHead(nn.Module):
             return states[:, 0]
         if self.pooling == "mean":
             return masked_mean(states, mask)
+        if self.pooling == "last":
+            return last_token(states, mask)
         return self.attention(states, mask)
 
     def forward(self, layers: tuple[torch.Tensor, ...], mask: torch.Tensor) -> torch.Tensor:
         features = torch.cat([self.pool(states, mask) for states in layers], dim=-1)
+        features = features.to(self.fc.weight.dtype)  # a half-precision backbone, a float head
         if self.training and self.samples > 1:
             return torch.stack([self.fc(self.dropout(features)) for _ in range(self.samples)]).mean(
                 0
@@ -204,6 +262,25 @@ class TextModel(nn.Module):
         self.backbone = backbone
         self.concat_layers = text.concat_layers
         self.head = TextHead(backbone.config.hidden_size, outputs, text)
+        # Under LoRA the weight files hold the adapters and the head; the fixed base comes from
+        # text.backbone. Fixed at build time: an EMA copy (no tensor trains) holds the same keys.
+        self._saved: frozenset[str] | None = None
+        self._base: str | None = None
+        if text.lora.enabled:
+            trained = {f"backbone.{n}" for n, p in backbone.named_parameters() if p.requires_grad}
+            own = self.state_dict()
+            self._saved = frozenset(k for k in own if k in trained or k.startswith("head."))
+            self._base = base_fingerprint({k: v for k, v in own.items() if k not in self._saved})
+
+    def saved_keys(self) -> frozenset[str] | None:
+        """The state-dict keys its weight files hold (:mod:`medalist.training.weights`): the
+        adapters and the head under LoRA; None (all of them) otherwise."""
+        return self._saved
+
+    def weights_base(self) -> str | None:
+        """Under LoRA, a fingerprint of the fixed base weights (those not in
+        :meth:`saved_keys`), stored with the weights and checked when they are loaded."""
+        return self._base
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         ids, mask = inputs[:, 0], inputs[:, 1]
@@ -250,6 +327,25 @@ class TextModel(nn.Module):
         return [groups[key] for key in sorted(groups)]
 
 
+def base_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of every tensor's name, shape, dtype and up to 64 of its values (evenly strided).
+
+    Tells the backbone a LoRA was trained on from another checkpoint of the same architecture
+    (a further pretraining, another fine-tune) without hashing gigabytes: training moves nearly
+    every value, so the samples differ. Read as float64, exact for every float dtype, so the
+    same weights give the same fingerprint on any device.
+    """
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach()
+        flat = tensor.reshape(-1)
+        step = max(1, flat.numel() // 64)
+        sample = flat[::step][:64].to("cpu", torch.float64)
+        digest.update(f"{key}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
+
+
 def transformer_layers(backbone: nn.Module) -> nn.ModuleList:
     """The backbone's stack of transformer layers (``encoder.layer`` for BERT-like models)."""
     for path in LAYER_LISTS:
@@ -275,7 +371,12 @@ def load_backbone(folder: Path, hidden_dropout: float | None = None) -> nn.Modul
 
     config = load_config(folder)
     if hidden_dropout is not None:
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout"):
+        for name in (
+            "hidden_dropout_prob",
+            "attention_probs_dropout_prob",
+            "dropout",
+            "attention_dropout",  # Llama, Qwen2, Gemma, Mistral
+        ):
             if hasattr(config, name):
                 setattr(config, name, hidden_dropout)
     with quiet_transformers():
@@ -297,6 +398,47 @@ def load_backbone(folder: Path, hidden_dropout: float | None = None) -> nn.Modul
         log.warning(
             "%s: %d backbone tensors newly initialised: %s", folder, len(missing), missing[:5]
         )
+    if getattr(backbone.config, "use_cache", False):
+        backbone.config.use_cache = False  # a decoder's key/value cache serves generation only
+    pad = load_tokenizer(folder).pad_token_id
+    if pad is not None and backbone.config.pad_token_id is None:
+        # Set after loading, not in the config it loads with: the embedding's padding_idx would
+        # stop the (end-of-text) token's embedding from training.
+        backbone.config.pad_token_id = pad
+    return backbone
+
+
+def add_lora(backbone: nn.Module, text: TextConfig) -> nn.Module:
+    """Inject LoRA adapters into ``backbone`` in place (peft); only they are left trainable."""
+    # peft is optional (the llm extra) and only LoRA runs need it: imported here, on use.
+    try:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import inject_adapter_in_model
+    except ImportError as exc:
+        raise ConfigError(PEFT_MISSING) from exc
+    lora = text.lora
+    settings = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        bias="none",
+    )
+    try:
+        with quiet_transformers():
+            backbone = inject_adapter_in_model(settings, backbone)
+    except ValueError as exc:  # no layer matches, or no default for the architecture
+        raise ConfigError(f"text.lora.target_modules: {exc}") from exc
+    for param in backbone.parameters():
+        if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
+            # A half-precision base (bf16 checkpoints load as bf16) gives half-precision adapters,
+            # whose optimizer steps would round away; float32, as peft's get_peft_model does.
+            param.data = param.data.float()
+    trained = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in backbone.parameters())
+    log.info(
+        "LoRA: %d of %d backbone parameters train (%.2f%%)", trained, total, 100 * trained / total
+    )
     return backbone
 
 
@@ -313,6 +455,7 @@ def build_model(cfg: Config, task: Task) -> TextModel:
     task's head, freezing and re-init applied."""
     text = cfg.text
     folder = backbone_dir(text.backbone, "text.backbone")
+    check_backbone_settings(folder, text)
     backbone = load_backbone(folder, text.hidden_dropout)
     layers = transformer_layers(backbone)
     count = len(layers)
@@ -338,6 +481,8 @@ def build_model(cfg: Config, task: Task) -> TextModel:
         frozen.append(pooler)  # the head pools; the backbone's own pooler is never trained
     for module in frozen:
         module.requires_grad_(False)
+    if text.lora.enabled:
+        backbone = add_lora(backbone, text)
     if text.gradient_checkpointing:
         if not getattr(backbone, "supports_gradient_checkpointing", False):
             raise ConfigError(
