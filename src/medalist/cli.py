@@ -22,6 +22,8 @@ STAGE_HELP = {
     "folds": "split train.csv into folds (folds/folds.csv + folds.json)",
     "pretrain-mlm": "masked-LM pretraining on the competition's text; writes outputs/mlm/<name>/",
     "train": "train every configured fold; writes outputs/<experiment>/",
+    "sanity": "leak alarm: train on labels without signal; the CV must be at chance "
+    "(outputs/sanity/<experiment>/sanity.json, non-zero exit above chance)",
     "infer": "predict the test set with each trained fold and average",
     "pseudo": "pseudo labels for the test set from teachers' per-fold predictions",
     "submission": "map test predictions onto the sample submission and validate",
@@ -41,6 +43,7 @@ STAGE_MODULES = {
     "folds": "medalist.folds",
     "pretrain-mlm": "medalist.modalities.mlm",
     "train": "medalist.training.stage",
+    "sanity": "medalist.honest.sanity",
     "infer": "medalist.prediction.infer",
     "pseudo": "medalist.prediction.pseudo",
     "submission": "medalist.submission.stage",

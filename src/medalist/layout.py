@@ -13,6 +13,8 @@ from the ``competition`` config section (defaults shown)::
             ema|swa|snapshot<c>.safetensors             other weights (weights_file)
             scores.json                                 scores, training_hash, prediction_weights
             checkpoint/step-<n>/                        resumable state while training
+    outputs/<experiment>@s<seed>/                       seed_experiment (train.seeds)
+    outputs/sanity/<experiment>/                        sanity_dir (shuffled-label run, sanity.json)
     outputs/pseudo/<round>/teachers.json                pseudo_dir
     outputs/ensemble/<name>/                            ensemble_dir
     outputs/mlm/<name>/                                 mlm_dir
@@ -43,10 +45,11 @@ FULL_FIT = -1  # the "fold" of a model trained on every row
 MODEL_WEIGHTS = "model.safetensors"
 LEGACY_EVAL_WEIGHTS = "ema.safetensors"  # an older medalist's file for EMA and SWA weights alike
 # Keys of the training sections that do not change what a fold learns: which folds run, progress
-# bars, and the speed knobs (compiled or not, memory layout, recomputed activations: the same
-# maths up to float rounding), so that a run resumes across a change of them.
+# bars, the speed knobs (compiled or not, memory layout, recomputed activations: the same maths up
+# to float rounding), so that a run resumes across a change of them, and the seed list of a
+# multi-seed run (each seed trains as its own experiment, with its own train.seed).
 KEYS_NOT_TRAINING = {
-    "train": ("folds", "progress", "compile", "channels_last"),
+    "train": ("folds", "progress", "compile", "channels_last", "seeds"),
     "model": ("grad_checkpointing",),
 }
 # Keys added since folds were first fingerprinted, left out while at their default (what training
@@ -175,6 +178,28 @@ def starting_weights(cfg: Config) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------- other stages
+
+
+def seed_experiment(experiment: str, seed: int) -> str:
+    """The experiment one seed of a multi-seed run trains as: ``<experiment>@s<seed>``, the
+    form the ensemble (``'exp@*'``) and the ledger's seed groups read."""
+    return f"{experiment}@s{seed}"
+
+
+def sanity_outputs(cfg: Config) -> Path:
+    """The outputs folder of the shuffled-label runs: the real experiments' files, ledger and
+    trackers are never written by them."""
+    return outputs_dir(cfg) / "sanity"
+
+
+def sanity_dir(cfg: Config) -> Path:
+    """``outputs/sanity/<experiment>/``: the shuffled-label run and its ``sanity.json``."""
+    return sanity_outputs(cfg) / cfg.train.experiment
+
+
+def sanity_file(outputs: Path, experiment: str) -> Path:
+    """An experiment's ``sanity.json`` under an outputs folder (the report reads it)."""
+    return Path(outputs) / "sanity" / experiment / "sanity.json"
 
 
 def pseudo_dir(cfg: Config, round_: int) -> Path:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from medalist.config.section import Section
 
@@ -38,6 +38,12 @@ class TrainConfig(Section):
         "else each normalises its own batch_size rows. Matters for small per-process batches.",
     )
     seed: int = Field(42, description="Seed of weights, data order and augmentation.")
+    seeds: list[int] = Field(
+        default_factory=list,
+        description="Train once per seed (same folds) into outputs/<experiment>@s<seed>/, then "
+        "average them in outputs/<experiment>/ (CV mean, std and the averaged model's CV); "
+        "empty: one run with train.seed.",
+    )
     checkpoint_every: int = Field(
         0,
         ge=0,
@@ -66,6 +72,13 @@ class TrainConfig(Section):
     pseudo_round: int | None = Field(
         None, description="Add the pseudo labels of this round to each fold's training rows."
     )
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"train.seeds: each seed once, got {seeds}")
+        return seeds
 
 
 class InferConfig(Section):

@@ -44,7 +44,7 @@ from medalist.data import read_test
 from medalist.ensemble.inputs import expand_members
 from medalist.errors import ConfigError, DataError
 from medalist.io import sha256_file, write_json, write_text
-from medalist.layout import ensemble_folder, folds_files, prediction_weights
+from medalist.layout import ensemble_folder, folds_files, prediction_weights, seed_experiment
 from medalist.modalities import get_modality
 from medalist.offline import scan, wheels
 from medalist.offline.notebook import notebook, write_entry_point
@@ -101,6 +101,13 @@ def _experiment(outputs: Path, name: str, key: str) -> Experiment:
         if not (folder / needed).is_file():
             raise DataError(f"{key}: {folder / needed} not found; train '{name}' first")
     cfg = resolve_config(folder / "config.yaml")
+    if cfg.train.seeds:  # the seed-averaged model has no weights of its own
+        seeds = [seed_experiment(name, seed) for seed in cfg.train.seeds]
+        raise ConfigError(
+            f"{key}: '{name}' averages the seeds {cfg.train.seeds} (train.seeds), which the bundle "
+            f"does not average yet; package one seed (kaggle.experiments=[{seeds[0]}]), or blend "
+            f"them: `medalist ensemble` with ensemble.experiments={seeds}, then kaggle.ensemble"
+        )
     settings = folder / "infer.json"  # the views and merge behind its test.parquet
     if settings.is_file():
         saved = json.loads(settings.read_text(encoding="utf-8"))

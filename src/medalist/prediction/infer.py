@@ -31,6 +31,7 @@ from medalist.config import Config
 from medalist.data import read_test, read_train
 from medalist.errors import DataError
 from medalist.folds import load_folds
+from medalist.honest.seeds import average_tests, seed_config
 from medalist.io import write_json, write_parquet
 from medalist.layout import (
     FULL_FIT,
@@ -44,7 +45,12 @@ from medalist.layout import (
 from medalist.modalities import get_modality
 from medalist.prediction.tta import batched_views, merge
 from medalist.tasks import Task, build_task
-from medalist.training.runtime import check_precision, make_accelerator, make_loader
+from medalist.training.runtime import (
+    check_precision,
+    make_accelerator,
+    make_loader,
+    process_state,
+)
 from medalist.training.stage import mean_prediction
 from medalist.training.weights import load_weights
 
@@ -188,7 +194,12 @@ def predict_fold(cfg, task, modality, accelerator, fold, loader, views, progress
 
 
 def run(cfg: Config) -> pd.DataFrame:
-    """Predict the test set with every trained fold; returns the averaged prediction table."""
+    """Predict the test set with every trained fold; returns the averaged prediction table.
+
+    With ``train.seeds``: every seed's experiment, then their mean in ``outputs/<experiment>/``.
+    """
+    if cfg.train.seeds:
+        return _run_seeds(cfg)
     # An unknown view or a precision the device cannot run stops here, before any work.
     check_precision(cfg)
     modality = get_modality(cfg.modality)
@@ -231,6 +242,21 @@ def run(cfg: Config) -> pd.DataFrame:
     if cfg.infer.tta_oof:
         tta_oof(cfg, task, modality, accelerator, train, folds_table, folds, views)
     accelerator.wait_for_everyone()  # the main process's files are on disk before anyone reads
+    return table
+
+
+def _run_seeds(cfg: Config) -> pd.DataFrame:
+    """Each seed's test predictions (``<experiment>@s<seed>/test.parquet``), then their mean."""
+    for seed in cfg.train.seeds:
+        run(seed_config(cfg, seed))
+    state, table = process_state(cfg), pd.DataFrame()
+    if state.is_main_process:
+        table = average_tests(cfg, load_task(cfg, read_train(cfg)))
+        write_json(experiment_dir(cfg) / "infer.json", inference_settings(cfg))
+        log.info(
+            "test predictions of %d seeds averaged in %s", len(cfg.train.seeds), experiment_dir(cfg)
+        )
+    state.wait_for_everyone()  # the averaged table is on disk before anyone reads it
     return table
 
 

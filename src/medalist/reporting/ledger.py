@@ -31,21 +31,34 @@ def git_commit() -> str:
     return f"{commit}+dirty" if dirty else commit
 
 
+def _seed_label(cfg: Config):
+    """The run's seed, or ``mean(0,1,2)`` for the seed-averaged model of ``train.seeds``."""
+    if cfg.train.seeds:
+        return "mean(" + ",".join(str(s) for s in cfg.train.seeds) + ")"
+    return cfg.train.seed
+
+
 def append_ledger(cfg: Config, metrics: dict, device: str) -> pd.DataFrame:
-    """Add this run's row (CV per metric, per-fold main metric, config hash, commit, time)."""
+    """Add this run's row (CV per metric, per-fold main metric, config hash, commit, time; for a
+    seed-averaged model also the seeds' mean and standard deviation of the main metric)."""
     main = metrics["main_metric"]
     row = {
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "experiment": cfg.train.experiment,
         "config_hash": cfg.hash(),
         "git_commit": git_commit(),
-        "seed": cfg.train.seed,
+        "seed": _seed_label(cfg),
         "folds": json.dumps(sorted(metrics["folds"], key=int)),
         **{f"cv_{k}": v for k, v in metrics.get("cv", {}).items()},
         f"fold_{main}": json.dumps(
             {f: round(s.get(main, float("nan")), 6) for f, s in metrics["folds"].items()}
         ),
         f"std_{main}": metrics.get("fold_std", {}).get(main),
+        **{
+            f"seeds_{k}_{main}": metrics[f"seed_{k}"][main]
+            for k in ("mean", "std")
+            if f"seed_{k}" in metrics
+        },
         "seconds": metrics.get("seconds"),
         "device": device,
     }

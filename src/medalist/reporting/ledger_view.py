@@ -151,8 +151,12 @@ def cv_lb_correlation(frame: pd.DataFrame) -> dict:
 
 
 def seed_groups(frame: pd.DataFrame) -> pd.DataFrame:
-    """Experiments run with several seeds: CV mean and std across seeds (never the best)."""
-    runs = frame[frame["seed"] != "-"].assign(group=lambda f: f["experiment"].str.split("@").str[0])
+    """Experiments run with several seeds: CV mean and std across seeds (never the best), and
+    the CV of the seed-averaged model where ``train.seeds`` wrote one (its seed ``mean(...)``)."""
+    averaged = frame[frame["seed"].str.startswith("mean(")]
+    averaged_cv = dict(zip(averaged["experiment"], averaged["cv_main"], strict=True))
+    runs = frame[(frame["seed"] != "-") & ~frame["seed"].str.startswith("mean(")]
+    runs = runs.assign(group=lambda f: f["experiment"].str.split("@").str[0])
     out = []
     for group, part in runs.groupby("group", sort=False):
         if part["seed"].nunique() > 1:
@@ -163,9 +167,11 @@ def seed_groups(frame: pd.DataFrame) -> pd.DataFrame:
                     "main": part["main"].iloc[0],
                     "cv_mean": float(part["cv_main"].mean()),
                     "cv_std": float(part["cv_main"].std(ddof=0)),
+                    "cv_averaged": averaged_cv.get(group, np.nan),
                 }
             )
-    return pd.DataFrame(out, columns=["group", "seeds", "main", "cv_mean", "cv_std"])
+    columns = ["group", "seeds", "main", "cv_mean", "cv_std", "cv_averaged"]
+    return pd.DataFrame(out, columns=columns)
 
 
 def _number(value, digits: int = 5) -> str:
@@ -235,9 +241,11 @@ def show(outputs_dir: str | Path, lb: dict[str, float] | None = None, console=No
     console.print(build_table(frame))
     groups = seed_groups(frame)
     for _, group in groups.iterrows():
+        averaged = group["cv_averaged"]
         console.print(
             f"seeds of {group['group']} ({group['seeds']}): {group['main']} "
             f"{group['cv_mean']:.5g} +- {group['cv_std']:.3g} across seeds"
+            + ("" if pd.isna(averaged) else f"; the seed-averaged model {averaged:.5g}")
         )
     console.print(_correlation_line(cv_lb_correlation(frame)))
     return frame

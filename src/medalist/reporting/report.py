@@ -1,7 +1,9 @@
 """``medalist report``: one self-contained HTML page about experiments and an ensemble.
 
 Sections: CV per metric and per fold for every experiment (and the ensemble's nested CV), the
-correlation of their OOF predictions, the ensemble's weights with its in-sample and nested CV,
+correlation of their OOF predictions, the seeds of a multi-seed experiment (each seed's CV, mean,
+standard deviation, the seed-averaged model's CV), the leak alarm's result where ``medalist
+sanity`` ran, the ensemble's weights with its in-sample and nested CV,
 and diagnostics of the ensemble (or of the best experiment): a confusion matrix and a
 calibration curve for classification, residuals for regression. Figures are drawn with
 matplotlib's Agg canvas (no display, no global pyplot state) and embedded as base64 PNGs, so
@@ -32,7 +34,7 @@ from medalist.ensemble.nested import score
 from medalist.errors import ConfigError, MedalistError
 from medalist.folds import load_folds
 from medalist.io import write_text
-from medalist.layout import ensemble_folder
+from medalist.layout import ensemble_folder, sanity_file
 from medalist.tasks import build_task
 
 log = logging.getLogger(__name__)
@@ -305,6 +307,62 @@ def _ensemble_section(folder: Path, metrics: list[str]) -> str:
     )
 
 
+def _seeds_section(folder: Path, metrics: list[str]) -> str | None:
+    """A multi-seed experiment (``train.seeds``): each seed's CV, their mean and standard
+    deviation, and the seed-averaged model's CV; no best seed."""
+    path = folder / "metrics.json"
+    record = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not record.get("seeds") or "cv" not in record:
+        return None
+    scored = [m for m in metrics if m in record["cv"]]
+    rows = {
+        name: record["seed_cv"][str(seed)]
+        for seed, name in zip(record["seeds"], record["seed_experiments"], strict=True)
+    }
+    rows["mean across seeds"] = record["seed_mean"]
+    rows["std across seeds (ddof=1)"] = record["seed_std"]
+    rows["seed-averaged model"] = record["cv"]
+    table = pd.DataFrame({k: {m: v[m] for m in scored} for k, v in rows.items()}).T
+    return _section(
+        f"seeds-{folder.name}",
+        f"Seeds of {folder.name}",
+        f'<p class="note">{len(record["seeds"])} seeds on the same folds. The seed-averaged '
+        "model is what the experiment submits; a single seed's CV is one draw from the spread "
+        "shown here.</p>",
+        table.to_html(float_format=lambda v: f"{v:.5f}", escape=True),
+    )
+
+
+def _sanity_section(outputs_dir: Path, experiment: str) -> str | None:
+    """The leak alarm's result (``medalist sanity``) for an experiment, when it exists."""
+    path = sanity_file(outputs_dir, experiment)
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text(encoding="utf-8"))
+    table = pd.DataFrame(
+        {
+            m: {k: v[k] for k in ("score", "chance", "standard_error", "z", "p_value")}
+            for m, v in result["metrics"].items()
+        }
+    ).T.to_html(float_format=lambda v: f"{v:.5g}", escape=True)
+    verdict = (
+        "ABOVE CHANCE: something leaks into the validation folds"
+        if result["verdict"] == "leak"
+        else "at chance: no leak found by label shuffling"
+    )
+    duplicates = result.get("duplicate_groups_across_folds", 0)
+    return _section(
+        f"sanity-{experiment}",
+        f"Leak alarm of {experiment}: {verdict}",
+        f'<p class="note">CV of a {result["epochs"]}-epoch run on labels without signal '
+        f"(shuffled within folds, identical rows sharing a label), against chance: the mean "
+        f"and standard deviation of the metric over {result['permutations']} label "
+        f"permutations of the same OOF predictions; alarm above z = {result['z_alarm']:g}. "
+        f"Groups of identical rows across folds: {duplicates}.</p>",
+        table,
+    )
+
+
 def _diagnostics(inputs: Inputs, subjects: list[Subject], focus: Subject) -> list[str]:
     task = inputs.task
     if task.type == "regression":
@@ -397,6 +455,10 @@ def write_report(
                 _image(correlation_plot(matrix), "OOF correlation"),
             )
         )
+    for name, folders in members:
+        extra = [_seeds_section(folder, metrics) for folder in folders]
+        extra.append(_sanity_section(outputs_dir, name))
+        sections += [part for part in extra if part]
     if ensemble:
         sections.append(_ensemble_section(ensemble_folder(outputs_dir, ensemble), metrics))
     sections += _diagnostics(inputs, everyone, _focus(inputs, subjects, blend))

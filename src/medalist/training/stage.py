@@ -25,6 +25,7 @@ from medalist.config import Config
 from medalist.data import read_test, read_train
 from medalist.errors import ConfigError, DataError
 from medalist.folds import load_folds
+from medalist.honest.seeds import average_oof, seed_config
 from medalist.io import write_json, write_parquet, write_text
 from medalist.layout import (
     FULL_FIT,
@@ -49,6 +50,7 @@ from medalist.training.runtime import (
     make_accelerator,
     make_loader,
     predict_logits,
+    process_state,
     seed_everything,
 )
 from medalist.training.tracking import RunTracker, check_trackers
@@ -90,8 +92,17 @@ def save_task(cfg: Config, task: Task) -> None:
     write_json(experiment_dir(cfg) / "task.json", info)
 
 
-def run(cfg: Config) -> dict:
-    """Train the configured folds; returns the metrics dict also written to metrics.json."""
+def run(cfg: Config, *, targets: np.ndarray | None = None, ledger: bool = True) -> dict:
+    """Train the configured folds; returns the metrics dict also written to metrics.json.
+
+    Args:
+        cfg: the resolved config.
+        targets: the encoded labels to train on and score against instead of train.csv's, one
+            per train row (the leak alarm's shuffled labels); None: train.csv's.
+        ledger: add the run to ``outputs/ledger.csv``.
+    """
+    if cfg.train.seeds:
+        return _run_seeds(cfg, ledger=ledger)
     started = time.perf_counter()
     check_precision(cfg)
     check_trackers(cfg)
@@ -99,7 +110,10 @@ def run(cfg: Config) -> dict:
     source = str(train_path(cfg))
     train = read_train(cfg)
     task = build_task(cfg, train)
-    targets = task.encode_targets(train, source=source)
+    encoded = task.encode_targets(train, source=source)
+    if targets is not None and len(targets) != len(encoded):
+        raise DataError(f"{source}: {len(encoded)} rows, but {len(targets)} labels were given")
+    targets = encoded if targets is None else targets
     folds = load_folds(
         cfg.competition.folds_dir,
         train,
@@ -154,10 +168,44 @@ def run(cfg: Config) -> dict:
         metrics = summarize(cfg, task, train, targets, fold_of_row, selected)
         metrics["seconds"] = round(time.perf_counter() - started, 1)
         write_json(out / "metrics.json", metrics)
-        append_ledger(cfg, metrics, device=str(accelerator.device))
+        if ledger:
+            append_ledger(cfg, metrics, device=str(accelerator.device))
         return metrics
     finally:
         tracker.finish(metrics)  # the CV when the run got that far; the trackers closed
+
+
+def _run_seeds(cfg: Config, ledger: bool) -> dict:
+    """``train.seeds``: the experiment once per seed (``<experiment>@s<seed>``, each with its
+    own files and ledger row), then the seed-averaged model in ``outputs/<experiment>/`` (see
+    :mod:`medalist.honest.seeds`), written by the main process while the others wait."""
+    per_seed = {seed: run(seed_config(cfg, seed), ledger=ledger) for seed in cfg.train.seeds}
+    state = process_state(cfg)
+    metrics: dict = {}
+    if state.is_main_process:
+        metrics = _average_seeds(cfg, per_seed, ledger)
+    state.wait_for_everyone()
+    return metrics
+
+
+def _average_seeds(cfg: Config, per_seed: dict, ledger: bool) -> dict:
+    train = read_train(cfg)
+    task = build_task(cfg, train)
+    targets = task.encode_targets(train, source=str(train_path(cfg)))
+    metrics = average_oof(cfg, task, targets, train[cfg.competition.id_column], per_seed)
+    main = task.main_metric.name
+    if "cv" in metrics:
+        log.info(
+            "seeds %s: %s %.5g +- %.3g across seeds; the seed-averaged model %.5g",
+            cfg.train.seeds,
+            main,
+            metrics["seed_mean"][main],
+            metrics["seed_std"][main],
+            metrics["cv"][main],
+        )
+    if ledger:
+        append_ledger(cfg, metrics, device=f"mean of {len(cfg.train.seeds)} seeds")
+    return metrics
 
 
 def _train_targets(cfg: Config, task: Task, targets: np.ndarray) -> np.ndarray:

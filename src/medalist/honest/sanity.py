@@ -1,0 +1,344 @@
+"""``medalist sanity``: the leak alarm. The experiment is trained on labels that carry no signal;
+its CV must then be at chance, and a CV above chance means that something leaks.
+
+**The labels.** Each row's label is replaced by a label drawn at random *as a function of its
+content*: rows whose model inputs are identical (after the evaluation preprocessing, found in one
+pass over the data) form a group, every group takes its label from the first row of another group
+of the same fold (a permutation of the groups within each fold), and every row of a group gets the
+group's label. The labels of each fold keep their distribution (stratification is kept), the
+inputs say nothing about them (nothing can be learnt that generalises), but everything a leak
+needs stays alive:
+
+- a copy of a validation row among the training rows carries the validation row's label (exact
+  duplicates across folds: the model memorises the copy and reads its label off it);
+- a pipeline that lets labels reach the inputs (a dataset, transform or feature that reads the
+  target; target encoding, normalisation or feature selection fitted on every row) carries the
+  shuffled labels exactly as it carried the real ones.
+
+A plain row permutation would give a copy and its original independent labels and so hide the
+most common leak of all, duplicates across folds.
+
+**Chance and its standard error.** The OOF predictions of the shuffled-label run are held fixed
+and scored against ``sanity.permutations`` fresh draws of the same shuffle (other seeds): under
+"no leak" the validation rows' labels are exchangeable within their fold given everything the
+model saw, so the observed CV is one draw of exactly that distribution. Its mean is chance and its
+standard deviation the standard error, for any metric (custom ones included), any task and any
+calibration of the model: a noisy model on random labels scores worse than the constant prior
+under log loss, and the permutation distribution knows it, where a fixed chance level (the prior's
+score) would not. The prior's score is reported beside it, and so is the spread of the fold
+scores. The alarm is one-sided (only *better* than chance is suspicious) at ``sanity.z`` standard
+errors (3 by default: a false alarm about once in 700 clean runs; a leak worth worrying about is
+many standard errors out) with the exact permutation p-value written beside it.
+
+**The run.** ``sanity.epochs`` epochs on ``sanity.folds`` with ``train.seed = sanity.seed``, the
+last epoch's weights (``train.keep: last``: picking the best epoch on the validation labels is
+itself a small leak, which would push the CV above chance on few rows), no pseudo labels (their
+teachers learnt the real labels) and no trackers, under ``outputs/sanity/<experiment>/``
+(its own ``outputs`` folder: the real experiment's files and the ledger are never touched).
+``sanity.json`` there holds the scores, chance, standard error, z, p-value, verdict and the
+duplicate groups that cross folds. A CV above chance ends the command with a non-zero exit
+and a message naming what to look at.
+
+What it cannot see: leaks that do not carry labels. Near-duplicates (resized or re-encoded copies,
+frames of one video, images of one patient) get independent labels here; they need a group split,
+and ``medalist adversarial`` and a look at the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medalist.config import Config
+from medalist.data import read_train
+from medalist.errors import ConfigError, MedalistError
+from medalist.folds import load_folds
+from medalist.io import sha256_bytes, write_json
+from medalist.layout import FULL_FIT, sanity_dir, sanity_outputs, train_path
+from medalist.metrics import Metric
+from medalist.modalities import get_modality
+from medalist.tasks import Task, build_task
+from medalist.training import stage as training
+from medalist.training.runtime import process_state
+
+log = logging.getLogger(__name__)
+IGNORED_KEYS = ("index", "target", "weight")  # a sample's keys that are not model inputs
+MAX_LISTED = 20  # duplicate groups across folds listed in sanity.json and the message
+
+
+class LeakError(MedalistError):
+    """The CV on labels without signal is above chance: something leaks."""
+
+
+def _digest(value, hasher) -> None:
+    """Feed a sample's input (tensors, arrays, numbers, nested dicts and lists) to ``hasher``."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        hasher.update(f"{value.dtype}{value.shape}".encode())
+        hasher.update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, dict):
+        for key in sorted(value, key=str):
+            hasher.update(str(key).encode())
+            _digest(value[key], hasher)
+    elif isinstance(value, list | tuple):
+        hasher.update(f"[{len(value)}".encode())
+        for item in value:
+            _digest(item, hasher)
+    else:
+        hasher.update(repr(value).encode())
+
+
+def content_groups(cfg: Config, train: pd.DataFrame) -> np.ndarray:
+    """For each row, the first row whose model inputs are identical to its own.
+
+    The inputs are the modality's evaluation samples (no augmentation), so the check sees what
+    the model sees whatever the modality: decoded and resized pixels, token ids.
+    """
+    dataset = get_modality(cfg.modality).build_dataset(
+        cfg, train, None, split="train", train=False, source=str(train_path(cfg))
+    )
+    first: dict[str, int] = {}
+    groups = np.empty(len(train), dtype=np.int64)
+    for row in range(len(train)):
+        sample = dataset[row]
+        hasher = hashlib.sha256()
+        _digest({k: v for k, v in sample.items() if k not in IGNORED_KEYS}, hasher)
+        groups[row] = first.setdefault(hasher.hexdigest(), row)
+    return groups
+
+
+def shuffle_labels(
+    targets: np.ndarray, fold: np.ndarray, groups: np.ndarray, seed: int
+) -> np.ndarray:
+    """Labels without signal, as a function of content (see the module docstring).
+
+    Each group (``groups``: a row's group is the index of its first row) takes the label of the
+    first row of another group whose first row is in the same fold; every row of a group gets
+    the group's label.
+    """
+    rng = np.random.default_rng(seed)
+    heads = np.flatnonzero(groups == np.arange(len(groups)))  # each group's first row
+    label_row = np.arange(len(groups))
+    for f in np.unique(fold[heads]):
+        members = heads[fold[heads] == f]
+        label_row[members] = rng.permutation(members)
+    return targets[label_row[groups]]
+
+
+def crossing_groups(groups: np.ndarray, fold: np.ndarray, ids: np.ndarray) -> list[list]:
+    """The groups of identical rows that lie in more than one fold, as lists of their ids."""
+    frame = pd.DataFrame({"group": groups, "fold": fold, "id": ids})
+    spread = frame.groupby("group")["fold"].nunique()
+    crossing = spread.index[spread.to_numpy() > 1]
+    members = frame[frame["group"].isin(crossing)].groupby("group")["id"]
+    return [[_plain(i) for i in ids] for _, ids in members]
+
+
+def _plain(value):
+    item = getattr(value, "item", None)
+    return item() if callable(item) else value
+
+
+def prior_prediction(task: Task, targets: np.ndarray, n_rows: int) -> np.ndarray:
+    """The constant prediction of the labels' prior, in the prediction table's format."""
+    if task.type == "multiclass":
+        prior = np.bincount(targets, minlength=len(task.classes)) / len(targets)
+    elif task.type == "binary":
+        prior = np.array([targets.mean()])
+    else:
+        prior = np.asarray(targets, dtype=np.float64).reshape(len(targets), -1).mean(axis=0)
+    return np.tile(prior, (n_rows, 1))
+
+
+def _better(metric: Metric, a: float, b: float) -> bool:
+    return a >= b if metric.greater_is_better else a <= b
+
+
+def assess(
+    metric: Metric,
+    observed: float,
+    null: np.ndarray,
+    z_alarm: float,
+) -> dict:
+    """Chance (the null mean), its standard error (the null's standard deviation), how many
+    standard errors the observed score is better than chance, the one-sided permutation p-value
+    and the verdict."""
+    chance, se = float(np.mean(null)), float(np.std(null, ddof=1))
+    gain = observed - chance if metric.greater_is_better else chance - observed
+    z = gain / se if se > 0 else (np.inf if gain > 0 else 0.0)
+    as_good = int(sum(_better(metric, float(s), observed) for s in null))
+    p_value = (1 + as_good) / (1 + len(null))
+    return {
+        "score": float(observed),
+        "chance": chance,
+        "standard_error": se,
+        "z": float(z),
+        "p_value": float(p_value),
+        "above_chance": bool(z > z_alarm),
+    }
+
+
+def sanity_config(cfg: Config) -> Config:
+    """The experiment as the shuffled-label run trains it, in ``outputs/sanity/``."""
+    short = cfg.model_copy(deep=True)
+    short.competition.outputs_dir = str(sanity_outputs(cfg))
+    short.train.epochs = cfg.sanity.epochs
+    short.train.folds = cfg.sanity.folds
+    short.train.seed = cfg.sanity.seed
+    short.train.seeds = []
+    short.train.keep = "last"
+    short.train.pseudo_round = None
+    short.tracking.trackers = []
+    return short
+
+
+def _check(cfg: Config) -> None:
+    if cfg.sanity.folds is not None and FULL_FIT in cfg.sanity.folds:
+        raise ConfigError("sanity.folds: a full fit (-1) has no OOF rows to score; name folds")
+    if cfg.train.pseudo_round is not None:
+        log.warning(
+            "sanity: train.pseudo_round %s is left out (the teachers learnt the real labels)",
+            cfg.train.pseudo_round,
+        )
+
+
+def _fresh_folder(cfg: Config, labels_sha: str) -> None:
+    """Remove a shuffled-label run made with other labels (another seed, other data), so that
+    its finished folds are not taken for this run's."""
+    folder = sanity_dir(cfg)
+    record = folder / "labels.json"
+    if folder.is_dir() and (
+        not record.is_file() or json.loads(record.read_text()).get("sha256") != labels_sha
+    ):
+        log.info("sanity: %s was made with other labels; starting afresh", folder)
+        shutil.rmtree(folder)
+    write_json(record, {"sha256": labels_sha, "seed": cfg.sanity.seed})
+
+
+def run(cfg: Config) -> dict:
+    """Train on labels without signal, score the CV against chance, write ``sanity.json``.
+
+    Raises:
+        LeakError: the CV is above chance (after ``sanity.json`` is written).
+    """
+    _check(cfg)
+    train = read_train(cfg)
+    task = build_task(cfg, train)
+    targets = task.encode_targets(train, source=str(train_path(cfg)))
+    c = cfg.competition
+    fold = load_folds(c.folds_dir, train, id_column=c.id_column, target_columns=c.target_columns)[
+        "fold"
+    ].to_numpy()
+    ids = train[c.id_column].to_numpy()
+    groups = content_groups(cfg, train) if cfg.sanity.duplicates else np.arange(len(train))
+    crossing = crossing_groups(groups, fold, ids)
+    if crossing:
+        log.warning(
+            "sanity: %d group(s) of identical rows lie in several folds, e.g. ids %s",
+            len(crossing),
+            crossing[0],
+        )
+    shuffled = shuffle_labels(targets, fold, groups, cfg.sanity.seed)
+    short = sanity_config(cfg)
+    state = process_state(cfg)
+    if state.is_main_process:
+        _fresh_folder(cfg, sha256_bytes(np.ascontiguousarray(shuffled).tobytes()))
+    state.wait_for_everyone()
+    metrics = training.run(short, targets=shuffled, ledger=False)
+    if not state.is_main_process:
+        return {}
+    result = _score(cfg, task, shuffled, targets, fold, groups, crossing)
+    result["folds"] = metrics.get("folds", {})
+    write_json(sanity_dir(cfg) / "sanity.json", result)
+    main = result["main"]
+    if result["verdict"] == "leak":
+        raise LeakError(leak_message(cfg, result))
+    log.info(
+        "sanity: CV %s %.5g on labels without signal, chance %.5g +- %.3g (z %.2f): no leak "
+        "found. Label shuffling cannot see leaks that carry no labels (near-duplicates: a "
+        "group split). %s",
+        task.main_metric.name,
+        main["score"],
+        main["chance"],
+        main["standard_error"],
+        main["z"],
+        sanity_dir(cfg) / "sanity.json",
+    )
+    return result
+
+
+def _score(cfg, task, shuffled, targets, fold, groups, crossing) -> dict:
+    """Every metric of the shuffled-label OOF against its permutation null (see the module)."""
+    oof = pd.read_parquet(sanity_dir(cfg) / "oof.parquet")
+    id_column = cfg.competition.id_column
+    train_ids = read_train(cfg)[id_column].astype(str)
+    position = pd.Series(np.arange(len(train_ids)), index=train_ids.to_numpy())
+    rows = position.loc[oof[id_column].astype(str).to_numpy()].to_numpy()
+    predictions = oof[task.pred_columns].to_numpy()
+    seeds = np.random.SeedSequence(cfg.sanity.seed).generate_state(cfg.sanity.permutations)
+    nulls = [shuffle_labels(targets, fold, groups, int(s))[rows] for s in seeds]
+    prior = prior_prediction(task, shuffled[rows], len(rows))
+    scores = {}
+    for metric in task.metrics:
+        null = np.array([metric(y, predictions) for y in nulls])
+        scores[metric.name] = assess(
+            metric, metric(shuffled[rows], predictions), null, cfg.sanity.z
+        )
+        try:
+            scores[metric.name]["constant_prior"] = metric(shuffled[rows], prior)
+        except ValueError:  # a metric that refuses a constant prediction
+            scores[metric.name]["constant_prior"] = None
+    main = scores[task.main_metric.name]
+    return {
+        "experiment": cfg.train.experiment,
+        "main_metric": task.main_metric.name,
+        "verdict": "leak" if main["above_chance"] else "chance",
+        "z_alarm": cfg.sanity.z,
+        "permutations": cfg.sanity.permutations,
+        "epochs": cfg.sanity.epochs,
+        "seed": cfg.sanity.seed,
+        "rows_scored": len(rows),
+        "duplicates_checked": cfg.sanity.duplicates,
+        "duplicate_groups_across_folds": len(crossing),
+        "duplicate_ids_across_folds": crossing[:MAX_LISTED],
+        "main": main,
+        "metrics": scores,
+    }
+
+
+def leak_message(cfg: Config, result: dict) -> str:
+    """What the alarm says: the numbers, then where leaks come from, most likely first."""
+    main, name = result["main"], result["main_metric"]
+    lines = [
+        f"sanity: CV {name} {main['score']:.5g} on labels without signal, chance "
+        f"{main['chance']:.5g} +- {main['standard_error']:.3g} (z {main['z']:.1f} > "
+        f"{cfg.sanity.z:g}, p {main['p_value']:.3g}): something leaks into the validation "
+        f"folds. Look at:"
+    ]
+    crossing = result["duplicate_groups_across_folds"]
+    if crossing:
+        lines.append(
+            f"- duplicates across folds: {crossing} group(s) of identical rows lie in several "
+            f"folds, e.g. ids {result['duplicate_ids_across_folds'][0]}; drop the copies or "
+            "give each group one fold (folds.scheme: group with folds.group_column)"
+        )
+    lines += [
+        "- labels reaching the inputs: a dataset, transform or feature that reads the target, "
+        "or preprocessing (target encoding, normalisation, feature selection) fitted on every "
+        "row instead of the training folds",
+        "- ids or row order used as features: a column derived from the id, the file name or "
+        "the row position lets the model recognise rows it has seen",
+        "- rows of one subject (patient, user, session, video) or near-duplicates in several "
+        "folds: a group split (folds.scheme: group or stratified_group, folds.group_column)",
+        f"Details: {sanity_dir(cfg) / 'sanity.json'}",
+    ]
+    if not cfg.sanity.duplicates:
+        lines.insert(1, "- (sanity.duplicates is false: identical rows were not looked for)")
+    return "\n".join(lines)
