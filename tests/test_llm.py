@@ -32,6 +32,7 @@ from medalist.tasks import build_task
 from medalist.training.optim import build_optimizer
 from medalist.training.runtime import make_accelerator, make_loader, predict_logits
 from medalist.training.weights import BASE_KEY, load_weights, read_metadata, save_weights
+from support.configs import text_cfg
 from support.tiny_decoder import make_decoder
 
 SUPPORT = Path(__file__).parent / "support"
@@ -64,18 +65,7 @@ def decoders(tmp_path_factory, corpus) -> dict[str, Path]:
 
 
 def decoder_cfg(backbone: Path, *overrides: str):
-    return resolve_config(
-        overrides=[
-            "modality=text",
-            f"text.backbone={backbone}",
-            "competition.target_columns=[library]",
-            "text.max_length=48",
-            "text.pooling=last",
-            "train.cpu=true",
-            "train.progress=false",
-            *overrides,
-        ]
-    )
+    return text_cfg(backbone, "text.pooling=last", *overrides)
 
 
 # ---------------------------------------------------------------------------------------------

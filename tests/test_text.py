@@ -30,6 +30,7 @@ from medalist.modalities.text_model import load_tokenizer, transformer_layers
 from medalist.tasks import build_task
 from medalist.training.optim import build_optimizer
 from medalist.training.runtime import make_accelerator, make_loader, predict_logits
+from support.configs import text_cfg
 from support.tiny_text import make_backbone
 
 LIBRARIES = {"numpy": ["numpy", "numpy.linalg"], "pandas": ["pandas"]}
@@ -45,20 +46,6 @@ def corpus() -> pd.DataFrame:
 def backbone(tmp_path_factory, corpus) -> Path:
     folder = tmp_path_factory.mktemp("backbone") / "tiny-bert"
     return make_backbone(folder, corpus["text"].tolist(), masked_lm=True)
-
-
-def text_cfg(backbone, *overrides):
-    return resolve_config(
-        overrides=[
-            "modality=text",
-            f"text.backbone={backbone}",
-            "competition.target_columns=[library]",
-            "text.max_length=48",
-            "train.cpu=true",
-            "train.progress=false",
-            *overrides,
-        ]
-    )
 
 
 def frame(corpus, rows=None) -> pd.DataFrame:

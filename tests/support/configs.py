@@ -20,3 +20,19 @@ def cfg(*extra: str, base: Sequence[str] = FOLD_0, path: str | None = TINY) -> C
     starts from the built-in defaults.
     """
     return resolve_config(path, [*base, *extra])
+
+
+def text_cfg(backbone, *extra: str) -> Config:
+    """The text tests' config: ``backbone`` (a folder or a hub id) classifying the docstring
+    corpus's ``library`` from 48 tokens, on the CPU without progress bars, then ``extra``."""
+    return resolve_config(
+        overrides=[
+            "modality=text",
+            f"text.backbone={backbone}",
+            "competition.target_columns=[library]",
+            "text.max_length=48",
+            "train.cpu=true",
+            "train.progress=false",
+            *extra,
+        ]
+    )
