@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 from cookiecutter.exceptions import FailedHookException
+from timm.models import get_pretrained_cfg
 
 from medalist.config import resolve_config
 from medalist.demo.digits import TEMPLATE_ROOT, bake, working_directory
@@ -73,6 +75,16 @@ def test_bake_every_combination(tmp_path, modality, task, scheme, metric):
     if scheme != "auto":
         assert cfg.folds.scheme == scheme
     assert (project / "src" / "my_comp" / "metrics.py").exists() == (metric == "custom")
+
+
+def test_a_project_with_the_defaults_starts_from_pretrained_weights(tmp_path):
+    """The generated image project names a timm tag that has pretrained weights, with
+    ``model.pretrained`` on, and resolves it to a hub file (without fetching it here)."""
+    with working_directory(bake(tmp_path, {})):
+        cfg = resolve_config(Path("configs/exp001.yaml"))
+    assert cfg.modality == "image" and cfg.model.pretrained and not cfg.model.pretrained_path
+    assert cfg.model.backbone in timm.list_pretrained()
+    assert get_pretrained_cfg(cfg.model.backbone).hf_hub_id
 
 
 def test_missing_group_column_is_refused(tmp_path):
