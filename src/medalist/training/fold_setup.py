@@ -121,7 +121,7 @@ def prepare_fold(
     batches) in channels_last memory format (a no-op for text models), and ``train.compile``
     returns the prepared model ``torch.compile``-d (:data:`COMPILE_BACKEND`). The model passed in
     stays uncompiled; its parameters are the compiled one's, and everything that saves weights
-    unwraps the compiled model first (:func:`~medalist.training.runtime.bare_model`), so no saved
+    unwraps the compiled model first (:func:`~medalist.training.weights.bare_model`), so no saved
     key carries ``_orig_mod.``.
     """
     if cfg.train.compile:

@@ -28,8 +28,7 @@ from medalist.training.checkpoint import (
     set_rng_state,
 )
 from medalist.training.hooks import Hooks, TrainState
-from medalist.training.runtime import bare_model
-from medalist.training.weights import load_state_into
+from medalist.training.weights import bare_model, load_state_into
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +233,7 @@ def epoch_batches(
 def snapshot_weights(accelerator, model, eval_model) -> tuple[dict, dict | None]:
     """CPU copies of the trained weights and, when they differ, of the evaluated ones: the best
     epoch's, kept through later epochs and saved in each checkpoint. Their keys are the bare
-    model's, whether or not it is compiled (:func:`~medalist.training.runtime.bare_model`)."""
+    model's, whether or not it is compiled (:func:`~medalist.training.weights.bare_model`)."""
 
     def copy(module: torch.nn.Module) -> dict:
         unwrapped = bare_model(module)

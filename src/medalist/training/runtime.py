@@ -12,7 +12,6 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.utils import (
     DataLoaderConfiguration,
-    extract_model_from_parallel,
     parse_flag_from_env,
     set_seed,
 )
@@ -62,20 +61,6 @@ def process_state(cfg: Config) -> PartialState:
     processes launched on a machine with no GPU would each believe they are the only one.
     """
     return PartialState(cpu=cfg.train.cpu or parse_flag_from_env("ACCELERATE_USE_CPU"))
-
-
-def bare_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The model itself, out of every wrapper: DDP's (``module.``) and ``torch.compile``'s
-    (``_orig_mod.``).
-
-    Its ``state_dict`` keys are the model's own, so weights saved from it load into the model
-    whether or not either run was compiled or distributed. Training code that saves, copies or
-    names a prepared model's tensors (checkpoints, EMA, SWA, snapshots, adversarial targets)
-    goes through here, not through ``Accelerator.unwrap_model``: by default that keeps the
-    compiled wrapper, and re-points it at the model inside DDP, so a compiled DDP model would no
-    longer synchronise its gradients.
-    """
-    return extract_model_from_parallel(model, keep_torch_compile=False)
 
 
 def to_channels_last(batch):

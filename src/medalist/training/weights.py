@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from accelerate.utils import is_compiled_module
+from accelerate.utils import extract_model_from_parallel
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
@@ -39,20 +39,29 @@ BASE_KEY = "base"  # the metadata entry of weights_base()
 COMPILED_PREFIX = "_orig_mod."  # what torch.compile's wrapper puts before its model's keys
 
 
-def uncompiled(model: torch.nn.Module) -> torch.nn.Module:
-    """The model a ``torch.compile`` wrapper holds (the model itself when not compiled)."""
-    return model._orig_mod if is_compiled_module(model) else model
+def bare_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model itself, out of every wrapper: DDP's (``module.``) and ``torch.compile``'s
+    (``_orig_mod.``).
+
+    Its ``state_dict`` keys are the model's own, so weights saved from it load into the model
+    whether or not either run was compiled or distributed. Training code that saves, copies or
+    names a prepared model's tensors (checkpoints, EMA, SWA, snapshots, adversarial targets)
+    goes through here, not through ``Accelerator.unwrap_model``: by default that keeps the
+    compiled wrapper, and re-points it at the model inside DDP, so a compiled DDP model would no
+    longer synchronise its gradients.
+    """
+    return extract_model_from_parallel(model, keep_torch_compile=False)
 
 
 def saved_keys(model: torch.nn.Module) -> frozenset[str] | None:
     """The keys a model's weight files hold: its ``saved_keys()``, else None (every key)."""
-    listed = getattr(uncompiled(model), "saved_keys", None)
+    listed = getattr(bare_model(model), "saved_keys", None)
     return listed() if callable(listed) else None
 
 
 def weights_base(model: torch.nn.Module) -> str | None:
     """The fingerprint of the weights a model's files leave out (``weights_base()``), or None."""
-    base = getattr(uncompiled(model), "weights_base", None)
+    base = getattr(bare_model(model), "weights_base", None)
     return base() if callable(base) else None
 
 
@@ -74,7 +83,7 @@ def state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """
     state, seen = {}, {}
     keep = saved_keys(model)
-    for key, tensor in uncompiled(model).state_dict().items():
+    for key, tensor in bare_model(model).state_dict().items():
         if keep is not None and key not in keep:
             continue
         ptr = (tensor.data_ptr(), tensor.shape, tensor.dtype) if tensor.numel() else None
@@ -164,7 +173,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
 
 def _covers_model(model: torch.nn.Module, state: dict) -> bool:
     """``state`` holds every key of the bare model (the whole model, base included)."""
-    return set(uncompiled(model).state_dict()) <= set(without_compiled_prefix(state))
+    return set(bare_model(model).state_dict()) <= set(without_compiled_prefix(state))
 
 
 def load_state_into(model: torch.nn.Module, state: dict, source) -> torch.nn.Module:
@@ -177,7 +186,7 @@ def load_state_into(model: torch.nn.Module, state: dict, source) -> torch.nn.Mod
     Raises:
         CheckpointError: naming ``source`` and the first mismatches, before any tensor is copied.
     """
-    target, state = uncompiled(model), without_compiled_prefix(state)
+    target, state = bare_model(model), without_compiled_prefix(state)
     own = target.state_dict()
     keep = saved_keys(target)
     if keep is not None and not set(own) <= set(state):

@@ -29,7 +29,7 @@ import torch
 from medalist.config.tricks import AWPConfig, FGMConfig, PGDConfig
 from medalist.errors import ConfigError
 from medalist.training.hooks import Hook, TrainState
-from medalist.training.runtime import bare_model
+from medalist.training.weights import bare_model
 
 # The input embedding of common transformers and timm models, most specific first.
 EMBEDDING_PATTERNS = (

@@ -21,7 +21,7 @@ from timm.utils import ModelEmaV3
 
 from medalist.config.tricks import EMAConfig
 from medalist.training.hooks import Hook, TrainState
-from medalist.training.runtime import bare_model
+from medalist.training.weights import bare_model
 
 log = logging.getLogger(__name__)
 

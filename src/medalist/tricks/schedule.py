@@ -21,8 +21,7 @@ import torch
 from medalist.config import Config
 from medalist.errors import ConfigError
 from medalist.training.hooks import Hook, TrainState
-from medalist.training.runtime import bare_model
-from medalist.training.weights import save_weights
+from medalist.training.weights import bare_model, save_weights
 
 log = logging.getLogger(__name__)
 

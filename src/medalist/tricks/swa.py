@@ -16,7 +16,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from medalist.config.tricks import SWAConfig
 from medalist.training.hooks import Hook, TrainState
-from medalist.training.runtime import bare_model
+from medalist.training.weights import bare_model
 
 
 @torch.no_grad()
