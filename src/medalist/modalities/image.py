@@ -26,7 +26,7 @@ from medalist.config import Config, Transform
 from medalist.errors import CheckpointError, ConfigError, DataError
 from medalist.prediction import tta
 from medalist.pretrained import manifest
-from medalist.pretrained.resolve import MissingWeights, Weights, resolve
+from medalist.pretrained.resolve import MissingWeights, Weights, check_timm_name, resolve
 from medalist.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def check_inputs(cfg: Config, df: pd.DataFrame, split: str, source: str) -> None
 
     A file cut short after a valid header still fails later, when it is read, naming the file.
     """
-    check_backbone(cfg.model.backbone)
+    check_timm_name(cfg.model.backbone)
     if split == "train":
         weights = pretrained_weights(cfg, download=True)
         if weights is not None:
@@ -185,14 +185,6 @@ def check_inputs(cfg: Config, df: pd.DataFrame, split: str, source: str) -> None
     for row, path in enumerate(image_paths(cfg, df, split, source)):
         if not cv2.haveImageReader(str(path)):
             raise DataError(f"{source}: row {row}: {path} is not an image (corrupt or empty file)")
-
-
-def check_backbone(backbone: str) -> None:
-    """A name timm knows (its pretrained tag, if any, is checked where weights are resolved)."""
-    architecture = timm.models.split_model_name_tag(backbone)[0]
-    if not timm.is_model(architecture):
-        close = timm.list_models(f"*{architecture}*")[:5]
-        raise ConfigError(f"model.backbone: timm has no model '{backbone}' (close: {close})")
 
 
 def backbone_names(cfg: Config) -> list[tuple[str, str]]:
@@ -250,7 +242,7 @@ def build_model(cfg: Config, task: Task) -> torch.nn.Module:
     machine without the file (the offline bundle) builds from random init instead, with a warning.
     """
     model_cfg = cfg.model
-    check_backbone(model_cfg.backbone)
+    check_timm_name(model_cfg.backbone)
     kwargs = {
         "num_classes": task.num_outputs,
         "in_chans": cfg.image.channels,

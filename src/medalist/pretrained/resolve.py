@@ -178,6 +178,17 @@ class TimmSource:
     in_chans: int
 
 
+def check_timm_name(backbone: str, key: str = "model.backbone") -> tuple[str, str]:
+    """``backbone`` as (architecture, pretrained tag); a name whose architecture timm does not
+    know is a ConfigError naming ``key`` and the closest names (the tag is checked where the
+    weights are resolved, :func:`timm_source`)."""
+    architecture, tag = timm.models.split_model_name_tag(backbone)
+    if not timm.is_model(architecture):
+        close = timm.list_models(f"*{architecture}*")[:5]
+        raise ConfigError(f"{key}: timm has no model '{backbone}' (close: {close})")
+    return architecture, tag
+
+
 def timm_source(backbone: str, key: str = "model.backbone") -> TimmSource:
     """timm's pretrained config of ``backbone`` (its default tag when it has none).
 
@@ -185,10 +196,7 @@ def timm_source(backbone: str, key: str = "model.backbone") -> TimmSource:
         ConfigError: a name timm does not know, an unknown tag, or a model without pretrained
             weights on the hub or without a safetensors file there.
     """
-    architecture, tag = timm.models.split_model_name_tag(backbone)
-    if not timm.is_model(architecture):
-        close = timm.list_models(f"*{architecture}*")[:5]
-        raise ConfigError(f"{key}: timm has no model '{architecture}' (close: {close})")
+    architecture, tag = check_timm_name(backbone, key)
     tags = timm.list_pretrained(f"{architecture}.*")
     try:
         cfg = get_pretrained_cfg(backbone)
