@@ -254,7 +254,7 @@ def run(cfg: Config) -> dict:
     metrics = training.run(short, targets=shuffled, ledger=False)
     if not state.is_main_process:
         return {}
-    result = _score(cfg, task, shuffled, targets, fold, groups, crossing)
+    result = _score(cfg, task, shuffled, targets, fold, groups, crossing, ids)
     result["folds"] = metrics.get("folds", {})
     write_json(sanity_dir(cfg) / "sanity.json", result)
     main = result["main"]
@@ -274,12 +274,12 @@ def run(cfg: Config) -> dict:
     return result
 
 
-def _score(cfg, task, shuffled, targets, fold, groups, crossing) -> dict:
-    """Every metric of the shuffled-label OOF against its permutation null (see the module)."""
+def _score(cfg, task, shuffled, targets, fold, groups, crossing, ids) -> dict:
+    """Every metric of the shuffled-label OOF against its permutation null (see the module);
+    ``ids`` are train.csv's, in row order."""
     oof = pd.read_parquet(sanity_dir(cfg) / "oof.parquet")
     id_column = cfg.competition.id_column
-    train_ids = read_train(cfg)[id_column].astype(str)
-    position = pd.Series(np.arange(len(train_ids)), index=train_ids.to_numpy())
+    position = pd.Series(np.arange(len(ids)), index=pd.Series(ids).astype(str).to_numpy())
     rows = position.loc[oof[id_column].astype(str).to_numpy()].to_numpy()
     predictions = oof[task.pred_columns].to_numpy()
     seeds = np.random.SeedSequence(cfg.sanity.seed).generate_state(cfg.sanity.permutations)
