@@ -25,18 +25,19 @@ def test_every_config_section_says_whether_it_retrains():
     ]
     assert not undecided, f"Config fields without retrains=: {undecided}"
     assert set(training_sections()) == {
-        "modality", "competition", "task", "folds", "image", "model", "text", "train", "tricks"
+        "modality", "competition", "task", "folds", "image", "model", "text", "tabular", "train",
+        "tricks",
     }  # fmt: skip
 
 
 def test_the_fingerprint_of_folds_trained_before_is_unchanged():
     """Recomputed as medalist has always written it: every section but those listed here, less
     the train keys that only choose folds or show progress, plus the starting weights (none
-    here); the keys added since (the speed knobs, model.pretrained) are not in it. A fold
-    trained earlier is not trained again for nothing."""
+    here); the keys added since (the speed knobs, model.pretrained) and the tabular section at
+    its defaults are not in it. A fold trained earlier is not trained again for nothing."""
     config = cfg("train.folds=[0]")
     not_training = {"infer", "submission", "stages", "pseudo", "ensemble", "kaggle", "mlm"}
-    data = config.model_dump(mode="json", exclude=not_training | {"tracking", "sanity"})
+    data = config.model_dump(mode="json", exclude=not_training | {"tracking", "sanity", "tabular"})
     del data["train"]["folds"], data["train"]["progress"], data["train"]["seeds"]
     del data["train"]["compile"], data["train"]["channels_last"]
     del data["model"]["pretrained"], data["model"]["grad_checkpointing"]
@@ -58,6 +59,7 @@ def test_the_fingerprint_of_folds_trained_before_is_unchanged():
         ("train.channels_last=true", False),
         ("model.grad_checkpointing=true", False),
         ("model.pretrained=true", True),
+        ("tabular.rounds=50", True),
         ("infer.tta=[hflip]", False),
         ("mlm.lr=1.0", False),
         ("submission.name=other", False),

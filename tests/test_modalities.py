@@ -26,6 +26,7 @@ def test_the_protocol_names_what_a_stage_needs():
         "check_inputs",
         "build_dataset",
         "combine",
+        "fold_learner",
         "build_model",
         "expand_views",
         "backbone_names",

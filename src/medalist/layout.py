@@ -36,7 +36,7 @@ import json
 from pathlib import Path
 
 from medalist.config import Config
-from medalist.config.schema import training_sections
+from medalist.config.schema import added_sections, training_sections
 from medalist.errors import DataError
 from medalist.io import sha256_file
 from medalist.modalities import get_modality
@@ -155,6 +155,9 @@ def training_config(cfg: Config) -> dict:
         for key, default in defaults.items():
             if data[section].get(key) == default:
                 del data[section][key]
+    for section in added_sections():  # likewise whole sections, while at their defaults
+        if data[section] == type(getattr(cfg, section))().model_dump(mode="json"):
+            del data[section]
     return data
 
 

@@ -3,7 +3,7 @@
 Every key has a type and help text (``medalist config --describe`` lists them). The sections
 live beside this module: :mod:`~medalist.config.data` (competition, task, folds, submission),
 :mod:`~medalist.config.inputs` (image, model, text, mlm), :mod:`~medalist.config.stages` (train,
-infer, pseudo, tracking), :mod:`~medalist.config.honest` (sanity), and the tricks, ensemble and
+infer, pseudo, tracking), :mod:`~medalist.config.honest` (sanity), :mod:`~medalist.config.tabular` (tables), and the tricks, ensemble and
 kaggle sections in their own modules.
 """
 
@@ -23,6 +23,7 @@ from medalist.config.inputs import ImageConfig, MlmConfig, ModelConfig, TextConf
 from medalist.config.kaggle import KaggleConfig
 from medalist.config.section import Section
 from medalist.config.stages import InferConfig, PseudoConfig, TrackingConfig, TrainConfig
+from medalist.config.tabular import TabularConfig
 from medalist.config.tricks import TricksConfig
 from medalist.errors import ConfigError
 from medalist.modalities import MODALITIES
@@ -31,10 +32,12 @@ from medalist.modalities.text_views import expand_text_views
 ModalityName = Literal[tuple(MODALITIES)]  # the registered modalities' names
 
 
-def section(cls: type[Section], *, retrains: bool):
+def section(cls: type[Section], *, retrains: bool, added: bool = False):
     """A section of :class:`Config`; ``retrains``: whether changing it trains the folds again
-    (the train stage's fingerprint, ``medalist.layout.training_hash``, covers it)."""
-    return Field(default_factory=cls, json_schema_extra={"retrains": retrains})
+    (the train stage's fingerprint, ``medalist.layout.training_hash``, covers it); ``added``:
+    a retraining section added after folds were first fingerprinted, left out of the
+    fingerprint while at its defaults (folds trained before it existed are not stale)."""
+    return Field(default_factory=cls, json_schema_extra={"retrains": retrains, "added": added})
 
 
 class Config(Section):
@@ -50,6 +53,7 @@ class Config(Section):
     model: ModelConfig = section(ModelConfig, retrains=True)
     text: TextConfig = section(TextConfig, retrains=True)
     mlm: MlmConfig = section(MlmConfig, retrains=False)
+    tabular: TabularConfig = section(TabularConfig, retrains=True, added=True)
     train: TrainConfig = section(TrainConfig, retrains=True)
     tricks: TricksConfig = section(TricksConfig, retrains=True)
     infer: InferConfig = section(InferConfig, retrains=False)
@@ -90,6 +94,8 @@ class Config(Section):
             raise ValueError("image.channels: must be 1 or 3")
         if self.modality == "text":
             self._check_text()
+        if self.modality == "tabular":
+            self._check_tabular()
         if self.train.pseudo_round is not None and not self.pseudo.allow_test:
             raise ValueError("train.pseudo_round: pseudo.allow_test is false (the rules forbid it)")
         if self.train.folds and -1 in self.train.folds and len(self.train.folds) > 1:
@@ -110,6 +116,29 @@ class Config(Section):
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
 
+    def _check_tabular(self) -> None:
+        # A boosted model is fitted by its library, not by medalist's loop: the loop's tricks
+        # and the test-time views would silently do nothing.
+        changed = _changed_keys(self.tricks.model_dump(), TricksConfig().model_dump(), "tricks")
+        if changed:
+            raise ValueError(
+                f"{changed[0]}: training tricks act in medalist's training loop; a "
+                f"{self.tabular.model} model is fitted by its library (tabular.params)"
+            )
+        if self.infer.tta != ["identity"]:
+            raise ValueError("infer.tta: a table has no test-time views; leave ['identity']")
+        if self.train.pseudo_round is not None:
+            raise ValueError(
+                "train.pseudo_round: pseudo labels are not yet supported for tabular models"
+            )
+        targets = set(self.competition.target_columns)
+        for key in ("features", "categorical"):
+            clash = sorted(set(getattr(self.tabular, key) or ()) & targets)
+            if clash:
+                raise ValueError(f"tabular.{key}: {clash} are target columns")
+        if self.competition.id_column in (self.tabular.features or ()):
+            raise ValueError(f"tabular.features: '{self.competition.id_column}' is the id column")
+
     def hash(self) -> str:
         """A short, stable hash of the resolved config (key order independent)."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
@@ -117,6 +146,26 @@ class Config(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def added_sections() -> tuple[str, ...]:
+    """The retraining sections added since folds were first fingerprinted (see ``section``)."""
+    return tuple(
+        name
+        for name, field in Config.model_fields.items()
+        if (field.json_schema_extra or {}).get("added")
+    )
+
+
+def _changed_keys(value: dict, default: dict, path: str) -> list[str]:
+    """The dotted keys under ``path`` whose value differs from the default."""
+    if isinstance(value, dict) and isinstance(default, dict):
+        return [
+            found
+            for key in value
+            for found in _changed_keys(value[key], default.get(key), f"{path}.{key}")
+        ]
+    return [] if value == default else [path]
 
 
 def training_sections() -> tuple[str, ...]:

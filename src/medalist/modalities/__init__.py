@@ -24,6 +24,7 @@ from medalist.errors import ConfigError
 MODALITIES = {
     "image": "medalist.modalities.image",
     "text": "medalist.modalities.text",
+    "tabular": "medalist.modalities.tabular",
 }
 
 

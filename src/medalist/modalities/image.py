@@ -187,6 +187,11 @@ def check_inputs(cfg: Config, df: pd.DataFrame, split: str, source: str) -> None
             raise DataError(f"{source}: row {row}: {path} is not an image (corrupt or empty file)")
 
 
+def fold_learner(cfg: Config, task: Task) -> None:
+    """None: folds train in medalist's loop."""
+    return None
+
+
 def backbone_names(cfg: Config) -> list[tuple[str, str]]:
     """The pretrained weights the config names, as (config key, name): ``model.pretrained_path``
     (it wins), else ``model.backbone`` when ``model.pretrained``; none for a random start."""

@@ -20,6 +20,30 @@ from medalist.config import Config
 from medalist.tasks import Task
 
 
+class FoldLearner(Protocol):
+    """A fold's model that its own library fits (a GBDT): the same fold contract as a network
+    (fit on the fold's training rows, predict its validation rows and the test set, files in
+    the fold's folder) without the training loop."""
+
+    name: str  # what fits it (lightgbm), in the log and the fold's scores.json
+
+    def fit(
+        self,
+        train: pd.DataFrame,
+        targets: np.ndarray,
+        valid: pd.DataFrame | None,
+        valid_targets: np.ndarray | None,
+        folder: Path,
+        source: str,
+    ):
+        """Fit on ``train``, stop early on ``valid`` (None: a full fit), write the fold's files
+        into ``folder``; returns ``files`` (what it predicts with, in order), ``valid`` (the
+        validation rows' predictions), ``best_rounds``, ``history`` and ``importance``."""
+
+    def predict(self, frame: pd.DataFrame, paths: list[Path], source: str) -> np.ndarray:
+        """The rows' predictions (rows x the task's prediction columns) from a fold's files."""
+
+
 @runtime_checkable
 class Modality(Protocol):
     def check_inputs(self, cfg: Config, df: pd.DataFrame, split: str, source: str) -> object:
@@ -51,6 +75,10 @@ class Modality(Protocol):
 
     def combine(self, datasets: list[Dataset]) -> Dataset:
         """Labelled and pseudo-labelled rows as one training set; every sample has a weight."""
+
+    def fold_learner(self, cfg: Config, task: Task) -> FoldLearner | None:
+        """The learner of a fold when it is not trained by gradient steps (a boosted model),
+        else None: the fold trains in medalist's loop on :meth:`build_model`."""
 
     def build_model(self, cfg: Config, task: Task) -> torch.nn.Module:
         """The model with the task's head (``task.num_outputs``), from local or cached weights

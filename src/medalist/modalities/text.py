@@ -39,6 +39,7 @@ from medalist.modalities.text_model import (
 from medalist.modalities.text_views import expand_text_views, text_view
 from medalist.pretrained import manifest
 from medalist.pretrained.resolve import MissingWeights, Weights, resolve, resolve_text
+from medalist.tasks import Task
 
 __all__ = ["build_dataset", "build_model", "check_inputs", "combine", "TextDataset"]
 
@@ -500,6 +501,11 @@ def combine(datasets: list[TextDataset]) -> TextDataset:
 def expand_views(names: list[str], key: str = "infer.tta") -> list[str]:
     """The text TTA views checked (see :mod:`medalist.modalities.text_views`)."""
     return expand_text_views(names, key)
+
+
+def fold_learner(cfg: Config, task: Task) -> None:
+    """None: folds train in medalist's loop."""
+    return None
 
 
 def backbone_names(cfg: Config) -> list[tuple[str, str]]:

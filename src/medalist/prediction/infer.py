@@ -163,11 +163,20 @@ def predict_files(
     on_file: Callable[[Path, float, float], None] | None = None,
 ) -> np.ndarray:
     """The mean of the merged TTA predictions of ``loader``'s rows by each weight file in
-    ``paths`` (one, or the snapshots of a snapshot ensemble), as a fold's OOF was made.
+    ``paths`` (one, or the snapshots of a snapshot ensemble), as a fold's OOF was made; for a
+    model its library fits (a GBDT), its prediction from the fold's files.
 
     ``on_file(path, load_seconds, predict_seconds)`` runs after each file (the bundle's timing).
     The model runs as :func:`prediction_model` sets it up (``infer.precision``, channels_last).
     """
+    learner = modality.fold_learner(cfg, task)
+    if learner is not None:  # a model its library fits: the fold's files, in their order
+        started = time.perf_counter()
+        dataset = loader.dataset
+        values = learner.predict(dataset.frame, paths, dataset.source)
+        if on_file is not None:
+            on_file(paths[-1], 0.0, time.perf_counter() - started)
+        return values
     # The fine-tuned file replaces every weight: the model is built without reading pretrained
     # ones (a machine without them, such as the offline notebook, predicts the same).
     unread = {"pretrained": False, "pretrained_path": None}

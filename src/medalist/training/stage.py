@@ -65,9 +65,12 @@ log = logging.getLogger(__name__)
 def fold_done(cfg: Config, fold: int) -> bool:
     """Whether the fold's files are complete for this training config."""
     folder = fold_dir(cfg, fold)
-    if not has_prediction_weights(cfg, fold) or not (folder / MODEL_WEIGHTS).is_file():
+    if not has_prediction_weights(cfg, fold):
         return False
     record = json.loads((folder / "scores.json").read_text())
+    # A network's fold also keeps its trained weights when it predicts with others (EMA, SWA).
+    if "learner" not in record and not (folder / MODEL_WEIGHTS).is_file():
+        return False
     return record.get("training_hash") == training_hash(cfg)
 
 
@@ -123,6 +126,7 @@ def run(cfg: Config, *, targets: np.ndarray | None = None, ledger: bool = True) 
     fold_of_row = folds["fold"].to_numpy()
     selected = _selected_folds(cfg, folds)
     modality.check_inputs(cfg, train, "train", source)  # every row checked before any training
+    learner = modality.fold_learner(cfg, task)
     out = experiment_dir(cfg)
     accelerator = make_accelerator(cfg, log_with=cfg.tracking.trackers)
     if cfg.train.compile:
@@ -149,18 +153,24 @@ def run(cfg: Config, *, targets: np.ndarray | None = None, ledger: bool = True) 
                 np.flatnonzero(fold_of_row != fold) if fold != FULL_FIT else np.arange(len(train))
             )
             valid_rows = np.flatnonzero(fold_of_row == fold) if fold != FULL_FIT else None
-            _train_fold(
-                cfg,
-                task,
-                modality,
-                train,
-                targets,
-                train_rows,
-                valid_rows,
-                fold,
-                accelerator,
-                tracker.epoch,
-            )
+            if learner is not None:  # fitted by its library, on the main process
+                if accelerator.is_main_process:
+                    _fit_learner_fold(
+                        cfg, task, learner, train, targets, train_rows, valid_rows, fold
+                    )
+            else:
+                _train_fold(
+                    cfg,
+                    task,
+                    modality,
+                    train,
+                    targets,
+                    train_rows,
+                    valid_rows,
+                    fold,
+                    accelerator,
+                    tracker.epoch,
+                )
             accelerator.wait_for_everyone()  # the fold's files are written before anyone reads
             accelerator.free_memory()
         if not accelerator.is_main_process:
@@ -320,14 +330,7 @@ def _train_fold(
     predicting = snapshots or [weights_file(result.eval_name)]
     _save_fold_weights(model, folder, fold, result, predicting)
     if probs is not None:
-        oof = pd.DataFrame(probs, columns=task.pred_columns)
-        oof.insert(0, "fold", fold)
-        oof.insert(
-            0,
-            cfg.competition.id_column,
-            train[cfg.competition.id_column].iloc[valid_rows].to_numpy(),
-        )
-        write_parquet(folder / "oof.parquet", oof)
+        _write_oof(cfg, task, train, valid_rows, fold, probs)
     write_parquet(folder / "log.parquet", pd.DataFrame(result.history))
     write_json(
         folder / "scores.json",
@@ -340,6 +343,54 @@ def _train_fold(
         },
     )
     clear_checkpoints(folder)  # the fold is complete; its resumable state is not needed
+
+
+def _write_oof(cfg, task, train, valid_rows, fold, probs) -> None:
+    """The fold's predictions of its validation rows: ``fold{k}/oof.parquet``."""
+    oof = pd.DataFrame(probs, columns=task.pred_columns)
+    oof.insert(0, "fold", fold)
+    ids = train[cfg.competition.id_column].iloc[valid_rows].to_numpy()
+    oof.insert(0, cfg.competition.id_column, ids)
+    write_parquet(fold_dir(cfg, fold) / "oof.parquet", oof)
+
+
+def _fit_learner_fold(cfg, task, learner, train, targets, train_rows, valid_rows, fold) -> None:
+    """A fold of a model its library fits (:meth:`Modality.fold_learner`): the same files as a
+    network's fold (OOF, log, scores.json naming the files it predicts with), plus the
+    features' importance (``importance.parquet``)."""
+    folder = fold_dir(cfg, fold)
+    config_hash = training_hash(cfg)
+    valid = valid_targets = None
+    if valid_rows is not None:
+        valid, valid_targets = _subset(train, valid_rows), targets[valid_rows]
+    fitted = learner.fit(
+        _subset(train, train_rows),
+        targets[train_rows],
+        valid,
+        valid_targets,
+        folder,
+        str(train_path(cfg)),
+    )
+    scores = {}
+    if valid is not None:
+        scores = task.score(valid_targets, fitted.valid)
+        _write_oof(cfg, task, train, valid_rows, fold, fitted.valid)
+    log.info("fold %s: %s rounds %s, %s", fold, learner.name, fitted.best_rounds, scores)
+    history = fitted.history
+    history.insert(0, "fold", fold)
+    write_parquet(folder / "log.parquet", history)
+    write_parquet(folder / "importance.parquet", fitted.importance)
+    write_json(
+        folder / "scores.json",
+        {
+            "fold": fold,
+            "learner": learner.name,
+            "best_rounds": fitted.best_rounds,
+            "scores": scores,
+            "prediction_weights": fitted.files,
+            "training_hash": config_hash,
+        },
+    )
 
 
 def _save_fold_weights(model, folder: Path, fold: int, result, predicting: list[str]) -> None:

@@ -1,0 +1,72 @@
+"""The section of tables (modality: tabular): which columns are features, and the model.
+
+A gradient-boosted model (LightGBM, XGBoost, CatBoost) is fitted on each fold's training rows
+with early stopping on the fold's validation rows, through the library's own training call;
+``params`` reach it unchanged, under the library's own names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from medalist.config.section import Section
+
+BOOSTERS = ("lightgbm", "xgboost", "catboost")
+
+
+class TabularConfig(Section):
+    model: Literal["lightgbm", "xgboost", "catboost"] = Field(
+        "lightgbm",
+        description="The learner of each fold: lightgbm, xgboost or catboost (pip install "
+        "'medalist[tabular]').",
+    )
+    features: list[str] | None = Field(
+        None,
+        description="Feature columns, in this order; null: every column of train.csv but the id "
+        "and the targets (and tabular.exclude).",
+    )
+    exclude: list[str] = Field(
+        default_factory=list, description="Columns never used as features (when features is null)."
+    )
+    categorical: list[str] | None = Field(
+        None,
+        description="Categorical feature columns, handled natively by each library; null: the "
+        "non-numeric feature columns. Categories are those of the fold's training rows; one "
+        "unseen there is treated as missing, and counted in the log.",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Passed to the library as it names them (lightgbm.train params, xgboost.train "
+        "params, CatBoost params), over medalist's defaults: the objective for the task, the "
+        "learning rate 0.05, the seed train.seed. GPU: device: gpu (lightgbm), device: cuda "
+        "(xgboost), task_type: GPU (catboost).",
+    )
+    rounds: int = Field(
+        10000,
+        ge=1,
+        description="Most boosting rounds (num_boost_round, CatBoost iterations); a full fit "
+        "(train.folds [-1]) has no validation rows and trains them all.",
+    )
+    early_stopping: int = Field(
+        100,
+        ge=0,
+        description="Stop when the validation loss has not improved for this many rounds and keep "
+        "the best round (the CV is then a little optimistic, as with train.keep best); 0: train "
+        "every round.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TabularConfig:
+        if self.features is not None:
+            if not self.features:
+                raise ValueError("tabular.features: empty; list columns or null for all")
+            repeated = sorted({c for c in self.features if self.features.count(c) > 1})
+            if repeated:
+                raise ValueError(f"tabular.features: {repeated} listed twice")
+        if self.categorical and self.features is not None:
+            unknown = sorted(set(self.categorical) - set(self.features))
+            if unknown:
+                raise ValueError(f"tabular.categorical: {unknown} are not in tabular.features")
+        return self

@@ -1,0 +1,101 @@
+"""Tables: feature columns of ``train.csv`` and ``test.csv``, and a boosted model per fold.
+
+The modality of ``modality: tabular``. Its folds are not trained by gradient steps:
+:func:`fold_learner` gives the ``train`` and ``infer`` stages a learner that fits a fold and
+predicts from its files (:mod:`~medalist.modalities.tabular.boosters`), on the features that
+:mod:`~medalist.modalities.tabular.features` selects, checks and encodes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from medalist.config import Config
+from medalist.errors import ConfigError
+from medalist.modalities.tabular.boosters import BoostedLearner
+from medalist.modalities.tabular.features import check_table, feature_columns
+from medalist.tasks import Task
+
+IDENTITY = "identity"
+
+
+class TableDataset(Dataset):
+    """The rows of a table as a boosted model reads them: the frame itself (``frame``), its
+    targets and row weights; a sample is its row's index."""
+
+    def __init__(self, frame: pd.DataFrame, targets, weights, source: str):
+        self.frame, self.targets, self.weights, self.source = frame, targets, weights, source
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"index": index}
+
+
+def check_inputs(cfg: Config, df: pd.DataFrame, split: str, source: str) -> list[str]:
+    """The feature columns, checked: in training every check (missing, all-missing, text in a
+    numeric column, a target among them); in the test set those the config alone decides (each
+    fold checks the rest against the features it was trained on before predicting)."""
+    if split == "train":
+        return check_table(cfg, df, source)
+    if cfg.tabular.features is not None:
+        return feature_columns(cfg, list(df.columns), source)
+    return []
+
+
+def build_dataset(
+    cfg: Config,
+    df: pd.DataFrame,
+    targets: np.ndarray | None,
+    *,
+    split: str,
+    train: bool,
+    source: str,
+    weights: np.ndarray | None = None,
+    views: list[str] | None = None,
+) -> TableDataset:
+    return TableDataset(df.reset_index(drop=True), targets, weights, source)
+
+
+def combine(datasets: list[TableDataset]) -> TableDataset:
+    raise ConfigError("train.pseudo_round: pseudo labels are not yet supported for tabular models")
+
+
+def fold_learner(cfg: Config, task: Task) -> BoostedLearner:
+    """The learner of each fold: ``tabular.model`` (LightGBM, XGBoost or CatBoost)."""
+    return BoostedLearner(cfg, task)
+
+
+def build_model(cfg: Config, task: Task) -> torch.nn.Module:
+    raise ConfigError(
+        f"tabular.model: {cfg.tabular.model} is fitted by its library, not as a torch model"
+    )
+
+
+def backbone_names(cfg: Config) -> list[tuple[str, str]]:
+    """No pretrained weights."""
+    return []
+
+
+def expand_views(names: list[str], key: str = "infer.tta") -> list[str]:
+    """Rows of a table have no test-time views but themselves."""
+    others = [name for name in names if name != IDENTITY]
+    if others:
+        raise ConfigError(f"{key}: {others}: a table has no test-time views; leave ['{IDENTITY}']")
+    return [IDENTITY]
+
+
+def starting_weights(cfg: Config) -> list[Path]:
+    """Nothing: each fold starts from scratch."""
+    return []
+
+
+def packaged_folder(cfg: Config) -> None:
+    """Nothing besides each fold's files."""
+    return None

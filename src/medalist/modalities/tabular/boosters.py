@@ -1,0 +1,353 @@
+"""Gradient-boosted models on a fold: LightGBM, XGBoost and CatBoost through their own calls.
+
+Each library gets the fold's training rows, early-stops on its validation rows with its own
+loss for the task (log loss, multi-class log loss, squared error), and saves the kept rounds in
+its own text or JSON format (``model.lgb.txt``, ``model.xgb.json``, ``model.cb.json``), never a
+pickle. A task with several outputs that one model cannot give (multilabel, several regression
+targets) trains one model per output: ``model.<k>.<suffix>``.
+
+The OOF predictions are made by the saved file read back, as ``infer`` and the offline bundle
+make the test predictions, so a model predicts the same bits everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib import import_module
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pandas as pd
+
+from medalist.config import Config
+from medalist.errors import ConfigError, DataError
+from medalist.modalities.tabular.features import SPEC_FILE, FeatureSpec
+from medalist.tasks import Task
+
+log = logging.getLogger(__name__)
+
+LEARNING_RATE = 0.05
+
+
+def library(name: str) -> ModuleType:
+    """The library of ``tabular.model``, imported on first use (an extra of medalist)."""
+    try:
+        return import_module(name)
+    except ImportError:
+        raise ConfigError(
+            f"tabular.model: {name} is not installed; pip install 'medalist[tabular]'"
+        ) from None
+
+
+@dataclass
+class Output:
+    """One model of a fold: the kind of problem it solves and the targets' column it learns."""
+
+    kind: str  # binary, multiclass or regression
+    column: int | None  # the target column it learns (None: the single target)
+    classes: int = 2
+
+
+def outputs(task: Task) -> list[Output]:
+    """The models a fold trains for the task (several when one model cannot give every output)."""
+    if task.type == "binary":
+        return [Output("binary", None)]
+    if task.type == "multiclass":
+        return [Output("multiclass", None, len(task.classes))]
+    kind = "binary" if task.type == "multilabel" else "regression"
+    if len(task.target_columns) == 1:
+        return [Output(kind, 0)]
+    return [Output(kind, k) for k in range(len(task.target_columns))]
+
+
+@dataclass
+class Fitted:
+    """A fold's models, trained and saved: what ``train`` records of them."""
+
+    files: list[str]  # written in the fold's folder: the feature spec, then the models
+    valid: np.ndarray | None  # the validation rows' predictions, from the saved files
+    best_rounds: list[int]
+    history: pd.DataFrame  # the validation loss per round and model
+    importance: pd.DataFrame  # per feature, summed over the fold's models
+
+
+class Library:
+    """What medalist asks of a boosting library; one subclass per library."""
+
+    name = ""
+    suffix = ""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.module = library(self.name)
+
+    def train(self, output: Output, x, y, valid, spec: FeatureSpec, seed: int):
+        """A model fitted on (x, y), early-stopped on ``valid`` = (x, y) or None; returns the
+        model, the kept number of rounds and the validation loss per round."""
+        raise NotImplementedError
+
+    def save(self, model, path: Path) -> None:
+        raise NotImplementedError
+
+    def predict(self, path: Path, output: Output, x, spec: FeatureSpec) -> np.ndarray:
+        """The saved model's predictions: probabilities (rows x classes for multiclass, rows for
+        binary) or values."""
+        raise NotImplementedError
+
+    def importance(self, model, spec: FeatureSpec) -> np.ndarray:
+        raise NotImplementedError
+
+    def params(self, defaults: dict) -> dict:
+        """medalist's defaults under ``tabular.params`` (the user's names win)."""
+        return {**defaults, **self.cfg.tabular.params}
+
+    @property
+    def stopping(self) -> int | None:
+        return self.cfg.tabular.early_stopping or None
+
+
+def _names(spec: FeatureSpec) -> list[str]:
+    """Feature names as the libraries see them: positions, since a column name may hold
+    characters a library refuses (XGBoost: [ ] <; LightGBM: JSON punctuation)."""
+    return [f"f{i}" for i in range(len(spec.columns))]
+
+
+class LightGBM(Library):
+    name, suffix = "lightgbm", "lgb.txt"
+    OBJECTIVES = {"binary": "binary", "multiclass": "multiclass", "regression": "regression"}
+
+    def train(self, output, x, y, valid, spec, seed):
+        lgb = self.module
+        defaults = {
+            "objective": self.OBJECTIVES[output.kind],
+            "learning_rate": LEARNING_RATE,
+            "seed": seed,
+            "verbosity": -1,
+        }
+        if output.kind == "multiclass":
+            defaults["num_class"] = output.classes
+        params = self.params(defaults)
+        names, categorical = _names(spec), spec.categorical_positions
+        data = lgb.Dataset(x, y, feature_name=names, categorical_feature=categorical)
+        history: dict = {}
+        callbacks = [lgb.record_evaluation(history)]
+        sets = {}
+        if valid is not None:
+            sets = {"valid_sets": [lgb.Dataset(valid[0], valid[1], reference=data)]}
+            sets["valid_names"] = ["valid"]
+            if self.stopping:
+                callbacks.append(lgb.early_stopping(self.stopping, verbose=False))
+        model = lgb.train(
+            params, data, num_boost_round=self.cfg.tabular.rounds, callbacks=callbacks, **sets
+        )
+        rounds = model.best_iteration if model.best_iteration > 0 else model.current_iteration()
+        return model, rounds, _losses(history)
+
+    def save(self, model, path):
+        text = model.model_to_string(num_iteration=model.best_iteration or None)
+        _write(path, text)
+
+    def predict(self, path, output, x, spec):
+        return self.module.Booster(model_file=str(path)).predict(x)
+
+    def importance(self, model, spec):
+        return model.feature_importance("gain", iteration=model.best_iteration or None)
+
+
+class XGBoost(Library):
+    name, suffix = "xgboost", "xgb.json"
+    OBJECTIVES = {
+        "binary": "binary:logistic",
+        "multiclass": "multi:softprob",
+        "regression": "reg:squarederror",
+    }
+
+    def _matrix(self, x, y, spec):
+        types = ["c" if i in spec.categorical_positions else "q" for i in range(x.shape[1])]
+        return self.module.DMatrix(
+            x, label=y, feature_names=_names(spec), feature_types=types, enable_categorical=True
+        )
+
+    def train(self, output, x, y, valid, spec, seed):
+        xgb = self.module
+        defaults = {
+            "objective": self.OBJECTIVES[output.kind],
+            "learning_rate": LEARNING_RATE,
+            "seed": seed,
+            "tree_method": "hist",
+            "verbosity": 0,
+        }
+        if output.kind == "multiclass":
+            defaults["num_class"] = output.classes
+        history: dict = {}
+        evals = [] if valid is None else [(self._matrix(*valid, spec), "valid")]
+        model = xgb.train(
+            self.params(defaults),
+            self._matrix(x, y, spec),
+            num_boost_round=self.cfg.tabular.rounds,
+            evals=evals,
+            early_stopping_rounds=self.stopping if evals else None,
+            evals_result=history,
+            verbose_eval=False,
+        )
+        return model, _best_rounds(model), _losses(history)
+
+    def save(self, model, path):
+        model.save_model(str(path))  # JSON (by the suffix), the best round recorded in it
+
+    def predict(self, path, output, x, spec):
+        model = self.module.Booster()
+        model.load_model(str(path))
+        return model.predict(self._matrix(x, None, spec), iteration_range=(0, _best_rounds(model)))
+
+    def importance(self, model, spec):
+        gains = model.get_score(importance_type="total_gain")
+        return np.array([gains.get(name, 0.0) for name in _names(spec)])
+
+
+def _best_rounds(model) -> int:
+    """The rounds an XGBoost model keeps: up to its best one when it early-stopped."""
+    try:
+        return int(model.best_iteration) + 1
+    except AttributeError:  # no early stopping: every round
+        return model.num_boosted_rounds()
+
+
+class CatBoost(Library):
+    name, suffix = "catboost", "cb.json"
+    LOSSES = {"binary": "Logloss", "multiclass": "MultiClass", "regression": "RMSE"}
+
+    def _pool(self, x, y, spec):
+        categorical = set(spec.categorical_positions)
+        columns = {  # CatBoost reads categories as integers or text, never NaN: -1 is missing
+            name: np.nan_to_num(x[:, i], nan=-1).astype(np.int64) if i in categorical else x[:, i]
+            for i, name in enumerate(_names(spec))
+        }
+        return self.module.Pool(pd.DataFrame(columns), y, cat_features=sorted(categorical))
+
+    def train(self, output, x, y, valid, spec, seed):
+        defaults = {
+            "loss_function": self.LOSSES[output.kind],
+            "learning_rate": LEARNING_RATE,
+            "random_seed": seed,
+            "iterations": self.cfg.tabular.rounds,
+            "verbose": False,
+            "allow_writing_files": False,
+        }
+        model = self.module.CatBoost(self.params(defaults))
+        fit = {}
+        if valid is not None:
+            fit = {"eval_set": self._pool(*valid, spec), "use_best_model": True}
+            fit["early_stopping_rounds"] = self.stopping
+        model.fit(self._pool(x, y, spec), **fit)
+        history = model.get_evals_result().get("validation", {})
+        losses = pd.DataFrame(history) if history else pd.DataFrame()
+        return model, int(model.tree_count_), losses
+
+    def save(self, model, path):
+        model.save_model(str(path), format="json")
+
+    def predict(self, path, output, x, spec):
+        model = self.module.CatBoost()
+        model.load_model(str(path), format="json")
+        pool = self._pool(x, None, spec)
+        if output.kind == "regression":
+            return model.predict(pool)
+        probs = model.predict(pool, prediction_type="Probability")
+        return probs[:, 1] if output.kind == "binary" else probs
+
+    def importance(self, model, spec):
+        return np.asarray(model.get_feature_importance(), dtype=np.float64)
+
+
+LIBRARIES = {"lightgbm": LightGBM, "xgboost": XGBoost, "catboost": CatBoost}
+
+
+def _losses(history: dict) -> pd.DataFrame:
+    """The validation set's loss per round, as the library recorded it (metric -> values)."""
+    valid = history.get("valid", {})
+    return pd.DataFrame({name: list(values) for name, values in valid.items()})
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+class BoostedLearner:
+    """A fold of a boosted model: fit on its training rows, predict any rows from its files."""
+
+    def __init__(self, cfg: Config, task: Task):
+        self.cfg, self.task = cfg, task
+        self.name = cfg.tabular.model
+        self.library = LIBRARIES[self.name](cfg)
+        self.outputs = outputs(task)
+
+    def model_files(self) -> list[str]:
+        if len(self.outputs) == 1:
+            return [f"model.{self.library.suffix}"]
+        return [f"model.{k}.{self.library.suffix}" for k in range(len(self.outputs))]
+
+    def fit(
+        self,
+        train: pd.DataFrame,
+        targets: np.ndarray,
+        valid: pd.DataFrame | None,
+        valid_targets: np.ndarray | None,
+        folder: Path,
+        source: str,
+    ) -> Fitted:
+        """Train the fold's models on ``train``, early-stopped on ``valid`` (None: a full fit,
+        every round); write them and the feature spec into ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        spec = FeatureSpec.fit(self.cfg, train, source)
+        x = spec.encode(train, source)
+        x_valid = None if valid is None else spec.encode(valid, source)
+        spec.save(folder / SPEC_FILE)
+        best, histories, gains = [], [], np.zeros(len(spec.columns))
+        for output, name in zip(self.outputs, self.model_files(), strict=True):
+            y = _column(targets, output)
+            checked = None if valid is None else (x_valid, _column(valid_targets, output))
+            model, rounds, losses = self.library.train(
+                output, x, y, checked, spec, self.cfg.train.seed
+            )
+            self.library.save(model, folder / name)
+            gains += self.library.importance(model, spec)
+            best.append(rounds)
+            losses.insert(0, "round", np.arange(1, len(losses) + 1))
+            losses.insert(0, "model", name)
+            histories.append(losses)
+        files = [SPEC_FILE, *self.model_files()]
+        predicted = None
+        if valid is not None:
+            predicted = self.predict(valid, [folder / f for f in files], source)
+        importance = pd.DataFrame({"feature": spec.columns, "gain": gains})
+        history = pd.concat(histories, ignore_index=True)
+        return Fitted(files, predicted, best, history, importance)
+
+    def predict(self, frame: pd.DataFrame, paths: list[Path], source: str) -> np.ndarray:
+        """Rows x task outputs (the prediction table's columns) from a fold's saved files."""
+        spec_path, *models = paths
+        spec = FeatureSpec.load(spec_path)
+        x = spec.encode(frame, source)
+        columns = []
+        for output, path in zip(self.outputs, models, strict=True):
+            library = self._reader(path)
+            values = np.asarray(library.predict(path, output, x, spec), dtype=np.float64)
+            columns.append(values.reshape(len(frame), -1))
+        return np.concatenate(columns, axis=1).astype(np.float32)
+
+    def _reader(self, path: Path) -> Library:
+        """The library that wrote a model file (by its name: the fold may have been trained
+        with another ``tabular.model`` than the config now names)."""
+        for cls in LIBRARIES.values():
+            if path.name.endswith("." + cls.suffix):
+                return self.library if isinstance(self.library, cls) else cls(self.cfg)
+        raise DataError(f"{path}: not a model file of {sorted(LIBRARIES)}")
+
+
+def _column(targets: np.ndarray, output: Output) -> np.ndarray:
+    return targets if output.column is None else targets[:, output.column]
