@@ -118,13 +118,15 @@ class Config(Section):
 
     def _check_tabular(self) -> None:
         # A boosted model is fitted by its library, not by medalist's loop: the loop's tricks
-        # and the test-time views would silently do nothing.
+        # would silently do nothing.
         changed = _changed_keys(self.tricks.model_dump(), TricksConfig().model_dump(), "tricks")
-        if changed:
+        if changed and self.tabular.boosted:
             raise ValueError(
                 f"{changed[0]}: training tricks act in medalist's training loop; a "
                 f"{self.tabular.model} model is fitted by its library (tabular.params)"
             )
+        if self.tricks.mix.enabled:
+            raise ValueError("tricks.mix: mixup and cutmix mix images; modality tabular has none")
         if self.infer.tta != ["identity"]:
             raise ValueError("infer.tta: a table has no test-time views; leave ['identity']")
         if self.train.pseudo_round is not None:

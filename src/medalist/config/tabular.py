@@ -2,7 +2,8 @@
 
 A gradient-boosted model (LightGBM, XGBoost, CatBoost) is fitted on each fold's training rows
 with early stopping on the fold's validation rows, through the library's own training call;
-``params`` reach it unchanged, under the library's own names.
+``params`` reach it unchanged, under the library's own names. ``mlp`` is a network trained by
+medalist's loop, so ``train`` and ``tricks`` configure it as they do image and text models.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ BOOSTERS = ("lightgbm", "xgboost", "catboost")
 
 
 class TabularConfig(Section):
-    model: Literal["lightgbm", "xgboost", "catboost"] = Field(
+    model: Literal["lightgbm", "xgboost", "catboost", "mlp"] = Field(
         "lightgbm",
         description="The learner of each fold: lightgbm, xgboost or catboost (pip install "
-        "'medalist[tabular]').",
+        "'medalist[tabular]'), or mlp: a network with category embeddings trained by medalist's "
+        "loop (train.*, tricks.*).",
     )
     features: list[str] | None = Field(
         None,
@@ -57,8 +59,21 @@ class TabularConfig(Section):
         "every round.",
     )
 
+    hidden: list[int] = Field(
+        default_factory=lambda: [256, 128],
+        description="mlp: units of each hidden layer (Linear, LayerNorm, SiLU, dropout).",
+    )
+    dropout: float = Field(0.1, ge=0, lt=1, description="mlp: dropout after each hidden layer.")
+
+    @property
+    def boosted(self) -> bool:
+        """Whether the model is a GBDT fitted by its library (not by medalist's loop)."""
+        return self.model in BOOSTERS
+
     @model_validator(mode="after")
     def _check(self) -> TabularConfig:
+        if any(units < 1 for units in self.hidden):
+            raise ValueError(f"tabular.hidden: {self.hidden}: every layer needs >= 1 unit")
         if self.features is not None:
             if not self.features:
                 raise ValueError("tabular.features: empty; list columns or null for all")

@@ -35,8 +35,9 @@ class FoldLearner(Protocol):
         valid_targets: np.ndarray | None,
         folder: Path,
         source: str,
+        fold: int = 0,
     ):
-        """Fit on ``train``, stop early on ``valid`` (None: a full fit), write the fold's files
+        """Fit fold ``fold`` on ``train``, stop early on ``valid`` (None: a full fit), write its files
         into ``folder``; returns ``files`` (what it predicts with, in order), ``valid`` (the
         validation rows' predictions), ``best_rounds``, ``history`` and ``importance``."""
 

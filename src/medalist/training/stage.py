@@ -370,16 +370,19 @@ def _fit_learner_fold(cfg, task, learner, train, targets, train_rows, valid_rows
         valid_targets,
         folder,
         str(train_path(cfg)),
+        fold=fold,
     )
     scores = {}
     if valid is not None:
         scores = task.score(valid_targets, fitted.valid)
         _write_oof(cfg, task, train, valid_rows, fold, fitted.valid)
-    log.info("fold %s: %s rounds %s, %s", fold, learner.name, fitted.best_rounds, scores)
+    log.info("fold %s: %s kept %s round(s), %s", fold, learner.name, fitted.best_rounds, scores)
     history = fitted.history
-    history.insert(0, "fold", fold)
+    if "fold" not in history:  # the loop's rows name their fold already
+        history.insert(0, "fold", fold)
     write_parquet(folder / "log.parquet", history)
-    write_parquet(folder / "importance.parquet", fitted.importance)
+    if fitted.importance is not None:  # a GBDT's gain per feature
+        write_parquet(folder / "importance.parquet", fitted.importance)
     write_json(
         folder / "scores.json",
         {

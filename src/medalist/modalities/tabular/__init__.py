@@ -1,9 +1,11 @@
 """Tables: feature columns of ``train.csv`` and ``test.csv``, and a boosted model per fold.
 
-The modality of ``modality: tabular``. Its folds are not trained by gradient steps:
-:func:`fold_learner` gives the ``train`` and ``infer`` stages a learner that fits a fold and
-predicts from its files (:mod:`~medalist.modalities.tabular.boosters`), on the features that
-:mod:`~medalist.modalities.tabular.features` selects, checks and encodes.
+The modality of ``modality: tabular``. :func:`fold_learner` gives the ``train`` and ``infer``
+stages a learner that fits a fold and predicts from its files: a GBDT fitted by its library
+(:mod:`~medalist.modalities.tabular.boosters`) or an MLP trained by medalist's loop
+(:mod:`~medalist.modalities.tabular.network`), on the features that
+:mod:`~medalist.modalities.tabular.features` selects, checks and encodes with what the fold's
+training rows alone show (categories, scaling).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from medalist.config import Config
 from medalist.errors import ConfigError
 from medalist.modalities.tabular.boosters import BoostedLearner
 from medalist.modalities.tabular.features import check_table, feature_columns
+from medalist.modalities.tabular.network import NetworkLearner
 from medalist.tasks import Task
 
 IDENTITY = "identity"
@@ -67,14 +70,18 @@ def combine(datasets: list[TableDataset]) -> TableDataset:
     raise ConfigError("train.pseudo_round: pseudo labels are not yet supported for tabular models")
 
 
-def fold_learner(cfg: Config, task: Task) -> BoostedLearner:
-    """The learner of each fold: ``tabular.model`` (LightGBM, XGBoost or CatBoost)."""
-    return BoostedLearner(cfg, task)
+def fold_learner(cfg: Config, task: Task) -> BoostedLearner | NetworkLearner:
+    """The learner of each fold: ``tabular.model``, a GBDT (LightGBM, XGBoost or CatBoost)
+    fitted by its library, or the MLP trained by medalist's loop."""
+    if cfg.tabular.boosted:
+        return BoostedLearner(cfg, task)
+    return NetworkLearner(cfg, task)
 
 
 def build_model(cfg: Config, task: Task) -> torch.nn.Module:
     raise ConfigError(
-        f"tabular.model: {cfg.tabular.model} is fitted by its library, not as a torch model"
+        "modality tabular: a fold's model depends on its training rows (categories, scaling); "
+        "its learner (fold_learner) builds it"
     )
 
 

@@ -299,6 +299,7 @@ class BoostedLearner:
         valid_targets: np.ndarray | None,
         folder: Path,
         source: str,
+        fold: int = 0,
     ) -> Fitted:
         """Train the fold's models on ``train``, early-stopped on ``valid`` (None: a full fit,
         every round); write them and the feature spec into ``folder``."""
