@@ -134,12 +134,13 @@ class Config(Section):
                 "train.pseudo_round: pseudo labels are not yet supported for tabular models"
             )
         targets = set(self.competition.target_columns)
-        for key in ("features", "categorical"):
+        for key in ("features", "categorical", "text_columns"):
             clash = sorted(set(getattr(self.tabular, key) or ()) & targets)
             if clash:
                 raise ValueError(f"tabular.{key}: {clash} are target columns")
-        if self.competition.id_column in (self.tabular.features or ()):
-            raise ValueError(f"tabular.features: '{self.competition.id_column}' is the id column")
+        for key in ("features", "text_columns"):
+            if self.competition.id_column in (getattr(self.tabular, key) or ()):
+                raise ValueError(f"tabular.{key}: '{self.competition.id_column}' is the id column")
 
     def hash(self) -> str:
         """A short, stable hash of the resolved config (key order independent)."""

@@ -17,12 +17,42 @@ from medalist.config.section import Section
 BOOSTERS = ("lightgbm", "xgboost", "catboost")
 
 
+class TfidfConfig(Section):
+    """Word and character TF-IDF of each text column (scikit-learn's TfidfVectorizer), fitted on
+    each fold's training rows."""
+
+    word_ngrams: tuple[int, int] = Field((1, 2), description="Word n-gram lengths (min, max).")
+    char_ngrams: tuple[int, int] | None = Field(
+        (2, 5),
+        description="Character n-gram lengths within word boundaries (char_wb); null: none.",
+    )
+    min_df: int = Field(2, ge=1, description="Terms in fewer training rows are left out.")
+    max_features: int | None = Field(
+        200_000, ge=1, description="The most frequent terms kept per block; null: all."
+    )
+    sublinear_tf: bool = Field(True, description="1 + log(count) instead of the count.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TfidfConfig:
+        for key in ("word_ngrams", "char_ngrams"):
+            low, high = getattr(self, key) or (1, 1)
+            if not 1 <= low <= high:
+                raise ValueError(f"tabular.tfidf.{key}: ({low}, {high}) needs 1 <= min <= max")
+        return self
+
+
 class TabularConfig(Section):
-    model: Literal["lightgbm", "xgboost", "catboost", "mlp"] = Field(
+    model: Literal["lightgbm", "xgboost", "catboost", "mlp", "linear"] = Field(
         "lightgbm",
         description="The learner of each fold: lightgbm, xgboost or catboost (pip install "
-        "'medalist[tabular]'), or mlp: a network with category embeddings trained by medalist's "
-        "loop (train.*, tricks.*).",
+        "'medalist[tabular]'); mlp: a network with category embeddings trained by medalist's "
+        "loop (train.*, tricks.*); linear: scikit-learn's logistic (classification) or ridge "
+        "(regression) regression, on TF-IDF of tabular.text_columns and the other features.",
+    )
+    text_columns: list[str] = Field(
+        default_factory=list,
+        description="Columns of free text, turned into word and character TF-IDF "
+        "(tabular.tfidf) for the linear model; never ordinary features.",
     )
     features: list[str] | None = Field(
         None,
@@ -59,6 +89,9 @@ class TabularConfig(Section):
         "every round.",
     )
 
+    tfidf: TfidfConfig = Field(
+        default_factory=lambda: TfidfConfig(), description="linear: the text columns' TF-IDF."
+    )
     hidden: list[int] = Field(
         default_factory=lambda: [256, 128],
         description="mlp: units of each hidden layer (Linear, LayerNorm, SiLU, dropout).",
@@ -74,6 +107,15 @@ class TabularConfig(Section):
     def _check(self) -> TabularConfig:
         if any(units < 1 for units in self.hidden):
             raise ValueError(f"tabular.hidden: {self.hidden}: every layer needs >= 1 unit")
+        if self.text_columns and self.model != "linear":
+            raise ValueError(
+                f"tabular.text_columns: TF-IDF text feeds the linear model, not {self.model}; "
+                "set tabular.model=linear, or leave the text columns out"
+            )
+        if self.model == "linear" and self.features is not None:
+            clash = sorted(set(self.text_columns) & set(self.features))
+            if clash:
+                raise ValueError(f"tabular.features: {clash} are tabular.text_columns")
         if self.features is not None:
             if not self.features:
                 raise ValueError("tabular.features: empty; list columns or null for all")

@@ -2,8 +2,9 @@
 
 The modality of ``modality: tabular``. :func:`fold_learner` gives the ``train`` and ``infer``
 stages a learner that fits a fold and predicts from its files: a GBDT fitted by its library
-(:mod:`~medalist.modalities.tabular.boosters`) or an MLP trained by medalist's loop
-(:mod:`~medalist.modalities.tabular.network`), on the features that
+(:mod:`~medalist.modalities.tabular.boosters`), an MLP trained by medalist's loop
+(:mod:`~medalist.modalities.tabular.network`) or a linear model on TF-IDF of text columns
+(:mod:`~medalist.modalities.tabular.linear`), on the features that
 :mod:`~medalist.modalities.tabular.features` selects, checks and encodes with what the fold's
 training rows alone show (categories, scaling).
 """
@@ -21,6 +22,12 @@ from medalist.config import Config
 from medalist.errors import ConfigError
 from medalist.modalities.tabular.boosters import BoostedLearner
 from medalist.modalities.tabular.features import check_table, feature_columns
+from medalist.modalities.tabular.linear import (
+    LinearLearner,
+    has_features,
+    text_values,
+    without_text,
+)
 from medalist.modalities.tabular.network import NetworkLearner
 from medalist.tasks import Task
 
@@ -45,10 +52,13 @@ def check_inputs(cfg: Config, df: pd.DataFrame, split: str, source: str) -> list
     """The feature columns, checked: in training every check (missing, all-missing, text in a
     numeric column, a target among them); in the test set those the config alone decides (each
     fold checks the rest against the features it was trained on before predicting)."""
+    for column in cfg.tabular.text_columns:
+        text_values(df, column, source)  # present
+    others = without_text(cfg)
     if split == "train":
-        return check_table(cfg, df, source)
-    if cfg.tabular.features is not None:
-        return feature_columns(cfg, list(df.columns), source)
+        return check_table(others, df, source) if has_features(others, df) else []
+    if others.tabular.features is not None:
+        return feature_columns(others, list(df.columns), source)
     return []
 
 
@@ -75,6 +85,8 @@ def fold_learner(cfg: Config, task: Task) -> BoostedLearner | NetworkLearner:
     fitted by its library, or the MLP trained by medalist's loop."""
     if cfg.tabular.boosted:
         return BoostedLearner(cfg, task)
+    if cfg.tabular.model == "linear":
+        return LinearLearner(cfg, task)
     return NetworkLearner(cfg, task)
 
 
