@@ -68,6 +68,12 @@ class TabularConfig(Section):
         "non-numeric feature columns. Categories are those of the fold's training rows; one "
         "unseen there is treated as missing, and counted in the log.",
     )
+    oof_features: list[str] = Field(
+        default_factory=list,
+        description="Experiments whose predictions become features: their OOF predictions for "
+        "train rows (trained on the same folds), their test predictions for test rows; columns "
+        "'<experiment>.<prediction column>'.",
+    )
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="Passed to the library as it names them (lightgbm.train params, xgboost.train "

@@ -21,9 +21,10 @@ from medalist.tasks import Task
 
 
 class FoldLearner(Protocol):
-    """A fold's model that its own library fits (a GBDT): the same fold contract as a network
-    (fit on the fold's training rows, predict its validation rows and the test set, files in
-    the fold's folder) without the training loop."""
+    """A fold's model that its own library fits (a GBDT), or that needs what the fold's training
+    rows show before it can be built (a table MLP): the same fold contract as a network (fit on
+    the fold's training rows, predict its validation rows and the test set, files in the fold's
+    folder). Rows reach it as the ``frame`` of the modality's datasets."""
 
     name: str  # what fits it (lightgbm), in the log and the fold's scores.json
 

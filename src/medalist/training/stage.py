@@ -156,7 +156,7 @@ def run(cfg: Config, *, targets: np.ndarray | None = None, ledger: bool = True) 
             if learner is not None:  # fitted by its library, on the main process
                 if accelerator.is_main_process:
                     _fit_learner_fold(
-                        cfg, task, learner, train, targets, train_rows, valid_rows, fold
+                        cfg, task, modality, learner, train, targets, train_rows, valid_rows, fold
                     )
             else:
                 _train_fold(
@@ -354,23 +354,28 @@ def _write_oof(cfg, task, train, valid_rows, fold, probs) -> None:
     write_parquet(fold_dir(cfg, fold) / "oof.parquet", oof)
 
 
-def _fit_learner_fold(cfg, task, learner, train, targets, train_rows, valid_rows, fold) -> None:
+def _fit_learner_fold(
+    cfg, task, modality, learner, train, targets, train_rows, valid_rows, fold
+) -> None:
     """A fold of a model its library fits (:meth:`Modality.fold_learner`): the same files as a
     network's fold (OOF, log, scores.json naming the files it predicts with), plus the
-    features' importance (``importance.parquet``)."""
+    features' importance (``importance.parquet``) where the learner measures it. The rows
+    reach it as the modality's datasets hold them."""
     folder = fold_dir(cfg, fold)
     config_hash = training_hash(cfg)
+    source = str(train_path(cfg))
+
+    def rows(selected):
+        subset = _subset(train, selected)
+        return modality.build_dataset(
+            cfg, subset, targets[selected], split="train", train=False, source=source
+        ).frame
+
     valid = valid_targets = None
     if valid_rows is not None:
-        valid, valid_targets = _subset(train, valid_rows), targets[valid_rows]
+        valid, valid_targets = rows(valid_rows), targets[valid_rows]
     fitted = learner.fit(
-        _subset(train, train_rows),
-        targets[train_rows],
-        valid,
-        valid_targets,
-        folder,
-        str(train_path(cfg)),
-        fold=fold,
+        rows(train_rows), targets[train_rows], valid, valid_targets, folder, source, fold=fold
     )
     scores = {}
     if valid is not None:

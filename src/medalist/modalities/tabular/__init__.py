@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from medalist.config import Config
 from medalist.errors import ConfigError
+from medalist.layout import outputs_dir
 from medalist.modalities.tabular.boosters import BoostedLearner
 from medalist.modalities.tabular.features import check_table, feature_columns
 from medalist.modalities.tabular.linear import (
@@ -29,6 +30,7 @@ from medalist.modalities.tabular.linear import (
     without_text,
 )
 from medalist.modalities.tabular.network import NetworkLearner
+from medalist.modalities.tabular.stacking import stacking_config, with_stacked
 from medalist.tasks import Task
 
 IDENTITY = "identity"
@@ -54,7 +56,8 @@ def check_inputs(cfg: Config, df: pd.DataFrame, split: str, source: str) -> list
     fold checks the rest against the features it was trained on before predicting)."""
     for column in cfg.tabular.text_columns:
         text_values(df, column, source)  # present
-    others = without_text(cfg)
+    df = with_stacked(cfg, df, split, source)  # the experiments' predictions of every row
+    others = without_text(stacking_config(cfg))
     if split == "train":
         return check_table(others, df, source) if has_features(others, df) else []
     if others.tabular.features is not None:
@@ -73,7 +76,8 @@ def build_dataset(
     weights: np.ndarray | None = None,
     views: list[str] | None = None,
 ) -> TableDataset:
-    return TableDataset(df.reset_index(drop=True), targets, weights, source)
+    frame = with_stacked(cfg, df.reset_index(drop=True), split, source)
+    return TableDataset(frame, targets, weights, source)
 
 
 def combine(datasets: list[TableDataset]) -> TableDataset:
@@ -83,6 +87,7 @@ def combine(datasets: list[TableDataset]) -> TableDataset:
 def fold_learner(cfg: Config, task: Task) -> BoostedLearner | NetworkLearner:
     """The learner of each fold: ``tabular.model``, a GBDT (LightGBM, XGBoost or CatBoost)
     fitted by its library, or the MLP trained by medalist's loop."""
+    cfg = stacking_config(cfg)
     if cfg.tabular.boosted:
         return BoostedLearner(cfg, task)
     if cfg.tabular.model == "linear":
@@ -111,10 +116,19 @@ def expand_views(names: list[str], key: str = "infer.tta") -> list[str]:
 
 
 def starting_weights(cfg: Config) -> list[Path]:
-    """Nothing: each fold starts from scratch."""
-    return []
+    """No weights: each fold starts from scratch; but the OOF predictions of the experiments it
+    stacks on (``tabular.oof_features``) are what it learns from, so a change of theirs trains
+    its folds again."""
+    files = [outputs_dir(cfg) / name / "oof.parquet" for name in cfg.tabular.oof_features]
+    return [path for path in files if path.is_file()]
 
 
 def packaged_folder(cfg: Config) -> None:
-    """Nothing besides each fold's files."""
+    """Nothing besides each fold's files; an experiment on other experiments' predictions is
+    refused (the bundle would have to predict them first)."""
+    if cfg.tabular.oof_features:
+        raise ConfigError(
+            f"tabular.oof_features: {cfg.tabular.oof_features}: the bundle does not yet predict "
+            "the experiments a model stacks on before the model itself"
+        )
     return None
