@@ -41,6 +41,26 @@ class TfidfConfig(Section):
         return self
 
 
+class PipelineStep(Section):
+    """One step of fold-safe feature engineering (fitted on each fold's training rows)."""
+
+    name: Literal["target_encoding", "count", "frequency", "missing_indicators"] = Field(
+        description="target_encoding (out of fold on the training rows), count, frequency, "
+        "missing_indicators."
+    )
+    columns: list[str] | None = Field(
+        None,
+        description="Columns it encodes; null: the categorical features (missing_indicators: "
+        "the features with a missing value).",
+    )
+    smoothing: float = Field(
+        20.0, ge=0, description="target_encoding: weight m of the prior in the smoothed mean."
+    )
+    inner_folds: int = Field(
+        5, ge=2, description="target_encoding: splits of the training rows encoding each other."
+    )
+
+
 class TabularConfig(Section):
     model: Literal["lightgbm", "xgboost", "catboost", "mlp", "linear"] = Field(
         "lightgbm",
@@ -73,6 +93,12 @@ class TabularConfig(Section):
         description="Experiments whose predictions become features: their OOF predictions for "
         "train rows (trained on the same folds), their test predictions for test rows; columns "
         "'<experiment>.<prediction column>'.",
+    )
+    pipeline: list[PipelineStep] = Field(
+        default_factory=list,
+        description="Feature engineering steps in order, each adding columns '<column>.<step>' "
+        "(fitted per fold and saved with its model): target_encoding, count, frequency, "
+        "missing_indicators.",
     )
     params: dict[str, Any] = Field(
         default_factory=dict,

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medalist.config import Config
-from medalist.errors import ConfigError
+from medalist.errors import ConfigError, DataError
 from medalist.layout import outputs_dir
 from medalist.modalities.tabular.boosters import BoostedLearner
 from medalist.modalities.tabular.features import check_table, feature_columns
@@ -30,6 +30,7 @@ from medalist.modalities.tabular.linear import (
     without_text,
 )
 from medalist.modalities.tabular.network import NetworkLearner
+from medalist.modalities.tabular.pipeline import PipelineLearner
 from medalist.modalities.tabular.stacking import stacking_config, with_stacked
 from medalist.tasks import Task
 
@@ -57,6 +58,10 @@ def check_inputs(cfg: Config, df: pd.DataFrame, split: str, source: str) -> list
     for column in cfg.tabular.text_columns:
         text_values(df, column, source)  # present
     df = with_stacked(cfg, df, split, source)  # the experiments' predictions of every row
+    for step in cfg.tabular.pipeline:
+        missing = [c for c in step.columns or () if c not in df.columns]
+        if missing:
+            raise DataError(f"{source}: tabular.pipeline {step.name}: no column(s) {missing}")
     others = without_text(stacking_config(cfg))
     if split == "train":
         return check_table(others, df, source) if has_features(others, df) else []
@@ -88,6 +93,12 @@ def fold_learner(cfg: Config, task: Task) -> BoostedLearner | NetworkLearner:
     """The learner of each fold: ``tabular.model``, a GBDT (LightGBM, XGBoost or CatBoost)
     fitted by its library, or the MLP trained by medalist's loop."""
     cfg = stacking_config(cfg)
+    if cfg.tabular.pipeline:  # the fold's feature engineering first (saved with its model)
+        return PipelineLearner(cfg, task, _learner)
+    return _learner(cfg, task)
+
+
+def _learner(cfg: Config, task: Task):
     if cfg.tabular.boosted:
         return BoostedLearner(cfg, task)
     if cfg.tabular.model == "linear":
