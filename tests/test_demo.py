@@ -1,10 +1,13 @@
-"""The demos' closing steps on tiny versions: two experiments, their ensemble and the report, and
-the pseudo-label round and TTA configs the demos write (configs/demo/<demo>_{pseudo,tta}.yaml)."""
+"""The demos' closing steps on tiny versions: their experiments, their ensemble and the report,
+the pseudo-label round and TTA configs the image and text demos write
+(configs/demo/<demo>_{pseudo,tta}.yaml), and the table demo's held-out scores."""
 
 import json
 import shutil
 
+import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from medalist.cli import main
 from medalist.config import resolve_config
@@ -15,6 +18,7 @@ from medalist.demo.digits import (
     working_directory,
     write_variants,
 )
+from medalist.demo.tabular import build_cancer, run_tabular_demo
 from medalist.demo.text import run_text_demo
 from medalist.pipeline import STAGES, _config_hash
 from support.tiny_text import make_backbone
@@ -25,6 +29,13 @@ TINY_DIGITS = [
     "image.size=16",
     "folds.n_splits=2",
     "train.epochs=1",
+    "train.progress=false",
+]
+# Every library on 150 rows, three folds, at most 100 rounds: the steps, not the scores.
+TINY_TABLE = [
+    "folds.n_splits=3",
+    "tabular.rounds=100",
+    "tabular.early_stopping=20",
     "train.progress=false",
 ]
 CONTEXT = {
@@ -50,7 +61,7 @@ def test_variant_configs_add_only_their_overlay(tmp_path, name):
     assert pseudo.pseudo.teachers == list(base.ensemble.experiments)
     assert pseudo.pseudo.source == "per_fold" and pseudo.pseudo.rounds == 1
     assert tta.infer.tta_oof and len(tta.infer.tta) == 3
-    assert base.ensemble.experiments and len(base.ensemble.experiments) == 2
+    assert len(base.ensemble.experiments) == {"digits": 2, "text": 3}[name]
 
 
 def test_tiny_digits_demo_blends_reports_then_runs_pseudo_and_tta(tmp_path, capsys):
@@ -105,10 +116,66 @@ def test_tiny_text_demo_blends_and_reports(tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     project = tmp_path / "demo" / "docstrings"
-    assert set(result["experiments"]) == {"as shipped", "after pretrain-mlm"}
+    assert set(result["experiments"]) == {
+        "as shipped",
+        "after pretrain-mlm",
+        "TF-IDF + logistic regression",
+    }
     members = json.loads((project / "outputs/ensemble/docstrings_blend/cv.json").read_text())
-    assert set(members["members"]) == {"docstrings_minilm", "docstrings_minilm_mlm"}
+    assert set(members["members"]) == {
+        "docstrings_minilm",
+        "docstrings_minilm_mlm",
+        "docstrings_tfidf",
+    }
     assert "<img" in result["report"].read_text()
     assert result["submission"].is_file()
     for text in ("docstrings_blend", "perplexity", "configs/text_tta.yaml"):
+        assert text in printed
+
+
+def test_the_table_competition_keeps_its_test_labels_aside(tmp_path):
+    build_cancer(tmp_path / "data")
+    train = pd.read_csv(tmp_path / "data" / "train.csv")
+    test = pd.read_csv(tmp_path / "data" / "test.csv")
+    sample = pd.read_csv(tmp_path / "data" / "sample_submission.csv")
+    solution = pd.read_csv(tmp_path / "solution.csv")
+    # sklearn's 569 tumours (212 malignant), each once, split 80/20 with the classes kept.
+    assert len(train) + len(test) == 569 and not set(train["id"]) & set(test["id"])
+    assert train["malignant"].sum() + solution["malignant"].sum() == 212
+    assert abs(train["malignant"].mean() - solution["malignant"].mean()) < 0.01
+    assert "malignant" not in test.columns and train.shape[1] == 32  # id, 30 features, target
+    assert sample["id"].tolist() == test["id"].tolist() == solution["id"].tolist()
+    assert sample.columns.tolist() == ["id", "malignant"]
+
+
+def test_tiny_tabular_demo_blends_three_libraries_and_scores_the_test_set(tmp_path, capsys):
+    result = run_tabular_demo(tmp_path, n_rows=150, overrides=TINY_TABLE)
+    printed = capsys.readouterr().out
+    project = tmp_path / "breast-cancer"
+    members = {"cancer_lightgbm": "lightgbm", "cancer_xgboost": "xgboost"}
+    members["cancer_catboost"] = "catboost"
+    assert set(result["experiments"]) == set(members)
+    assert set(result["test_score"]) == {*members, "cancer_blend"}
+    for experiment, library in members.items():
+        record = json.loads((project / "outputs" / experiment / "fold0/scores.json").read_text())
+        assert record["learner"] == library
+        assert set(result["experiments"][experiment]) >= {"roc_auc", "log_loss"}
+    cv = json.loads((project / "outputs/ensemble/cancer_blend/cv.json").read_text())
+    assert cv["method"] == "hill_climb" and cv["optimised_metric"] == "log_loss"
+    assert set(cv["members"]) == set(members)
+    assert result["cv"] == cv["nested"]["cv"]
+    assert result["submission"] == project / "submissions/cancer_blend.csv"
+    assert "<img" in result["report"].read_text()
+    # Every submission is valid, and its test score is the held-out labels' ROC AUC.
+    solution = pd.read_csv(project / "solution.csv").set_index("id")
+    assert not (project / "data" / "solution.csv").exists()
+    with working_directory(project):
+        for name in (*members, "cancer_blend"):
+            submission = f"submissions/{name}.csv"
+            assert main(["validate", submission, "-c", "configs/tabular.yaml"]) == 0
+            probs = pd.read_csv(submission).set_index("id").loc[solution.index, "malignant"]
+            expected = roc_auc_score(solution["malignant"], probs)
+            assert result["test_score"][name] == pytest.approx(expected)
+    assert result["test_score"]["cancer_blend"] > 0.9  # 30 test rows: the data holds signal
+    for text in ("cancer_blend", "best single model", "test roc_auc", "test log_loss"):
         assert text in printed
