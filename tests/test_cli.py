@@ -34,3 +34,25 @@ def test_ensemble_ledger_report_commands(tiny_project, capsys):
     page = (tiny_project / "report.html").read_text()
     assert "small_lr" in page and "big_lr" in page and "<img" in page
     assert main(["ensemble", *ARGS, "ensemble.experiments=[small_lr,missing]"]) == 2
+
+
+DEMOS = {"digits": "run_digits_demo", "text": "run_text_demo", "tabular": "run_tabular_demo"}
+
+
+def test_demo_all_runs_every_demo_in_order(monkeypatch, tmp_path):
+    ran = []
+
+    def recorder(name):
+        def run_demo(workdir):
+            ran.append((name, workdir))
+            return {}
+
+        return run_demo
+
+    for name, function in DEMOS.items():
+        monkeypatch.setattr(f"medalist.demo.{name}.{function}", recorder(name))
+    assert main(["demo", "--workdir", str(tmp_path)]) == 0
+    assert ran == [(name, str(tmp_path)) for name in DEMOS]
+    ran.clear()
+    assert main(["demo", "tabular", "--workdir", str(tmp_path)]) == 0
+    assert ran == [("tabular", str(tmp_path))]

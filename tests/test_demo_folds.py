@@ -10,13 +10,17 @@ import pytest
 
 from medalist import pipeline
 from medalist.config import resolve_config
-from medalist.demo import digits, text
+from medalist.demo import digits, tabular, text
 from medalist.errors import FoldsMismatchError
 from medalist.folds import load_folds
 
-PROJECTS = {"digits": digits.digits_project, "text": text.text_project}
-TARGET = {"digits": "label", "text": "library"}
-N_SPLITS = {"digits": 5, "text": 3}  # configs/demo/<demo>.yaml over the template's answers
+PROJECTS = {
+    "digits": digits.digits_project,
+    "text": text.text_project,
+    "tabular": tabular.tabular_project,
+}
+TARGET = {"digits": "label", "text": "library", "tabular": "malignant"}
+N_SPLITS = {"digits": 5, "text": 3, "tabular": 5}  # configs/demo/<demo>.yaml over the answers
 FILES = ("folds.csv", "folds.json")
 
 
@@ -31,18 +35,20 @@ def _folds_stage_only(cfg, force=False):
 
 def _demo_until_folds(name, workdir, monkeypatch):
     """Run the demo ``name`` as ``medalist demo`` does, stopping after its folds stage."""
-    module = {"digits": digits, "text": text}[name]
+    module = {"digits": digits, "text": text, "tabular": tabular}[name]
     monkeypatch.setattr(module, "run", _folds_stage_only)
     with pytest.raises(_StopAfterFolds):
         if name == "digits":
             digits.run_digits_demo(workdir)
+        elif name == "tabular":
+            tabular.run_tabular_demo(workdir)
         else:  # no backbone is read before training: an empty folder saves copying MiniLM
             (workdir / "no-backbone").mkdir(parents=True)
             text.run_text_demo(workdir, backbone=workdir / "no-backbone")
     return next(p for p in workdir.iterdir() if (p / "configs").is_dir())
 
 
-@pytest.mark.parametrize("name", ["digits", "text"])
+@pytest.mark.parametrize("name", sorted(PROJECTS))
 def test_committed_folds_belong_to_the_data_the_demo_writes(tmp_path, name):
     project = PROJECTS[name](tmp_path)
     train = pd.read_csv(project / "data" / "train.csv")
@@ -58,7 +64,7 @@ def test_committed_folds_belong_to_the_data_the_demo_writes(tmp_path, name):
     assert (per_class.max(axis=1) - per_class.min(axis=1)).max() <= 1
 
 
-@pytest.mark.parametrize("name", ["digits", "text"])
+@pytest.mark.parametrize("name", sorted(PROJECTS))
 def test_the_demo_reuses_the_committed_folds(tmp_path, monkeypatch, caplog, name):
     caplog.set_level(logging.INFO, logger="medalist.folds")
     project = _demo_until_folds(name, tmp_path, monkeypatch)
@@ -69,7 +75,7 @@ def test_the_demo_reuses_the_committed_folds(tmp_path, monkeypatch, caplog, name
     assert "written to" not in caplog.text
 
 
-@pytest.mark.parametrize("name", ["digits", "text"])
+@pytest.mark.parametrize("name", sorted(PROJECTS))
 def test_write_folds_remakes_the_committed_files(tmp_path, monkeypatch, name):
     # The committed files are what `python -m medalist.demo.<demo> --write-folds` makes.
     committed = digits.DEMO_FOLDS / name

@@ -6,13 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import timm
+import yaml
 from cookiecutter.exceptions import FailedHookException
+from sklearn.metrics import roc_auc_score
 from timm.models import get_pretrained_cfg
 
+from medalist.cli import main
 from medalist.config import resolve_config
 from medalist.demo.digits import TEMPLATE_ROOT, bake, working_directory
+from support.tables import write_table_competition
 
 OPTIONS = json.loads((TEMPLATE_ROOT / "cookiecutter.json").read_text())
 TARGETS = {"binary": "target", "multiclass": "label", "multilabel": "a, b, c", "regression": "y"}
@@ -85,6 +90,51 @@ def test_a_project_with_the_defaults_starts_from_pretrained_weights(tmp_path):
     assert cfg.modality == "image" and cfg.model.pretrained and not cfg.model.pretrained_path
     assert cfg.model.backbone in timm.list_pretrained()
     assert get_pretrained_cfg(cfg.model.backbone).hf_hub_id
+
+
+SECTIONS = {  # the top-level sections of base.yaml that only some modalities have
+    "image": {"image", "model"},
+    "text": {"text", "mlm"},
+    "tabular": {"tabular"},
+}
+
+
+@pytest.mark.parametrize("modality", OPTIONS["modality"])
+def test_base_config_has_only_its_modality_sections(tmp_path, modality):
+    project = bake(tmp_path, {"modality": modality})
+    base = yaml.safe_load((project / "configs" / "base.yaml").read_text())
+    others = set().union(*SECTIONS.values()) - SECTIONS[modality]
+    assert SECTIONS[modality] <= set(base) and not others & set(base)
+    if modality == "tabular":  # no network settings for a model fitted by its library
+        assert set(base["train"]) == {"experiment", "seed"}
+        assert base["tabular"]["model"] == "lightgbm" and base["tabular"]["features"] is None
+        assert {"params", "rounds", "early_stopping"} <= set(base["tabular"])
+    else:
+        assert "epochs" in base["train"]
+
+
+def test_tabular_project_runs_its_stages_to_a_validated_submission(tmp_path):
+    """A baked tabular project: a table in data/, the README's stage commands in order, one
+    validated submission that ranks the held-out labels."""
+    context = {"modality": "tabular", "task": "binary", "target_columns": "diagnosis"}
+    project = bake(tmp_path, {"competition_name": "Tumours", **context})
+    readme = (project / "README.md").read_text()
+    commands = ["folds", "train", "infer", "submission"]
+    lines = [readme.index(f"medalist {command:<10} -c configs/exp001.yaml") for command in commands]
+    assert lines == sorted(lines)
+    assert "medalist weights" not in readme and "train_images" not in readme
+    labels = pd.read_csv(write_table_competition(project)).set_index("id")
+    args = ["-c", "configs/exp001.yaml", "tabular.rounds=200", "tabular.early_stopping=20"]
+    args.append("tabular.params={num_threads: 1}")  # a few processes may share two cores
+    with working_directory(project):
+        for command in commands:
+            assert main([command, *args, "train.progress=false"]) == 0, command
+        assert main(["validate", "submissions/exp001.csv", *args]) == 0
+    submission = pd.read_csv(project / "submissions" / "exp001.csv")
+    assert submission.columns.tolist() == ["id", "diagnosis"]
+    probs = submission.set_index("id").loc[labels.index, "diagnosis"]
+    assert roc_auc_score(labels["diagnosis"] == "malignant", probs) > 0.9
+    assert (project / "outputs" / "exp001" / "fold0" / "model.lgb.txt").is_file()
 
 
 def test_missing_group_column_is_refused(tmp_path):

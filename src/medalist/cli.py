@@ -97,8 +97,8 @@ def _parser() -> argparse.ArgumentParser:
         "name",
         nargs="?",
         default="all",
-        choices=["all", "digits", "text"],
-        help="digits (image), text, or all: both, one after the other (default)",
+        choices=["all", "digits", "text", "tabular"],
+        help="digits (image), text, tabular, or all: each, one after the other (default)",
     )
     demo.add_argument("--workdir", default=".demo", help="where the demo project is generated")
     return parser
@@ -118,11 +118,13 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def run_demos(name: str, workdir: str) -> dict:
-    """``medalist demo``: ``digits`` (image), ``text``, or ``all``: both, one after the other."""
+    """``medalist demo``: ``digits`` (image), ``text``, ``tabular``, or ``all``: each, one after
+    the other."""
     from medalist.demo.digits import run_digits_demo
+    from medalist.demo.tabular import run_tabular_demo
     from medalist.demo.text import run_text_demo
 
-    demos = {"digits": run_digits_demo, "text": run_text_demo}
+    demos = {"digits": run_digits_demo, "text": run_text_demo, "tabular": run_tabular_demo}
     if name == "all":
         return {demo: run(workdir) for demo, run in demos.items()}
     return demos[name](workdir)
