@@ -8,7 +8,9 @@ or ``train.experiment``) under ``outputs/``, the folds manifest and the config. 
     medalist-bundle.json       the manifest: what to install, what to run, every file's size
     config.yaml                the resolved config of this command (submission settings)
     wheels/                    medalist, the project's own package, kaggle.wheels
-    outputs/<exp>/             config.yaml, task.json, metrics.json, fold*/<weights>.safetensors
+    outputs/<exp>/             config.yaml, task.json, metrics.json, and each fold's prediction
+                               files: weights (.safetensors), or a model fitted by its library
+                               (a GBDT's features.json and model text or JSON file)
     outputs/ensemble/<name>/   weights.json, ensemble.yaml, task.json, cv.json (with an ensemble)
     backbones/<name>/          config and tokenizer files of a text backbone folder (a local
                                one, or a hub id's cached snapshot)
@@ -17,8 +19,12 @@ or ``train.experiment``) under ``outputs/``, the folds manifest and the config. 
 
 and ``<kaggle.output_dir>/notebook/`` (``predict.ipynb`` and ``kernel-metadata.json`` for
 `kaggle kernels push`), plus ``inference/predict.py`` and ``predict.ipynb`` in the project. Only
-the prediction weights of each fold go in: those that scored its OOF rows (the model's, the
-EMA's or SWA's, or its snapshots; :func:`medalist.training.stage.prediction_weights`). The bundle is built
+the prediction files of each fold go in, as its ``scores.json`` records them
+(:func:`medalist.layout.prediction_weights`): the weights that scored its OOF rows (the model's,
+the EMA's or SWA's, or its snapshots), or the feature encoding and model files of a fold that a
+library fitted. Such a fold's library (``scores.json`` ``learner``: lightgbm, xgboost, catboost)
+is not bundled unless ``kaggle.wheels`` names it: the manifest records the version that trained
+it, and the run checks that the library imports before predicting anything. The bundle is built
 beside its final place, checked (:mod:`medalist.offline.scan`), then moved in.
 """
 
@@ -31,6 +37,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import nbformat
@@ -44,7 +51,13 @@ from medalist.data import read_test
 from medalist.ensemble.inputs import expand_members
 from medalist.errors import ConfigError, DataError
 from medalist.io import sha256_file, write_json, write_text
-from medalist.layout import ensemble_folder, folds_files, prediction_weights, seed_experiment
+from medalist.layout import (
+    ensemble_folder,
+    fold_dir,
+    folds_files,
+    prediction_weights,
+    seed_experiment,
+)
 from medalist.modalities import get_modality
 from medalist.offline import scan, wheels
 from medalist.offline.notebook import notebook, write_entry_point
@@ -63,7 +76,8 @@ BACKBONE_FILES = scan.ALLOWED - {".whl", ".py", ".ipynb"}
 class Experiment:
     name: str
     cfg: Config  # the experiment's own resolved config (outputs/<name>/config.yaml)
-    weights: dict[str, list[Path]]  # fold -> its prediction weights (their mean predicts)
+    weights: dict[str, list[Path]]  # fold -> its prediction files (weights: their mean predicts)
+    learners: list[str] = field(default_factory=list)  # what fitted its folds, when not the loop
 
 
 @dataclass
@@ -118,8 +132,31 @@ def _experiment(outputs: Path, name: str, key: str) -> Experiment:
     cfg = cfg.model_copy(
         update={"competition": cfg.competition.model_copy(update={"outputs_dir": str(outputs)})}
     )
-    weights = {str(fold): prediction_weights(cfg, fold) for fold in trained_folds(cfg)}
-    return Experiment(name, cfg, weights)
+    folds = trained_folds(cfg)
+    weights = {str(fold): prediction_weights(cfg, fold) for fold in folds}
+    return Experiment(name, cfg, weights, _learners(cfg, folds))
+
+
+def _learners(cfg: Config, folds: list[int]) -> list[str]:
+    """What fitted the folds when medalist's loop did not (``scores.json`` ``learner``)."""
+    names = []
+    for fold in folds:
+        record = json.loads((fold_dir(cfg, fold) / "scores.json").read_text(encoding="utf-8"))
+        if record.get("learner") and record["learner"] not in names:
+            names.append(record["learner"])
+    return names
+
+
+def _libraries(learners: list[str]) -> dict[str, str]:
+    """The installed packages among the learners (lightgbm, xgboost, catboost; not a network
+    medalist trains), with the version that trained and predicted here."""
+    found = {}
+    for name in learners:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
 
 
 def _inference_keys(saved: dict, source: Path) -> dict:
@@ -215,7 +252,9 @@ def _packaged_folder(cfg: Config) -> tuple[str, Path] | None:
 
 
 def _place(source: Path, target: Path) -> None:
-    """Copy a file; weights (gigabytes, and only ever replaced whole) are hard-linked if possible."""
+    """Copy a file; safetensors weights (gigabytes, and only ever replaced whole) are hard-linked
+    if possible. Everything else is copied: a library may rewrite its model file in place when
+    a fold is fitted again (XGBoost's ``save_model`` does), which would change a linked copy."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if source.suffix == ".safetensors":
         try:
@@ -235,6 +274,9 @@ def _copy_experiment(experiment: Experiment, outputs: Path, root: Path, plan: Pl
     entry: dict = {"config": f"{target}/config.yaml", "task": f"{target}/task.json"}
     # The views and merge of the last `infer` (test.parquet's), not the training config's.
     entry["infer"] = inference_settings(experiment.cfg)
+    if experiment.learners:  # folds fitted by a library: the run checks that it imports
+        entry["learners"] = experiment.learners
+        entry["libraries"] = _libraries(experiment.learners)
     entry["weights"] = {}
     for fold, files in experiment.weights.items():
         entry["weights"][fold] = [f"{target}/{path.parent.name}/{path.name}" for path in files]
@@ -253,6 +295,27 @@ def _copy_experiment(experiment: Experiment, outputs: Path, root: Path, plan: Pl
     if metrics_file.is_file():
         entry["cv"] = json.loads(metrics_file.read_text(encoding="utf-8")).get("cv")
     return entry
+
+
+def _log_libraries(experiments: dict, install: list[str]) -> None:
+    """Say which libraries the bundle leaves to the image, and how to pin one instead."""
+    bundled = {requirement.split("==")[0].lower().replace("-", "_") for requirement in install}
+    needed: dict[str, str] = {}
+    for entry in experiments.values():
+        needed |= entry.get("libraries", {})
+    for name, version in sorted(needed.items()):
+        if name.lower().replace("-", "_") in bundled:
+            continue
+        log.info(
+            "%s: the bundle uses the Kaggle image's %s (%s trained here; the run stops if it "
+            "cannot import it and warns on another version); to ship this one, add "
+            "'%s==%s' to kaggle.wheels",
+            name,
+            name,
+            version,
+            name,
+            version,
+        )
 
 
 def _copy_backbone(source: Path, target: Path) -> None:
@@ -403,6 +466,7 @@ def build(cfg: Config, plan: Plan, root: Path) -> dict:
         "experiments": experiments,
         "ensemble": plan.ensemble,
     }
+    _log_libraries(experiments, manifest["install"])
     manifest["timing"] = _timing(cfg, root, manifest)
     manifest["files"] = _files(root)
     write_json(root / MANIFEST, manifest)
@@ -426,7 +490,7 @@ def run(cfg: Config) -> Path:
     folder = _write_notebook(cfg)
     size = sum(info["size"] for info in manifest["files"].values())
     log.info(
-        "bundle %s: %d files, %.1f MB (%d wheel(s), %d weight file(s)); notebook in %s",
+        "bundle %s: %d files, %.1f MB (%d wheel(s), %d prediction file(s)); notebook in %s",
         target,
         len(manifest["files"]) + 1,
         size / 1e6,

@@ -5,7 +5,10 @@ the bundle and the competition's test files only (never train.csv, folds or outp
 as the ``infer`` stage does (same dataset, views and merge; a fold's prediction the mean of its
 weight files', the folds averaged), blends with the weights the ``ensemble`` stage fitted, and
 writes the file through the ``submission`` stage, which validates it against the sample
-submission.
+submission. A fold fitted by a library (LightGBM, XGBoost, CatBoost) predicts with the library
+the environment has, the Kaggle image's unless the bundle ships a wheel of it: every library the
+manifest names must import before anything is predicted, and another version than the one that
+trained is named in the log.
 
 Paths come from a profile. ``kaggle``: the bundle under ``/kaggle/input``, the competition's data
 at ``/kaggle/input/<competition>``, output to ``/kaggle/working``. ``local``: the competition's
@@ -21,6 +24,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import import_module, metadata
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +263,53 @@ def check_inputs(bundle: Path, paths: Paths) -> None:
             raise DataError(f"{path} not found in the competition data ({paths.data})")
 
 
+def check_libraries(manifest: dict) -> None:
+    """Every library a packaged fold predicts with (the manifest's ``libraries``) imports here;
+    a version other than the one that trained it is logged (its predictions may differ in the
+    last digits, or it may not read a newer model file).
+
+    Raises:
+        ConfigError: a library does not import (named with the ``kaggle.wheels`` entry that would
+            ship it), before any model is loaded.
+    """
+    needed: dict[str, tuple[str, list[str]]] = {}
+    for name, entry in manifest["experiments"].items():
+        for library, version in entry.get("libraries", {}).items():
+            needed.setdefault(library, (version, []))[1].append(name)
+    missing, pins = [], []
+    for library, (version, experiments) in sorted(needed.items()):
+        try:
+            import_module(library)
+        except (ImportError, OSError) as error:  # OSError: a shared library it loads is absent
+            missing.append(
+                f"{library} (experiment(s) {experiments}, trained with {version}: {error})"
+            )
+            pins.append(f"'{library}=={version}'")
+            continue
+        try:
+            found = metadata.version(library)
+        except metadata.PackageNotFoundError:
+            found = "of unknown version"
+        if found != version:
+            log.warning(
+                "%s %s predicts here, but %s trained %s: the predictions may differ from the "
+                "local test.parquet; to ship the version that trained, add '%s==%s' to "
+                "kaggle.wheels and package again",
+                library,
+                found,
+                version,
+                experiments,
+                library,
+                version,
+            )
+    if missing:
+        raise ConfigError(
+            f"kaggle.wheels: the bundle's folds predict with {'; '.join(missing)}, which this "
+            f"environment cannot import; add {', '.join(pins)} to kaggle.wheels and package "
+            "again (the wheel is then installed from the bundle), or run on an image that has it"
+        )
+
+
 def run_bundle(
     bundle: str | Path, profile: str | None = None, environ: Mapping[str, str] | None = None
 ) -> Path:
@@ -269,6 +320,7 @@ def run_bundle(
     manifest = read_manifest(bundle)
     paths = resolve_paths(bundle, profile, manifest, environ)
     check_inputs(bundle, paths)
+    check_libraries(manifest)
     log.info(
         "profile %s: bundle %s, data %s, output %s", profile, bundle, paths.data, paths.working
     )
