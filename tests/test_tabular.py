@@ -23,7 +23,8 @@ SUFFIX = {"lightgbm": "lgb.txt", "xgboost": "xgb.json", "catboost": "cb.json"}
 @pytest.mark.parametrize("model", sorted(SUFFIX))
 def test_each_library_trains_folds_and_predicts_the_test_set(tmp_path, model):
     labels = write_table_competition(tmp_path)
-    cfg = table_cfg(tmp_path, f"tabular.model={model}", f"train.experiment={model}")
+    fast = "tabular.params={learning_rate: 0.15}"  # fewer rounds
+    cfg = table_cfg(tmp_path, f"train.experiment={model}", fast, model=model)
     write_table_folds(cfg)
     metrics = train_stage.run(cfg)
     assert metrics["complete"] and metrics["cv"]["roc_auc"] > 0.9

@@ -13,6 +13,7 @@ make the test predictions, so a model predicts the same bits everywhere.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from medalist.config import Config
-from medalist.errors import ConfigError, DataError
+from medalist.errors import ConfigError, DataError, show_value
 from medalist.modalities.tabular.features import SPEC_FILE, FeatureSpec
 from medalist.tasks import Task
 
@@ -98,6 +99,10 @@ class Library:
 
     def importance(self, model, spec: FeatureSpec) -> np.ndarray:
         raise NotImplementedError
+
+    def refuses(self, output: Output, y: np.ndarray) -> str | None:
+        """Why the library cannot fit these training targets (None: it can)."""
+        return None
 
     def params(self, defaults: dict) -> dict:
         """medalist's defaults under ``tabular.params`` (the user's names win)."""
@@ -203,7 +208,8 @@ class XGBoost(Library):
         return model.predict(self._matrix(x, None, spec), iteration_range=(0, _best_rounds(model)))
 
     def importance(self, model, spec):
-        gains = model.get_score(importance_type="total_gain")
+        kept = model[: _best_rounds(model)]  # the rounds it predicts with, as LightGBM's
+        gains = kept.get_score(importance_type="total_gain")
         return np.array([gains.get(name, 0.0) for name in _names(spec)])
 
 
@@ -213,6 +219,9 @@ def _best_rounds(model) -> int:
         return int(model.best_iteration) + 1
     except AttributeError:  # no early stopping: every round
         return model.num_boosted_rounds()
+
+
+UNIQUE_STAMPS = re.compile(r'"(model_guid|train_finish_time)":"[^"]*"')
 
 
 class CatBoost(Library):
@@ -236,6 +245,8 @@ class CatBoost(Library):
             "verbose": False,
             "allow_writing_files": False,
         }
+        if output.kind == "multiclass":  # every class, even one the fold's rows lack
+            defaults["class_names"] = list(range(output.classes))
         model = self.module.CatBoost(self.params(defaults))
         fit = {}
         if valid is not None:
@@ -247,7 +258,13 @@ class CatBoost(Library):
         return model, int(model.tree_count_), losses
 
     def save(self, model, path):
-        model.save_model(str(path), format="json")
+        tmp = path.with_name(path.name + ".catboost")
+        model.save_model(str(tmp), format="json")
+        # The same model in the same bytes: CatBoost stamps each file with a random id and the
+        # time it was trained, which nothing reads back.
+        text = UNIQUE_STAMPS.sub(r'"\1":""', tmp.read_text(encoding="utf-8"))
+        _write(path, text)
+        tmp.unlink()
 
     def predict(self, path, output, x, spec):
         model = self.module.CatBoost()
@@ -260,6 +277,11 @@ class CatBoost(Library):
 
     def importance(self, model, spec):
         return np.asarray(model.get_feature_importance(), dtype=np.float64)
+
+    def refuses(self, output, y):
+        if output.kind != "regression" and np.unique(y).size < 2:
+            return "CatBoost cannot fit a target with a single value (LightGBM and XGBoost can)"
+        return None
 
 
 LIBRARIES = {"lightgbm": LightGBM, "xgboost": XGBoost, "catboost": CatBoost}
@@ -302,9 +324,24 @@ class BoostedLearner:
         fold: int = 0,
     ) -> Fitted:
         """Train the fold's models on ``train``, early-stopped on ``valid`` (None: a full fit,
-        every round); write them and the feature spec into ``folder``."""
+        every round); write them and the feature spec into ``folder``. Targets the library
+        cannot fit are named (with ``fold``) before anything is written."""
+        for output in self.outputs:
+            y = _column(targets, output)
+            reason = self.library.refuses(output, y)
+            if reason:
+                name = self.task.target_columns[output.column or 0]
+                raise DataError(
+                    f"{source}: fold {fold}: target '{name}' has the single value "
+                    f"{show_value(y[0])} in the fold's training rows: {reason}; give every "
+                    f"fold's training rows several values (folds.scheme, fewer folds.n_splits) "
+                    f"or use another tabular.model"
+                )
         folder.mkdir(parents=True, exist_ok=True)
-        spec = FeatureSpec.fit(self.cfg, train, source)
+        # The columns' checks and kinds from every row of the table, the categories from the
+        # fold's training rows (FeatureSpec.fit).
+        table = train if valid is None else pd.concat([train, valid], ignore_index=True)
+        spec = FeatureSpec.fit(self.cfg, train, source, table=table)
         x = spec.encode(train, source)
         x_valid = None if valid is None else spec.encode(valid, source)
         spec.save(folder / SPEC_FILE)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from medalist.config import Config
-from medalist.errors import DataError, show_value
+from medalist.errors import ConfigError, DataError, show_value
 from medalist.io import write_json
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ def categorical_columns(cfg: Config, frame: pd.DataFrame, features: list[str]) -
 
 
 def check_numbers(frame: pd.DataFrame, column: str, source: str, hint: str) -> np.ndarray:
-    """A numeric column as float64; a value that is not a number names its row and column."""
+    """A numeric column as float64; a value that is not a number, or an infinite one (which
+    XGBoost refuses and the other libraries read differently), names its row and column."""
     values = frame[column]
     if pd.api.types.is_bool_dtype(values):
         values = values.astype("float64")
@@ -81,7 +82,15 @@ def check_numbers(frame: pd.DataFrame, column: str, source: str, hint: str) -> n
             f"{source}: row {row}, column '{column}': {show_value(values.iloc[row])} is not a "
             f"number ({int(bad.sum())} such value(s)); {hint}"
         )
-    return numbers.to_numpy(dtype=np.float64)
+    array = numbers.to_numpy(dtype=np.float64)
+    infinite = np.isinf(array)
+    if infinite.any():
+        row = int(np.flatnonzero(infinite)[0])
+        raise DataError(
+            f"{source}: row {row}, column '{column}': {show_value(values.iloc[row])} is infinite "
+            f"({int(infinite.sum())} such value(s)); replace it (an empty cell reads as missing)"
+        )
+    return array
 
 
 def check_table(cfg: Config, frame: pd.DataFrame, source: str) -> list[str]:
@@ -90,6 +99,12 @@ def check_table(cfg: Config, frame: pd.DataFrame, source: str) -> list[str]:
     targets = sorted(set(features) & set(cfg.competition.target_columns))
     if targets:
         raise DataError(f"{source}: target column(s) {targets} are among the features")
+    unknown = [c for c in cfg.tabular.categorical or () if c not in features]
+    if unknown:
+        raise ConfigError(
+            f"tabular.categorical: {unknown} are not feature columns of {source}; list columns "
+            f"of the table that are features (not the id, a target or in tabular.exclude)"
+        )
     categorical = categorical_columns(cfg, frame, features)
     for column in features:
         if frame[column].isna().all():
@@ -123,9 +138,19 @@ class FeatureSpec:
     categories: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, cfg: Config, frame: pd.DataFrame, source: str) -> FeatureSpec:
-        features = check_table(cfg, frame, source)
-        categorical = categorical_columns(cfg, frame, features)
+    def fit(
+        cls, cfg: Config, frame: pd.DataFrame, source: str, table: pd.DataFrame | None = None
+    ) -> FeatureSpec:
+        """The spec of a fold whose training rows are ``frame`` (their categories).
+
+        ``table`` holds every row of the training table (``frame`` when None): the columns are
+        checked and their kind (numeric or categorical) is decided on it, so that every fold
+        reads a column as the whole table's check did, whatever share of its stray values or
+        missing cells the fold's training rows happen to hold.
+        """
+        table = frame if table is None else table
+        features = check_table(cfg, table, source)
+        categorical = categorical_columns(cfg, table, features)
         categories = {
             column: sorted(category_text(frame[column]).dropna().unique().tolist())
             for column in categorical
@@ -155,7 +180,9 @@ class FeatureSpec:
     def _codes(self, frame: pd.DataFrame, column: str, source: str) -> np.ndarray:
         known = self.categories[column]
         text = category_text(frame[column])
-        codes = pd.Categorical(text, categories=known).codes.astype(np.float64)
+        # Positions in the known categories; -1 for missing and unseen (which a Categorical
+        # built from them will refuse in a later pandas).
+        codes = pd.Index(known, dtype="string").get_indexer(text).astype(np.float64)
         unseen = (codes < 0) & text.notna().to_numpy()
         if unseen.any():
             log.info(
