@@ -21,9 +21,14 @@ from support.tables import table_cfg, write_table_competition, write_table_folds
 MLP = ("tabular.model=mlp", "tabular.hidden=[32]", "train.epochs=3", "train.batch_size=32")
 
 
+def tables_cfg(root, *extra):
+    """The table's config without tabular.params (a GBDT's thread count means nothing here)."""
+    return table_cfg(root, *extra, threads=None)
+
+
 def _project(tmp_path, *extra):
     write_table_competition(tmp_path)
-    cfg = table_cfg(tmp_path, *MLP, "train.experiment=mlp", *extra)
+    cfg = tables_cfg(tmp_path, *MLP, "train.experiment=mlp", *extra)
     write_table_folds(cfg)
     return cfg
 
@@ -91,7 +96,7 @@ def test_a_multiclass_mlp_gives_probabilities_per_class(tmp_path):
     train.drop(columns="diagnosis").to_csv(tmp_path / "data" / "train.csv", index=False)
     test = pd.read_csv(tmp_path / "data" / "test.csv").drop(columns="mean_area")
     test.to_csv(tmp_path / "data" / "test.csv", index=False)
-    cfg = table_cfg(
+    cfg = tables_cfg(
         tmp_path,
         *MLP,
         "competition.target_columns=[size]",
@@ -107,12 +112,12 @@ def test_a_multiclass_mlp_gives_probabilities_per_class(tmp_path):
 
 def test_a_boosted_model_refuses_tricks_and_the_mlp_takes_them(tmp_path):
     with pytest.raises(ConfigError, match="tricks.ema.enabled.*lightgbm"):
-        table_cfg(tmp_path, "tricks.ema.enabled=true")
-    assert table_cfg(tmp_path, *MLP, "tricks.ema.enabled=true").tricks.ema.enabled
+        tables_cfg(tmp_path, "tricks.ema.enabled=true")
+    assert tables_cfg(tmp_path, *MLP, "tricks.ema.enabled=true").tricks.ema.enabled
     with pytest.raises(ConfigError, match="tricks.mix"):
-        table_cfg(tmp_path, *MLP, "tricks.mix.enabled=true")
+        tables_cfg(tmp_path, *MLP, "tricks.mix.enabled=true")
     with pytest.raises(ConfigError, match="tabular.hidden"):
-        table_cfg(tmp_path, "tabular.hidden=[0]")
+        tables_cfg(tmp_path, "tabular.hidden=[0]")
 
 
 def test_embedding_widths_grow_slowly_with_the_categories():
