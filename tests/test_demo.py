@@ -31,11 +31,13 @@ TINY_DIGITS = [
     "train.epochs=1",
     "train.progress=false",
 ]
-# Every library on 150 rows, three folds, at most 100 rounds: the steps, not the scores.
+# Every library on 150 rows, three folds, at most 100 rounds (the MLP 3 epochs): the steps,
+# not the scores.
 TINY_TABLE = [
     "folds.n_splits=3",
     "tabular.rounds=100",
     "tabular.early_stopping=20",
+    "train.epochs=3",
     "train.progress=false",
 ]
 CONTEXT = {
@@ -148,12 +150,12 @@ def test_the_table_competition_keeps_its_test_labels_aside(tmp_path):
     assert sample.columns.tolist() == ["id", "malignant"]
 
 
-def test_tiny_tabular_demo_blends_three_libraries_and_scores_the_test_set(tmp_path, capsys):
+def test_tiny_tabular_demo_blends_the_gbdts_and_the_mlp_and_scores_the_test_set(tmp_path, capsys):
     result = run_tabular_demo(tmp_path, n_rows=150, overrides=TINY_TABLE)
     printed = capsys.readouterr().out
     project = tmp_path / "breast-cancer"
     members = {"cancer_lightgbm": "lightgbm", "cancer_xgboost": "xgboost"}
-    members["cancer_catboost"] = "catboost"
+    members.update(cancer_catboost="catboost", cancer_mlp="mlp")
     assert set(result["experiments"]) == set(members)
     assert set(result["test_score"]) == {*members, "cancer_blend"}
     for experiment, library in members.items():

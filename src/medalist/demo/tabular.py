@@ -8,9 +8,9 @@ licence; ``sklearn.datasets.load_breast_cancer``). The test set's labels are kep
 (and log loss) of the probability of malignancy.
 
 :func:`run_tabular_demo` bakes the template with the tabular modality, writes the competition
-into ``data/``, trains one experiment per boosting library (:data:`MEMBERS`: LightGBM, XGBoost,
-CatBoost, each in its own file under ``configs/demo/``) on the split committed in
-``folds/tabular/``, blends them by hill climbing (``medalist ensemble``), writes the report, and
+into ``data/``, trains one experiment per boosting library and a network (:data:`MEMBERS`:
+LightGBM, XGBoost, CatBoost and an MLP on medalist's loop, each in its own file under
+``configs/demo/``) on the split committed in ``folds/tabular/``, blends them by hill climbing (``medalist ensemble``), writes the report, and
 prints every CV and the held-out test scores of every submission, the blend's included.
 ``python -m medalist.demo.tabular --write-folds`` remakes the committed split.
 """
@@ -52,7 +52,7 @@ NAME = "tabular"
 TARGET = "malignant"
 # The experiment files, in the order they run: configs/demo/<member>.yaml, copied into the
 # project's configs/. The first also holds the ensemble section (its members' experiments).
-MEMBERS = ("tabular", "tabular_xgboost", "tabular_catboost")
+MEMBERS = ("tabular", "tabular_xgboost", "tabular_catboost", "tabular_mlp")
 
 
 def build_cancer(
@@ -127,7 +127,8 @@ def scored_experiment(project: Path, cfg: Config) -> ScoredTable:
         max(json.loads(path.read_text(encoding="utf-8"))["best_rounds"])
         for path in sorted(folder.glob("fold*/scores.json"))
     ]
-    label = f"{cfg.tabular.model}, {min(rounds)}-{max(rounds)} rounds"
+    unit = "rounds" if cfg.tabular.boosted else "epochs"  # a network's kept epoch, counted from 1
+    label = f"{cfg.tabular.model}, {min(rounds)}-{max(rounds)} {unit}"
     name = cfg.submission.name or cfg.train.experiment
     submission = project / cfg.competition.submissions_dir / f"{name}.csv"
     return scored(cfg.train.experiment, label, metrics, submission, project / "solution.csv")
@@ -161,7 +162,7 @@ def print_summary(console: Console, lines: list[ScoredTable], summary: dict, rep
     main_metric = lines[0].scores["main_metric"]
     metrics = list(lines[0].scores["cv"])[:2]
     folds = list(lines[0].scores["folds"])
-    table = Table(title=f"{NAME}: CV (OOF) per fold and test scores, per library and blended")
+    table = Table(title=f"{NAME}: CV (OOF) per fold and test scores, per model and blended")
     table.add_column("experiment", no_wrap=True)
     table.add_column("what", no_wrap=True)
     for fold in folds:
@@ -228,7 +229,7 @@ def run_tabular_demo(
     n_rows: int | None = None,
     overrides: list[str] | tuple[str, ...] = (),
 ) -> dict:
-    """Bake, build the data, run one experiment per library, blend them, report, and score the
+    """Bake, build the data, run one experiment per member, blend them, report, and score the
     submissions.
 
     ``n_rows`` and ``overrides`` (``key=value``, applied to every experiment, last) make a tiny
