@@ -319,7 +319,7 @@ def test_the_benchmarks_of_this_repository_register():
     harness.discover()
     assert not harness.BROKEN
     expected = {"P1", "P2", "P3-fgm", "P3-awp", "P3-rdrop", "P3-off", "P4", "P6"}
-    expected |= {"P7-log_loss", "P7-accuracy", "P8-digits", "P8-text", "P9"}
+    expected |= {"P7-log_loss", "P7-accuracy", "P8-digits", "P8-text", "P9", "P13"}
     assert expected <= set(harness.REGISTRY)
     assert harness.REGISTRY["P8-digits"].slow and harness.REGISTRY["P8-text"].slow
     for bench in harness.REGISTRY.values():

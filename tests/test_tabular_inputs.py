@@ -158,13 +158,18 @@ def test_an_infinite_value_names_row_and_column_before_training(tmp_path):
     assert not experiment_dir(cfg).exists()
 
 
-def test_every_fold_reads_a_column_as_the_whole_table_does(tmp_path):
+@pytest.mark.parametrize("model", ["lightgbm", "mlp", "linear"])
+def test_every_fold_reads_a_column_as_the_whole_table_does(tmp_path, model):
     """A column's kind and checks come from the whole table, not from a fold's training rows:
     ``code`` is mostly numbers but has too much text to be numeric (categorical), all of it
     in fold 0's rows; ``rare`` is empty but in fold 0's rows. Fold 0's training rows alone
-    would read ``code`` as numeric (then fail on its validation rows) and ``rare`` as empty."""
+    would read ``code`` as numeric (then fail on its validation rows) and ``rare`` as empty.
+    The GBDTs, the network and the linear model alike."""
     write_table_competition(tmp_path)
-    cfg = table_cfg(tmp_path)
+    if model == "lightgbm":
+        cfg = table_cfg(tmp_path)
+    else:
+        cfg = table_cfg(tmp_path, f"tabular.model={model}", "train.epochs=2", threads=None)
     write_table_folds(cfg)
     fold = pd.read_csv(tmp_path / "folds" / "folds.csv")["fold"].to_numpy()
 
@@ -180,7 +185,11 @@ def test_every_fold_reads_a_column_as_the_whole_table_does(tmp_path):
     metrics = train_stage.run(cfg)
     assert metrics["complete"]
     for k in range(3):
-        spec = pd.read_json(fold_dir(cfg, k) / "features.json", typ="series")
+        if model == "linear":  # its features are in its one JSON file
+            saved = pd.read_json(fold_dir(cfg, k) / "model.linear.json", typ="series")
+            spec = saved["encoder"]["features"]
+        else:
+            spec = pd.read_json(fold_dir(cfg, k) / "features.json", typ="series")
         assert "code" in spec["categories"] and "rare" not in spec["categories"]
         assert "rare" in spec["columns"]
     assert len(infer.run(cfg)) == 60

@@ -18,6 +18,13 @@ class SanityConfig(Section):
         ge=1,
         description="Epochs per fold of the shuffled-label run (short: memorised leaks show early).",
     )
+    rounds: int = Field(
+        300,
+        ge=1,
+        description="Boosting rounds per fold of the shuffled-label run of a GBDT (tabular), "
+        "without early stopping: stopping on shuffled validation labels would pick the round that "
+        "fits their noise best, a small leak of its own.",
+    )
     folds: list[int] | None = Field(
         None, description="Folds to train (null: all); the CV is scored on their OOF rows."
     )

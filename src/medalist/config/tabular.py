@@ -105,7 +105,9 @@ class TabularConfig(Section):
         description="Passed to the library as it names them (lightgbm.train params, xgboost.train "
         "params, CatBoost params), over medalist's defaults: the objective for the task, the "
         "learning rate 0.05, the seed train.seed. GPU: device: gpu (lightgbm), device: cuda "
-        "(xgboost), task_type: GPU (catboost).",
+        "(xgboost), task_type: GPU (catboost). LightGBM and XGBoost use the seed only when they "
+        "subsample (bagging_fraction with bagging_freq, feature_fraction; subsample, "
+        "colsample_bytree): without, train.seeds gives identical runs.",
     )
     rounds: int = Field(
         10000,

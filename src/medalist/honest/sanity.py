@@ -194,6 +194,8 @@ def sanity_config(cfg: Config) -> Config:
     short.train.seed = cfg.sanity.seed
     short.train.seeds = []
     short.train.keep = "last"
+    short.tabular.rounds = min(cfg.tabular.rounds, cfg.sanity.rounds)
+    short.tabular.early_stopping = 0  # as keep: last, nothing chosen on the shuffled labels
     short.train.pseudo_round = None
     short.tracking.trackers = []
     return short
@@ -303,6 +305,7 @@ def _score(cfg, task, shuffled, targets, fold, groups, crossing, ids) -> dict:
         "z_alarm": cfg.sanity.z,
         "permutations": cfg.sanity.permutations,
         "epochs": cfg.sanity.epochs,
+        "rounds": min(cfg.tabular.rounds, cfg.sanity.rounds),
         "seed": cfg.sanity.seed,
         "rows_scored": len(rows),
         "duplicates_checked": cfg.sanity.duplicates,

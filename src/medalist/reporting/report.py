@@ -260,6 +260,13 @@ def _image(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
 
 
+def _length(result: dict) -> str:
+    """How long the shuffled-label run trained: epochs, and a GBDT's rounds where recorded."""
+    rounds = result.get("rounds")
+    epochs = f"{result['epochs']} epochs"
+    return epochs if rounds is None else f"{epochs}; a GBDT: {rounds} rounds, no early stopping"
+
+
 def _section(anchor: str, title: str, *parts: str) -> str:
     body = "\n".join(parts)
     return f'<section id="{anchor}">\n<h2>{html.escape(title)}</h2>\n{body}\n</section>'
@@ -354,7 +361,7 @@ def _sanity_section(outputs_dir: Path, experiment: str) -> str | None:
     return _section(
         f"sanity-{experiment}",
         f"Leak alarm of {experiment}: {verdict}",
-        f'<p class="note">CV of a {result["epochs"]}-epoch run on labels without signal '
+        f'<p class="note">CV of a short run ({_length(result)}) on labels without signal '
         f"(shuffled within folds, identical rows sharing a label), against chance: the mean "
         f"and standard deviation of the metric over {result['permutations']} label "
         f"permutations of the same OOF predictions; alarm above z = {result['z_alarm']:g}. "

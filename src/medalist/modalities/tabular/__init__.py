@@ -38,17 +38,20 @@ IDENTITY = "identity"
 
 
 class TableDataset(Dataset):
-    """The rows of a table as a boosted model reads them: the frame itself (``frame``), its
-    targets and row weights; a sample is its row's index."""
+    """The rows of a table as a fold's learner reads them: the frame itself (``frame``), its
+    targets and row weights. A sample is a row's index and its model inputs (``row``: the
+    values of every column but the id, the targets and ``tabular.exclude``), which is what
+    ``medalist sanity`` compares to find identical rows."""
 
-    def __init__(self, frame: pd.DataFrame, targets, weights, source: str):
+    def __init__(self, frame: pd.DataFrame, targets, weights, source: str, inputs: list[str]):
         self.frame, self.targets, self.weights, self.source = frame, targets, weights, source
+        self.inputs = inputs
 
     def __len__(self) -> int:
         return len(self.frame)
 
     def __getitem__(self, index: int) -> dict:
-        return {"index": index}
+        return {"index": index, "row": self.frame[self.inputs].iloc[index].tolist()}
 
 
 def check_inputs(cfg: Config, df: pd.DataFrame, split: str, source: str) -> list[str]:
@@ -82,7 +85,9 @@ def build_dataset(
     views: list[str] | None = None,
 ) -> TableDataset:
     frame = with_stacked(cfg, df.reset_index(drop=True), split, source)
-    return TableDataset(frame, targets, weights, source)
+    left_out = {cfg.competition.id_column, *cfg.competition.target_columns, *cfg.tabular.exclude}
+    inputs = [c for c in frame.columns if c not in left_out]
+    return TableDataset(frame, targets, weights, source, inputs)
 
 
 def combine(datasets: list[TableDataset]) -> TableDataset:

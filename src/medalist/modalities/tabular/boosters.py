@@ -24,7 +24,7 @@ import pandas as pd
 
 from medalist.config import Config
 from medalist.errors import ConfigError, DataError, show_value
-from medalist.modalities.tabular.features import SPEC_FILE, FeatureSpec
+from medalist.modalities.tabular.features import SPEC_FILE, FeatureSpec, every_row
 from medalist.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -340,8 +340,7 @@ class BoostedLearner:
         folder.mkdir(parents=True, exist_ok=True)
         # The columns' checks and kinds from every row of the table, the categories from the
         # fold's training rows (FeatureSpec.fit).
-        table = train if valid is None else pd.concat([train, valid], ignore_index=True)
-        spec = FeatureSpec.fit(self.cfg, train, source, table=table)
+        spec = FeatureSpec.fit(self.cfg, train, source, table=every_row(train, valid))
         x = spec.encode(train, source)
         x_valid = None if valid is None else spec.encode(valid, source)
         spec.save(folder / SPEC_FILE)

@@ -59,6 +59,12 @@ def _mostly_numeric(values: pd.Series) -> bool:
     return len(present) > 0 and _numbers(present).notna().mean() >= MOSTLY_NUMERIC
 
 
+def every_row(train: pd.DataFrame, valid: pd.DataFrame | None) -> pd.DataFrame:
+    """A fold's training and validation rows together: the training table, on which every fold
+    decides alike which columns are numeric and which categorical."""
+    return train if valid is None else pd.concat([train, valid], ignore_index=True)
+
+
 def categorical_columns(cfg: Config, frame: pd.DataFrame, features: list[str]) -> list[str]:
     """``tabular.categorical``, or the feature columns that do not hold numbers."""
     if cfg.tabular.categorical is not None:

@@ -26,7 +26,7 @@ from medalist.config import Config
 from medalist.errors import DataError
 from medalist.io import write_json
 from medalist.modalities.tabular.boosters import Fitted
-from medalist.modalities.tabular.features import FeatureSpec, feature_columns
+from medalist.modalities.tabular.features import FeatureSpec, every_row, feature_columns
 from medalist.modalities.tabular.network import Scaling
 from medalist.tasks import Task
 
@@ -75,7 +75,9 @@ class Encoder:
         return [(c, a) for c in self.cfg.tabular.text_columns for a in analyzers]
 
     @classmethod
-    def fit(cls, cfg: Config, frame: pd.DataFrame, source: str) -> Encoder:
+    def fit(cls, cfg: Config, frame: pd.DataFrame, source: str, table=None) -> Encoder:
+        """Fitted on the fold's training rows ``frame``; ``table``: every row, which decides
+        the columns' kinds (see :meth:`FeatureSpec.fit`)."""
         encoder = cls(cfg, [], None, None)
         for column, analyzer in encoder._blocks():
             vectorizer = cls._vectorizer(cfg, analyzer)
@@ -86,7 +88,7 @@ class Encoder:
             encoder.vectorizers.append(vectorizer)
         others = without_text(cfg)
         if has_features(others, frame):
-            encoder.spec = FeatureSpec.fit(others, frame, source)
+            encoder.spec = FeatureSpec.fit(others, frame, source, table=table)
             encoder.scaling = Scaling.fit(encoder._numbers(encoder.spec.encode(frame, source)))
         return encoder
 
@@ -185,7 +187,7 @@ class LinearLearner:
 
     def fit(self, train, targets, valid, valid_targets, folder: Path, source: str, fold=0):
         folder.mkdir(parents=True, exist_ok=True)
-        encoder = Encoder.fit(self.cfg, train, source)
+        encoder = Encoder.fit(self.cfg, train, source, table=every_row(train, valid))
         x = encoder.transform(train, source)
         classes = self.task.num_outputs if self.task.type == "multiclass" else None
         if classes is not None and len(np.unique(targets)) < classes:

@@ -27,7 +27,7 @@ from medalist.errors import ConfigError, DataError
 from medalist.io import write_json
 from medalist.layout import training_hash, weights_file
 from medalist.modalities.tabular.boosters import Fitted
-from medalist.modalities.tabular.features import SPEC_FILE, FeatureSpec
+from medalist.modalities.tabular.features import SPEC_FILE, FeatureSpec, every_row
 from medalist.tasks import Task
 from medalist.training.checkpoint import clear_checkpoints
 from medalist.training.loop import fit_fold
@@ -94,8 +94,10 @@ class Inputs:
         self.numeric = [i for i in range(len(spec.columns)) if i not in self.categorical]
 
     @classmethod
-    def fit(cls, cfg: Config, frame: pd.DataFrame, source: str) -> Inputs:
-        spec = FeatureSpec.fit(cfg, frame, source)
+    def fit(cls, cfg: Config, frame: pd.DataFrame, source: str, table=None) -> Inputs:
+        """Fitted on the fold's training rows ``frame``; ``table``: every row, which decides
+        the columns' kinds (see :meth:`FeatureSpec.fit`)."""
+        spec = FeatureSpec.fit(cfg, frame, source, table=table)
         numeric = [i for i in range(len(spec.columns)) if i not in spec.categorical_positions]
         return cls(spec, Scaling.fit(spec.encode(frame, source)[:, numeric]))
 
@@ -197,7 +199,7 @@ class NetworkLearner:
                 "run train without accelerate launch or torchrun"
             )
         folder.mkdir(parents=True, exist_ok=True)
-        inputs = Inputs.fit(cfg, train, source)
+        inputs = Inputs.fit(cfg, train, source, table=every_row(train, valid))
         train_set = TableTensors(*inputs.tensors(train, source), _loss_targets(task, targets))
         valid_set = None
         if valid is not None:

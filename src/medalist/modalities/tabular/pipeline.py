@@ -32,6 +32,7 @@ from medalist.modalities.tabular.boosters import Fitted
 from medalist.modalities.tabular.features import (
     categorical_columns,
     category_text,
+    every_row,
     feature_columns,
 )
 from medalist.tasks import Task
@@ -74,12 +75,19 @@ class Pipeline:
 
     @classmethod
     def fit(
-        cls, cfg: Config, task: Task, frame: pd.DataFrame, targets: np.ndarray, source: str
+        cls,
+        cfg: Config,
+        task: Task,
+        frame: pd.DataFrame,
+        targets: np.ndarray,
+        source: str,
+        table: pd.DataFrame | None = None,
     ) -> tuple[Pipeline, pd.DataFrame]:
-        """The steps fitted on the fold's training rows, and those rows with the new columns
-        (target encodings out of fold)."""
+        """The steps fitted on the fold's training rows ``frame``, and those rows with the new
+        columns (target encodings out of fold); ``table`` (every row) decides which columns are
+        categorical, as for the model's features."""
         features = feature_columns(cfg, list(frame.columns), source)
-        categorical = categorical_columns(cfg, frame, features)
+        categorical = categorical_columns(cfg, frame if table is None else table, features)
         steps, out = [], frame.reset_index(drop=True)
         for step in cfg.tabular.pipeline:
             columns = step.columns
@@ -205,7 +213,8 @@ class PipelineLearner:
         return self.make_learner(cfg, self.task)
 
     def fit(self, train, targets, valid, valid_targets, folder: Path, source: str, fold=0):
-        pipeline, train = Pipeline.fit(self.cfg, self.task, train, targets, source)
+        table = every_row(train, valid)
+        pipeline, train = Pipeline.fit(self.cfg, self.task, train, targets, source, table=table)
         folder.mkdir(parents=True, exist_ok=True)
         pipeline.save(folder / PIPELINE_FILE)
         valid = None if valid is None else pipeline.apply(valid)
