@@ -200,7 +200,11 @@ class XGBoost(Library):
         return model, _best_rounds(model), _losses(history)
 
     def save(self, model, path):
-        model.save_model(str(path))  # JSON (by the suffix), the best round recorded in it
+        # JSON (the format follows the suffix), the best round recorded in it; written beside
+        # and renamed into place, so a reader never sees half a file.
+        tmp = path.with_name(f".{path.name}")
+        model.save_model(str(tmp))
+        tmp.replace(path)
 
     def predict(self, path, output, x, spec):
         model = self.module.Booster()
