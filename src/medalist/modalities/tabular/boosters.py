@@ -363,8 +363,8 @@ class BoostedLearner:
             histories.append(losses)
         files = [SPEC_FILE, *self.model_files()]
         predicted = None
-        if valid is not None:
-            predicted = self.predict(valid, [folder / f for f in files], source)
+        if valid is not None:  # from the saved models, on the validation rows encoded above
+            predicted = self._predict_encoded(x_valid, spec, [folder / f for f in files[1:]])
         importance = pd.DataFrame({"feature": spec.columns, "gain": gains})
         history = pd.concat(histories, ignore_index=True)
         return Fitted(files, predicted, best, history, importance)
@@ -373,12 +373,15 @@ class BoostedLearner:
         """Rows x task outputs (the prediction table's columns) from a fold's saved files."""
         spec_path, *models = paths
         spec = FeatureSpec.load(spec_path)
-        x = spec.encode(frame, source)
+        return self._predict_encoded(spec.encode(frame, source), spec, models)
+
+    def _predict_encoded(self, x: np.ndarray, spec: FeatureSpec, models: list[Path]) -> np.ndarray:
+        """Rows x task outputs from the saved model files, on rows already encoded by ``spec``."""
         columns = []
         for output, path in zip(self.outputs, models, strict=True):
             library = self._reader(path)
             values = np.asarray(library.predict(path, output, x, spec), dtype=np.float64)
-            columns.append(values.reshape(len(frame), -1))
+            columns.append(values.reshape(len(x), -1))
         return np.concatenate(columns, axis=1).astype(np.float32)
 
     def _reader(self, path: Path) -> Library:

@@ -55,8 +55,12 @@ def is_numeric_column(values: pd.Series) -> bool:
 
 
 def _mostly_numeric(values: pd.Series) -> bool:
-    present = values.dropna()
-    return len(present) > 0 and _numbers(present).notna().mean() >= MOSTLY_NUMERIC
+    codes, distinct = pd.factorize(values)  # each distinct value parsed once, not each row
+    present = codes[codes >= 0]
+    if len(present) == 0:
+        return False
+    numeric = _numbers(pd.Series(distinct, dtype=object)).notna().to_numpy()
+    return numeric[present].mean() >= MOSTLY_NUMERIC
 
 
 def every_row(train: pd.DataFrame, valid: pd.DataFrame | None) -> pd.DataFrame:
@@ -78,17 +82,18 @@ def check_numbers(frame: pd.DataFrame, column: str, source: str, hint: str) -> n
     """A numeric column as float64; a value that is not a number, or an infinite one (which
     XGBoost refuses and the other libraries read differently), names its row and column."""
     values = frame[column]
-    if pd.api.types.is_bool_dtype(values):
-        values = values.astype("float64")
-    numbers = _numbers(values)
-    bad = numbers.isna() & values.notna()
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(
-            f"{source}: row {row}, column '{column}': {show_value(values.iloc[row])} is not a "
-            f"number ({int(bad.sum())} such value(s)); {hint}"
-        )
-    array = numbers.to_numpy(dtype=np.float64)
+    if is_numeric_column(values):  # numbers already (booleans as 0/1): nothing to parse
+        array = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        numbers = _numbers(values)
+        bad = numbers.isna() & values.notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                f"{source}: row {row}, column '{column}': {show_value(values.iloc[row])} is not "
+                f"a number ({int(bad.sum())} such value(s)); {hint}"
+            )
+        array = numbers.to_numpy(dtype=np.float64)
     infinite = np.isinf(array)
     if infinite.any():
         row = int(np.flatnonzero(infinite)[0])
@@ -101,6 +106,11 @@ def check_numbers(frame: pd.DataFrame, column: str, source: str, hint: str) -> n
 
 def check_table(cfg: Config, frame: pd.DataFrame, source: str) -> list[str]:
     """Every check of a training table's features, before any work; returns the features."""
+    return checked_columns(cfg, frame, source)[0]
+
+
+def checked_columns(cfg: Config, frame: pd.DataFrame, source: str) -> tuple[list[str], list[str]]:
+    """:func:`check_table`'s checks; returns the features and the categorical ones among them."""
     features = feature_columns(cfg, list(frame.columns), source)
     targets = sorted(set(features) & set(cfg.competition.target_columns))
     if targets:
@@ -122,17 +132,19 @@ def check_table(cfg: Config, frame: pd.DataFrame, source: str) -> list[str]:
             check_numbers(
                 frame, column, source, "fix it, or list the column in tabular.categorical"
             )
-    return features
+    return features, categorical
 
 
 def category_text(values: pd.Series) -> pd.Series:
     """Categories compared as text, so 3, 3.0 and '3' read from CSV files stay one category
     whichever file they come from; missing stays missing."""
-    text = values.astype("string")
-    numbers = _numbers(values)
+    codes, distinct = pd.factorize(values)  # each distinct value converted once, not each row
+    distinct = pd.Series(distinct, dtype=object)
+    text = distinct.astype("string")
+    numbers = _numbers(distinct)
     whole = numbers.notna() & (numbers == numbers.round()) & (numbers.abs() < 2**53)
     text[whole] = numbers[whole].astype("int64").astype("string")
-    return text
+    return pd.Series(text.array.take(codes, allow_fill=True), index=values.index, dtype="string")
 
 
 @dataclass
@@ -155,8 +167,7 @@ class FeatureSpec:
         missing cells the fold's training rows happen to hold.
         """
         table = frame if table is None else table
-        features = check_table(cfg, table, source)
-        categorical = categorical_columns(cfg, table, features)
+        features, categorical = checked_columns(cfg, table, source)
         categories = {
             column: sorted(category_text(frame[column]).dropna().unique().tolist())
             for column in categorical
