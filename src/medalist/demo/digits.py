@@ -180,6 +180,10 @@ class Scored:
     test_score: float
     submission: Path
 
+    def tests(self) -> dict[str, float]:
+        """The submission's scores on the held-out labels, by metric (the first one leads)."""
+        return {"accuracy": self.test_score}
+
 
 def scored_experiment(project: Path, cfg, label: str, column: str) -> Scored:
     """CV (``metrics.json``) and test accuracy of an experiment's submission."""
@@ -208,7 +212,7 @@ def ensemble_and_report(project: Path, cfg, column: str) -> tuple[Scored, dict, 
 def print_summary(
     console, title: str, lines: list[Scored], summary: dict, report: Path, main_metric: str
 ) -> None:
-    """The closing table (per-fold main metric, CV, test accuracy), then single vs ensemble."""
+    """The closing table (per-fold main metric, CV, test scores), then single vs ensemble."""
 
     metrics = list(lines[0].scores["cv"])[:2]
     folds = list(lines[0].scores["folds"])
@@ -219,14 +223,16 @@ def print_summary(
         table.add_column(f"fold {fold}", justify="right")
     for metric in metrics:
         table.add_column(f"CV {metric}", justify="right")
-    table.add_column("test acc.", justify="right")
+    tests = list(lines[0].tests())
+    for metric in tests:
+        table.add_column(f"test {metric}", justify="right")
     for line in lines:
         table.add_row(
             line.name,
             line.label,
             *(f"{line.scores['folds'][k][main_metric]:.4f}" for k in folds),
             *(f"{line.scores['cv'][m]:.4f}" for m in metrics),
-            f"{line.test_score:.4f}",
+            *(f"{value:.4f}" for value in line.tests().values()),
             style="bold" if line is lines[-1] else None,
         )
     console.print(table)
@@ -242,9 +248,12 @@ def print_summary(
             f"  CV {metric}: best single model ({single.name}) {single.scores['cv'][metric]:.4f} -> "
             f"ensemble {blend.scores['cv'][metric]:.4f} nested ({in_sample:.4f} in-sample)"
         )
+    first, *others = tests
+    moves = [f"test {m} {best.tests()[m]:.4f} -> {blend.tests()[m]:.4f}" for m in others]
     console.print(
-        f"  test accuracy: best single model by CV {main_metric} ({best.name}) "
-        f"{best.test_score:.4f} -> ensemble {blend.test_score:.4f}"
+        f"  test {first}: best single model by CV {main_metric} ({best.name}) "
+        f"{best.tests()[first]:.4f} -> ensemble {blend.tests()[first]:.4f}"
+        + "".join(f"; {move}" for move in moves)
     )
     console.print(f"report: {report}")
     console.print(f"submissions: {', '.join(str(line.submission) for line in lines)}")

@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from rich.table import Table
 from sklearn.datasets import load_breast_cancer
 from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
@@ -37,6 +36,7 @@ from medalist.demo.digits import (
     REPO_CONFIGS,
     Scored,
     bake,
+    print_summary,
     use_committed_folds,
     working_directory,
     write_folds_main,
@@ -44,7 +44,6 @@ from medalist.demo.digits import (
 from medalist.ensemble.stage import run as ensemble
 from medalist.io import write_csv
 from medalist.layout import experiment_dir
-from medalist.metrics import get_metric
 from medalist.pipeline import run
 from medalist.reporting.report import write_report
 
@@ -112,6 +111,9 @@ class ScoredTable(Scored):
 
     test_log_loss: float = float("nan")
 
+    def tests(self) -> dict[str, float]:
+        return {"roc_auc": self.test_score, "log_loss": self.test_log_loss}
+
 
 def scored(name: str, label: str, scores: dict, submission: Path, solution: Path) -> ScoredTable:
     """A line of the closing table with the test scores of ``submission``."""
@@ -146,61 +148,6 @@ def ensemble_and_report(project: Path, cfg: Config) -> tuple[ScoredTable, dict, 
     nested = summary["cv"]["nested"]
     line = scored(cfg.ensemble.name, label, nested, submission, project / "solution.csv")
     return line, summary, project / report
-
-
-def best_by_cv(singles: list[ScoredTable], metric: str) -> ScoredTable:
-    """The experiment with the best CV by ``metric`` (the first one on ties)."""
-    best = singles[0]
-    for line in singles[1:]:
-        if get_metric(metric).better(line.scores["cv"][metric], best.scores["cv"][metric]):
-            best = line
-    return best
-
-
-def print_summary(console: Console, lines: list[ScoredTable], summary: dict, report: Path) -> None:
-    """The closing table (per-fold main metric, CV, test scores), then single vs ensemble."""
-    main_metric = lines[0].scores["main_metric"]
-    metrics = list(lines[0].scores["cv"])[:2]
-    folds = list(lines[0].scores["folds"])
-    table = Table(title=f"{NAME}: CV (OOF) per fold and test scores, per model and blended")
-    table.add_column("experiment", no_wrap=True)
-    table.add_column("what", no_wrap=True)
-    for fold in folds:
-        table.add_column(f"fold {fold}", justify="right")
-    for metric in metrics:
-        table.add_column(f"CV {metric}", justify="right")
-    table.add_column("test roc_auc", justify="right")
-    table.add_column("test log_loss", justify="right")
-    for line in lines:
-        table.add_row(
-            line.name,
-            line.label,
-            *(f"{line.scores['folds'][k][main_metric]:.4f}" for k in folds),
-            *(f"{line.scores['cv'][m]:.4f}" for m in metrics),
-            f"{line.test_score:.4f}",
-            f"{line.test_log_loss:.4f}",
-            style="bold" if line is lines[-1] else None,
-        )
-    console.print(table)
-    *singles, blend = lines
-    weights = ", ".join(f"{k} {v:.2f}" for k, v in summary["weights"]["weights"].items())
-    console.print(f"ensemble {blend.name}: weights {weights}")
-    optimised = summary["cv"]["optimised_metric"]
-    for metric in dict.fromkeys([main_metric, optimised]):
-        in_sample = summary["cv"]["in_sample"]["cv"][metric]
-        single = best_by_cv(singles, metric)
-        console.print(
-            f"  CV {metric}: best single model ({single.name}) {single.scores['cv'][metric]:.4f} -> "
-            f"ensemble {blend.scores['cv'][metric]:.4f} nested ({in_sample:.4f} in-sample)"
-        )
-    best = best_by_cv(singles, main_metric)
-    console.print(
-        f"  test roc_auc: best single model by CV {main_metric} ({best.name}) "
-        f"{best.test_score:.4f} -> ensemble {blend.test_score:.4f}; test log_loss "
-        f"{best.test_log_loss:.4f} -> {blend.test_log_loss:.4f}"
-    )
-    console.print(f"report: {report}")
-    console.print(f"submissions: {', '.join(str(line.submission) for line in lines)}")
 
 
 def tabular_project(workdir: str | Path, n_rows: int | None = None) -> Path:
@@ -251,7 +198,8 @@ def run_tabular_demo(
         blend, summary, report = ensemble_and_report(project, configs[0])
     lines.append(blend)
     console = Console(width=None if sys.stdout.isatty() else 150)
-    print_summary(console, lines, summary, report)
+    title = f"{NAME}: CV (OOF) per fold and test scores, per model and blended"
+    print_summary(console, title, lines, summary, report, lines[0].scores["main_metric"])
     console.print(f"next, in {project}:")
     console.print(f"  medalist ledger -c configs/{NAME}.yaml   # every run and ensemble, with CV")
     console.print(f"wall time: {time.perf_counter() - started:.0f} s")
