@@ -13,6 +13,7 @@ from medalist.config import resolve_config
 from medalist.demo.text import docstring_corpus
 from medalist.errors import ConfigError, DataError
 from medalist.layout import fold_dir
+from medalist.modalities.tabular import fold_learner
 from medalist.modalities.tabular.linear import MODEL_FILE, Encoder, LinearLearner
 from medalist.prediction import infer
 from medalist.tasks import build_task
@@ -36,8 +37,9 @@ def corpus() -> pd.DataFrame:
 def _text_project(root, corpus, *extra):
     (root / "data").mkdir(parents=True)
     train, test = corpus.iloc[:90], corpus.iloc[90:]
-    train[["id", "text", "library"]].to_csv(root / "data" / "train.csv", index=False)
-    test[["id", "text"]].to_csv(root / "data" / "test.csv", index=False)
+    inputs = ["id", "text", *(["length"] if "length" in corpus else [])]
+    train[[*inputs, "library"]].to_csv(root / "data" / "train.csv", index=False)
+    test[inputs].to_csv(root / "data" / "test.csv", index=False)
     sample = pd.DataFrame({"id": test["id"], "library": "numpy"})
     sample.to_csv(root / "data" / "sample_submission.csv", index=False)
     cfg = tables_cfg(
@@ -111,6 +113,38 @@ def test_the_vocabulary_comes_from_the_folds_training_rows_only(tmp_path, corpus
     assert "zyzzyvaword" not in words and "qwertyword" in words
 
 
+@pytest.mark.parametrize("model", ["lightgbm", "xgboost"])
+def test_a_gbdt_learns_from_the_tfidf_of_text_beside_other_features(tmp_path, corpus, model):
+    corpus = corpus.assign(length=corpus["text"].str.len())  # an ordinary feature beside the text
+    threads = {"lightgbm": "num_threads", "xgboost": "nthread"}[model]
+    cfg, test = _text_project(
+        tmp_path,
+        corpus,
+        f"tabular.model={model}",
+        f"tabular.params={{{threads}: 1}}",
+        "tabular.rounds=60",
+        "tabular.early_stopping=0",
+        f"train.experiment=tfidf_{model}",
+    )
+    metrics = train_stage.run(cfg)
+    assert metrics["complete"] and metrics["cv"]["accuracy"] > 0.5  # 3 classes: chance 0.33
+    folder = fold_dir(cfg, 0)
+    record = json.loads((folder / "scores.json").read_text())
+    assert record["prediction_weights"][:2] == ["features.json", "text.json"]
+    importance = pd.read_parquet(folder / "importance.parquet").set_index("feature")["gain"]
+    assert list(importance.index) == ["length", "text (words)", "text (characters)"]
+    assert importance["text (words)"] + importance["text (characters)"] > importance["length"]
+
+    train = pd.read_csv(tmp_path / "data" / "train.csv")
+    oof = pd.read_parquet(folder / "oof.parquet")
+    rows = train.set_index("id").loc[oof["id"]].reset_index()
+    again = fold_learner(cfg, build_task(cfg, train)).predict(
+        rows, [folder / name for name in record["prediction_weights"]], "train.csv"
+    )
+    np.testing.assert_array_equal(again, oof[["p_numpy", "p_pandas", "p_torch"]].to_numpy())
+    assert len(infer.run(cfg)) == len(test)
+
+
 @pytest.mark.parametrize("task", ["binary", "regression"])
 def test_a_linear_model_on_a_table_without_text(tmp_path, task):
     write_table_competition(tmp_path)
@@ -138,8 +172,9 @@ def test_a_linear_model_on_a_table_without_text(tmp_path, task):
 
 
 def test_text_columns_are_refused_where_they_cannot_work(tmp_path):
-    with pytest.raises(ConfigError, match="tabular.text_columns.*linear"):
-        tables_cfg(tmp_path, "tabular.text_columns=[text]")
+    for model in ("catboost", "mlp"):
+        with pytest.raises(ConfigError, match=f"tabular.text_columns: .*not {model}"):
+            tables_cfg(tmp_path, f"tabular.model={model}", "tabular.text_columns=[text]")
     with pytest.raises(ConfigError, match=r"tabular.features: \['text'\] are tabular.text_columns"):
         tables_cfg(
             tmp_path,

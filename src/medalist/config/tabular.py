@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from medalist.config.section import Section
 
 BOOSTERS = ("lightgbm", "xgboost", "catboost")
+TEXT_MODELS = ("linear", "lightgbm", "xgboost")  # the models that read sparse TF-IDF
 
 
 class TfidfConfig(Section):
@@ -72,7 +73,7 @@ class TabularConfig(Section):
     text_columns: list[str] = Field(
         default_factory=list,
         description="Columns of free text, turned into word and character TF-IDF "
-        "(tabular.tfidf) for the linear model; never ordinary features.",
+        "(tabular.tfidf) for linear, lightgbm or xgboost; never ordinary features.",
     )
     features: list[str] | None = Field(
         None,
@@ -141,12 +142,12 @@ class TabularConfig(Section):
     def _check(self) -> TabularConfig:
         if any(units < 1 for units in self.hidden):
             raise ValueError(f"tabular.hidden: {self.hidden}: every layer needs >= 1 unit")
-        if self.text_columns and self.model != "linear":
+        if self.text_columns and self.model not in TEXT_MODELS:
             raise ValueError(
-                f"tabular.text_columns: TF-IDF text feeds the linear model, not {self.model}; "
-                "set tabular.model=linear, or leave the text columns out"
+                f"tabular.text_columns: TF-IDF text feeds {list(TEXT_MODELS)}, not {self.model}; "
+                "choose one of them, or leave the text columns out"
             )
-        if self.model == "linear" and self.features is not None:
+        if self.features is not None:
             clash = sorted(set(self.text_columns) & set(self.features))
             if clash:
                 raise ValueError(f"tabular.features: {clash} are tabular.text_columns")

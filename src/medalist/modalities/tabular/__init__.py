@@ -23,15 +23,11 @@ from medalist.errors import ConfigError, DataError
 from medalist.layout import outputs_dir
 from medalist.modalities.tabular.boosters import BoostedLearner
 from medalist.modalities.tabular.features import check_table, feature_columns
-from medalist.modalities.tabular.linear import (
-    LinearLearner,
-    has_features,
-    text_values,
-    without_text,
-)
+from medalist.modalities.tabular.linear import LinearLearner
 from medalist.modalities.tabular.network import NetworkLearner
 from medalist.modalities.tabular.pipeline import PipelineLearner
 from medalist.modalities.tabular.stacking import stacking_config, with_stacked
+from medalist.modalities.tabular.text import has_features, text_values, without_text
 from medalist.tasks import Task
 
 IDENTITY = "identity"
@@ -140,11 +136,7 @@ def starting_weights(cfg: Config) -> list[Path]:
 
 
 def packaged_folder(cfg: Config) -> None:
-    """Nothing besides each fold's files; an experiment on other experiments' predictions is
-    refused (the bundle would have to predict them first)."""
-    if cfg.tabular.oof_features:
-        raise ConfigError(
-            f"tabular.oof_features: {cfg.tabular.oof_features}: the bundle does not yet predict "
-            "the experiments a model stacks on before the model itself"
-        )
+    """Nothing besides each fold's files. The experiments a model stacks on
+    (``tabular.oof_features``) are no folder to carry: the bundle packages them as experiments of
+    their own and predicts them before the model (:mod:`medalist.offline.package`)."""
     return None

@@ -12,6 +12,7 @@ make the test predictions, so a model predicts the same bits everywhere.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -21,15 +22,19 @@ from types import ModuleType
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from medalist.config import Config
 from medalist.errors import ConfigError, DataError, show_value
+from medalist.io import write_json
 from medalist.modalities.tabular.features import SPEC_FILE, FeatureSpec, every_row
+from medalist.modalities.tabular.text import TextVectors, dense_block, has_features, without_text
 from medalist.tasks import Task
 
 log = logging.getLogger(__name__)
 
 LEARNING_RATE = 0.05
+TEXT_FILE = "text.json"  # a fold's TF-IDF vocabularies (tabular.text_columns)
 
 
 def library(name: str) -> ModuleType:
@@ -97,7 +102,8 @@ class Library:
         binary) or values."""
         raise NotImplementedError
 
-    def importance(self, model, spec: FeatureSpec) -> np.ndarray:
+    def importance(self, model, width: int) -> np.ndarray:
+        """The gain of each of the ``width`` features the model was trained on."""
         raise NotImplementedError
 
     def refuses(self, output: Output, y: np.ndarray) -> str | None:
@@ -113,10 +119,10 @@ class Library:
         return self.cfg.tabular.early_stopping or None
 
 
-def _names(spec: FeatureSpec) -> list[str]:
+def _names(width: int) -> list[str]:
     """Feature names as the libraries see them: positions, since a column name may hold
     characters a library refuses (XGBoost: [ ] <; LightGBM: JSON punctuation)."""
-    return [f"f{i}" for i in range(len(spec.columns))]
+    return [f"f{i}" for i in range(width)]
 
 
 class LightGBM(Library):
@@ -134,7 +140,7 @@ class LightGBM(Library):
         if output.kind == "multiclass":
             defaults["num_class"] = output.classes
         params = self.params(defaults)
-        names, categorical = _names(spec), spec.categorical_positions
+        names, categorical = _names(x.shape[1]), spec.categorical_positions
         data = lgb.Dataset(x, y, feature_name=names, categorical_feature=categorical)
         history: dict = {}
         callbacks = [lgb.record_evaluation(history)]
@@ -157,7 +163,7 @@ class LightGBM(Library):
     def predict(self, path, output, x, spec):
         return self.module.Booster(model_file=str(path)).predict(x)
 
-    def importance(self, model, spec):
+    def importance(self, model, width):
         return model.feature_importance("gain", iteration=model.best_iteration or None)
 
 
@@ -172,7 +178,11 @@ class XGBoost(Library):
     def _matrix(self, x, y, spec):
         types = ["c" if i in spec.categorical_positions else "q" for i in range(x.shape[1])]
         return self.module.DMatrix(
-            x, label=y, feature_names=_names(spec), feature_types=types, enable_categorical=True
+            x,
+            label=y,
+            feature_names=_names(x.shape[1]),
+            feature_types=types,
+            enable_categorical=True,
         )
 
     def train(self, output, x, y, valid, spec, seed):
@@ -211,10 +221,10 @@ class XGBoost(Library):
         model.load_model(str(path))
         return model.predict(self._matrix(x, None, spec), iteration_range=(0, _best_rounds(model)))
 
-    def importance(self, model, spec):
+    def importance(self, model, width):
         kept = model[: _best_rounds(model)]  # the rounds it predicts with, as LightGBM's
         gains = kept.get_score(importance_type="total_gain")
-        return np.array([gains.get(name, 0.0) for name in _names(spec)])
+        return np.array([gains.get(name, 0.0) for name in _names(width)])
 
 
 def _best_rounds(model) -> int:
@@ -236,7 +246,7 @@ class CatBoost(Library):
         categorical = set(spec.categorical_positions)
         columns = {  # CatBoost reads categories as integers or text, never NaN: -1 is missing
             name: np.nan_to_num(x[:, i], nan=-1).astype(np.int64) if i in categorical else x[:, i]
-            for i, name in enumerate(_names(spec))
+            for i, name in enumerate(_names(x.shape[1]))
         }
         return self.module.Pool(pd.DataFrame(columns), y, cat_features=sorted(categorical))
 
@@ -279,7 +289,7 @@ class CatBoost(Library):
         probs = model.predict(pool, prediction_type="Probability")
         return probs[:, 1] if output.kind == "binary" else probs
 
-    def importance(self, model, spec):
+    def importance(self, model, width):
         return np.asarray(model.get_feature_importance(), dtype=np.float64)
 
     def refuses(self, output, y):
@@ -344,11 +354,17 @@ class BoostedLearner:
         folder.mkdir(parents=True, exist_ok=True)
         # The columns' checks and kinds from every row of the table, the categories from the
         # fold's training rows (FeatureSpec.fit).
-        spec = FeatureSpec.fit(self.cfg, train, source, table=every_row(train, valid))
-        x = spec.encode(train, source)
-        x_valid = None if valid is None else spec.encode(valid, source)
+        others, table = without_text(self.cfg), every_row(train, valid)
+        spec = FeatureSpec([])  # a model of text columns alone has no other feature
+        if has_features(others, table):
+            spec = FeatureSpec.fit(others, train, source, table=table)
+        text = TextVectors.fit(self.cfg, train, source) if self.cfg.tabular.text_columns else None
+        x = _inputs(spec, text, train, source)
+        x_valid = None if valid is None else _inputs(spec, text, valid, source)
         spec.save(folder / SPEC_FILE)
-        best, histories, gains = [], [], np.zeros(len(spec.columns))
+        if text is not None:
+            write_json(folder / TEXT_FILE, {"vectorizers": text.to_list()})
+        best, histories, gains = [], [], np.zeros(x.shape[1])
         for output, name in zip(self.outputs, self.model_files(), strict=True):
             y = _column(targets, output)
             checked = None if valid is None else (x_valid, _column(valid_targets, output))
@@ -356,24 +372,29 @@ class BoostedLearner:
                 output, x, y, checked, spec, self.cfg.train.seed
             )
             self.library.save(model, folder / name)
-            gains += self.library.importance(model, spec)
+            gains += self.library.importance(model, x.shape[1])
             best.append(rounds)
             losses.insert(0, "round", np.arange(1, len(losses) + 1))
             losses.insert(0, "model", name)
             histories.append(losses)
-        files = [SPEC_FILE, *self.model_files()]
+        inputs = [SPEC_FILE] if text is None else [SPEC_FILE, TEXT_FILE]
+        files = [*inputs, *self.model_files()]
         predicted = None
         if valid is not None:  # from the saved models, on the validation rows encoded above
-            predicted = self._predict_encoded(x_valid, spec, [folder / f for f in files[1:]])
-        importance = pd.DataFrame({"feature": spec.columns, "gain": gains})
+            models = [folder / f for f in self.model_files()]
+            predicted = self._predict_encoded(x_valid, spec, models)
+        importance = _importance(spec, text, gains)
         history = pd.concat(histories, ignore_index=True)
         return Fitted(files, predicted, best, history, importance)
 
     def predict(self, frame: pd.DataFrame, paths: list[Path], source: str) -> np.ndarray:
         """Rows x task outputs (the prediction table's columns) from a fold's saved files."""
         spec_path, *models = paths
-        spec = FeatureSpec.load(spec_path)
-        return self._predict_encoded(spec.encode(frame, source), spec, models)
+        spec, text = FeatureSpec.load(spec_path), None
+        if models and models[0].name == TEXT_FILE:
+            text_path, *models = models
+            text = TextVectors.from_list(self.cfg, _read_json(text_path)["vectorizers"])
+        return self._predict_encoded(_inputs(spec, text, frame, source), spec, models)
 
     def _predict_encoded(self, x: np.ndarray, spec: FeatureSpec, models: list[Path]) -> np.ndarray:
         """Rows x task outputs from the saved model files, on rows already encoded by ``spec``."""
@@ -381,7 +402,7 @@ class BoostedLearner:
         for output, path in zip(self.outputs, models, strict=True):
             library = self._reader(path)
             values = np.asarray(library.predict(path, output, x, spec), dtype=np.float64)
-            columns.append(values.reshape(len(x), -1))
+            columns.append(values.reshape(x.shape[0], -1))
         return np.concatenate(columns, axis=1).astype(np.float32)
 
     def _reader(self, path: Path) -> Library:
@@ -391,6 +412,31 @@ class BoostedLearner:
             if path.name.endswith("." + cls.suffix):
                 return self.library if isinstance(self.library, cls) else cls(self.cfg)
         raise DataError(f"{path}: not a model file of {sorted(LIBRARIES)}")
+
+
+def _inputs(spec: FeatureSpec, text: TextVectors | None, frame: pd.DataFrame, source: str):
+    """The rows as the models read them: the encoded features (dense), then, with text columns,
+    their TF-IDF blocks beside them (one sparse matrix, every dense entry kept)."""
+    x = spec.encode(frame, source)
+    if text is None:
+        return x
+    return sparse.hstack([dense_block(x), *text.transform(frame, source)], format="csr")
+
+
+def _importance(spec: FeatureSpec, text: TextVectors | None, gains: np.ndarray) -> pd.DataFrame:
+    """Gain per feature; a text column's terms summed per TF-IDF block."""
+    names, values = list(spec.columns), list(gains[: len(spec.columns)])
+    if text is not None:
+        edges = np.cumsum([len(spec.columns), *text.widths()])
+        names += text.block_names()
+        values += [float(gains[a:b].sum()) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return pd.DataFrame({"feature": names, "gain": values})
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise DataError(f"{path} not found: the fold's text vocabularies; train it again")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _column(targets: np.ndarray, output: Output) -> np.ndarray:

@@ -19,73 +19,31 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 from scipy.special import expit, softmax
-from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, Ridge
 
 from medalist.config import Config
 from medalist.errors import DataError
 from medalist.io import write_json
 from medalist.modalities.tabular.boosters import Fitted
-from medalist.modalities.tabular.features import FeatureSpec, every_row, feature_columns
+from medalist.modalities.tabular.features import FeatureSpec, every_row
 from medalist.modalities.tabular.network import Scaling
+from medalist.modalities.tabular.text import TextVectors, has_features, without_text
 from medalist.tasks import Task
 
 MODEL_FILE = "model.linear.json"
 
 
-def without_text(cfg: Config) -> Config:
-    """The config with the text columns left out of the ordinary features."""
-    text = cfg.tabular.text_columns
-    if not text:
-        return cfg
-    exclude = [*cfg.tabular.exclude, *[c for c in text if c not in cfg.tabular.exclude]]
-    return cfg.model_copy(update={"tabular": cfg.tabular.model_copy(update={"exclude": exclude})})
-
-
-def text_values(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
-    """A text column as strings (missing: empty)."""
-    if column not in frame.columns:
-        raise DataError(f"{source}: text column '{column}' (tabular.text_columns) not found")
-    return frame[column].fillna("").astype(str)
-
-
 class Encoder:
     """A fold's inputs as one sparse matrix: TF-IDF blocks, scaled numbers, one-hot categories."""
 
-    def __init__(self, cfg: Config, vectorizers: list, spec: FeatureSpec | None, scaling):
-        self.cfg, self.vectorizers, self.spec, self.scaling = cfg, vectorizers, spec, scaling
-
-    @staticmethod
-    def _vectorizer(cfg: Config, analyzer: str, **fitted) -> TfidfVectorizer:
-        tfidf = cfg.tabular.tfidf
-        ngrams = tfidf.word_ngrams if analyzer == "word" else tfidf.char_ngrams
-        return TfidfVectorizer(
-            analyzer=analyzer,
-            ngram_range=tuple(ngrams),
-            min_df=tfidf.min_df,
-            max_features=tfidf.max_features,
-            sublinear_tf=tfidf.sublinear_tf,
-            lowercase=True,
-            dtype=np.float64,
-            **fitted,
-        )
-
-    def _blocks(self) -> list[tuple[str, str]]:
-        analyzers = ["word"] + (["char_wb"] if self.cfg.tabular.tfidf.char_ngrams else [])
-        return [(c, a) for c in self.cfg.tabular.text_columns for a in analyzers]
+    def __init__(self, cfg: Config, text: TextVectors, spec: FeatureSpec | None, scaling):
+        self.cfg, self.text, self.spec, self.scaling = cfg, text, spec, scaling
 
     @classmethod
     def fit(cls, cfg: Config, frame: pd.DataFrame, source: str, table=None) -> Encoder:
         """Fitted on the fold's training rows ``frame``; ``table``: every row, which decides
         the columns' kinds (see :meth:`FeatureSpec.fit`)."""
-        encoder = cls(cfg, [], None, None)
-        for column, analyzer in encoder._blocks():
-            vectorizer = cls._vectorizer(cfg, analyzer)
-            try:
-                vectorizer.fit(text_values(frame, column, source))
-            except ValueError as error:  # no term passes min_df
-                raise DataError(f"{source}: column '{column}': {error}") from None
-            encoder.vectorizers.append(vectorizer)
+        encoder = cls(cfg, TextVectors.fit(cfg, frame, source), None, None)
         others = without_text(cfg)
         if has_features(others, frame):
             encoder.spec = FeatureSpec.fit(others, frame, source, table=table)
@@ -100,10 +58,7 @@ class Encoder:
         return self.spec.categorical_positions if self.spec else []
 
     def transform(self, frame: pd.DataFrame, source: str) -> sparse.csr_matrix:
-        blocks = [
-            vectorizer.transform(text_values(frame, column, source))
-            for (column, _), vectorizer in zip(self._blocks(), self.vectorizers, strict=True)
-        ]
+        blocks = self.text.transform(frame, source)
         if self.spec is not None:
             matrix = self.spec.encode(frame, source)
             blocks.append(sparse.csr_matrix(self.scaling.apply(self._numbers(matrix))))
@@ -118,13 +73,7 @@ class Encoder:
 
     def to_dict(self) -> dict:
         return {
-            "vectorizers": [
-                {
-                    "vocabulary": {term: int(i) for term, i in v.vocabulary_.items()},
-                    "idf": v.idf_.tolist(),
-                }
-                for v in self.vectorizers
-            ],
+            "vectorizers": self.text.to_list(),
             "features": None
             if self.spec is None
             else {"columns": self.spec.columns, "categories": self.spec.categories},
@@ -139,27 +88,11 @@ class Encoder:
 
     @classmethod
     def from_dict(cls, cfg: Config, data: dict) -> Encoder:
-        encoder = cls(cfg, [], None, None)
-        for (_, analyzer), saved in zip(encoder._blocks(), data["vectorizers"], strict=True):
-            vectorizer = cls._vectorizer(cfg, analyzer, vocabulary=saved["vocabulary"])
-            vectorizer.idf_ = np.asarray(saved["idf"], dtype=np.float64)
-            encoder.vectorizers.append(vectorizer)
+        encoder = cls(cfg, TextVectors.from_list(cfg, data["vectorizers"]), None, None)
         if data["features"] is not None:
             encoder.spec = FeatureSpec(data["features"]["columns"], data["features"]["categories"])
             encoder.scaling = Scaling(**data["scaling"])
         return encoder
-
-
-def has_features(cfg: Config, frame: pd.DataFrame) -> bool:
-    """Whether a table has features besides the id, the targets and the text columns (a
-    linear model on text alone has none)."""
-    if cfg.tabular.features is not None:
-        return True
-    try:
-        feature_columns(cfg, list(frame.columns), "")
-    except DataError:
-        return False
-    return True
 
 
 class LinearLearner:

@@ -35,6 +35,7 @@ from medalist.modalities.tabular.features import (
     every_row,
     feature_columns,
 )
+from medalist.modalities.tabular.text import without_text
 from medalist.tasks import Task
 
 PIPELINE_FILE = "pipeline.json"
@@ -86,6 +87,7 @@ class Pipeline:
         """The steps fitted on the fold's training rows ``frame``, and those rows with the new
         columns (target encodings out of fold); ``table`` (every row) decides which columns are
         categorical, as for the model's features."""
+        cfg = without_text(cfg)  # free text is never encoded by these steps
         features = feature_columns(cfg, list(frame.columns), source)
         categorical = categorical_columns(cfg, frame if table is None else table, features)
         steps, out = [], frame.reset_index(drop=True)
