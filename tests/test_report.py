@@ -47,6 +47,7 @@ def test_classification_report(tmp_path, task):
     for anchor in ("scores", "cv-per-fold", "correlation", "weights", "confusion", "calibration"):
         assert f'<section id="{anchor}">' in text
     assert 'id="residuals"' not in text
+    assert 'id="importance-' not in text  # models without importance files: no such section
     found = images(text)
     assert set(found) == {
         "CV per fold",

@@ -35,6 +35,7 @@ from medalist.errors import ConfigError, MedalistError
 from medalist.folds import load_folds
 from medalist.io import write_text
 from medalist.layout import ensemble_folder, sanity_file
+from medalist.reporting.importance import Importance, feature_importance, gain_meaning
 from medalist.tasks import build_task
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,30 @@ def weights_plot(weights: dict[str, float], title: str) -> bytes:
     for i, name in enumerate(names):
         axes.text(weights[name], i, f" {weights[name]:.3f}", va="center")
     axes.set(xlabel="weight", title=title, xlim=(0, max(1.0, max(weights.values()) * 1.15)))
+    return png(figure)
+
+
+def importance_plot(importance: Importance, name: str) -> bytes:
+    """The top features' mean share of gain, the standard deviation across folds as error bars."""
+    table = importance.table
+    mean, std = table["mean share"].to_numpy(), table["std"].fillna(0.0).to_numpy()
+    figure = _figure(7, 1.2 + 0.3 * len(table))
+    axes = figure.add_subplot()
+    axes.barh(
+        [str(f) for f in table.index],
+        mean,
+        xerr=[np.minimum(std, mean), std],  # a share is never below 0
+        color="tab:blue",
+        ecolor="grey",
+        capsize=2,
+    )
+    axes.invert_yaxis()
+    axes.set(
+        xlabel=f"share of gain (mean over {importance.n_folds} folds; bars: std)",
+        title=f"top {len(table)} features of {name}",
+        xlim=(0, None),
+    )
+    axes.grid(axis="x", alpha=0.3)
     return png(figure)
 
 
@@ -370,6 +395,40 @@ def _sanity_section(outputs_dir: Path, experiment: str) -> str | None:
     )
 
 
+def _percent(value: float) -> str:
+    """A share as a percentage; a dash for none (the std of a single fold)."""
+    return "-" if pd.isna(value) else f"{value:.2%}"
+
+
+def _importance_section(name: str, folders: list[Path]) -> str | None:
+    """A GBDT experiment's top features by mean share of gain across folds; None for a model
+    that writes no ``importance.parquet`` (a network, a linear model)."""
+    importance = feature_importance(folders)
+    if importance is None:
+        return None
+    learners = ", ".join(importance.learners)
+    title = f"Feature importance of {name} ({learners})"
+    meaning = html.escape(gain_meaning(importance.learners))
+    anchor = f"importance-{html.escape(name)}"
+    if importance.table.empty:
+        return _section(anchor, title, '<p class="note">No fold\'s models made a split.</p>')
+    empty = ""
+    if importance.n_empty:
+        empty = f" {importance.n_empty} fold(s) made no split and are left out."
+    note = (
+        f"<p class=\"note\">{meaning}, summed over a fold's models. Each fold's gains "
+        f"are divided by their sum, then averaged across {importance.n_folds} folds (std with "
+        f"ddof=1), so folds and libraries compare.{empty} It is the gain on the training rows: "
+        "what the models use, not what generalises (a feature they memorise the training rows "
+        "with ranks high all the same); permutation importance on the OOF rows would measure "
+        "that, and is not computed here.</p>"
+    )
+    shares = {"mean share": _percent, "std": _percent}
+    table = importance.table.to_html(formatters=shares, escape=True)
+    plot = _image(importance_plot(importance, name), f"feature importance of {name}")
+    return _section(anchor, title, note, plot, table)
+
+
 def _diagnostics(inputs: Inputs, subjects: list[Subject], focus: Subject) -> list[str]:
     task = inputs.task
     if task.type == "regression":
@@ -465,6 +524,7 @@ def write_report(
     for name, folders in members:
         extra = [_seeds_section(folder, metrics) for folder in folders]
         extra.append(_sanity_section(outputs_dir, name))
+        extra.append(_importance_section(name, folders))
         sections += [part for part in extra if part]
     if ensemble:
         sections.append(_ensemble_section(ensemble_folder(outputs_dir, ensemble), metrics))
