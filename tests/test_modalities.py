@@ -32,6 +32,7 @@ def test_the_protocol_names_what_a_stage_needs():
         "backbone_names",
         "starting_weights",
         "packaged_folder",
+        "stacked_experiments",
     }
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medalist.errors import ConfigError, DataError, FoldsMismatchError
+from medalist.errors import DataError, FoldsMismatchError
 from medalist.layout import experiment_dir, fold_dir
 from medalist.modalities import get_modality
 from medalist.prediction import infer
@@ -98,7 +98,8 @@ def test_a_member_trained_on_other_folds_is_refused(tmp_path, member):
         train_stage.run(_cfg(tmp_path, *STACKER))
 
 
-def test_the_bundle_refuses_a_stacked_experiment_for_now(tmp_path):
+def test_the_bundle_carries_no_folder_for_a_stacked_experiment(tmp_path):
+    """The experiments it stacks on are packaged as experiments of their own (see
+    test_package_stacked.py), not as a folder the model points to."""
     cfg = _cfg(tmp_path, *STACKER)
-    with pytest.raises(ConfigError, match="tabular.oof_features"):
-        get_modality("tabular").packaged_folder(cfg)
+    assert get_modality("tabular").packaged_folder(cfg) is None

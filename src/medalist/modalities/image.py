@@ -345,6 +345,11 @@ def starting_weights(cfg: Config) -> list[Path]:
     return list(weights.files) if weights else []
 
 
+def stacked_experiments(cfg: Config) -> list[str]:
+    """None: the inputs are the rows' own."""
+    return []
+
+
 def packaged_folder(cfg: Config) -> None:
     """Nothing besides the trained weights: they hold the whole model."""
     return None

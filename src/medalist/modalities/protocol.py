@@ -98,6 +98,10 @@ class Modality(Protocol):
         """The local files the model starts from: their content is part of the fingerprint
         that decides whether a fold trains again."""
 
+    def stacked_experiments(self, cfg: Config) -> list[str]:
+        """The experiments whose test predictions this one's test rows need as inputs (a model
+        stacked on others' predictions), in order: the bundle predicts them first."""
+
     def packaged_folder(self, cfg: Config) -> tuple[str, Path] | None:
         """A folder the offline bundle must carry besides the trained weights, and the config
         key that points to it (the text backbone's config and tokenizer), or None."""

@@ -536,6 +536,11 @@ def starting_weights(cfg: Config) -> list[Path]:
     return list(weights.files) if weights else []
 
 
+def stacked_experiments(cfg: Config) -> list[str]:
+    """None: the inputs are the rows' own."""
+    return []
+
+
 def packaged_folder(cfg: Config) -> tuple[str, Path] | None:
     """The backbone folder (config, tokenizer) the model and the tokenizer are built from: the
     local folder, or the cached snapshot of a hub id."""

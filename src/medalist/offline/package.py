@@ -1,7 +1,8 @@
 """The ``package`` stage: the Kaggle dataset an offline notebook needs, and that notebook.
 
 Reads the packaged experiments (``kaggle.experiments``, or the members of ``kaggle.ensemble``,
-or ``train.experiment``) under ``outputs/``, the folds manifest and the config. Writes
+or ``train.experiment``, and the experiments any of them stacks on) under ``outputs/``, the folds
+manifest and the config. Writes
 ``<kaggle.output_dir>/<dataset slug>/``::
 
     dataset-metadata.json      title, id and license for `kaggle datasets create`
@@ -26,6 +27,13 @@ library fitted. Such a fold's library (``scores.json`` ``learner``: lightgbm, xg
 is not bundled unless ``kaggle.wheels`` names it: the manifest records the version that trained
 it, and the run checks that the library imports before predicting anything. The bundle is built
 beside its final place, checked (:mod:`medalist.offline.scan`), then moved in.
+
+A model on other experiments' predictions (``tabular.oof_features``) brings those experiments
+along, packaged as any other (whether or not the ensemble blends them, each once) and listed
+before it in the manifest, whose entry for it names them (``stacks``): the run predicts them
+first and hands their test predictions to it (:mod:`medalist.offline.predict`), never a table
+of the training machine. They must have been trained on the project's folds, as the model
+itself: checked here, against the ``folds.json`` the bundle carries.
 """
 
 from __future__ import annotations
@@ -48,7 +56,7 @@ import yaml
 import medalist
 from medalist.config import Config, InferConfig, resolve_config
 from medalist.data import read_test
-from medalist.ensemble.inputs import expand_members
+from medalist.ensemble.inputs import check_manifest, expand_members
 from medalist.errors import ConfigError, DataError
 from medalist.io import sha256_file, write_json, write_text
 from medalist.layout import (
@@ -78,13 +86,15 @@ class Experiment:
     cfg: Config  # the experiment's own resolved config (outputs/<name>/config.yaml)
     weights: dict[str, list[Path]]  # fold -> its prediction files (weights: their mean predicts)
     learners: list[str] = field(default_factory=list)  # what fitted its folds, when not the loop
+    stacks: list[str] = field(default_factory=list)  # experiments whose predictions it reads
 
 
 @dataclass
 class Plan:
-    experiments: list[Experiment]
+    experiments: list[Experiment]  # each after the experiments it stacks on
     ensemble: dict | None = None
     backbones: dict[Path, str] = field(default_factory=dict)  # source folder -> bundle folder
+    prediction: str | None = None  # the experiment submitted, without an ensemble
 
 
 def competition_slug(cfg: Config) -> str:
@@ -134,7 +144,53 @@ def _experiment(outputs: Path, name: str, key: str) -> Experiment:
     )
     folds = trained_folds(cfg)
     weights = {str(fold): prediction_weights(cfg, fold) for fold in folds}
-    return Experiment(name, cfg, weights, _learners(cfg, folds))
+    stacked = get_modality(cfg.modality).stacked_experiments(cfg)
+    return Experiment(name, cfg, weights, _learners(cfg, folds), stacked)
+
+
+def _with_stacked_on(outputs: Path, names: list[str], key: str) -> list[Experiment]:
+    """The named experiments and those they stack on, each once and after every experiment it
+    stacks on (the order the run predicts them in)."""
+    planned: dict[str, Experiment] = {}
+
+    def add(name: str, key: str, above: tuple[str, ...]) -> None:
+        if name in above:
+            chain = " -> ".join([*above[above.index(name) :], name])
+            raise ConfigError(
+                f"tabular.oof_features: the experiments stack on each other in a cycle ({chain}); "
+                "no order predicts them"
+            )
+        if name in planned:
+            return
+        experiment = _experiment(outputs, name, key)
+        for member in experiment.stacks:
+            add(member, f"tabular.oof_features of '{name}'", (*above, name))
+        planned[name] = experiment
+
+    for name in names:
+        add(name, key, ())
+    return list(planned.values())
+
+
+def _check_stacked_folds(cfg: Config, plan: Plan) -> None:
+    """Every experiment that stacks on others, and those others, were trained on the project's
+    folds (the ``folds.json`` the bundle carries), as ``train`` and ``infer`` check."""
+    stackers = [e for e in plan.experiments if e.stacks]
+    if not stackers:
+        return
+    project = folds_files(cfg)[1]
+    if not project.is_file():
+        raise DataError(
+            f"{project} not found: the bundle of '{stackers[0].name}' (tabular.oof_features) "
+            "carries the folds manifest its experiments were trained on; run `medalist folds`"
+        )
+    manifest = json.loads(project.read_text(encoding="utf-8"))
+    outputs = Path(cfg.competition.outputs_dir)
+    for stacker in stackers:
+        check_manifest(outputs / stacker.name, f"'{stacker.name}'", manifest)
+        for member in stacker.stacks:
+            label = f"tabular.oof_features of '{stacker.name}': '{member}'"
+            check_manifest(outputs / member, label, manifest)
 
 
 def _learners(cfg: Config, folds: list[int]) -> list[str]:
@@ -211,7 +267,7 @@ def _ensemble(cfg: Config, outputs: Path) -> tuple[dict, list[str]]:
 def make_plan(cfg: Config) -> Plan:
     """What goes in the bundle; every input is checked here, before any work."""
     outputs = Path(cfg.competition.outputs_dir)
-    ensemble, key = None, "kaggle.experiments"
+    ensemble, key, prediction = None, "kaggle.experiments", None
     if cfg.kaggle.ensemble:
         ensemble, names = _ensemble(cfg, outputs)
         key = "kaggle.ensemble"
@@ -221,7 +277,9 @@ def make_plan(cfg: Config) -> Plan:
             raise ConfigError(
                 f"kaggle.experiments: {names} need kaggle.ensemble to say how they blend"
             )
-    plan = Plan([_experiment(outputs, name, key) for name in names], ensemble)
+        prediction = names[0]
+    plan = Plan(_with_stacked_on(outputs, names, key), ensemble, prediction=prediction)
+    _check_stacked_folds(cfg, plan)
     for experiment in plan.experiments:
         carried = _packaged_folder(experiment.cfg)
         backbone = carried[1] if carried else None
@@ -287,6 +345,9 @@ def _copy_experiment(experiment: Experiment, outputs: Path, root: Path, plan: Pl
     entry["paths"] = {"model.pretrained_path": None}
     # Nor does its hub cache: the bundle's models are built without pretrained weights.
     entry["settings"] = {"model.pretrained": False}
+    if experiment.stacks:  # predicted after these, on the folds manifest the bundle carries
+        entry["stacks"] = list(experiment.stacks)
+        entry["paths"]["competition.folds_dir"] = "folds"
     carried = _packaged_folder(experiment.cfg)
     if carried is not None:
         key, folder = carried
@@ -465,6 +526,7 @@ def build(cfg: Config, plan: Plan, root: Path) -> dict:
         "profiles": _profiles(cfg),
         "experiments": experiments,
         "ensemble": plan.ensemble,
+        "prediction": plan.prediction,
     }
     _log_libraries(experiments, manifest["install"])
     manifest["timing"] = _timing(cfg, root, manifest)

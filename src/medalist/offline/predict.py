@@ -10,6 +10,13 @@ the environment has, the Kaggle image's unless the bundle ships a wheel of it: e
 manifest names must import before anything is predicted, and another version than the one that
 trained is named in the log.
 
+An experiment on other experiments' predictions (its manifest entry's ``stacks``, from
+``tabular.oof_features``) is predicted after them: each of those writes the table ``infer``
+writes, ``<working>/stacked/<experiment>/test.parquet`` (with its ``task.json``), from its own
+packaged weights, and that folder is the stacking experiment's ``competition.outputs_dir``, its
+folds manifest the bundle's ``folds/folds.json``. Every experiment is predicted once, whether the
+ensemble blends it, another experiment stacks on it, or both.
+
 Paths come from a profile. ``kaggle``: the bundle under ``/kaggle/input``, the competition's data
 at ``/kaggle/input/<competition>``, output to ``/kaggle/working``. ``local``: the competition's
 ``data/`` folder and ``outputs/offline/`` of the project. ``MEDALIST_INPUT``, ``MEDALIST_DATA``
@@ -21,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,6 +54,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "medalist-bundle.json"
 FORMAT = 1
+STACKED = "stacked"  # under the working folder: the test predictions stacked on
 PROFILES = ("kaggle", "local")
 # Blends applied from their saved weights; a stacker would need a pickled model.
 BLENDERS = {
@@ -134,10 +143,18 @@ def _with(cfg: Config, dotted: str, value) -> Config:
     return cfg.model_copy(update={section_name: section})
 
 
-def experiment_config(bundle: Path, entry: dict, data: Path) -> Config:
+def experiment_config(bundle: Path, entry: dict, data: Path, stacked: Path | None = None) -> Config:
     """An experiment's resolved config, pointed at the bundle's files and the data folder, with
-    the bundle's ``settings`` (no pretrained weights: the fine-tuned ones replace them)."""
+    the bundle's ``settings`` (no pretrained weights: the fine-tuned ones replace them); one that
+    stacks on other experiments reads their test predictions under ``stacked``."""
     cfg = _with(resolve_config(bundle / entry["config"]), "competition.data_dir", str(data))
+    if entry.get("stacks"):
+        if stacked is None:
+            raise DataError(
+                f"{entry['config']}: the experiment stacks on {entry['stacks']}, whose test "
+                "predictions must be made first (predict the bundle with run_bundle)"
+            )
+        cfg = _with(cfg, "competition.outputs_dir", str(stacked))
     for dotted, relative in entry["paths"].items():
         cfg = _with(cfg, dotted, None if relative is None else str(bundle / relative))
     for dotted, value in entry.get("settings", {}).items():  # model.pretrained: false
@@ -153,7 +170,12 @@ def read_task(path: Path) -> Task:
 
 
 def predict_experiment(
-    bundle: Path, entry: dict, data: Path, rows: int | None = None, timings: list | None = None
+    bundle: Path,
+    entry: dict,
+    data: Path,
+    rows: int | None = None,
+    timings: list | None = None,
+    stacked: Path | None = None,
 ) -> tuple[pd.DataFrame, Task, np.ndarray]:
     """The fold average of one experiment's merged TTA predictions, as ``infer`` makes it.
 
@@ -165,12 +187,14 @@ def predict_experiment(
         data: the competition's data folder (test table and files).
         rows: predict only the first rows (the time estimate).
         timings: when given, one dict per weight file is appended (seconds to load, to predict).
+        stacked: where the test predictions of the experiments it stacks on (``stacks``) are,
+            as :func:`keep_prediction` writes them (of the same rows at least).
 
     Returns:
         (the test rows, the task, predictions shaped (rows, outputs)).
     """
 
-    cfg = experiment_config(bundle, entry, data)
+    cfg = experiment_config(bundle, entry, data, stacked)
     modality = get_modality(cfg.modality)
     views = modality.expand_views(cfg.infer.tta)
     task = read_task(bundle / entry["task"])
@@ -212,6 +236,51 @@ def predict_experiment(
             )
         )
     return test, task, np.mean(per_fold, axis=0)
+
+
+def prediction_order(experiments: dict) -> list[str]:
+    """The manifest's experiments in the order to predict them: each after those it stacks on
+    (a bundle packs them so already; a hand-edited manifest is checked).
+
+    Raises:
+        DataError: an experiment stacks on one the bundle does not hold, or on itself in a cycle.
+    """
+    order: list[str] = []
+
+    def add(name: str, above: tuple[str, ...]) -> None:
+        if name in order:
+            return
+        if name in above:
+            raise DataError(f"{MANIFEST}: the experiments stack on each other: {[*above, name]}")
+        for member in experiments[name].get("stacks", []):
+            if member not in experiments:
+                raise DataError(
+                    f"{MANIFEST}: '{name}' stacks on '{member}', which is not in the bundle; "
+                    "package it again"
+                )
+            add(member, (*above, name))
+        order.append(name)
+
+    for name in experiments:
+        add(name, ())
+    return order
+
+
+def stacked_members(experiments: dict) -> set[str]:
+    """The experiments of the manifest that another one stacks on."""
+    return {member for entry in experiments.values() for member in entry.get("stacks", [])}
+
+
+def keep_prediction(
+    folder: Path, bundle: Path, name: str, entry: dict, test: pd.DataFrame, task: Task, values
+) -> Path:
+    """An experiment's test predictions where the experiments stacked on it read them:
+    ``<folder>/<name>/test.parquet``, the table ``infer`` writes, and its ``task.json``."""
+    id_column = resolve_config(bundle / entry["config"]).competition.id_column
+    target = folder / name
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(bundle / entry["task"], target / "task.json")
+    return write_parquet(target / "test.parquet", prediction_table(id_column, test, task, values))
 
 
 def fold_files(files: str | list[str]) -> list[str]:
@@ -324,18 +393,30 @@ def run_bundle(
     log.info(
         "profile %s: bundle %s, data %s, output %s", profile, bundle, paths.data, paths.working
     )
-    predictions, timings = {}, []
-    for name, entry in manifest["experiments"].items():
-        test, task, values = predict_experiment(bundle, entry, paths.data, timings=timings)
-        predictions[name] = values
+    experiments = manifest["experiments"]
+    order = prediction_order(experiments)
+    needed, stacked = stacked_members(experiments), paths.working / STACKED
+    predictions, tasks, timings = {}, {}, []
+    for name in order:
+        entry, start = experiments[name], len(timings)
+        test, task, values = predict_experiment(
+            bundle, entry, paths.data, timings=timings, stacked=stacked
+        )
+        for timing in timings[start:]:
+            timing["experiment"] = name
+        predictions[name], tasks[name] = values, task
+        if name in needed:  # the test predictions of the experiments that stack on it
+            keep_prediction(stacked, bundle, name, entry, test, task, values)
         log.info("%s: %d fold(s) predicted %d rows", name, len(entry["weights"]), len(test))
     id_column = manifest["id_column"]
     if manifest.get("ensemble"):
         experiment = f"ensemble/{manifest['ensemble']['name']}"
+        task = tasks[manifest["ensemble"]["members"][0]["experiments"][0]]
         values = blend(manifest, task.type, predictions)
     else:
-        experiment = next(iter(manifest["experiments"]))
-        values = predictions[experiment]
+        # A bundle of an older medalist names no prediction: its one experiment.
+        experiment = manifest.get("prediction") or next(iter(experiments))
+        task, values = tasks[experiment], predictions[experiment]
     path = write_submission(
         bundle, paths, experiment, prediction_table(id_column, test, task, values)
     )

@@ -10,16 +10,25 @@ A fold fitted by a library (a GBDT; the manifest's ``learners``) loads its model
 prediction, so one call times both. Its load is then timed apart, as the prediction of a single
 row, and only the rest of the sample's time grows with the rows: a model file that takes a second
 to read is not counted once per sample of rows.
+
+An experiment that stacks on others is timed after them, on their predictions of the same sample
+(kept in a temporary folder, as the run keeps them in its working folder).
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from medalist.offline.predict import predict_experiment
+from medalist.offline.predict import (
+    keep_prediction,
+    predict_experiment,
+    prediction_order,
+    stacked_members,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +48,21 @@ def estimate(
     """
     timings: list[dict] = []
     samples = {}
-    for name, entry in experiments.items():
-        start = len(timings)
-        test, _, values = predict_experiment(bundle, entry, data, rows=sample_rows, timings=timings)
-        if entry.get("learners"):
-            _split_load(bundle, entry, data, timings[start:])
-        for timing in timings[start:]:
-            timing["experiment"] = name
-        samples[name] = (test, values)
+    needed = stacked_members(experiments)
+    with tempfile.TemporaryDirectory(prefix="medalist-timing-") as folder:
+        stacked = Path(folder)
+        for name in prediction_order(experiments):
+            entry, start = experiments[name], len(timings)
+            test, task, values = predict_experiment(
+                bundle, entry, data, rows=sample_rows, timings=timings, stacked=stacked
+            )
+            if entry.get("learners"):
+                _split_load(bundle, entry, data, timings[start:], stacked)
+            for timing in timings[start:]:
+                timing["experiment"] = name
+            samples[name] = (test, values)
+            if name in needed:
+                keep_prediction(stacked, bundle, name, entry, test, task, values)
     seconds = [
         t["load_seconds"] + t["predict_seconds"] * total_rows / max(t["rows"], 1) for t in timings
     ]
@@ -84,11 +100,13 @@ def estimate(
     return report, samples
 
 
-def _split_load(bundle: Path, entry: dict, data: Path, timings: list[dict]) -> None:
+def _split_load(
+    bundle: Path, entry: dict, data: Path, timings: list[dict], stacked: Path | None = None
+) -> None:
     """Each fold's load (and other fixed cost) timed as the prediction of one row, taken out
     of its sample's prediction time; ``load`` says so in the report."""
     one_row: list[dict] = []
-    predict_experiment(bundle, entry, data, rows=1, timings=one_row)
+    predict_experiment(bundle, entry, data, rows=1, timings=one_row, stacked=stacked)
     for timing, fixed in zip(timings, one_row, strict=True):
         total = timing["load_seconds"] + timing["predict_seconds"]
         load = min(fixed["load_seconds"] + fixed["predict_seconds"], total)

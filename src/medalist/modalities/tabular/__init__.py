@@ -26,7 +26,7 @@ from medalist.modalities.tabular.features import check_table, feature_columns
 from medalist.modalities.tabular.linear import LinearLearner
 from medalist.modalities.tabular.network import NetworkLearner
 from medalist.modalities.tabular.pipeline import PipelineLearner
-from medalist.modalities.tabular.stacking import stacking_config, with_stacked
+from medalist.modalities.tabular.stacking import stacked_on, stacking_config, with_stacked
 from medalist.modalities.tabular.text import has_features, text_values, without_text
 from medalist.tasks import Task
 
@@ -133,6 +133,11 @@ def starting_weights(cfg: Config) -> list[Path]:
     its folds again."""
     files = [outputs_dir(cfg) / name / "oof.parquet" for name in cfg.tabular.oof_features]
     return [path for path in files if path.is_file()]
+
+
+def stacked_experiments(cfg: Config) -> list[str]:
+    """The experiments of ``tabular.oof_features``: their test predictions are features."""
+    return stacked_on(cfg)
 
 
 def packaged_folder(cfg: Config) -> None:

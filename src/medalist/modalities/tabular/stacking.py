@@ -8,6 +8,15 @@ ensemble stage's check): a row's feature then comes from a model that never saw 
 may have seen the other rows of the fold being validated, so, as for any stacking on OOF
 predictions, the CV of the model on top is a little optimistic; the ensemble stage's nested
 CV is the stricter measure.
+
+The offline bundle predicts such a model on the hidden test set: it carries the experiments the
+model stacks on (:func:`stacked_on`) as experiments of their own, predicts them first from their
+packaged weights, and writes each one's ``test.parquet`` (the table ``infer`` writes) and
+``task.json`` in this layout under its working folder, which becomes the model's
+``competition.outputs_dir``; its ``competition.folds_dir`` is the bundle's copy of the project's
+``folds.json``. Those folders hold no ``config.yaml``, so :func:`with_stacked` does not check
+their folds again there: ``medalist package`` checked that the model and every experiment it
+stacks on were trained on the project's folds before writing the bundle.
 """
 
 from __future__ import annotations
@@ -23,6 +32,12 @@ from medalist.errors import DataError
 from medalist.layout import folds_files, outputs_dir
 
 TABLES = {"train": "oof.parquet", "test": "test.parquet"}
+
+
+def stacked_on(cfg: Config) -> list[str]:
+    """The experiments whose predictions ``cfg``'s model reads (``tabular.oof_features``), in
+    order: what must be predicted before it."""
+    return list(cfg.tabular.oof_features)
 
 
 def stacked_names(cfg: Config) -> list[str]:
@@ -52,6 +67,7 @@ def with_stacked(cfg: Config, frame: pd.DataFrame, split: str, source: str) -> p
     for experiment in cfg.tabular.oof_features:
         folder = outputs_dir(cfg) / experiment
         label = f"tabular.oof_features: '{experiment}'"
+        # A folder without config.yaml is not checked: the offline bundle's own predictions.
         check_manifest(folder, label, manifest)
         table = read_prediction(folder / TABLES[split], label)
         table = table.set_index(table[id_column].astype(str))
