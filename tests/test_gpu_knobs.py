@@ -412,7 +412,12 @@ def test_grad_checkpointing_on_a_model_without_it_is_refused():
 
 
 class Modality:
-    """Only what predict_files asks of a modality: the model."""
+    """Only what predict_files asks of a modality: no learner of its own (the loop's folds),
+    and the model."""
+
+    @staticmethod
+    def fold_learner(cfg, task):
+        return None
 
     @staticmethod
     def build_model(cfg, task):
