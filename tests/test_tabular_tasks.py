@@ -178,6 +178,21 @@ def test_a_full_fit_trains_every_round_on_every_row_and_predicts(tmp_path, model
 
 
 @pytest.mark.parametrize("model", sorted(SUFFIX))
+def test_without_early_stopping_a_fold_keeps_every_round(tmp_path, model):
+    """early_stopping 0: nothing is chosen on the validation rows (sanity and adversarial rely
+    on it), so every round is kept even when a fold has validation rows."""
+    write_table_competition(tmp_path, n_rows=150)
+    cfg = table_cfg(
+        tmp_path, "train.folds=[0]", "tabular.rounds=300", "tabular.early_stopping=0", model=model
+    )
+    write_table_folds(cfg)
+    train_stage.run(cfg)
+    folder = fold_dir(cfg, 0)
+    assert json.loads((folder / "scores.json").read_text())["best_rounds"] == [300]
+    assert _rounds(folder / f"model.{SUFFIX[model]}") == 300
+
+
+@pytest.mark.parametrize("model", sorted(SUFFIX))
 def test_the_same_config_gives_the_same_bits(tmp_path, model):
     """Seeded: a second run writes the same OOF file and the same model file."""
     outputs = []

@@ -264,7 +264,9 @@ class CatBoost(Library):
         model = self.module.CatBoost(self.params(defaults))
         fit = {}
         if valid is not None:
-            fit = {"eval_set": self._pool(*valid, spec), "use_best_model": True}
+            # The best round only with early stopping: without, nothing is chosen on the
+            # validation rows (CatBoost would keep its best round all the same).
+            fit = {"eval_set": self._pool(*valid, spec), "use_best_model": bool(self.stopping)}
             fit["early_stopping_rounds"] = self.stopping
         model.fit(self._pool(x, y, spec), **fit)
         history = model.get_evals_result().get("validation", {})
