@@ -24,6 +24,9 @@ STAGE_HELP = {
     "train": "train every configured fold; writes outputs/<experiment>/",
     "sanity": "leak alarm: train on labels without signal; the CV must be at chance "
     "(outputs/sanity/<experiment>/sanity.json, non-zero exit above chance)",
+    "adversarial": "adversarial validation: the experiment's model trained to tell test rows "
+    "from train rows; ROC AUC 0.5 is no shift (outputs/adversarial/<experiment>/: "
+    "adversarial.json, weights.csv, test_like.csv; exit 0)",
     "infer": "predict the test set with each trained fold and average",
     "pseudo": "pseudo labels for the test set from teachers' per-fold predictions",
     "submission": "map test predictions onto the sample submission and validate",
@@ -44,6 +47,7 @@ STAGE_MODULES = {
     "pretrain-mlm": "medalist.modalities.mlm",
     "train": "medalist.training.stage",
     "sanity": "medalist.honest.sanity",
+    "adversarial": "medalist.honest.adversarial",
     "infer": "medalist.prediction.infer",
     "pseudo": "medalist.prediction.pseudo",
     "submission": "medalist.submission.stage",

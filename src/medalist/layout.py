@@ -15,6 +15,7 @@ from the ``competition`` config section (defaults shown)::
             checkpoint/step-<n>/                        resumable state while training
     outputs/<experiment>@s<seed>/                       seed_experiment (train.seeds)
     outputs/sanity/<experiment>/                        sanity_dir (shuffled-label run, sanity.json)
+    outputs/adversarial/<experiment>/                   adversarial_dir (adversarial.json, weights)
     outputs/pseudo/<round>/teachers.json                pseudo_dir
     outputs/ensemble/<name>/                            ensemble_dir
     outputs/mlm/<name>/                                 mlm_dir
@@ -203,6 +204,23 @@ def sanity_dir(cfg: Config) -> Path:
 def sanity_file(outputs: Path, experiment: str) -> Path:
     """An experiment's ``sanity.json`` under an outputs folder (the report reads it)."""
     return Path(outputs) / "sanity" / experiment / "sanity.json"
+
+
+def adversarial_outputs(cfg: Config) -> Path:
+    """The outputs folder of the train-versus-test runs: the real experiments' files, ledger and
+    trackers are never written by them."""
+    return outputs_dir(cfg) / "adversarial"
+
+
+def adversarial_dir(cfg: Config) -> Path:
+    """``outputs/adversarial/<experiment>/``: the train-versus-test run (its table in ``data/``,
+    its folds in ``folds/``), ``adversarial.json``, ``weights.csv`` and ``test_like.csv``."""
+    return adversarial_outputs(cfg) / cfg.train.experiment
+
+
+def adversarial_file(outputs: Path, experiment: str) -> Path:
+    """An experiment's ``adversarial.json`` under an outputs folder (the report reads it)."""
+    return Path(outputs) / "adversarial" / experiment / "adversarial.json"
 
 
 def pseudo_dir(cfg: Config, round_: int) -> Path:

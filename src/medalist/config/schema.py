@@ -3,7 +3,7 @@
 Every key has a type and help text (``medalist config --describe`` lists them). The sections
 live beside this module: :mod:`~medalist.config.data` (competition, task, folds, submission),
 :mod:`~medalist.config.inputs` (image, model, text, mlm), :mod:`~medalist.config.stages` (train,
-infer, pseudo, tracking), :mod:`~medalist.config.honest` (sanity), :mod:`~medalist.config.tabular` (tables), and the tricks, ensemble and
+infer, pseudo, tracking), :mod:`~medalist.config.honest` (sanity, adversarial), :mod:`~medalist.config.tabular` (tables), and the tricks, ensemble and
 kaggle sections in their own modules.
 """
 
@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 
 from medalist.config.data import CompetitionConfig, FoldsConfig, SubmissionConfig, TaskConfig
 from medalist.config.ensemble import EnsembleConfig
-from medalist.config.honest import SanityConfig
+from medalist.config.honest import AdversarialConfig, SanityConfig
 from medalist.config.inputs import ImageConfig, MlmConfig, ModelConfig, TextConfig
 from medalist.config.kaggle import KaggleConfig
 from medalist.config.section import Section
@@ -63,6 +63,7 @@ class Config(Section):
     kaggle: KaggleConfig = section(KaggleConfig, retrains=False)
     tracking: TrackingConfig = section(TrackingConfig, retrains=False)
     sanity: SanityConfig = section(SanityConfig, retrains=False)
+    adversarial: AdversarialConfig = section(AdversarialConfig, retrains=False)
     stages: list[Literal["folds", "train", "infer", "pseudo", "submission"]] = Field(
         default_factory=lambda: ["folds", "train", "infer", "submission"],
         json_schema_extra={"retrains": False},

@@ -1,2 +1,3 @@
-"""Tools that keep the CV honest: the leak alarm (``medalist sanity``, :mod:`.sanity`) and seeds
-as a distribution (``train.seeds``, :mod:`.seeds`)."""
+"""Tools that keep the CV honest: the leak alarm (``medalist sanity``, :mod:`.sanity`), the
+train-versus-test classifier (``medalist adversarial``, :mod:`.adversarial`) and seeds as a
+distribution (``train.seeds``, :mod:`.seeds`)."""

@@ -3,7 +3,8 @@
 Sections: CV per metric and per fold for every experiment (and the ensemble's nested CV), the
 correlation of their OOF predictions, the seeds of a multi-seed experiment (each seed's CV, mean,
 standard deviation, the seed-averaged model's CV), the leak alarm's result where ``medalist
-sanity`` ran, the ensemble's weights with its in-sample and nested CV,
+sanity`` ran, the train-versus-test classifier's where ``medalist adversarial`` ran, the
+ensemble's weights with its in-sample and nested CV,
 and diagnostics of the ensemble (or of the best experiment): a confusion matrix and a
 calibration curve for classification, residuals for regression. Figures are drawn with
 matplotlib's Agg canvas (no display, no global pyplot state) and embedded as base64 PNGs, so
@@ -34,7 +35,7 @@ from medalist.ensemble.nested import score
 from medalist.errors import ConfigError, MedalistError
 from medalist.folds import load_folds
 from medalist.io import write_text
-from medalist.layout import ensemble_folder, sanity_file
+from medalist.layout import adversarial_file, ensemble_folder, sanity_file
 from medalist.reporting.importance import Importance, feature_importance, gain_meaning
 from medalist.tasks import build_task
 
@@ -395,6 +396,55 @@ def _sanity_section(outputs_dir: Path, experiment: str) -> str | None:
     )
 
 
+ADVERSARIAL_VERDICTS = {
+    "shift": "SHIFT: the test set differs from train",
+    "slight shift": "a slight shift",
+    "no shift": "no shift found",
+}
+
+
+def _adversarial_section(outputs_dir: Path, experiment: str) -> str | None:
+    """The train-versus-test classifier's result (``medalist adversarial``), when it exists."""
+    path = adversarial_file(outputs_dir, experiment)
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text(encoding="utf-8"))
+    scores = {
+        "ROC AUC (OOF, every row)": result["auc"],
+        "standard error at no shift": result["standard_error"],
+        "z": result["z"],
+        **{f"fold {k}": v for k, v in result["fold_auc"].items()},
+    }
+    table = pd.DataFrame({"value": scores}).to_html(float_format=lambda v: f"{v:.4f}")
+    verdict = ADVERSARIAL_VERDICTS.get(result["verdict"], result["verdict"])
+    weights, test_like = result["weights"], result["test_like"]
+    parts = [
+        f'<p class="note">The experiment\'s model trained to tell its {result["n_test"]} test '
+        f"rows from its {result['n_train']} train rows ({result['n_splits']} folds of its own"
+        f"{', grouped' if result.get('grouped') else ''}; a short run: {_length(result)}). "
+        "0.5 is no shift; a shift is found beyond "
+        f"{result['z_alarm']:g} standard errors, and called a shift from AUC "
+        f"{result['shift_auc']:g}. {html.escape(str(path.parent))}/weights.csv holds "
+        f"density-ratio weights of the train rows (effective sample size "
+        f"{weights['effective_sample_size']:.0f} of {result['n_train']}), test_like.csv the "
+        f"{test_like['rows']} most test-like train rows.</p>",
+        table,
+    ]
+    if result.get("features"):
+        features = pd.DataFrame(result["features"]).set_index("feature")
+        features.columns = ["mean share of gain", "std"]
+        parts.append("<p>The features that separate them:</p>")
+        parts.append(features.to_html(formatters=[_percent, _percent], escape=True))
+    rows = pd.DataFrame(result["test_like_rows"][:10])
+    if not rows.empty:
+        rows.columns = ["id", "OOF probability of being a test row"]
+        parts.append("<p>The most test-like train rows:</p>")
+        parts.append(rows.to_html(index=False, float_format=lambda v: f"{v:.4f}", escape=True))
+    return _section(
+        f"adversarial-{experiment}", f"Train versus test of {experiment}: {verdict}", *parts
+    )
+
+
 def _percent(value: float) -> str:
     """A share as a percentage; a dash for none (the std of a single fold)."""
     return "-" if pd.isna(value) else f"{value:.2%}"
@@ -524,6 +574,7 @@ def write_report(
     for name, folders in members:
         extra = [_seeds_section(folder, metrics) for folder in folders]
         extra.append(_sanity_section(outputs_dir, name))
+        extra.append(_adversarial_section(outputs_dir, name))
         extra.append(_importance_section(name, folders))
         sections += [part for part in extra if part]
     if ensemble:
