@@ -38,7 +38,8 @@ def test_the_fingerprint_of_folds_trained_before_is_unchanged():
     config = cfg("train.folds=[0]")
     not_training = {"infer", "submission", "stages", "pseudo", "ensemble", "kaggle", "mlm"}
     data = config.model_dump(
-        mode="json", exclude=not_training | {"tracking", "sanity", "adversarial", "tabular"}
+        mode="json",
+        exclude=not_training | {"tracking", "sanity", "adversarial", "sweep", "tabular"},
     )
     del data["train"]["folds"], data["train"]["progress"], data["train"]["seeds"]
     del data["train"]["compile"], data["train"]["channels_last"]

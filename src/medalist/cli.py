@@ -27,6 +27,9 @@ STAGE_HELP = {
     "adversarial": "adversarial validation: the experiment's model trained to tell test rows "
     "from train rows; ROC AUC 0.5 is no shift (outputs/adversarial/<experiment>/: "
     "adversarial.json, weights.csv, test_like.csv; exit 0)",
+    "sweep": "hyperparameter sweep (sweep.*): each trial an experiment of its own under "
+    "outputs/sweep/<name>/, resumable; sweep.json (best values, an optimistic score), best.yaml "
+    "and the final run's command",
     "infer": "predict the test set with each trained fold and average",
     "pseudo": "pseudo labels for the test set from teachers' per-fold predictions",
     "submission": "map test predictions onto the sample submission and validate",
@@ -48,6 +51,7 @@ STAGE_MODULES = {
     "train": "medalist.training.stage",
     "sanity": "medalist.honest.sanity",
     "adversarial": "medalist.honest.adversarial",
+    "sweep": "medalist.honest.sweep",
     "infer": "medalist.prediction.infer",
     "pseudo": "medalist.prediction.pseudo",
     "submission": "medalist.submission.stage",
@@ -177,6 +181,8 @@ def dispatch(args: argparse.Namespace) -> object:
         return run(cfg, cfg.ensemble)
     if args.command == "submit":
         return run(cfg, args.file, args.message, args.kernel_version)
+    if args.command == "sweep":
+        return run(cfg, config_path=args.config, overrides=args.overrides)
     return run(cfg)
 
 

@@ -16,6 +16,7 @@ from the ``competition`` config section (defaults shown)::
     outputs/<experiment>@s<seed>/                       seed_experiment (train.seeds)
     outputs/sanity/<experiment>/                        sanity_dir (shuffled-label run, sanity.json)
     outputs/adversarial/<experiment>/                   adversarial_dir (adversarial.json, weights)
+    outputs/sweep/<name>/                               a sweep (trials, study.db, sweep.json, best.yaml)
     outputs/pseudo/<round>/teachers.json                pseudo_dir
     outputs/ensemble/<name>/                            ensemble_dir
     outputs/mlm/<name>/                                 mlm_dir

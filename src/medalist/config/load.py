@@ -123,7 +123,7 @@ def resolve_config(
     try:
         return Config.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, source)) from None
+        raise ConfigError(explain(exc, source)) from None
 
 
 def _fields_at(path: tuple) -> list[str]:
@@ -144,7 +144,7 @@ def _fields_at(path: tuple) -> list[str]:
     return list(model.model_fields)
 
 
-def _explain(exc: ValidationError, source: str) -> str:
+def explain(exc: ValidationError, source: str) -> str:
     lines = []
     for error in exc.errors():
         loc = tuple(str(part) for part in error["loc"])

@@ -3,7 +3,7 @@
 Every key has a type and help text (``medalist config --describe`` lists them). The sections
 live beside this module: :mod:`~medalist.config.data` (competition, task, folds, submission),
 :mod:`~medalist.config.inputs` (image, model, text, mlm), :mod:`~medalist.config.stages` (train,
-infer, pseudo, tracking), :mod:`~medalist.config.honest` (sanity, adversarial), :mod:`~medalist.config.tabular` (tables), and the tricks, ensemble and
+infer, pseudo, tracking), :mod:`~medalist.config.honest` (sanity, adversarial), :mod:`~medalist.config.sweep` (sweep), :mod:`~medalist.config.tabular` (tables), and the tricks, ensemble and
 kaggle sections in their own modules.
 """
 
@@ -23,6 +23,7 @@ from medalist.config.inputs import ImageConfig, MlmConfig, ModelConfig, TextConf
 from medalist.config.kaggle import KaggleConfig
 from medalist.config.section import Section
 from medalist.config.stages import InferConfig, PseudoConfig, TrackingConfig, TrainConfig
+from medalist.config.sweep import SweepConfig
 from medalist.config.tabular import TabularConfig
 from medalist.config.tricks import TricksConfig
 from medalist.errors import ConfigError
@@ -64,6 +65,7 @@ class Config(Section):
     tracking: TrackingConfig = section(TrackingConfig, retrains=False)
     sanity: SanityConfig = section(SanityConfig, retrains=False)
     adversarial: AdversarialConfig = section(AdversarialConfig, retrains=False)
+    sweep: SweepConfig = section(SweepConfig, retrains=False)
     stages: list[Literal["folds", "train", "infer", "pseudo", "submission"]] = Field(
         default_factory=lambda: ["folds", "train", "infer", "submission"],
         json_schema_extra={"retrains": False},

@@ -165,7 +165,7 @@ def tabular_project(workdir: str | Path, n_rows: int | None = None) -> Path:
     for stale in ("outputs", "folds", "submissions"):  # a fresh run every time
         shutil.rmtree(project / stale, ignore_errors=True)
     build_cancer(project / "data", n_rows=n_rows)
-    for member in MEMBERS:
+    for member in (*MEMBERS, "tabular_sweep"):  # the sweep is not run: a next step
         shutil.copy(REPO_CONFIGS / "demo" / f"{member}.yaml", project / "configs")
     return project
 
@@ -202,6 +202,10 @@ def run_tabular_demo(
     print_summary(console, title, lines, summary, report, lines[0].scores["main_metric"])
     console.print(f"next, in {project}:")
     console.print(f"  medalist ledger -c configs/{NAME}.yaml   # every run and ensemble, with CV")
+    console.print(
+        "  medalist sweep -c configs/tabular_sweep.yaml   # 20 LightGBM trials on folds 0-1; "
+        "prints the final run"
+    )
     console.print(f"wall time: {time.perf_counter() - started:.0f} s")
     return {
         "experiments": {line.name: line.scores["cv"] for line in lines[:-1]},

@@ -156,6 +156,7 @@ def seed_groups(frame: pd.DataFrame) -> pd.DataFrame:
     averaged = frame[frame["seed"].str.startswith("mean(")]
     averaged_cv = dict(zip(averaged["experiment"], averaged["cv_main"], strict=True))
     runs = frame[(frame["seed"] != "-") & ~frame["seed"].str.startswith("mean(")]
+    runs = runs[~runs["experiment"].str.contains("@sweep", regex=False)]  # a sweep's trials
     runs = runs.assign(group=lambda f: f["experiment"].str.split("@").str[0])
     out = []
     for group, part in runs.groupby("group", sort=False):

@@ -34,6 +34,7 @@ from medalist.ensemble.inputs import Inputs, align_oof, expand_members, read_pre
 from medalist.ensemble.nested import score
 from medalist.errors import ConfigError, MedalistError
 from medalist.folds import load_folds
+from medalist.honest.sweep import sweep_results, trials_table
 from medalist.io import write_text
 from medalist.layout import adversarial_file, ensemble_folder, sanity_file
 from medalist.reporting.importance import Importance, feature_importance, gain_meaning
@@ -403,6 +404,32 @@ ADVERSARIAL_VERDICTS = {
 }
 
 
+def _sweep_sections(outputs_dir: Path, experiment: str) -> list[str]:
+    """The hyperparameter sweeps of an experiment (``medalist sweep``), with their optimism."""
+    sections = []
+    for result in sweep_results(outputs_dir, experiment):
+        best = result["best"]
+        title = f"Sweep {result['name']} of {experiment}: " + (
+            f"best {result['metric']} {best['score']:.5g} (trial {best['number']}, optimistic)"
+            if best
+            else "no trial completed"
+        )
+        table = trials_table(result).to_html(
+            index=False, float_format=lambda v: f"{v:.5g}", escape=True, na_rep=""
+        )
+        command = result.get("command", "")
+        sections.append(
+            _section(
+                f"sweep-{result['name']}",
+                title,
+                f'<p class="note">{html.escape(result.get("note", ""))}</p>',
+                f"<pre>{html.escape(command)}</pre>" if command else "",
+                table,
+            )
+        )
+    return sections
+
+
 def _adversarial_section(outputs_dir: Path, experiment: str) -> str | None:
     """The train-versus-test classifier's result (``medalist adversarial``), when it exists."""
     path = adversarial_file(outputs_dir, experiment)
@@ -575,6 +602,7 @@ def write_report(
         extra = [_seeds_section(folder, metrics) for folder in folders]
         extra.append(_sanity_section(outputs_dir, name))
         extra.append(_adversarial_section(outputs_dir, name))
+        extra.extend(_sweep_sections(outputs_dir, name))
         extra.append(_importance_section(name, folders))
         sections += [part for part in extra if part]
     if ensemble:
