@@ -26,7 +26,7 @@ def test_every_config_section_says_whether_it_retrains():
     assert not undecided, f"Config fields without retrains=: {undecided}"
     assert set(training_sections()) == {
         "modality", "competition", "task", "folds", "image", "model", "text", "tabular", "train",
-        "tricks",
+        "tricks", "distill",
     }  # fmt: skip
 
 
@@ -39,7 +39,7 @@ def test_the_fingerprint_of_folds_trained_before_is_unchanged():
     not_training = {"infer", "submission", "stages", "pseudo", "ensemble", "kaggle", "mlm"}
     data = config.model_dump(
         mode="json",
-        exclude=not_training | {"tracking", "sanity", "adversarial", "sweep", "tabular"},
+        exclude=not_training | {"tracking", "sanity", "adversarial", "sweep", "tabular", "distill"},
     )
     del data["train"]["folds"], data["train"]["progress"], data["train"]["seeds"]
     del data["train"]["compile"], data["train"]["channels_last"]

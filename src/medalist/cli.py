@@ -32,6 +32,8 @@ STAGE_HELP = {
     "and the final run's command",
     "infer": "predict the test set with each trained fold and average",
     "pseudo": "pseudo labels for the test set from teachers' per-fold predictions",
+    "distill": "soft targets for a student (distill.teacher): each fold's training rows "
+    "predicted by the teacher's model of that fold, never its OOF (outputs/distill/<teacher>/)",
     "submission": "map test predictions onto the sample submission and validate",
     "ensemble": "blend or stack experiments (ensemble.*) with nested CV; writes a submission",
     "ledger": "table of every run and ensemble with CV (and LB scores recorded with --lb)",
@@ -54,6 +56,7 @@ STAGE_MODULES = {
     "sweep": "medalist.honest.sweep",
     "infer": "medalist.prediction.infer",
     "pseudo": "medalist.prediction.pseudo",
+    "distill": "medalist.prediction.distill",
     "submission": "medalist.submission.stage",
     "ensemble": "medalist.ensemble.stage",
     "package": "medalist.offline.package",

@@ -18,6 +18,7 @@ from the ``competition`` config section (defaults shown)::
     outputs/adversarial/<experiment>/                   adversarial_dir (adversarial.json, weights)
     outputs/sweep/<name>/                               a sweep (trials, study.db, sweep.json, best.yaml)
     outputs/pseudo/<round>/teachers.json                pseudo_dir
+    outputs/distill/<teacher>/fold<k>.parquet, teacher.json   distill_dir (distill_record)
     outputs/ensemble/<name>/                            ensemble_dir
     outputs/mlm/<name>/                                 mlm_dir
     outputs/mlm/.<name>.resume/                         mlm_resume_dir (while pretraining)
@@ -28,7 +29,7 @@ from the ``competition`` config section (defaults shown)::
 
 A fold is trained again when :func:`training_hash` changes: it covers the config sections marked
 ``retrains`` (see :func:`medalist.config.schema.training_sections`), the starting weights by
-content, and the pseudo labels a student trains on.
+content, and the pseudo labels or distilled soft targets a student trains on.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from pathlib import Path
 
 from medalist.config import Config
 from medalist.config.schema import added_sections, training_sections
-from medalist.errors import DataError
+from medalist.errors import ConfigError, DataError
 from medalist.io import sha256_file
 from medalist.modalities import get_modality
 
@@ -174,6 +175,9 @@ def training_hash(cfg: Config) -> str:
     if cfg.train.pseudo_round is not None:  # new labels for the same round retrain the folds
         record = pseudo_dir(cfg, cfg.train.pseudo_round) / "teachers.json"
         data["pseudo_labels"] = sha256_file(record) if record.is_file() else None
+    if cfg.distill.teacher is not None:  # new soft targets from the teacher retrain the folds
+        record = distill_record(cfg)
+        data["distilled_targets"] = sha256_file(record) if record.is_file() else None
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -226,6 +230,20 @@ def adversarial_file(outputs: Path, experiment: str) -> Path:
 
 def pseudo_dir(cfg: Config, round_: int) -> Path:
     return outputs_dir(cfg) / "pseudo" / str(round_)
+
+
+def distill_dir(cfg: Config) -> Path:
+    """``outputs/distill/<teacher>/``: ``distill.teacher``'s soft targets of each fold's
+    training rows (``fold<k>.parquet``) and their record (:func:`distill_record`)."""
+    if cfg.distill.teacher is None:
+        raise ConfigError("distill.teacher: not set; name the teacher experiment")
+    return outputs_dir(cfg) / "distill" / cfg.distill.teacher
+
+
+def distill_record(cfg: Config) -> Path:
+    """``teacher.json``: the teacher, its folds' hash, the temperature and each file's sha256;
+    its hash is part of the student's fingerprint (:func:`training_hash`)."""
+    return distill_dir(cfg) / "teacher.json"
 
 
 def ensemble_dir(cfg: Config, name: str) -> Path:

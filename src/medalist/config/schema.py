@@ -17,6 +17,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from medalist.config.data import CompetitionConfig, FoldsConfig, SubmissionConfig, TaskConfig
+from medalist.config.distill import DistillConfig
 from medalist.config.ensemble import EnsembleConfig
 from medalist.config.honest import AdversarialConfig, SanityConfig
 from medalist.config.inputs import ImageConfig, MlmConfig, ModelConfig, TextConfig
@@ -57,6 +58,7 @@ class Config(Section):
     tabular: TabularConfig = section(TabularConfig, retrains=True, added=True)
     train: TrainConfig = section(TrainConfig, retrains=True)
     tricks: TricksConfig = section(TricksConfig, retrains=True)
+    distill: DistillConfig = section(DistillConfig, retrains=True, added=True)
     infer: InferConfig = section(InferConfig, retrains=False)
     pseudo: PseudoConfig = section(PseudoConfig, retrains=False)
     submission: SubmissionConfig = section(SubmissionConfig, retrains=False)

@@ -191,6 +191,7 @@ def adversarial_config(cfg: Config, target: str) -> Config:
         features=stacking_config(cfg).tabular.features if stacked_on(cfg) else cfg.tabular.features,
         params={key: value for key, value in params.items() if key not in TASK_PARAMS},
     )
+    data["distill"]["teacher"] = None  # its soft targets are the experiment's task's
     data["tricks"]["loss"]["class_weights"] = None  # the experiment's classes, not these
     data["tricks"]["sampler"]["balanced"] = False  # the natural prior: p / (1 - p) stays a ratio
     data["tracking"]["trackers"] = []

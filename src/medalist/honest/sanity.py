@@ -197,6 +197,7 @@ def sanity_config(cfg: Config) -> Config:
     short.tabular.rounds = min(cfg.tabular.rounds, cfg.sanity.rounds)
     short.tabular.early_stopping = 0  # as keep: last, nothing chosen on the shuffled labels
     short.train.pseudo_round = None
+    short.distill.teacher = None
     short.tracking.trackers = []
     return short
 
@@ -208,6 +209,11 @@ def _check(cfg: Config) -> None:
         log.warning(
             "sanity: train.pseudo_round %s is left out (the teachers learnt the real labels)",
             cfg.train.pseudo_round,
+        )
+    if cfg.distill.teacher is not None:
+        log.warning(
+            "sanity: distill.teacher %s is left out (the teacher learnt the real labels)",
+            cfg.distill.teacher,
         )
 
 

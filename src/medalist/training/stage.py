@@ -43,6 +43,8 @@ from medalist.prediction.pseudo import as_hard, folds_hash, labels_mode, load_fo
 from medalist.reporting.ledger import append_ledger
 from medalist.tasks import Task, build_task
 from medalist.training.checkpoint import clear_checkpoints
+from medalist.training.distill import check_student, mix
+from medalist.training.distill import load_for_fold as distill_targets
 from medalist.training.fold_setup import check_compile
 from medalist.training.loop import fit_fold
 from medalist.training.runtime import (
@@ -106,6 +108,7 @@ def run(cfg: Config, *, targets: np.ndarray | None = None, ledger: bool = True) 
     """
     if cfg.train.seeds:
         return _run_seeds(cfg, ledger=ledger)
+    check_student(cfg)  # what distillation does not do is refused before any work
     started = time.perf_counter()
     check_precision(cfg)
     check_trackers(cfg)
@@ -127,6 +130,11 @@ def run(cfg: Config, *, targets: np.ndarray | None = None, ledger: bool = True) 
     selected = _selected_folds(cfg, folds)
     modality.check_inputs(cfg, train, "train", source)  # every row checked before any training
     learner = modality.fold_learner(cfg, task)
+    if learner is not None and cfg.distill.teacher is not None:
+        raise ConfigError(
+            f"distill.teacher: a {learner.name} fold is fitted on the labels by its learner; "
+            "distillation trains the networks of medalist's training loop (image, text) only"
+        )
     out = experiment_dir(cfg)
     accelerator = make_accelerator(cfg, log_with=cfg.tracking.trackers)
     if cfg.train.compile:
@@ -219,15 +227,31 @@ def _average_seeds(cfg: Config, per_seed: dict, ledger: bool) -> dict:
     return metrics
 
 
-def _train_targets(cfg: Config, task: Task, targets: np.ndarray) -> np.ndarray:
+def _train_targets(
+    cfg: Config,
+    task: Task,
+    targets: np.ndarray,
+    fold: int | None = None,
+    ids: pd.Series | None = None,
+) -> np.ndarray:
     """The labelled training rows' targets as the loss takes them.
 
     Hard labels are integers (multilabel 0/1 included), which the loss or mixup smooths once
     (:func:`medalist.tricks.losses.soft_targets`). In a pseudo round they share batches with the
     pseudo labels' probabilities, so they become probabilities here, smoothed here, once.
+
+    With ``distill.teacher``, the rows ``ids`` of fold ``fold`` train on ``alpha`` times the
+    teacher's fold-``fold`` soft targets plus ``1 - alpha`` times their labels (smoothed here,
+    once, for classification): see :mod:`medalist.training.distill`.
     """
     if task.type == "multilabel":
         targets = targets.astype(np.int64)  # hard: told apart from soft labels by their dtype
+    if cfg.distill.teacher is not None:
+        if fold is None or ids is None:
+            raise ValueError("distill.teacher: the fold and the training rows' ids are needed")
+        soft = distill_targets(cfg, fold, ids, task.pred_columns)
+        labels = targets if task.type == "regression" else _smoothed(cfg, task, targets)
+        return mix(task.type, cfg.distill.alpha, soft, np.asarray(labels, dtype=np.float32))
     return targets if cfg.train.pseudo_round is None else _smoothed(cfg, task, targets)
 
 
@@ -280,7 +304,9 @@ def _train_fold(
     train_set = modality.build_dataset(
         cfg,
         _subset(train, train_rows),
-        _train_targets(cfg, task, targets[train_rows]),
+        _train_targets(
+            cfg, task, targets[train_rows], fold, train[cfg.competition.id_column].iloc[train_rows]
+        ),
         split="train",
         train=True,
         source=source,

@@ -1,0 +1,118 @@
+"""Distilled targets: a teacher's soft targets of a fold's training rows, mixed with the labels.
+
+``medalist distill`` (:mod:`medalist.prediction.distill`) writes, for each fold k the student
+trains, the teacher's fold-k model's predictions of fold k's training rows at temperature T
+(``outputs/distill/<teacher>/fold<k>.parquet``) and ``teacher.json``. The train stage reads them
+here: a file made for other folds, another teacher or temperature, or changed since, is refused.
+The teacher's fold-k model was trained on exactly those rows, so fold k's validation labels never
+reach its student through the soft targets, unlike the teacher's OOF predictions would.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from medalist.config import Config
+from medalist.errors import ConfigError, DataError
+from medalist.io import sha256_file
+from medalist.layout import FULL_FIT, distill_dir, distill_record, fold_name
+from medalist.prediction.pseudo import folds_hash
+
+EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] before their logits are taken
+
+
+def soften(task_type: str, probs: np.ndarray, temperature: float) -> np.ndarray:
+    """The task's activation of ``logits / temperature``, from the activated predictions.
+
+    The logits are recovered from the probabilities (sigmoid: ``log(p / (1 - p))``; softmax:
+    ``log p``, equal to the logits up to a constant per row, which softmax ignores), so a table of
+    probabilities softens exactly as its logits would. Regression values are returned unchanged.
+    """
+    values = np.asarray(probs, dtype=np.float64)
+    if task_type == "regression" or temperature == 1:
+        return values.astype(np.float32)
+    p = np.clip(values, EPS, 1 - EPS)
+    if task_type == "multiclass":
+        logits = np.log(p) / temperature
+        logits -= logits.max(1, keepdims=True)
+        soft = np.exp(logits)
+        return (soft / soft.sum(1, keepdims=True)).astype(np.float32)
+    logits = np.log(p / (1 - p)) / temperature
+    return (1 / (1 + np.exp(-logits))).astype(np.float32)
+
+
+def check_student(cfg: Config, fold: int | None = None) -> None:
+    """Refuse what this slice of distillation does not do, before any work."""
+    if cfg.distill.teacher is None:
+        return
+    if cfg.distill.teacher == cfg.train.experiment:
+        raise ConfigError(
+            f"distill.teacher: '{cfg.distill.teacher}' is the student's own experiment "
+            "(train.experiment); name the student another experiment"
+        )
+    if cfg.train.pseudo_round is not None:
+        raise ConfigError(
+            "distill.teacher: not together with train.pseudo_round yet: pseudo-labelled test rows "
+            "have no soft targets of the distillation teacher, and the two would share one loss "
+            "weight; distil the pseudo round's student, or pseudo-label the distilled one"
+        )
+    if fold == FULL_FIT or (cfg.train.folds and FULL_FIT in cfg.train.folds):
+        raise ConfigError(
+            "distill.teacher: a full-fit student (train.folds: [-1]) would learn from the "
+            "teacher's full fit, which is not supported yet; distil the student's folds"
+        )
+
+
+def load_for_fold(cfg: Config, fold: int, ids: pd.Series, columns: list[str]) -> np.ndarray:
+    """The teacher's soft targets of fold ``fold``'s training rows ``ids``, in their order.
+
+    Raises:
+        DataError: no file for the fold, a file changed since ``medalist distill`` wrote it, made
+            for other folds or ids, another temperature, or missing a column.
+    """
+    check_student(cfg, fold)
+    record_file = distill_record(cfg)
+    hint = "run `medalist distill` with the student's config"
+    if not record_file.is_file():
+        raise DataError(f"distill.teacher: {record_file} not found; {hint}")
+    record = json.loads(record_file.read_text())
+    if record["teacher"] != cfg.distill.teacher or record["folds_sha256"] != folds_hash(cfg):
+        raise DataError(f"{record_file}: made for another teacher or other folds; {hint}")
+    if record["temperature"] != cfg.distill.temperature:
+        raise DataError(
+            f"{record_file}: made at distill.temperature {record['temperature']}, the config "
+            f"says {cfg.distill.temperature}; {hint}"
+        )
+    name = fold_name(fold)
+    entry = record["files"].get(name)
+    path = distill_dir(cfg) / f"{name}.parquet"
+    if entry is None or not path.is_file():
+        raise DataError(f"{distill_dir(cfg)}: no soft targets for {name}; {hint}")
+    if sha256_file(path) != entry["sha256"]:
+        raise DataError(f"{path}: changed since `medalist distill` wrote it; {hint}")
+    table = pd.read_parquet(path)
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}")
+    id_column = cfg.competition.id_column
+    wanted = ids.astype(str).to_numpy()
+    have = table[id_column].astype(str)
+    if len(have) != len(wanted) or set(have) != set(wanted):
+        raise DataError(f"{path}: its ids are not fold {fold}'s training rows; {hint}")
+    position = pd.Series(np.arange(len(table)), index=have.to_numpy())
+    return table[columns].to_numpy(dtype=np.float32)[position.loc[wanted].to_numpy()]
+
+
+def mix(task_type: str, alpha: float, soft: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``alpha * soft + (1 - alpha) * labels``, in the labels' shape (binary: one column).
+
+    ``labels`` are probabilities (smoothed hard labels) for classification, values for
+    regression; the result is float, which the loss takes as final (never smoothed again).
+    """
+    soft = soft.reshape(labels.shape) if soft.size == labels.size else soft
+    if soft.shape != labels.shape:
+        raise DataError(f"distill: soft targets of shape {soft.shape}, labels {labels.shape}")
+    return (alpha * soft + (1 - alpha) * labels).astype(np.float32)
