@@ -190,3 +190,16 @@ def test_a_student_fitted_by_its_own_learner_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="distill.teacher: a lightgbm fold is fitted"):
         train_stage.run(student)
     assert not (tmp_path / "outputs" / "student" / "fold0").exists()
+
+
+def test_run_distils_before_training_and_skips_both_when_up_to_date(tiny_project, caplog):
+    _teacher()
+    stages = "stages=[folds, distill, train]"
+    assert main(["run", *ARGS, *STUDENT, stages, "train.folds=[0]"]) == 0
+    assert (tiny_project / "outputs/distill/tiny/teacher.json").is_file()
+    assert (tiny_project / "outputs/student/fold0/scores.json").is_file()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="medalist"):
+        assert main(["run", *ARGS, *STUDENT, stages, "train.folds=[0]"]) == 0
+    skipped = [r.getMessage() for r in caplog.records if "up to date, skipped" in r.getMessage()]
+    assert skipped == [f"{s}: up to date, skipped" for s in ("folds", "distill", "train")]

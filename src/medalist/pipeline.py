@@ -20,6 +20,7 @@ from medalist.data import read_train
 from medalist.errors import ConfigError
 from medalist.io import write_json
 from medalist.layout import (
+    distill_record,
     experiment_dir,
     folds_files,
     pseudo_dir,
@@ -30,7 +31,7 @@ from medalist.layout import (
     test_path,
     train_path,
 )
-from medalist.prediction import infer, pseudo
+from medalist.prediction import distill, infer, pseudo
 from medalist.submission import stage as submission
 from medalist.tasks import build_task
 from medalist.training import stage as train
@@ -63,6 +64,16 @@ def _pseudo_labels(cfg: Config) -> list[Path]:
     return [pseudo_dir(cfg, cfg.train.pseudo_round) / "teachers.json"]
 
 
+def _soft_targets(cfg: Config) -> list[Path]:
+    """The distillation record a student trains on (``distill.teacher``), if any."""
+    return [distill_record(cfg)] if cfg.distill.teacher is not None else []
+
+
+def _teacher_results(cfg: Config) -> list[Path]:
+    """The distillation teacher's ``metrics.json``: rewritten whenever it trains again."""
+    return [Path(cfg.competition.outputs_dir) / cfg.distill.teacher / "metrics.json"]
+
+
 STAGES = {
     "folds": Stage(
         "folds", folds.run, lambda c: [train_path(c)], folds_files, ("competition", "folds")
@@ -70,9 +81,22 @@ STAGES = {
     "train": Stage(
         "train",
         train.run,
-        lambda c: [train_path(c), *folds_files(c), *_pseudo_labels(c), *starting_weights(c)],
+        lambda c: [
+            train_path(c),
+            *folds_files(c),
+            *_pseudo_labels(c),
+            *_soft_targets(c),
+            *starting_weights(c),
+        ],
         lambda c: [experiment_dir(c) / "metrics.json"],
         training_sections(),
+    ),
+    "distill": Stage(
+        "distill",
+        distill.run,
+        lambda c: [train_path(c), *folds_files(c), *_teacher_results(c)],
+        lambda c: [distill_record(c)],
+        ("competition", "folds", "distill", "train"),
     ),
     "infer": Stage(
         "infer",

@@ -68,7 +68,7 @@ class Config(Section):
     sanity: SanityConfig = section(SanityConfig, retrains=False)
     adversarial: AdversarialConfig = section(AdversarialConfig, retrains=False)
     sweep: SweepConfig = section(SweepConfig, retrains=False)
-    stages: list[Literal["folds", "train", "infer", "pseudo", "submission"]] = Field(
+    stages: list[Literal["folds", "distill", "train", "infer", "pseudo", "submission"]] = Field(
         default_factory=lambda: ["folds", "train", "infer", "submission"],
         json_schema_extra={"retrains": False},
         description="Stages that `medalist run` runs, in order.",
