@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 from pydantic import ValidationError
+from rich.console import Console
 
 from medalist.cli import main
 from medalist.config import resolve_config
@@ -27,7 +28,7 @@ from medalist.folds import run as make_folds
 from medalist.honest import sweep
 from medalist.layout import experiment_dir, ledger_path
 from medalist.reporting import report
-from medalist.reporting.ledger_view import ledger_rows
+from medalist.reporting.ledger_view import ledger_rows, show
 from medalist.training import stage as training
 from support.configs import TINY
 from support.configs import cfg as tiny_cfg
@@ -146,6 +147,11 @@ def test_trials_land_in_the_ledger_and_a_second_run_trains_nothing(tmp_path, cap
         assert row.cv_roc_auc == pytest.approx(metrics["cv"]["roc_auc"])
     shown = ledger_rows(cfg.competition.outputs_dir)  # what `medalist ledger` prints
     assert shown["experiment"].tolist() == names and shown["main"].eq("roc_auc").all()
+    console = Console(record=True, width=200)
+    show(cfg.competition.outputs_dir, console=console)
+    printed = console.export_text()
+    leaves = trials[1]["values"]["tabular.params.num_leaves"]
+    assert f"{names[1]}: tabular.params.num_leaves={leaves}, " in printed
     best = max(trials, key=lambda t: t["score"])
     assert result["best"]["number"] == best["number"]
     assert result["best"]["score"] == best["score"] and result["best"]["values"] == best["values"]

@@ -86,6 +86,7 @@ def _run_row(row: pd.Series) -> dict:
         "finished": str(row.get("finished", "")),
         "seconds": row.get("seconds", np.nan),
         "device": str(row.get("device", "")),
+        "params": "" if pd.isna(row.get("params", np.nan)) else str(row["params"]),
     }
 
 
@@ -106,6 +107,7 @@ def _ensemble_row(folder: Path) -> dict:
         "finished": stamp.isoformat(timespec="seconds"),
         "seconds": np.nan,
         "device": f"{cv['method']} (nested CV)",
+        "params": "",
     }
 
 
@@ -248,5 +250,8 @@ def show(outputs_dir: str | Path, lb: dict[str, float] | None = None, console=No
             f"{group['cv_mean']:.5g} +- {group['cv_std']:.3g} across seeds"
             + ("" if pd.isna(averaged) else f"; the seed-averaged model {averaged:.5g}")
         )
+    for _, row in frame[frame["params"] != ""].iterrows():  # a sweep's trials: their values
+        values = ", ".join(f"{k}={v}" for k, v in json.loads(row["params"]).items())
+        console.print(f"{row['experiment']}: {values}")
     console.print(_correlation_line(cv_lb_correlation(frame)))
     return frame
