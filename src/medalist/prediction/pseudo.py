@@ -246,14 +246,25 @@ def load_for_fold(cfg: Config, fold: int, pred_columns: list[str]) -> pd.DataFra
         )
     if record["folds_sha256"] != folds_hash(cfg):
         raise DataError(f"{record_file}: made for other folds than the current fold file")
+    _, table = recorded_fold_table(
+        folder, record, name, pred_columns, what="pseudo labels", stage="pseudo", fix="run it again"
+    )
+    return table
+
+
+def recorded_fold_table(
+    folder: Path, record: dict, name: str, columns: list[str], *, what: str, stage: str, fix: str
+) -> tuple[Path, pd.DataFrame]:
+    """Fold ``name``'s table that ``medalist <stage>`` wrote in ``folder``, checked against its
+    record (``record["files"][name]["sha256"]``) and for ``columns``; ``fix`` ends each error."""
     entry = record["files"].get(name)
     path = folder / f"{name}.parquet"
     if entry is None or not path.is_file():
-        raise DataError(f"{folder}: no pseudo labels for {name}")
+        raise DataError(f"{folder}: no {what} for {name}; {fix}")
     if sha256_file(path) != entry["sha256"]:
-        raise DataError(f"{path}: changed since `medalist pseudo` wrote it; run it again")
+        raise DataError(f"{path}: changed since `medalist {stage}` wrote it; {fix}")
     table = pd.read_parquet(path)
-    missing = [c for c in pred_columns if c not in table.columns]
+    missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise DataError(f"{path}: missing label column(s) {missing}")
-    return table
+        raise DataError(f"{path}: missing {what} column(s) {missing}")
+    return path, table

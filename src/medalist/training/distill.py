@@ -17,9 +17,8 @@ import pandas as pd
 
 from medalist.config import Config
 from medalist.errors import ConfigError, DataError
-from medalist.io import sha256_file
 from medalist.layout import FULL_FIT, distill_dir, distill_record, fold_name
-from medalist.prediction.pseudo import folds_hash
+from medalist.prediction.pseudo import folds_hash, recorded_fold_table
 
 EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] before their logits are taken
 
@@ -86,17 +85,15 @@ def load_for_fold(cfg: Config, fold: int, ids: pd.Series, columns: list[str]) ->
             f"{record_file}: made at distill.temperature {record['temperature']}, the config "
             f"says {cfg.distill.temperature}; {hint}"
         )
-    name = fold_name(fold)
-    entry = record["files"].get(name)
-    path = distill_dir(cfg) / f"{name}.parquet"
-    if entry is None or not path.is_file():
-        raise DataError(f"{distill_dir(cfg)}: no soft targets for {name}; {hint}")
-    if sha256_file(path) != entry["sha256"]:
-        raise DataError(f"{path}: changed since `medalist distill` wrote it; {hint}")
-    table = pd.read_parquet(path)
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}")
+    path, table = recorded_fold_table(
+        distill_dir(cfg),
+        record,
+        fold_name(fold),
+        columns,
+        what="soft targets",
+        stage="distill",
+        fix=hint,
+    )
     id_column = cfg.competition.id_column
     wanted = ids.astype(str).to_numpy()
     have = table[id_column].astype(str)
