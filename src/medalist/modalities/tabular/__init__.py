@@ -11,6 +11,7 @@ training rows alone show (categories, scaling).
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +44,16 @@ class TableDataset(Dataset):
         self.frame, self.targets, self.weights, self.source = frame, targets, weights, source
         self.inputs = inputs
 
+    @cached_property
+    def _input_columns(self) -> pd.DataFrame:
+        """The input columns, selected once (not once per row read)."""
+        return self.frame[self.inputs]
+
     def __len__(self) -> int:
         return len(self.frame)
 
     def __getitem__(self, index: int) -> dict:
-        return {"index": index, "row": self.frame[self.inputs].iloc[index].tolist()}
+        return {"index": index, "row": self._input_columns.iloc[index].tolist()}
 
 
 def check_inputs(cfg: Config, df: pd.DataFrame, split: str, source: str) -> list[str]:

@@ -104,10 +104,11 @@ class Pipeline:
             if step.name == "target_encoding":
                 values, suffixes = _target_matrix(task, targets)
                 fitted["suffixes"] = suffixes
+                keys = {c: category_text(out[c]) for c in columns}  # once per column
                 fitted["encodings"] = {
-                    c: _encoding(category_text(out[c]), values, step.smoothing) for c in columns
+                    c: _encoding(keys[c], values, step.smoothing) for c in columns
                 }
-                out = _with(out, _inner_target_encoding(out, columns, values, suffixes, step, cfg))
+                out = _with(out, _inner_target_encoding(keys, values, suffixes, step, cfg))
             elif step.name in ("count", "frequency"):
                 fitted["counts"] = {
                     c: {str(k): int(n) for k, n in category_text(out[c]).value_counts().items()}
@@ -167,15 +168,16 @@ def _with(frame: pd.DataFrame, added: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([frame, added.reset_index(drop=True)], axis=1)
 
 
-def _inner_target_encoding(frame, columns, values, suffixes, step, cfg) -> pd.DataFrame:
-    """The training rows' encodings, each from the other inner folds' rows."""
-    encoded = {f"{c}.{s}": np.empty(len(frame)) for c in columns for s in suffixes}
-    splits = KFold(step.inner_folds, shuffle=True, random_state=cfg.train.seed).split(frame)
+def _inner_target_encoding(keys: dict, values, suffixes, step, cfg) -> pd.DataFrame:
+    """The training rows' encodings, each from the other inner folds' rows (``keys``: each
+    column's categories as text)."""
+    rows = len(values)
+    encoded = {f"{c}.{s}": np.empty(rows) for c in keys for s in suffixes}
+    splits = KFold(step.inner_folds, shuffle=True, random_state=cfg.train.seed).split(values)
     for fit_rows, encode_rows in splits:
-        for column in columns:
-            keys = category_text(frame[column])
-            encoding = _encoding(keys.iloc[fit_rows], values[fit_rows], step.smoothing)
-            result = _apply_encoding(keys.iloc[encode_rows], encoding)
+        for column, column_keys in keys.items():
+            encoding = _encoding(column_keys.iloc[fit_rows], values[fit_rows], step.smoothing)
+            result = _apply_encoding(column_keys.iloc[encode_rows], encoding)
             for k, suffix in enumerate(suffixes):
                 encoded[f"{column}.{suffix}"][encode_rows] = result[:, k]
     return pd.DataFrame(encoded)
