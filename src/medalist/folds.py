@@ -4,6 +4,11 @@
 splitter, its parameters and hashes of the data it was made for. :func:`load_folds` checks those
 hashes, so a changed target, an added or removed row, or a hand-edited fold file stops a stage
 instead of leaking validation rows into training.
+
+With ``folds.test_like`` (a ``test_like.csv`` of ``medalist adversarial``), the flagged train
+rows, the ones a classifier finds most like the test set, are spread evenly over the folds (a
+stratum of their own) and ``folds.csv`` gains a ``test_like`` column: every experiment then also
+scores its CV on those rows alone (:mod:`medalist.honest.test_like`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, Str
 from medalist.config import Config
 from medalist.data import read_train
 from medalist.errors import ConfigError, DataError, FoldsMismatchError, show_value
-from medalist.io import sha256_frame, write_csv, write_json
+from medalist.io import sha256_file, sha256_frame, write_csv, write_json
 from medalist.training.runtime import process_state
 
 log = logging.getLogger(__name__)
@@ -31,6 +36,7 @@ GROUP_SCHEMES = ("group", "stratified_group")
 SINGLE_TARGET_SCHEMES = ("stratified", "stratified_group", "quantile")
 _CLASSES = (KFold, StratifiedKFold, GroupKFold, StratifiedGroupKFold, MultilabelStratifiedKFold)
 _SPLITTERS = dict(zip(SCHEMES, (*_CLASSES, StratifiedKFold), strict=True))
+TEST_LIKE = "test_like"  # folds.csv's column of the rows flagged by ``folds.test_like``
 
 
 def make_splitter(scheme: str, n_splits: int, random_state: int, n_bins: int = 10):
@@ -140,6 +146,91 @@ def quantile_bins(y: pd.Series, n_bins: int, n_splits: int) -> tuple[np.ndarray,
     return bins, bins_used
 
 
+def read_test_like(path: str | os.PathLike, train: pd.DataFrame, id_column: str) -> np.ndarray:
+    """The 0/1 test-like flag of every train row, in train's row order, from ``path``.
+
+    Raises:
+        ConfigError: ``folds.test_like`` names no file.
+        DataError: the file lacks a column, misses or adds ids, or holds a flag other than 0/1.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"folds.test_like: {path} not found; run `medalist adversarial` first (it writes "
+            "outputs/adversarial/<experiment>/test_like.csv) or set folds.test_like to null"
+        )
+    table = pd.read_csv(path, dtype={id_column: str})
+    missing = [c for c in (id_column, TEST_LIKE) if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; it has {list(table.columns)}")
+    ids, file_ids = train[id_column].astype(str), table[id_column].astype(str)
+    gone, extra = sorted(set(ids) - set(file_ids)), sorted(set(file_ids) - set(ids))
+    if gone or extra or len(file_ids) != len(ids):
+        raise DataError(
+            f"{path}: made for other train rows ({len(gone)} train id(s) missing, e.g. {gone[:3]}; "
+            f"{len(extra)} unknown, e.g. {extra[:3]}; {len(file_ids)} rows for {len(ids)}); "
+            "run `medalist adversarial` again on this data"
+        )
+    bad = ~table[TEST_LIKE].isin([0, 1])
+    if bad.any():
+        row = _first_row(bad)
+        raise DataError(
+            f"{path}: row {row}: test_like is {show_value(table[TEST_LIKE].iloc[row])}; 0 or 1"
+        )
+    flags = pd.Series(table[TEST_LIKE].to_numpy(dtype=np.int64), index=file_ids.to_numpy())
+    return flags.loc[ids.to_numpy()].to_numpy()
+
+
+def _check_test_like(test_like: np.ndarray, n_splits: int) -> None:
+    flagged = int(np.sum(test_like))
+    if not n_splits <= flagged <= len(test_like) - n_splits:
+        raise DataError(
+            f"folds.test_like: {flagged} of {len(test_like)} train rows are flagged; every fold "
+            f"needs flagged and unflagged rows, so between {n_splits} and "
+            f"{len(test_like) - n_splits} (adversarial.test_like_fraction sets the share)"
+        )
+
+
+def _split(splitter, y, groups, n_rows: int) -> np.ndarray:
+    fold = np.full(n_rows, -1, dtype=np.int64)
+    for k, (_, valid) in enumerate(splitter.split(np.zeros((n_rows, 1)), y, groups)):
+        fold[valid] = k
+    return fold
+
+
+def _split_test_like(scheme, y, groups, test_like, n_splits, random_state) -> np.ndarray:
+    """Folds that give every fold its share of the flagged rows.
+
+    Ungrouped schemes split the flagged and the other rows apart, each by the scheme (each fold's
+    flagged rows then number the same to within one), and join the flagged rows' largest fold with
+    the others' smallest so the folds keep their sizes. Grouped schemes cannot split a group
+    across the two, so the flag becomes a stratum (``kfold``'s and ``group``'s only one) and the
+    spread is as even as whole groups allow.
+    """
+    flag = np.asarray(test_like, dtype=np.int64)
+    if scheme in GROUP_SCHEMES:
+        strata = flag.astype(str) if y is None else np.char.add(flag.astype(str), y.astype(str))
+        return _split(make_splitter("stratified_group", n_splits, random_state), strata, groups,
+                      len(flag))  # fmt: skip
+    fold = np.full(len(flag), -1, dtype=np.int64)
+    sizes = []
+    for part in (flag == 1, flag == 0):
+        rows = np.flatnonzero(part)
+        labels = None if y is None else y[rows]
+        splitter = make_splitter(scheme, n_splits, random_state)
+        if labels is not None and np.unique(labels, axis=0, return_counts=True)[1].max() < n_splits:
+            splitter = make_splitter("kfold", n_splits, random_state)  # too few to stratify
+        fold[rows] = _split(splitter, labels, None, len(rows))
+        sizes.append(np.bincount(fold[rows], minlength=n_splits))
+    # the other rows' fold k joins the flagged rows' fold whose size ranks opposite to it
+    largest_first, smallest_first = np.argsort(-sizes[0], kind="stable"), np.argsort(sizes[1])
+    rename = np.empty(n_splits, dtype=np.int64)
+    rename[smallest_first] = largest_first
+    others = flag == 0
+    fold[others] = rename[fold[others]]
+    return fold
+
+
 def _validate(train, id_column, target_columns, scheme, n_splits, group_column) -> None:
     if scheme not in SCHEMES:
         make_splitter(scheme, 2, 0)  # raises the ConfigError
@@ -165,11 +256,16 @@ def assign_folds(
     random_state: int,
     group_column: str | None = None,
     n_bins: int = 10,
+    test_like: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Assign every row of ``train`` to one of ``n_splits`` folds; ``train`` is not modified.
 
+    ``test_like`` (0/1 per row, :func:`read_test_like`): every fold also holds its share of
+    the flagged rows (:func:`_split_test_like`).
+
     Returns:
-        A new frame with columns ``[id_column, "fold"]`` in train's row order.
+        A new frame with columns ``[id_column, "fold"]`` in train's row order, plus
+        ``test_like`` when given.
 
     Raises:
         DataError: a column is missing, an id is duplicated, a target is missing or unfit.
@@ -187,11 +283,15 @@ def assign_folds(
     elif scheme in SINGLE_TARGET_SCHEMES:
         y = train[target_columns[0]].astype(str).to_numpy()
     groups = train[group_column].astype(str).to_numpy() if scheme in GROUP_SCHEMES else None
-    splitter = make_splitter(scheme, n_splits, random_state, n_bins)
-    fold = np.full(len(train), -1, dtype=np.int64)
-    for k, (_, valid) in enumerate(splitter.split(np.zeros((len(train), 1)), y, groups)):
-        fold[valid] = k
-    return pd.DataFrame({id_column: train[id_column].to_numpy(), "fold": fold})
+    if test_like is not None:
+        _check_test_like(test_like, n_splits)
+        fold = _split_test_like(scheme, y, groups, test_like, n_splits, random_state)
+    else:
+        fold = _split(make_splitter(scheme, n_splits, random_state, n_bins), y, groups, len(train))
+    table = pd.DataFrame({id_column: train[id_column].to_numpy(), "fold": fold})
+    if test_like is not None:
+        table[TEST_LIKE] = np.asarray(test_like, dtype=np.int64)
+    return table
 
 
 def build_manifest(
@@ -214,6 +314,11 @@ def build_manifest(
         params["n_bins"] = n_bins
         params["n_bins_used"] = quantile_bins(train[target_columns[0]], n_bins, n_splits)[1]
     stratify = {"kfold": [], "group": [], "multilabel_stratified": target_columns}
+    stratify_columns = stratify.get(scheme, target_columns[:1])
+    if TEST_LIKE in folds.columns:
+        stratify_columns = [*stratify_columns, TEST_LIKE]
+        if scheme in GROUP_SCHEMES:
+            splitter = make_splitter("stratified_group", n_splits, random_state)
     sizes = folds["fold"].value_counts()
     return {
         "splitter": type(splitter).__name__,
@@ -223,7 +328,7 @@ def build_manifest(
         "id_column": id_column,
         "target_columns": target_columns,
         "group_column": group_column,
-        "stratify_columns": stratify.get(scheme, target_columns[:1]),
+        "stratify_columns": stratify_columns,
         "n_rows": len(train),
         "data_sha256": sha256_frame(train[[id_column, *target_columns]]),
         "ids_sha256": sha256_frame(train[[id_column]]),
@@ -280,7 +385,8 @@ def _why_not(manifest: dict, table: pd.DataFrame, train: pd.DataFrame, key: str,
     made_for, given = (manifest["id_column"], manifest["target_columns"]), (key, targets)
     if made_for != given:
         return f"the folds were made for id/target columns {made_for}, not {given}"
-    if list(table.columns) != [key, "fold"] or sha256_frame(table) != manifest["folds_sha256"]:
+    columns = [key, "fold", TEST_LIKE] if "test_like" in manifest else [key, "fold"]
+    if list(table.columns) != columns or sha256_frame(table) != manifest["folds_sha256"]:
         return "folds.csv was edited after it was written (its hash differs from folds.json)"
     if sha256_frame(train[[key]]) != manifest["ids_sha256"]:
         return _describe_id_change(train[key].astype(str), table[key])
@@ -296,7 +402,8 @@ def load_folds(
     id_column: str,
     target_columns: list[str],
 ) -> pd.DataFrame:
-    """Read ``folds.csv`` and check it belongs to ``train``; return it in train's row order.
+    """Read ``folds.csv`` and check it belongs to ``train``; return it in train's row order
+    (``[id_column, "fold"]``, and ``test_like`` when the folds were made with ``folds.test_like``).
 
     Raises:
         DataError: ``train`` lacks the id or a target column.
@@ -310,7 +417,10 @@ def load_folds(
     if reason:
         raise _mismatch(folder, reason)
     fold = table["fold"].astype(int).to_numpy()
-    return pd.DataFrame({id_column: train[id_column].to_numpy(), "fold": fold})
+    loaded = pd.DataFrame({id_column: train[id_column].to_numpy(), "fold": fold})
+    if TEST_LIKE in table.columns:
+        loaded[TEST_LIKE] = table[TEST_LIKE].astype(int).to_numpy()
+    return loaded
 
 
 # The folds stage
@@ -338,28 +448,52 @@ def run(cfg: Config, force: bool = False) -> pd.DataFrame:
     train = read_train(cfg)
     folder = Path(cfg.competition.folds_dir)
     params = _fold_params(cfg)
+    test_like = None
+    if cfg.folds.test_like is not None:
+        test_like = read_test_like(cfg.folds.test_like, train, params["id_column"])
     manifest_file = folder / "folds.json"
     if manifest_file.is_file() and not force:
         existing = json.loads(manifest_file.read_text())
         loaded = load_folds(
             folder, train, id_column=params["id_column"], target_columns=params["target_columns"]
         )
-        if _same_split(existing, params):
+        if _same_split(existing, params) and _same_test_like(existing, cfg.folds.test_like):
             log.info("folds: %s already matches the data and settings; reused", folder)
             return loaded
         raise FoldsMismatchError(
             f"{manifest_file} was made with other settings ({existing.get('scheme')}, "
-            f"n_splits={existing.get('params', {}).get('n_splits')}); pass --force to replace it "
+            f"n_splits={existing.get('params', {}).get('n_splits')}, test_like "
+            f"{existing.get('test_like', {}).get('file')}); pass --force to replace it "
             "(experiments trained on the old folds are no longer comparable)"
         )
-    table = assign_folds(train, **params)
+    table = assign_folds(train, **params, test_like=test_like)
     manifest = build_manifest(train, table, **params)
+    if test_like is not None:
+        manifest["test_like"] = _test_like_record(cfg.folds.test_like, table)
     state = process_state(cfg)
     if state.is_main_process:  # several processes: one writes, the others wait for the files
         write_folds(table, manifest, folder)
         log.info("folds: %d rows in %d folds written to %s", len(table), cfg.folds.n_splits, folder)
     state.wait_for_everyone()
     return table
+
+
+def _test_like_record(path: str, table: pd.DataFrame) -> dict:
+    per_fold = table.groupby("fold")[TEST_LIKE].sum()
+    return {
+        "file": str(path),
+        "sha256": sha256_file(path),
+        "rows": int(table[TEST_LIKE].sum()),
+        "per_fold": {str(k): int(v) for k, v in per_fold.items()},
+    }
+
+
+def _same_test_like(manifest: dict, path: str | None) -> bool:
+    """Whether the folds were made from the same test-like file (by content), or both without."""
+    made = manifest.get("test_like")
+    if made is None or path is None:
+        return made is None and path is None
+    return made["sha256"] == sha256_file(path)
 
 
 def _same_split(manifest: dict, params: dict) -> bool:

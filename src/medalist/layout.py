@@ -57,7 +57,7 @@ KEYS_NOT_TRAINING = {
 }
 # Keys added since folds were first fingerprinted, left out while at their default (what training
 # did before they existed), so that folds trained earlier are not trained again for nothing.
-KEYS_ADDED = {"model": {"pretrained": False}}
+KEYS_ADDED = {"model": {"pretrained": False}, "folds": {"test_like": None}}
 
 
 # ----------------------------------------------------------------------------- the competition

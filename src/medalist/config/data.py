@@ -58,6 +58,13 @@ class FoldsConfig(Section):
     random_state: int = Field(42, description="Seed of the shuffling splitters.")
     group_column: str | None = Field(None, description="Column whose groups never cross folds.")
     n_bins: int = Field(10, ge=2, description="Quantile bins for the 'quantile' scheme.")
+    test_like: str | None = Field(
+        None,
+        description="A test_like.csv written by `medalist adversarial` (the id column and "
+        "test_like 0/1): the folds spread its flagged train rows, the ones most like the test set, "
+        "evenly over the folds and record them in folds.csv, and every experiment also scores its "
+        "CV on those rows alone (cv_test_like). Null: folds as before.",
+    )
 
 
 class SubmissionConfig(Section):

@@ -23,7 +23,7 @@ import yaml
 from medalist.config import Config
 from medalist.data import read_train
 from medalist.errors import ConfigError, DataError, FoldsMismatchError
-from medalist.folds import load_folds
+from medalist.folds import TEST_LIKE, load_folds
 from medalist.layout import folds_files, train_path
 from medalist.tasks import Task, build_task
 
@@ -56,6 +56,7 @@ class Inputs:
     test_ids: np.ndarray  # test ids, in the first member's order
     columns: list[str]
     members: list[Member] = field(default_factory=list)
+    test_like: np.ndarray | None = None  # folds.csv's test-like flags (folds.test_like), or None
 
     @property
     def names(self) -> list[str]:
@@ -230,16 +231,14 @@ def load_member(name: str, folders: list[Path], inputs: Inputs, manifest: dict) 
     return Member(name, folders, seed_oof, np.mean(seed_test, axis=0))
 
 
-def load_inputs(cfg: Config, entries: list) -> Inputs:
-    """Labels, folds and every member, all checked; raises before any blending work."""
-    outputs_dir = Path(cfg.competition.outputs_dir)
-    expanded = expand_members(entries, outputs_dir)
+def labelled_inputs(cfg: Config) -> Inputs:
+    """The project's labels and folds (with their test-like flags), checked, and no members yet:
+    what a blend or a report scores predictions against."""
     c = cfg.competition
     train = read_train(cfg)
     task = build_task(cfg, train)
     folds = load_folds(c.folds_dir, train, id_column=c.id_column, target_columns=c.target_columns)
-    manifest = json.loads(folds_files(cfg)[1].read_text(encoding="utf-8"))
-    inputs = Inputs(
+    return Inputs(
         cfg=cfg,
         task=task,
         y=task.encode_targets(train, source=str(train_path(cfg))),
@@ -247,7 +246,15 @@ def load_inputs(cfg: Config, entries: list) -> Inputs:
         ids=train[c.id_column].to_numpy(),
         test_ids=np.array([]),
         columns=list(task.pred_columns),
+        test_like=folds[TEST_LIKE].to_numpy() if TEST_LIKE in folds.columns else None,
     )
+
+
+def load_inputs(cfg: Config, entries: list) -> Inputs:
+    """Labels, folds and every member, all checked; raises before any blending work."""
+    expanded = expand_members(entries, Path(cfg.competition.outputs_dir))
+    inputs = labelled_inputs(cfg)
+    manifest = json.loads(folds_files(cfg)[1].read_text(encoding="utf-8"))
     for name, folders in expanded:
         inputs.members.append(load_member(name, folders, inputs, manifest))
     log.info("ensemble: %d member(s) checked: %s", len(inputs.members), inputs.names)

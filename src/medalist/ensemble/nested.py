@@ -38,13 +38,20 @@ def nested_predictions(
 
 
 def score(
-    metrics: list[Metric], y: np.ndarray, pred: np.ndarray, fold: np.ndarray
+    metrics: list[Metric],
+    y: np.ndarray,
+    pred: np.ndarray,
+    fold: np.ndarray,
+    test_like: np.ndarray | None = None,
 ) -> dict[str, dict]:
-    """Pooled CV per metric, per-fold scores, and their mean and std."""
+    """Pooled CV per metric, per-fold scores, and their mean and std; with ``test_like`` (0/1
+    per row, ``folds.test_like``) also ``cv_test_like``, the CV on the flagged rows alone."""
     per_fold = {
         str(k): {m.name: m(y[fold == k], pred[fold == k]) for m in metrics} for k in np.unique(fold)
     }
+    flagged = {} if test_like is None else {"cv_test_like": test_like == 1}
     return {
+        **{key: {m.name: m(y[rows], pred[rows]) for m in metrics} for key, rows in flagged.items()},
         "cv": {m.name: m(y, pred) for m in metrics},
         "folds": per_fold,
         "fold_mean": {

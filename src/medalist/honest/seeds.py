@@ -19,6 +19,7 @@ import pandas as pd
 
 from medalist.config import Config
 from medalist.errors import DataError
+from medalist.honest.test_like import test_like_scores
 from medalist.io import write_json, write_parquet, write_text
 from medalist.layout import FULL_FIT, experiment_dir, outputs_dir, seed_experiment
 from medalist.tasks import Task
@@ -53,12 +54,12 @@ def average_tables(tables: list[pd.DataFrame], id_column: str, columns: list[str
     return out
 
 
-def average_oof(cfg: Config, task: Task, targets: np.ndarray, train_ids: pd.Series, seeds: dict):
+def average_oof(cfg: Config, task: Task, targets: np.ndarray, folds: pd.DataFrame, seeds: dict):
     """Write the seed-averaged OOF, config and metrics in ``outputs/<experiment>/``.
 
     Args:
         targets: the encoded labels in train row order.
-        train_ids: train.csv's id column.
+        folds: the project's folds in train row order (:func:`medalist.folds.load_folds`).
         seeds: ``{seed: that seed's metrics}`` as its train stage returned them.
     """
     out = experiment_dir(cfg)
@@ -76,6 +77,7 @@ def average_oof(cfg: Config, task: Task, targets: np.ndarray, train_ids: pd.Seri
         write_json(out / "metrics.json", metrics)
         return metrics
     id_column = cfg.competition.id_column
+    train_ids = folds[id_column]
     label = f"experiment '{cfg.train.experiment}'"
     tables = [pd.read_parquet(folder / "oof.parquet") for folder in seed_folders(cfg)]
     oof = average_tables(tables, id_column, task.pred_columns, label)
@@ -96,6 +98,7 @@ def average_oof(cfg: Config, task: Task, targets: np.ndarray, train_ids: pd.Seri
         "seed_std": {m: _std([cv[m] for cv in seed_cv.values()]) for m in names},
         "folds": per_fold,
         "cv": task.score(targets[rows], predictions),
+        **test_like_scores(task, folds, targets, rows, predictions),
         "fold_mean": {m: float(np.mean([s[m] for s in per_fold.values()])) for m in names},
         "fold_std": {m: float(np.std([s[m] for s in per_fold.values()])) for m in names},
         "complete": len(rows) == len(train_ids),

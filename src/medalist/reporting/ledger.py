@@ -39,8 +39,9 @@ def _seed_label(cfg: Config):
 
 
 def append_ledger(cfg: Config, metrics: dict, device: str) -> pd.DataFrame:
-    """Add this run's row (CV per metric, per-fold main metric, config hash, commit, time; for a
-    seed-averaged model also the seeds' mean and standard deviation of the main metric)."""
+    """Add this run's row (CV per metric, per-fold main metric, the main metric on the test-like
+    rows when the folds flag them, config hash, commit, time; for a seed-averaged model also the
+    seeds' mean and standard deviation of the main metric)."""
     main = metrics["main_metric"]
     row = {
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -54,6 +55,11 @@ def append_ledger(cfg: Config, metrics: dict, device: str) -> pd.DataFrame:
             {f: round(s.get(main, float("nan")), 6) for f, s in metrics["folds"].items()}
         ),
         f"std_{main}": metrics.get("fold_std", {}).get(main),
+        **(
+            {f"test_like_{main}": metrics["cv_test_like"][main]}
+            if "cv_test_like" in metrics
+            else {}
+        ),
         **{
             f"seeds_{k}_{main}": metrics[f"seed_{k}"][main]
             for k in ("mean", "std")

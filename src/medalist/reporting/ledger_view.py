@@ -81,6 +81,7 @@ def _run_row(row: pd.Series) -> dict:
         "folds": {str(k): float(v) for k, v in folds.items()},
         "std": row.get(f"std_{main}", np.nan),
         "cv": cv,
+        "test_like": row.get(f"test_like_{main}", np.nan),
         "config_hash": str(row.get("config_hash", "")),
         "git_commit": "" if pd.isna(row.get("git_commit")) else str(row.get("git_commit")),
         "finished": str(row.get("finished", "")),
@@ -102,6 +103,7 @@ def _ensemble_row(folder: Path) -> dict:
         "folds": {k: float(v[main]) for k, v in nested["folds"].items()},
         "std": nested["fold_std"].get(main, np.nan),
         "cv": dict(nested["cv"]),
+        "test_like": nested.get("cv_test_like", {}).get(main, np.nan),
         "config_hash": "",
         "git_commit": "",
         "finished": stamp.isoformat(timespec="seconds"),
@@ -197,6 +199,9 @@ def build_table(frame: pd.DataFrame):
         table.add_column(name, justify="left" if name == "experiment" else "right")
     for metric in metrics:
         table.add_column(f"cv {metric}", justify="right")
+    test_like = bool(frame["test_like"].notna().any())  # folds made with folds.test_like
+    if test_like:
+        table.add_column("test-like (main)", justify="right")
     for name in ("LB", "config", "commit", "finished", "time", "device"):
         table.add_column(name, justify="right" if name in ("LB", "time") else "left")
     for _, row in frame.iterrows():
@@ -208,6 +213,7 @@ def build_table(frame: pd.DataFrame):
             _number(row["mean"]),
             _number(row["std"], 3),
             *(_number(row["cv"].get(m)) for m in metrics),
+            *([_number(row["test_like"])] if test_like else []),
             _number(row["lb"]),
             row["config_hash"],
             row["git_commit"],

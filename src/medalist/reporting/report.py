@@ -29,16 +29,19 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import confusion_matrix
 
 from medalist.config import Config
-from medalist.data import read_train
-from medalist.ensemble.inputs import Inputs, align_oof, expand_members, read_prediction
+from medalist.ensemble.inputs import (
+    Inputs,
+    align_oof,
+    expand_members,
+    labelled_inputs,
+    read_prediction,
+)
 from medalist.ensemble.nested import score
 from medalist.errors import ConfigError, MedalistError
-from medalist.folds import load_folds
 from medalist.honest.sweep import sweep_results, trials_table
 from medalist.io import write_text
 from medalist.layout import adversarial_file, ensemble_folder, sanity_file
 from medalist.reporting.importance import Importance, feature_importance, gain_meaning
-from medalist.tasks import build_task
 
 log = logging.getLogger(__name__)
 
@@ -85,29 +88,15 @@ def _config_of(outputs_dir: Path, experiments: list, ensemble: str | None) -> Co
     raise ConfigError("report: no config.yaml beside the experiments; pass the config (-c)")
 
 
-def _inputs(cfg: Config) -> Inputs:
-    c = cfg.competition
-    train = read_train(cfg)
-    task = build_task(cfg, train)
-    fold = load_folds(c.folds_dir, train, id_column=c.id_column, target_columns=c.target_columns)
-    return Inputs(
-        cfg=cfg,
-        task=task,
-        y=task.encode_targets(train),
-        fold=fold["fold"].to_numpy(dtype=np.int64),
-        ids=train[c.id_column].to_numpy(),
-        test_ids=np.array([]),
-        columns=list(task.pred_columns),
-    )
-
-
 def _subject(inputs: Inputs, name: str, folders: list[Path]) -> Subject:
     label = f"experiment '{name}'"
     oof = np.mean(
         [align_oof(read_prediction(f / "oof.parquet", label), inputs, label) for f in folders],
         axis=0,
     )
-    return Subject(name, oof, score(inputs.task.metrics, inputs.y, oof, inputs.fold))
+    return Subject(
+        name, oof, score(inputs.task.metrics, inputs.y, oof, inputs.fold, inputs.test_like)
+    )
 
 
 def _members(outputs_dir: Path, experiments: list, ensemble: str | None) -> list:
@@ -305,6 +294,11 @@ def _scores_table(subjects: list[Subject], metrics: list[str]) -> str:
             **{f"CV {m}": s.scores["cv"][m] for m in metrics},
             **{f"fold mean {m}": s.scores["fold_mean"][m] for m in metrics[:1]},
             **{f"fold std {m}": s.scores["fold_std"][m] for m in metrics[:1]},
+            **{
+                f"test-like CV {m}": s.scores["cv_test_like"][m]
+                for m in metrics[:1]
+                if "cv_test_like" in s.scores
+            },
         }
         for s in subjects
     }
@@ -322,13 +316,15 @@ def _ensemble_section(folder: Path, metrics: list[str]) -> str:
     weights = json.loads((folder / "weights.json").read_text(encoding="utf-8"))
     cv = json.loads((folder / "cv.json").read_text(encoding="utf-8"))
     scored = [m for m in metrics if m in cv["nested"]["cv"]]
-    table = pd.DataFrame(
-        {
-            "in-sample (fitted on every OOF row)": [cv["in_sample"]["cv"][m] for m in scored],
-            "nested (fitted without the scored fold)": [cv["nested"]["cv"][m] for m in scored],
-        },
-        index=scored,
-    ).to_html(float_format=lambda v: f"{v:.5f}", escape=True)
+    columns = {
+        "in-sample (fitted on every OOF row)": [cv["in_sample"]["cv"][m] for m in scored],
+        "nested (fitted without the scored fold)": [cv["nested"]["cv"][m] for m in scored],
+    }
+    if "cv_test_like" in cv["nested"]:  # folds.test_like: the rows most like the test set
+        columns["nested, test-like rows"] = [cv["nested"]["cv_test_like"][m] for m in scored]
+    table = pd.DataFrame(columns, index=scored).to_html(
+        float_format=lambda v: f"{v:.5f}", escape=True
+    )
     note = weights.get("weights_meaning", "blend weights fitted on every OOF row")
     return _section(
         "weights",
@@ -570,7 +566,7 @@ def write_report(
     """
     outputs_dir = Path(outputs_dir)
     cfg = cfg or _config_of(outputs_dir, list(experiments), ensemble)
-    inputs = _inputs(cfg)
+    inputs = labelled_inputs(cfg)
     members = _members(outputs_dir, list(experiments), ensemble)
     subjects = [_subject(inputs, name, folders) for name, folders in members]
     blend = None

@@ -26,6 +26,7 @@ from medalist.data import read_test, read_train
 from medalist.errors import ConfigError, DataError
 from medalist.folds import load_folds
 from medalist.honest.seeds import average_oof, seed_config
+from medalist.honest.test_like import test_like_scores
 from medalist.io import write_json, write_parquet, write_text
 from medalist.layout import (
     FULL_FIT,
@@ -184,7 +185,7 @@ def run(cfg: Config, *, targets: np.ndarray | None = None, ledger: bool = True) 
                 accelerator.free_memory()
         if not accelerator.is_main_process:
             return {}
-        metrics = summarize(cfg, task, train, targets, fold_of_row, selected)
+        metrics = summarize(cfg, task, train, targets, folds, selected)
         metrics["seconds"] = round(time.perf_counter() - started, 1)
         write_json(out / "metrics.json", metrics)
         if ledger:
@@ -211,7 +212,9 @@ def _average_seeds(cfg: Config, per_seed: dict, ledger: bool) -> dict:
     train = read_train(cfg)
     task = build_task(cfg, train)
     targets = task.encode_targets(train, source=str(train_path(cfg)))
-    metrics = average_oof(cfg, task, targets, train[cfg.competition.id_column], per_seed)
+    c = cfg.competition
+    folds = load_folds(c.folds_dir, train, id_column=c.id_column, target_columns=c.target_columns)
+    metrics = average_oof(cfg, task, targets, folds, per_seed)
     main = task.main_metric.name
     if "cv" in metrics:
         log.info(
@@ -469,8 +472,9 @@ def mean_prediction(outputs: list[np.ndarray]) -> np.ndarray:
     return np.mean(outputs, axis=0)
 
 
-def summarize(cfg, task, train, targets, fold_of_row, selected) -> dict:
-    """Join the folds' OOF predictions and score them; per-fold scores with mean and std."""
+def summarize(cfg, task, train, targets, folds, selected) -> dict:
+    """Join the folds' OOF predictions and score them; per-fold scores with mean and std, and
+    the CV on the test-like rows when the folds flag them (``folds.test_like``)."""
     out = experiment_dir(cfg)
     id_column = cfg.competition.id_column
     per_fold, parts, logs = {}, [], []
@@ -496,7 +500,9 @@ def summarize(cfg, task, train, targets, fold_of_row, selected) -> dict:
     oof = oof.iloc[np.argsort(rows, kind="stable")].reset_index(drop=True)
     rows = np.sort(rows)
     write_parquet(out / "oof.parquet", oof)
-    metrics["cv"] = task.score(targets[rows], oof[task.pred_columns].to_numpy())
+    predictions = oof[task.pred_columns].to_numpy()
+    metrics["cv"] = task.score(targets[rows], predictions)
+    metrics.update(test_like_scores(task, folds, targets, rows, predictions))
     scored = [s for f, s in per_fold.items() if f != str(FULL_FIT)]
     metrics["fold_mean"] = {m: float(np.mean([s[m] for s in scored])) for m in metrics["cv"]}
     metrics["fold_std"] = {m: float(np.std([s[m] for s in scored])) for m in metrics["cv"]}
