@@ -1,0 +1,15 @@
+"""Semantic segmentation: masks in, run-length-encoded submissions out.
+
+- :mod:`~medalist.modalities.segmentation.rle`: run-length encoding in column-major or row-major
+  pixel order (1-based starts), strict decoding, and a plausibility check of the configured order.
+- :mod:`~medalist.modalities.segmentation.masks`: training targets from mask image files (one per
+  image or one per class) or from RLE columns of the train table, checked before training.
+- :mod:`~medalist.modalities.segmentation.store`: probability masks of a fold quantised to uint8 in
+  one safetensors file with the id order, read back and averaged across experiments.
+- :mod:`~medalist.modalities.segmentation.submission`: the RLE submission writer and validator.
+- :mod:`~medalist.modalities.segmentation.losses`: segmentation losses.
+- :mod:`~medalist.modalities.segmentation.scoring`: Dice and IoU scores.
+- :mod:`~medalist.modalities.segmentation.tiling`: tiled prediction of large images.
+- :mod:`~medalist.modalities.segmentation.views`: TTA views undone on the predicted mask.
+- :mod:`~medalist.modalities.segmentation.postprocess`: thresholds and minimum component sizes.
+"""
