@@ -25,26 +25,30 @@ def test_every_config_section_says_whether_it_retrains():
     ]
     assert not undecided, f"Config fields without retrains=: {undecided}"
     assert set(training_sections()) == {
-        "modality", "competition", "task", "folds", "image", "model", "text", "tabular", "train",
-        "tricks", "distill",
+        "modality", "competition", "task", "folds", "image", "model", "text", "tabular",
+        "segmentation", "train", "tricks", "distill",
     }  # fmt: skip
 
 
 def test_the_fingerprint_of_folds_trained_before_is_unchanged():
     """Recomputed as medalist has always written it: every section but those listed here, less
     the train keys that only choose folds or show progress, plus the starting weights (none
-    here); the keys added since (the speed knobs, model.pretrained, folds.test_like) and the
-    tabular section at its defaults are not in it. A fold trained earlier is not trained again for nothing."""
+    here); the keys added since (the speed knobs, model.pretrained, folds.test_like,
+    text.template, text.lora.quantize), text.swap (predictions only) and the tabular, distill
+    and segmentation sections at their defaults are not in it. A fold trained earlier is not
+    trained again for nothing."""
     config = cfg("train.folds=[0]")
     not_training = {"infer", "submission", "stages", "pseudo", "ensemble", "kaggle", "mlm"}
     data = config.model_dump(
         mode="json",
-        exclude=not_training | {"tracking", "sanity", "adversarial", "sweep", "tabular", "distill"},
+        exclude=not_training
+        | {"tracking", "sanity", "adversarial", "sweep", "tabular", "distill", "segmentation"},
     )
     del data["train"]["folds"], data["train"]["progress"], data["train"]["seeds"]
     del data["train"]["compile"], data["train"]["channels_last"]
     del data["model"]["pretrained"], data["model"]["grad_checkpointing"]
     del data["folds"]["test_like"]
+    del data["text"]["template"], data["text"]["swap"], data["text"]["lora"]["quantize"]
     data["backbone_weights"] = []
     expected = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
     assert layout.training_hash(config) == expected
@@ -64,6 +68,7 @@ def test_the_fingerprint_of_folds_trained_before_is_unchanged():
         ("model.grad_checkpointing=true", False),
         ("model.pretrained=true", True),
         ("tabular.rounds=50", True),
+        ("segmentation.crop_size=128", True),
         ("infer.tta=[hflip]", False),
         ("mlm.lr=1.0", False),
         ("submission.name=other", False),
@@ -72,6 +77,13 @@ def test_the_fingerprint_of_folds_trained_before_is_unchanged():
 )
 def test_which_changes_retrain(change, retrains):
     assert (layout.training_hash(cfg(change)) != layout.training_hash(cfg())) is retrains
+
+
+def test_a_swap_view_s_columns_and_classes_do_not_retrain():
+    unswapped = cfg("text.pair_column=other")
+    swapped = cfg("text.pair_column=other", "text.swap={columns: [text, other], classes: {x: y}}")
+    assert swapped.text.swap.columns
+    assert layout.training_hash(swapped) == layout.training_hash(unswapped)
 
 
 def test_new_pseudo_labels_retrain_a_student(tmp_path):

@@ -54,10 +54,15 @@ LEGACY_EVAL_WEIGHTS = "ema.safetensors"  # an older medalist's file for EMA and 
 KEYS_NOT_TRAINING = {
     "train": ("folds", "progress", "compile", "channels_last", "seeds"),
     "model": ("grad_checkpointing",),
+    "text": ("swap",),  # a TTA view's class permutation: predictions only
 }
 # Keys added since folds were first fingerprinted, left out while at their default (what training
 # did before they existed), so that folds trained earlier are not trained again for nothing.
-KEYS_ADDED = {"model": {"pretrained": False}, "folds": {"test_like": None}}
+KEYS_ADDED = {
+    "model": {"pretrained": False},
+    "folds": {"test_like": None},
+    "text": {"template": {"format": None, "budgets": {}}, "lora.quantize": None},
+}
 
 
 # ----------------------------------------------------------------------------- the competition
@@ -155,9 +160,13 @@ def training_config(cfg: Config) -> dict:
         for key in keys:
             data[section].pop(key, None)
     for section, defaults in KEYS_ADDED.items():
-        for key, default in defaults.items():
-            if data[section].get(key) == default:
-                del data[section][key]
+        for key, default in defaults.items():  # a dotted key lives in a sub-section
+            *parents, name = key.split(".")
+            holder = data[section]
+            for parent in parents:
+                holder = holder[parent]
+            if holder.get(name) == default:
+                del holder[name]
     for section in added_sections():  # likewise whole sections, while at their defaults
         if data[section] == type(getattr(cfg, section))().model_dump(mode="json"):
             del data[section]

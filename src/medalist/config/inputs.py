@@ -4,9 +4,10 @@ transformers backbone, masked-LM pretraining.
 
 from __future__ import annotations
 
-from typing import Literal
+from string import Formatter
+from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from medalist.config.section import Section
 
@@ -65,6 +66,10 @@ class LoraConfig(Section):
     with A (r x in) and B (out x r) trained (B starts at zero, so training starts from the
     backbone as it is). The head outside the backbone trains in full. r 8-64 and alpha 2r are
     usual for 2B-9B decoders; dropout 0.05-0.1.
+
+    QLoRA (Dettmers et al., "QLoRA", 2023; ``quantize``) keeps the fixed backbone quantized in
+    GPU memory through bitsandbytes (4-bit NF4 with double quantisation: about half a byte per
+    weight of its linear layers) while the adapters and the head train in float32.
     """
 
     enabled: bool = Field(
@@ -84,11 +89,165 @@ class LoraConfig(Section):
         "for the architecture (the query and value projections for Llama, Qwen2, Gemma, Mistral, "
         "BERT).",
     )
+    quantize: Literal["4bit", "8bit"] | None = Field(
+        None,
+        description="QLoRA: load the fixed backbone quantized by bitsandbytes, 4bit (NF4, double "
+        "quantisation, bf16 compute) or 8bit (LLM.int8); the adapters and the head stay float32. "
+        "Needs a CUDA device and bitsandbytes (pip install 'medalist[llm]'), in infer and the "
+        "offline bundle too; null: the backbone in its own dtype.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LoraConfig:
         if isinstance(self.target_modules, list) and not self.target_modules:
             raise ValueError("text.lora.target_modules: empty; name layers, all-linear or null")
+        if self.quantize is not None and not self.enabled:
+            raise ValueError(
+                f"text.lora.quantize: {self.quantize} quantizes a backbone that stays fixed, which "
+                "only LoRA trains around; set text.lora.enabled=true or text.lora.quantize=null"
+            )
+        return self
+
+
+class TemplateConfig(Section):
+    """A prompt built from several columns of a row, each column cut to its own token budget.
+
+    ``format`` is a Python format string whose named fields are the row's columns
+    (``"Prompt: {prompt}\\nA: {response_a}\\nB: {response_b}"``; ``{{`` and ``}}`` are literal
+    braces). The fixed text between the fields is tokenised once, each column on its own, and
+    each column is truncated to its share before the pieces are joined, so that a long first
+    column cannot push the later ones out of ``text.max_length``.
+
+    Shares: a column with a budget is given its budget; the columns without one share equally
+    what is left of ``text.max_length`` after the special tokens, the fixed text and the budgets.
+    A row's column that is shorter than its share gives the rest away: the columns that are still
+    cut share it equally (max-min fair water-filling; a remainder of single tokens goes to them
+    in template order), and so does what the budgets leave unclaimed when every column has one.
+    A row never exceeds ``text.max_length``. Each column is cut as ``text.truncation`` says
+    (``head``, ``tail``, ``head_tail``), or as a TTA truncation view says.
+    """
+
+    format: str | None = Field(
+        None,
+        description="Python format string over the row's columns, e.g. 'Prompt: {prompt}\\nA: "
+        "{response_a}\\nB: {response_b}' ({{ and }}: literal braces; no conversions or format "
+        "specs); null: text_column (+ pair_column, context_columns).",
+    )
+    budgets: dict[str, Annotated[int, Field(ge=1)]] = Field(
+        default_factory=dict,
+        description="Tokens per column, e.g. {prompt: 256, response_a: 512, response_b: 512}; "
+        "the columns without one share the rest of max_length equally; what a short column "
+        "leaves goes to the columns still cut.",
+    )
+
+    def parts(self) -> list[tuple[str, str | None]]:
+        """``(fixed text, column)`` pairs in order; the last column is None (the text after
+        the last field). Raises ValueError naming ``text.template.format``."""
+        if self.format is None:
+            return []
+        try:
+            parsed = list(Formatter().parse(self.format))
+        except ValueError as exc:
+            raise ValueError(f"text.template.format: not a format string ({exc})") from None
+        parts, text = [], ""
+        for literal, field, spec, conversion in parsed:
+            text += literal  # "{{" comes as a piece of its own
+            if field is None:
+                continue
+            if not field.strip() or field.isdigit():
+                raise ValueError(
+                    f"text.template.format: {{{field}}} is positional; name a column, e.g. "
+                    "{prompt}"
+                )
+            if conversion is not None or spec:
+                raise ValueError(
+                    f"text.template.format: the field {field} has a conversion or a format "
+                    f"spec, which a template of token ids cannot apply; write {{{field}}}"
+                )
+            parts.append((text, field))
+            text = ""
+        parts.append((text, None))
+        return parts
+
+    @property
+    def fields(self) -> list[str]:
+        """The columns the template names, in order."""
+        return [field for _, field in self.parts() if field is not None]
+
+    @model_validator(mode="after")
+    def _check(self) -> TemplateConfig:
+        if self.format is None:
+            if self.budgets:
+                raise ValueError("text.template.budgets: set text.template.format first")
+            return self
+        fields = self.fields
+        if not fields:
+            raise ValueError("text.template.format: names no column; write fields such as {prompt}")
+        twice = sorted({f for f in fields if fields.count(f) > 1})
+        if twice:
+            raise ValueError(
+                f"text.template.format: {{{twice[0]}}} appears more than once; name each column "
+                "once"
+            )
+        unknown = [c for c in self.budgets if c not in fields]
+        if unknown:
+            raise ValueError(
+                f"text.template.budgets: '{unknown[0]}' is not a field of text.template.format "
+                f"(its fields: {fields})"
+            )
+        return self
+
+
+class SwapConfig(Section):
+    """The ``swap`` TTA view of a pairwise task: two columns exchanged, the classes permuted back.
+
+    In a preference task (prompt, response_a, response_b -> winner_model_a, winner_model_b,
+    winner_tie) the model sees each row again with the responses exchanged, and its prediction
+    for winner_model_a is read from its output for winner_model_b (and the reverse, a tie stays
+    a tie); merged with the other views as any view is (``infer.tta: [identity, swap]``).
+
+    What the swap does to the outputs, by task: multiclass, the named class pairs exchange
+    places; multilabel, the named target columns (the outputs' names) exchange places; binary,
+    the two classes exchange (``{0: 1}``: the logit is negated, p becomes 1 - p) or, with
+    ``{}``, the prediction stands as it is; regression is refused (a value has no classes to
+    exchange).
+    """
+
+    columns: list[str] = Field(
+        default_factory=list,
+        description="The two columns the swap view exchanges, e.g. [response_a, response_b]: "
+        "fields of text.template.format, or among text_column, pair_column, context_columns; "
+        "empty: no swap view.",
+    )
+    classes: dict[str, str] | None = Field(
+        None,
+        description="Class pairs the swap exchanges, e.g. {winner_model_a: winner_model_b} "
+        "(each pair once or both ways; classes not named stay); multilabel: target columns; {}: "
+        "the outputs do not change. Required with columns.",
+    )
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _as_text(cls, value):
+        # Classes are compared as text, as the task encodes them (YAML reads {0: 1} as ints).
+        if isinstance(value, dict):
+            return {str(k): str(v) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> SwapConfig:
+        if self.columns and (len(self.columns) != 2 or self.columns[0] == self.columns[1]):
+            raise ValueError(
+                f"text.swap.columns: {self.columns}; name two different columns, e.g. "
+                "[response_a, response_b]"
+            )
+        if self.columns and self.classes is None:
+            raise ValueError(
+                "text.swap.classes: name the class pairs the swap exchanges, e.g. "
+                "{winner_model_a: winner_model_b}, or {} when the outputs do not change"
+            )
+        if self.classes is not None and not self.columns:
+            raise ValueError("text.swap.classes: set text.swap.columns (the two columns) first")
         return self
 
 
@@ -154,6 +313,14 @@ class TextConfig(Section):
     lora: LoraConfig = Field(
         default_factory=LoraConfig, description="Low-rank adapters instead of full fine-tuning."
     )
+    template: TemplateConfig = Field(
+        default_factory=TemplateConfig,
+        description="A prompt over several columns with per-column token budgets.",
+    )
+    swap: SwapConfig = Field(
+        default_factory=SwapConfig,
+        description="The swap TTA view of a pairwise task (two columns exchanged).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TextConfig:
@@ -166,7 +333,41 @@ class TextConfig(Section):
                         f"text.{key}: not with text.lora.enabled (the backbone is frozen and "
                         f"only its adapters train); set text.{key}=0"
                     )
+        self._check_template()
+        self._check_swap()
         return self
+
+    def _check_template(self) -> None:
+        if self.template.format is None:
+            return
+        # A template names every column of the row; a pair or context would be a second way.
+        for key in ("pair_column", "context_columns"):
+            if getattr(self, key):
+                raise ValueError(
+                    f"text.{key}: not with text.template.format (the template names every "
+                    "column and where it goes); write its column(s) into the template as fields"
+                )
+        budgets = sum(self.template.budgets.values())
+        if budgets >= self.max_length:
+            raise ValueError(
+                f"text.template.budgets: {budgets} tokens in all leave none of text.max_length "
+                f"{self.max_length} for the template's fixed text and special tokens"
+            )
+
+    def _check_swap(self) -> None:
+        if not self.swap.columns:
+            return
+        if self.template.format is not None:
+            where, columns = "the fields of text.template.format", self.template.fields
+        else:
+            where = "text.text_column, text.pair_column, text.context_columns"
+            columns = [self.text_column, self.pair_column, *self.context_columns]
+        missing = [c for c in self.swap.columns if c not in columns]
+        if missing:
+            raise ValueError(
+                f"text.swap.columns: '{missing[0]}' is not among {where} ({columns}); the swap "
+                "view exchanges two of the model's input columns"
+            )
 
 
 class MlmConfig(Section):

@@ -69,6 +69,14 @@ class KaggleConfig(Section):
     project_wheel: bool = Field(
         True, description="Also bundle this project's own package (pyproject.toml in the project)."
     )
+    merge_adapters: bool = Field(
+        False,
+        description="Ship each weight file of a LoRA experiment as the whole model, its adapters "
+        "merged into the base (W + (alpha / r) B A): it predicts faster and needs no peft "
+        "offline, but the bundle holds a full copy of the backbone per fold weight file (besides "
+        "the base, which builds the model) instead of a few MB of adapters; predictions equal "
+        "infer's up to float rounding. Not with text.lora.quantize.",
+    )
     medalist_wheel: str | None = Field(
         None,
         description="A medalist wheel file to bundle; null: built from the medalist source "

@@ -5,9 +5,15 @@ work), :func:`build_dataset` and :func:`build_model`, plus :func:`combine` for p
 
 - One text column, or a pair (``text.pair_column``, e.g. anchor/target); context columns are
   appended to the last segment, joined by the tokenizer's separator.
+- Or a prompt template over several columns (``text.template``): each column is truncated to
+  its own token budget before the pieces are joined with the template's fixed text
+  (:class:`PromptEncoder`), so the prompt and the two responses of a preference task are each cut
+  fairly instead of the tail losing everything.
 - Every text is tokenised once, in full; truncation (``head``, ``tail``, ``head_tail``) happens on
   token ids, so the TTA views of :mod:`medalist.prediction.tta` (other truncations, other max lengths) cost
-  no second tokenisation.
+  no second tokenisation; nor does the ``swap`` view of a pairwise task (``text.swap``: two
+  columns' token ids exchanged, the view's classes permuted back by
+  :meth:`TextDataset.output_maps`).
 - Dynamic padding: a batch is padded to its longest row, not to ``max_length``. Training batches
   come from length buckets (Sun et al. 2019 truncation; "sortish" batching): rows are shuffled,
   sorted by length within buckets of ``bucket_size`` batches, and the batches shuffled, so the
@@ -36,10 +42,15 @@ from medalist.modalities.text_model import (
     load_tokenizer,
     quiet_transformers,
 )
-from medalist.modalities.text_views import expand_text_views, text_view
+from medalist.modalities.text_views import (
+    expand_text_views,
+    swap_outputs,
+    swapped,
+    text_view,
+)
 from medalist.pretrained import manifest
 from medalist.pretrained.resolve import MissingWeights, Weights, resolve, resolve_text
-from medalist.tasks import Task
+from medalist.tasks import Task, infer_classes
 
 __all__ = ["build_dataset", "build_model", "check_inputs", "combine", "TextDataset"]
 
@@ -51,7 +62,11 @@ log = logging.getLogger(__name__)
 
 
 def text_columns(cfg: Config) -> list[str]:
+    """The columns a row's input is made of: the template's fields, or the text, pair and
+    context columns."""
     text = cfg.text
+    if text.template.format is not None:
+        return text.template.fields
     return [
         text.text_column,
         *([text.pair_column] if text.pair_column else []),
@@ -68,9 +83,13 @@ def check_inputs(cfg: Config, df: pd.DataFrame, split: str, source: str) -> Path
     Raises:
         DataError: a missing text column, or an empty or non-string text (naming row and column).
         ConfigError: a folder without config, weights or tokenizer, a max length over the limit,
-            cls pooling on a decoder.
+            cls pooling on a decoder; a template field that is not a column of ``df`` or is a
+            target, budgets and fixed text over ``text.max_length``; swap classes that are not
+            the task's.
     """
+    check_template_columns(cfg, df, source)
     check_text_rows(df, text_columns(cfg), source)
+    check_swap(cfg, df if split == "train" else None)
     if split == "train" and cfg.text.backbone:
         manifest.check_recorded(resolve_text(cfg.text.backbone, "text.backbone", download=True))
     folder = backbone_dir(cfg.text.backbone, "text.backbone")
@@ -82,7 +101,48 @@ def check_inputs(cfg: Config, df: pd.DataFrame, split: str, source: str) -> Path
             f"text.backbone: the tokenizer in {folder} has neither a padding nor an end-of-text "
             "token to pad with"
         )
+    if cfg.text.template.format is not None:  # the fixed text and the budgets fit max_length
+        PromptEncoder.of(cfg, tokenizer).shares(cfg.text.max_length, "text.template.budgets")
     return folder
+
+
+def check_template_columns(cfg: Config, df: pd.DataFrame, source: str) -> None:
+    """Every field of ``text.template.format`` is a column of ``df`` and not a target."""
+    fields = cfg.text.template.fields if cfg.text.template.format is not None else []
+    for field in fields:
+        if field in cfg.competition.target_columns:
+            raise ConfigError(
+                f"text.template.format: {{{field}}} is a target column; the model would read "
+                "its own label"
+            )
+        if field not in df.columns:
+            raise ConfigError(
+                f"text.template.format: {{{field}}} is not a column of {source}; it has "
+                f"{list(df.columns)[:20]}"
+            )
+
+
+def output_names(task: Task) -> list[str]:
+    """The names a swap's class pairs refer to, as text: the classes (binary: both, the
+    negative one first), or a multilabel task's target columns."""
+    if task.type == "multilabel":
+        return list(task.target_columns)
+    return [str(c) for c in task.classes]
+
+
+def check_swap(cfg: Config, train: pd.DataFrame | None) -> None:
+    """``text.swap.classes`` against the task's classes, where they are known before training:
+    the configured ones, the target columns (multilabel) or those of the training rows."""
+    swap = cfg.text.swap
+    if not swap.columns:
+        return
+    task = Task(cfg.task.type, list(cfg.competition.target_columns))
+    if cfg.task.type in ("binary", "multiclass"):
+        column = cfg.competition.target_columns[0]
+        if cfg.task.classes is None and (train is None or column not in train.columns):
+            return  # checked against task.json's classes when the views are predicted
+        task.classes = infer_classes(cfg, train if train is not None else pd.DataFrame())
+    swap_outputs(task.type, output_names(task), swap.classes or {})
 
 
 def check_text_rows(df: pd.DataFrame, columns: list[str], source: str) -> None:
@@ -200,6 +260,109 @@ def allot(first: int, second: int, budget: int) -> tuple[int, int]:
     return half, budget - half
 
 
+def allot_columns(lengths: list[int], shares: list[int], capacity: int) -> list[int]:
+    """Tokens each column of a row keeps: its share at most, then what the row has left
+    (``capacity`` less what was kept) shared equally among the columns still cut, each up to
+    its length (max-min fair water-filling); single tokens left over go to the first columns
+    still cut, in order. Never more than ``capacity`` in all (given shares that fit it)."""
+    kept = [min(n, share) for n, share in zip(lengths, shares, strict=True)]
+    spare = capacity - sum(kept)
+    while spare > 0:
+        cut = [i for i, n in enumerate(lengths) if kept[i] < n]
+        if not cut:
+            break
+        each = spare // len(cut)
+        if each == 0:
+            for i in cut[:spare]:
+                kept[i] += 1
+            break
+        for i in cut:
+            given = min(each, lengths[i] - kept[i])
+            kept[i] += given
+            spare -= given
+    return kept
+
+
+@dataclass
+class PromptEncoder:
+    """Rows of ``text.template``: each column cut to its share, joined with the fixed text.
+
+    The fixed text between the fields is tokenised once, each piece on its own (tokens never
+    merge across a field's edge; a special token written in it, such as ``</s>``, is that
+    token), and the tokenizer's special tokens of a single text go around the whole. Shares and
+    how a short column's leftover is given away: :class:`medalist.config.inputs.TemplateConfig`.
+    """
+
+    template: Template
+    fields: tuple[str, ...]
+    pieces: tuple[tuple[int, ...], ...]  # the fixed text before each field, then after the last
+    budgets: dict[str, int]
+    head_fraction: float
+
+    @classmethod
+    def of(cls, cfg: Config, tokenizer) -> PromptEncoder:
+        parts = cfg.text.template.parts()
+        with quiet_transformers():
+            pieces = tokenizer([text for text, _ in parts], add_special_tokens=False)["input_ids"]
+        return cls(
+            Template.of(tokenizer),
+            tuple(field for _, field in parts if field is not None),
+            tuple(tuple(piece) for piece in pieces),
+            dict(cfg.text.template.budgets),
+            cfg.text.head_fraction,
+        )
+
+    @property
+    def fixed(self) -> int:
+        """Tokens of the template's fixed text."""
+        return sum(map(len, self.pieces))
+
+    def capacity(self, max_length: int) -> int:
+        """Tokens left for the columns within ``max_length``."""
+        return max_length - self.template.specials(False) - self.fixed
+
+    def shares(self, max_length: int, key: str) -> list[int]:
+        """Each field's share of ``max_length``: its budget, or an equal part of the rest.
+
+        Raises:
+            ConfigError: naming ``key``, when the budgets, the fixed text, the special tokens
+                and one token per column without a budget do not fit.
+        """
+        capacity = self.capacity(max_length)
+        budgets = [self.budgets.get(field) for field in self.fields]
+        free = [i for i, budget in enumerate(budgets) if budget is None]
+        claimed = sum(b for b in budgets if b is not None)
+        rest = capacity - claimed
+        if rest < len(free) or rest < 0:
+            specials = self.template.specials(False)
+            need = claimed + self.fixed + specials + len(free)
+            unbudgeted = f", 1 per column without a budget {len(free)}" if free else ""
+            raise ConfigError(
+                f"{key}: the template needs {need} tokens (budgets {claimed}, its fixed text "
+                f"{self.fixed}, special tokens {specials}{unbudgeted}), over the max length "
+                f"of {max_length}; lower text.template.budgets or raise the max length"
+            )
+        shares = [b or 0 for b in budgets]
+        for rank, i in enumerate(free):
+            shares[i] = rest // len(free) + (rank < rest % len(free))
+        return shares
+
+    def encode(
+        self, columns: dict[str, list[list[int]]], max_length: int, how: str, key: str
+    ) -> list[tuple[list[int], list[int]]]:
+        """Token ids and types of every row, from each column's full token ids."""
+        shares, capacity = self.shares(max_length, key), self.capacity(max_length)
+        rows = []
+        for values in zip(*(columns[field] for field in self.fields), strict=True):
+            kept = allot_columns([len(v) for v in values], shares, capacity)
+            body = list(self.pieces[0])
+            for ids, keep, piece in zip(values, kept, self.pieces[1:], strict=True):
+                body += truncate(ids, keep, how, self.head_fraction)
+                body += piece
+            rows.append(self.template.build(body, None))
+        return rows
+
+
 @dataclass
 class Encoder:
     """Turns a row's full token ids into model input for one truncation and max length.
@@ -234,6 +397,12 @@ class Encoder:
             truncate(first, n1, how, self.head_fraction),
             truncate(pair, n2, how, self.head_fraction) + tail,
         )
+
+    def encode_rows(
+        self, cfg: Config, columns: dict[str, list[list[int]]], max_length: int, how: str
+    ) -> list[tuple[list[int], list[int]]]:
+        """Token ids and types of every row, from each column's full token ids."""
+        return [self.encode(*row, max_length, how) for row in segments(cfg, self.sep_id, columns)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,6 +476,8 @@ class TextDataset(Dataset):
         max_lengths: per view, the length a batch is padded to without dynamic padding.
         pad_id: the tokenizer's padding id.
         dynamic_padding, bucket_size, pad_to_multiple_of: see ``text.*`` in the config.
+        view_outputs: per swap view, the class pairs its outputs exchange (``text.swap.classes``;
+            :meth:`output_maps`).
     """
 
     def __init__(
@@ -321,8 +492,10 @@ class TextDataset(Dataset):
         dynamic_padding: bool = True,
         bucket_size: int = 50,
         pad_to_multiple_of: int | None = 8,
+        view_outputs: dict[str, dict[str, str]] | None = None,
     ):
         self.encoded, self.targets, self.weights, self.views = encoded, targets, weights, views
+        self.view_outputs = dict(view_outputs or {})
         self.max_lengths, self.pad_id = max_lengths, pad_id
         self.dynamic_padding, self.bucket_size = dynamic_padding, bucket_size
         self.pad_to_multiple_of = pad_to_multiple_of
@@ -337,6 +510,18 @@ class TextDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         for sampler in self._samplers:
             sampler.set_epoch(epoch)
+
+    def output_maps(self, task: Task) -> dict[str, tuple[list[int], bool]]:
+        """Per swap view, how its outputs return to the identity's order: ``(index, negate)``
+        (:func:`medalist.modalities.text_views.swap_outputs`); the infer stage applies them
+        before merging the views. A ConfigError names ``text.swap.classes`` when the pairs are
+        not the task's classes."""
+        names = output_names(task)
+        return {
+            view: swap_outputs(task.type, names, classes)
+            for view, classes in self.view_outputs.items()
+            if view in self.encoded
+        }
 
     def __getitem__(self, index: int) -> dict:
         sample = {"index": index, "tokens": {v: e[index] for v, e in self.encoded.items()}}
@@ -404,13 +589,13 @@ def tokenize_column(tokenizer, values: pd.Series) -> list[list[int]]:
     return [lookup[t] for t in texts]
 
 
-def segments(cfg: Config, tokenizer, df: pd.DataFrame) -> list[tuple]:
-    """Per row: (text ids, pair ids or None, context ids joined by separators or None)."""
+def segments(cfg: Config, sep: int | None, columns: dict[str, list[list[int]]]) -> list[tuple]:
+    """Per row: (text ids, pair ids or None, context ids joined by separators or None), from
+    each column's full token ids."""
     text = cfg.text
-    first = tokenize_column(tokenizer, df[text.text_column])
-    pair = tokenize_column(tokenizer, df[text.pair_column]) if text.pair_column else None
-    parts = [tokenize_column(tokenizer, df[c]) for c in text.context_columns]
-    sep = tokenizer.sep_token_id
+    first = columns[text.text_column]
+    pair = columns[text.pair_column] if text.pair_column else None
+    parts = [columns[c] for c in text.context_columns]
     if sep is None and (len(parts) > 1 or (parts and pair is not None)):
         raise ConfigError("text.context_columns: the tokenizer has no separator token to join them")
     rows = []
@@ -424,17 +609,31 @@ def segments(cfg: Config, tokenizer, df: pd.DataFrame) -> list[tuple]:
     return rows
 
 
-def view_settings(cfg: Config, views: list[str] | None) -> dict[str, tuple[str, int]]:
-    """Per view: (truncation, max length); a max length over the model's limit is refused."""
+def view_settings(cfg: Config, views: list[str] | None) -> dict[str, tuple[str, int, bool]]:
+    """Per view: (truncation, max length, whether the swap columns are exchanged)."""
     settings = {}
     for name in views or ["identity"]:
-        parsed = text_view(name)
+        swap, base = swapped(name)
+        parsed = text_view(base)
         if parsed is None:
             raise ConfigError(f"infer.tta: '{name}' is not a text view")
+        if swap and not cfg.text.swap.columns:
+            raise ConfigError(
+                f"infer.tta: '{name}' exchanges the two columns of text.swap.columns, which is "
+                "empty; set text.swap.columns and text.swap.classes"
+            )
         how, length = parsed
         how = cfg.text.truncation if how == "identity" else how
-        settings[name] = (how, length or cfg.text.max_length)
+        settings[name] = (how, length or cfg.text.max_length, swap)
     return settings
+
+
+def swap_columns(
+    columns: dict[str, list[list[int]]], pair: list[str]
+) -> dict[str, list[list[int]]]:
+    """The columns' token ids with the two of ``pair`` exchanged."""
+    a, b = pair
+    return {**columns, a: columns[b], b: columns[a]}
 
 
 def build_dataset(
@@ -452,25 +651,43 @@ def build_dataset(
     folder = check_inputs(cfg, df, split, source)
     tokenizer = load_tokenizer(folder)
     settings = view_settings(cfg, views)
-    for name, (_, length) in settings.items():
+    for name, (_, length, _) in settings.items():
         if name != "identity":
             check_max_length(folder, length, f"infer.tta ({name})")
-    encoder = Encoder(Template.of(tokenizer), tokenizer.sep_token_id, cfg.text.head_fraction)
-    rows = segments(cfg, tokenizer, df)
+    # Every column is tokenised once, in full; every view (a swap too) is made from those ids.
+    columns = {c: tokenize_column(tokenizer, df[c]) for c in dict.fromkeys(text_columns(cfg))}
+    if cfg.text.template.format is not None:
+        prompt = PromptEncoder.of(cfg, tokenizer)
+
+        def encode(columns, length, how, name):
+            key = "text.template.budgets" if name == "identity" else f"infer.tta ({name})"
+            return prompt.encode(columns, length, how, key)
+    else:
+        encoder = Encoder(Template.of(tokenizer), tokenizer.sep_token_id, cfg.text.head_fraction)
+
+        def encode(columns, length, how, name):
+            return encoder.encode_rows(cfg, columns, length, how)
+
+    exchanged = swap_columns(columns, cfg.text.swap.columns) if cfg.text.swap.columns else None
     encoded = {
-        name: [encoder.encode(*row, length, how) for row in rows]
-        for name, (how, length) in settings.items()
+        name: encode(exchanged if swap else columns, length, how, name)
+        for name, (how, length, swap) in settings.items()
     }
     return TextDataset(
         encoded,
         targets,
         weights,
         views=views,
-        max_lengths={name: length for name, (_, length) in settings.items()},
+        max_lengths={name: length for name, (_, length, _) in settings.items()},
         pad_id=tokenizer.pad_token_id,
         dynamic_padding=cfg.text.dynamic_padding,
         bucket_size=cfg.text.bucket_size,
         pad_to_multiple_of=cfg.text.pad_to_multiple_of,
+        view_outputs={
+            name: dict(cfg.text.swap.classes or {})
+            for name, (_, _, swap) in settings.items()
+            if swap
+        },
     )
 
 
@@ -495,6 +712,7 @@ def combine(datasets: list[TextDataset]) -> TextDataset:
         dynamic_padding=first.dynamic_padding,
         bucket_size=first.bucket_size,
         pad_to_multiple_of=first.pad_to_multiple_of,
+        view_outputs=first.view_outputs,
     )
 
 

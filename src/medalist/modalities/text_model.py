@@ -13,7 +13,12 @@ task's head.
 - LoRA (``text.lora``, through peft): adapters injected into the backbone in place; only they
   and the head train, and the fold weight files hold only them (:meth:`TextModel.saved_keys`),
   with a fingerprint of the fixed base weights (:meth:`TextModel.weights_base`) that loading
-  checks.
+  checks. :meth:`TextModel.merge_adapters` folds them into the base (the offline bundle's
+  ``kaggle.merge_adapters``), leaving a plain model that needs no peft.
+- QLoRA (``text.lora.quantize``): the fixed base loaded 4-bit or 8-bit by bitsandbytes on this
+  process's own GPU (``device_map={"": LOCAL_RANK}``: one whole copy per process under DDP,
+  never one model spread over the ranks), prepared for k-bit training by peft; refused before
+  any work where there is no CUDA device or no bitsandbytes.
 - Multi-sample dropout (Inoue, "Multi-sample dropout for accelerated training and better
   generalization", 2019): in training the head's logits are averaged over several dropout masks
   of the pooled vector (5 is usual); in evaluation dropout is off and it is one plain pass.
@@ -31,13 +36,15 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import os
+from collections.abc import Mapping
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoTokenizer, BitsAndBytesConfig
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -64,6 +71,14 @@ PADDING_OFFSET_POSITIONS = {
     "mpnet",
 }
 PEFT_MISSING = "text.lora.enabled: needs peft (pip install 'medalist[llm]', or peft==0.21.2)"
+BNB_MISSING = (
+    "text.lora.quantize: {quantize} needs bitsandbytes, which is not installed (pip install "
+    "'medalist[llm]', or bitsandbytes==0.50.2); or set text.lora.quantize=null"
+)
+NO_CUDA = (
+    "text.lora.quantize: {quantize} loads the backbone through bitsandbytes' CUDA kernels and this "
+    "machine has no CUDA device; run on a GPU, or set text.lora.quantize=null (plain LoRA)"
+)
 LAYER_LISTS = ("encoder.layer", "encoder.layers", "transformer.layer", "layers", "layer", "h")
 
 
@@ -161,8 +176,52 @@ def check_backbone_settings(folder: Path, text: TextConfig) -> None:
             "causal attention) has seen nothing of the text; use last (the usual choice for "
             "decoders), mean or attention"
         )
-    if text.lora.enabled and importlib.util.find_spec("peft") is None:
+    if text.lora.enabled and not installed("peft"):
         raise ConfigError(PEFT_MISSING)
+    check_quantize(text)
+
+
+def installed(package: str) -> bool:
+    """``package`` can be imported here (found, not imported: peft and bitsandbytes are heavy)."""
+    return importlib.util.find_spec(package) is not None
+
+
+def check_quantize(text: TextConfig) -> None:
+    """``text.lora.quantize`` can run here (a CUDA device, bitsandbytes); else ConfigError."""
+    quantize = text.lora.quantize
+    if quantize is None:
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError(NO_CUDA.format(quantize=quantize))
+    if not installed("bitsandbytes"):
+        raise ConfigError(BNB_MISSING.format(quantize=quantize))
+
+
+def quantization_config(quantize: str) -> BitsAndBytesConfig:
+    """The bitsandbytes settings of ``text.lora.quantize``: 4bit is QLoRA's NF4 with double
+    quantisation and bf16 compute (Dettmers et al., 2023); 8bit is LLM.int8 (Dettmers et al.,
+    2022) with its default outlier threshold."""
+    if quantize == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ConfigError(f"text.lora.quantize: '{quantize}' is not 4bit, 8bit or null")
+
+
+def process_device_map(environ: Mapping[str, str] | None = None) -> dict[str, int]:
+    """Where a quantized backbone loads: all of it on this process's own GPU.
+
+    ``LOCAL_RANK`` (set by torchrun and ``accelerate launch``; 0 in a single process) is the GPU
+    the process trains on, so each rank holds one whole copy for DDP. ``device_map="auto"``
+    would instead spread one model over every visible GPU, in every process.
+    """
+    environ = os.environ if environ is None else environ
+    return {"": int(environ.get("LOCAL_RANK") or 0)}
 
 
 def position_limit(config) -> int | None:
@@ -282,6 +341,42 @@ class TextModel(nn.Module):
         :meth:`saved_keys`), stored with the weights and checked when they are loaded."""
         return self._base
 
+    def merge_adapters(self) -> dict:
+        """Fold every LoRA adapter into the base weight it adapts (W + (alpha / r) B A, in the
+        weight's dtype) and put the plain layers back in place of peft's.
+
+        The model is then a whole one: its files hold every weight (:meth:`saved_keys` is None)
+        and it loads into the model built with the returned config overrides, which needs no
+        peft. Returns those overrides (``{"text.lora.enabled": False}``).
+
+        Raises:
+            ConfigError: no adapters, or adapters on a quantized base (merging would quantize the
+                sum again and change the predictions).
+        """
+        if self._saved is None:
+            raise ConfigError("kaggle.merge_adapters: the model has no LoRA adapters to merge")
+        if getattr(self.backbone, "is_quantized", False):
+            raise ConfigError(
+                "kaggle.merge_adapters: not with text.lora.quantize (the merged weights would be "
+                "quantized again, and predict otherwise than the adapters did); ship the "
+                "quantized base and the adapters (kaggle.merge_adapters=false)"
+            )
+        # peft is optional (the llm extra): a model with adapters was built with it.
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        adapted = [
+            (name, module)
+            for name, module in self.backbone.named_modules()
+            if isinstance(module, BaseTunerLayer)
+        ]
+        for name, module in adapted:
+            module.merge(safe_merge=True)  # refuses a non-finite sum
+            parent, _, child = name.rpartition(".")
+            setattr(self.backbone.get_submodule(parent), child, module.get_base_layer())
+        self._saved = self._base = None
+        log.info("LoRA: %d adapted layers merged into the base", len(adapted))
+        return {"text.lora.enabled": False}
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         ids, mask = inputs[:, 0], inputs[:, 1]
         extra = {"token_type_ids": inputs[:, 2]} if inputs.shape[1] > 2 else {}
@@ -366,8 +461,14 @@ def transformer_layers(backbone: nn.Module) -> nn.ModuleList:
 # Building
 
 
-def load_backbone(folder: Path, hidden_dropout: float | None = None) -> nn.Module:
-    """``AutoModel`` from the folder's safetensors; mostly missing weights are an error."""
+def load_backbone(
+    folder: Path, hidden_dropout: float | None = None, quantize: str | None = None
+) -> nn.Module:
+    """``AutoModel`` from the folder's safetensors; mostly missing weights are an error.
+
+    ``quantize`` (``text.lora.quantize``): loaded through bitsandbytes
+    (:func:`quantization_config`) straight onto this process's GPU (:func:`process_device_map`).
+    """
 
     config = load_config(folder)
     if hidden_dropout is not None:
@@ -379,6 +480,12 @@ def load_backbone(folder: Path, hidden_dropout: float | None = None) -> nn.Modul
         ):
             if hasattr(config, name):
                 setattr(config, name, hidden_dropout)
+    quantized = {}
+    if quantize is not None:
+        quantized = {
+            "quantization_config": quantization_config(quantize),
+            "device_map": process_device_map(),
+        }
     with quiet_transformers():
         backbone, info = AutoModel.from_pretrained(
             str(folder),
@@ -386,6 +493,7 @@ def load_backbone(folder: Path, hidden_dropout: float | None = None) -> nn.Modul
             local_files_only=True,
             use_safetensors=True,
             output_loading_info=True,
+            **quantized,
         )
     own = len(backbone.state_dict())
     missing = sorted(k for k in info.get("missing_keys", []) if "pooler" not in k)
@@ -406,6 +514,20 @@ def load_backbone(folder: Path, hidden_dropout: float | None = None) -> nn.Modul
         # stop the (end-of-text) token's embedding from training.
         backbone.config.pad_token_id = pad
     return backbone
+
+
+def prepare_quantized(backbone: nn.Module) -> nn.Module:
+    """peft's preparation of a k-bit backbone for training: every weight frozen, the layers left
+    in half precision (norms, embeddings) cast to float32 for stable updates through them.
+
+    Gradient checkpointing is not switched on here but by ``text.gradient_checkpointing``
+    (non-reentrant, which DDP and frozen inputs need; peft's own would be reentrant by default).
+    """
+    try:
+        from peft import prepare_model_for_kbit_training
+    except ImportError as exc:
+        raise ConfigError(PEFT_MISSING) from exc
+    return prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=False)
 
 
 def add_lora(backbone: nn.Module, text: TextConfig) -> nn.Module:
@@ -456,7 +578,7 @@ def build_model(cfg: Config, task: Task) -> TextModel:
     text = cfg.text
     folder = backbone_dir(text.backbone, "text.backbone")
     check_backbone_settings(folder, text)
-    backbone = load_backbone(folder, text.hidden_dropout)
+    backbone = load_backbone(folder, text.hidden_dropout, text.lora.quantize)
     layers = transformer_layers(backbone)
     count = len(layers)
     for key, value in (
@@ -481,6 +603,8 @@ def build_model(cfg: Config, task: Task) -> TextModel:
         frozen.append(pooler)  # the head pools; the backbone's own pooler is never trained
     for module in frozen:
         module.requires_grad_(False)
+    if text.lora.quantize is not None:
+        backbone = prepare_quantized(backbone)  # before the adapters: it freezes every weight
     if text.lora.enabled:
         backbone = add_lora(backbone, text)
     if text.gradient_checkpointing:

@@ -15,6 +15,9 @@ manifest and the config. Writes
     outputs/ensemble/<name>/   weights.json, ensemble.yaml, task.json, cv.json (with an ensemble)
     backbones/<name>/          config and tokenizer files of a text backbone folder (a local
                                one, or a hub id's cached snapshot)
+    outputs/<exp>/fold<k>/*.merged.safetensors
+                               with kaggle.merge_adapters: a LoRA fold's whole model, adapters
+                               merged into the base (:mod:`medalist.offline.merge`)
     folds/folds.json           the folds manifest (ids and hashes, no rows)
     timing.json                the run-time estimate against kaggle.time_limit_hours
 
@@ -68,8 +71,15 @@ from medalist.layout import (
 )
 from medalist.modalities import get_modality
 from medalist.offline import scan, wheels
+from medalist.offline.merge import (
+    check_mergeable,
+    holds_adapters,
+    merge_file,
+    merged_name,
+    sample_tolerance,
+)
 from medalist.offline.notebook import notebook, write_entry_point
-from medalist.offline.predict import BLENDERS, FORMAT, MANIFEST
+from medalist.offline.predict import BLENDERS, FORMAT, MANIFEST, read_task
 from medalist.offline.timing import estimate
 from medalist.prediction.infer import INFERENCE_KEYS, inference_settings, trained_folds
 from medalist.pretrained.resolve import snapshot_label
@@ -78,6 +88,7 @@ log = logging.getLogger(__name__)
 
 PLACEHOLDER_OWNER = "INSERT_USERNAME"
 BACKBONE_FILES = scan.ALLOWED - {".whl", ".py", ".ipynb"}
+SAMPLE_ATOL = 1e-3  # the bundle's sample predictions against test.parquet
 
 
 @dataclass
@@ -95,6 +106,7 @@ class Plan:
     ensemble: dict | None = None
     backbones: dict[Path, str] = field(default_factory=dict)  # source folder -> bundle folder
     prediction: str | None = None  # the experiment submitted, without an ensemble
+    merged: list[str] = field(default_factory=list)  # experiments shipped with merged adapters
 
 
 def competition_slug(cfg: Config) -> str:
@@ -280,6 +292,7 @@ def make_plan(cfg: Config) -> Plan:
         prediction = names[0]
     plan = Plan(_with_stacked_on(outputs, names, key), ensemble, prediction=prediction)
     _check_stacked_folds(cfg, plan)
+    plan.merged = _to_merge(cfg, plan)
     for experiment in plan.experiments:
         carried = _packaged_folder(experiment.cfg)
         backbone = carried[1] if carried else None
@@ -298,6 +311,24 @@ def make_plan(cfg: Config) -> Plan:
     if cfg.kaggle.timing_rows:
         read_test(cfg)  # the estimate needs the local test table
     return plan
+
+
+def _to_merge(cfg: Config, plan: Plan) -> list[str]:
+    """The experiments whose adapters ``kaggle.merge_adapters`` merges: those whose fold files
+    hold adapters; each checked, before any model is built."""
+    if not cfg.kaggle.merge_adapters:
+        return []
+    names = [e.name for e in plan.experiments if holds_adapters(e.weights)]
+    if not names:
+        raise ConfigError(
+            f"kaggle.merge_adapters: none of the packaged experiments "
+            f"({[e.name for e in plan.experiments]}) trained adapters (text.lora.enabled); "
+            "there is nothing to merge: set kaggle.merge_adapters=false"
+        )
+    for experiment in plan.experiments:
+        if experiment.name in names:
+            check_mergeable(experiment.cfg, experiment.name)
+    return names
 
 
 def _packaged_folder(cfg: Config) -> tuple[str, Path] | None:
@@ -335,16 +366,27 @@ def _copy_experiment(experiment: Experiment, outputs: Path, root: Path, plan: Pl
     if experiment.learners:  # folds fitted by a library: the run checks that it imports
         entry["learners"] = experiment.learners
         entry["libraries"] = _libraries(experiment.learners)
-    entry["weights"] = {}
-    for fold, files in experiment.weights.items():
-        entry["weights"][fold] = [f"{target}/{path.parent.name}/{path.name}" for path in files]
-        for path, relative in zip(files, entry["weights"][fold], strict=True):
-            _place(path, root / relative)
     # Paths of the training machine mean nothing on Kaggle: the fine-tuned weights replace the
     # pretrained ones, and a text backbone folder (its config, tokenizer) travels in the bundle.
     entry["paths"] = {"model.pretrained_path": None}
     # Nor does its hub cache: the bundle's models are built without pretrained weights.
     entry["settings"] = {"model.pretrained": False}
+    merge = experiment.name in plan.merged
+    task = read_task(source / "task.json") if merge else None
+    entry["weights"] = {}
+    for fold, files in experiment.weights.items():
+        entry["weights"][fold] = []
+        for path in files:
+            relative = f"{target}/{path.parent.name}/"
+            if merge:  # the whole model, built without adapters (no peft)
+                relative += merged_name(path)
+                entry["settings"] |= merge_file(experiment.cfg, task, path, root / relative)
+            else:
+                relative += path.name
+                _place(path, root / relative)
+            entry["weights"][fold].append(relative)
+    if merge:
+        entry["adapters"] = "merged"
     if experiment.stacks:  # predicted after these, on the folds manifest the bundle carries
         entry["stacks"] = list(experiment.stacks)
         entry["paths"]["competition.folds_dir"] = "folds"
@@ -409,8 +451,11 @@ def _profiles(cfg: Config) -> dict:
     }
 
 
-def _check_against_local(outputs: Path, id_column: str, name: str, test, values) -> None:
-    """The bundle's predictions of the sample must be the experiment's own ``test.parquet``."""
+def _check_against_local(
+    outputs: Path, id_column: str, name: str, test, values, merged: bool = False, atol=SAMPLE_ATOL
+) -> None:
+    """The bundle's predictions of the sample must be the experiment's own ``test.parquet``
+    (within ``atol``: wider for adapters merged in half precision, :func:`sample_tolerance`)."""
     local = outputs / name / "test.parquet"
     if not local.is_file():
         log.info("%s: no %s to compare the bundle's predictions with", name, local)
@@ -423,12 +468,20 @@ def _check_against_local(outputs: Path, id_column: str, name: str, test, values)
         raise DataError(
             f"{local} does not hold the ids of the test table; run infer again"
         ) from None
-    if expected.shape != values.shape or not np.allclose(expected, values, rtol=0, atol=1e-3):
+    if expected.shape != values.shape or not np.allclose(expected, values, rtol=0, atol=atol):
+        hint = " (or ship its adapters: kaggle.merge_adapters=false)" if merged else ""
         raise DataError(
             f"{name}: the bundle predicts other values than {local} (largest difference "
-            f"{np.max(np.abs(expected - values)) if expected.shape == values.shape else 'shape'}); "
-            f"run `medalist infer` again for {name} with the settings to ship (it records its "
-            "views in infer.json) and package after it"
+            f"{np.max(np.abs(expected - values)) if expected.shape == values.shape else 'shape'}, "
+            f"tolerance {atol:g}); run `medalist infer` again for {name} with the settings to "
+            f"ship (it records its views in infer.json) and package after it{hint}"
+        )
+    if merged:
+        log.info(
+            "%s: with its adapters merged the bundle predicts the sample within %.2g of %s",
+            name,
+            np.max(np.abs(expected - values)),
+            local,
         )
 
 
@@ -443,7 +496,9 @@ def _timing(cfg: Config, root: Path, manifest: dict) -> dict | None:
     )
     outputs = Path(cfg.competition.outputs_dir)
     for name, (test, values) in samples.items():
-        _check_against_local(outputs, cfg.competition.id_column, name, test, values)
+        entry = manifest["experiments"][name]
+        merged, atol = entry.get("adapters") == "merged", sample_tolerance(root, entry, SAMPLE_ATOL)
+        _check_against_local(outputs, cfg.competition.id_column, name, test, values, merged, atol)
     write_json(root / "timing.json", report)
     return {key: value for key, value in report.items() if key != "models"}
 

@@ -136,11 +136,11 @@ def resolve_paths(
     return Paths(Path(bundle), data, working)
 
 
-def _with(cfg: Config, dotted: str, value) -> Config:
-    """A copy of ``cfg`` with one ``section.key`` replaced."""
-    section_name, key = dotted.split(".")
-    section = getattr(cfg, section_name).model_copy(update={key: value})
-    return cfg.model_copy(update={section_name: section})
+def _with(cfg, dotted: str, value):
+    """A copy of ``cfg`` with one ``section.key`` (or ``section.sub.key``) replaced."""
+    name, _, rest = dotted.partition(".")
+    inner = _with(getattr(cfg, name), rest, value) if rest else value
+    return cfg.model_copy(update={name: inner})
 
 
 def experiment_config(bundle: Path, entry: dict, data: Path, stacked: Path | None = None) -> Config:
@@ -169,6 +169,42 @@ def read_task(path: Path) -> Task:
     return Task(info["type"], list(info["target_columns"]), list(info["classes"] or []))
 
 
+def count_tokens(dataset) -> int | None:
+    """The tokens a model reads for the dataset's rows, every view counted, padding not; None
+    when its inputs are not token sequences.
+
+    A text dataset holds them as ``encoded`` (per view, one ``(ids, types)`` per row, truncated
+    as the model reads them).
+    """
+    encoded = getattr(dataset, "encoded", None)
+    if not isinstance(encoded, dict):
+        return None
+    return int(sum(len(ids) for rows in encoded.values() for ids, _ in rows))
+
+
+def _test_dataset(cfg: Config, rows: int | None):
+    """The experiment's test dataset (its first ``rows``), its rows and its views."""
+    modality = get_modality(cfg.modality)
+    views = modality.expand_views(cfg.infer.tta)
+    test = read_test(cfg)
+    test = test if rows is None else test.head(rows)
+    dataset = modality.build_dataset(
+        cfg, test, None, split="test", train=False, source=str(test_path(cfg)), views=views
+    )
+    return dataset, test, views
+
+
+def whole_test_tokens(
+    bundle: Path, entry: dict, data: Path, stacked: Path | None = None
+) -> tuple[int, int] | None:
+    """(tokens, rows) of the whole test table as the experiment reads it (every view); None
+    when its inputs are not token sequences."""
+    cfg = experiment_config(bundle, entry, data, stacked)
+    dataset, test, _ = _test_dataset(cfg, None)
+    tokens = count_tokens(dataset)
+    return None if tokens is None else (tokens, len(test))
+
+
 def predict_experiment(
     bundle: Path,
     entry: dict,
@@ -186,7 +222,8 @@ def predict_experiment(
         entry: the experiment's entry in the manifest.
         data: the competition's data folder (test table and files).
         rows: predict only the first rows (the time estimate).
-        timings: when given, one dict per weight file is appended (seconds to load, to predict).
+        timings: when given, one dict per weight file is appended (seconds to load, to predict;
+            the tokens read, for token inputs).
         stacked: where the test predictions of the experiments it stacks on (``stacks``) are,
             as :func:`keep_prediction` writes them (of the same rows at least).
 
@@ -196,13 +233,9 @@ def predict_experiment(
 
     cfg = experiment_config(bundle, entry, data, stacked)
     modality = get_modality(cfg.modality)
-    views = modality.expand_views(cfg.infer.tta)
     task = read_task(bundle / entry["task"])
-    test = read_test(cfg)
-    test = test if rows is None else test.head(rows)
-    dataset = modality.build_dataset(
-        cfg, test, None, split="test", train=False, source=str(test_path(cfg)), views=views
-    )
+    dataset, test, views = _test_dataset(cfg, rows)
+    tokens = count_tokens(dataset) if timings is not None else None
     accelerator = make_accelerator(cfg)
     loader = accelerator.prepare(make_loader(dataset, cfg.infer.batch_size, shuffle=False, cfg=cfg))
     per_fold = []
@@ -218,6 +251,7 @@ def predict_experiment(
                     "load_seconds": load_seconds,
                     "predict_seconds": predict_seconds,
                     "device": str(accelerator.device),
+                    **({} if tokens is None else {"tokens": tokens}),
                 }
             )
 

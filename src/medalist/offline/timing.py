@@ -6,6 +6,13 @@ first ``kaggle.timing_rows`` test rows with every view), and each model's time b
 (``kaggle.time_limit_hours``). The clock is this machine's: a Kaggle GPU may be faster or slower,
 so the report names the device. Installing and start-up are not counted.
 
+A model that reads tokens (a text encoder, a decoder LLM) takes time by tokens, not rows: a
+sample of short texts would promise a long test set too little time. Its throughput is measured
+on the sample (``tokens_per_second``: the sample's tokens, every view, over its prediction time)
+and its time becomes ``load + test_tokens / tokens_per_second``, with ``test_tokens`` counted on
+the whole local test table as the model reads it (truncated, every view), scaled by
+``total_rows / local rows`` when the hidden test set is larger (``kaggle.test_rows``).
+
 A fold fitted by a library (a GBDT; the manifest's ``learners``) loads its model inside its
 prediction, so one call times both. Its load is then timed apart, as the prediction of a single
 row, and only the rest of the sample's time grows with the rows: a model file that takes a second
@@ -28,6 +35,7 @@ from medalist.offline.predict import (
     predict_experiment,
     prediction_order,
     stacked_members,
+    whole_test_tokens,
 )
 
 log = logging.getLogger(__name__)
@@ -58,14 +66,14 @@ def estimate(
             )
             if entry.get("learners"):
                 _split_load(bundle, entry, data, timings[start:], stacked)
+            if any("tokens" in timing for timing in timings[start:]):
+                _add_tokens(bundle, entry, data, timings[start:], total_rows, stacked)
             for timing in timings[start:]:
                 timing["experiment"] = name
             samples[name] = (test, values)
             if name in needed:
                 keep_prediction(stacked, bundle, name, entry, test, task, values)
-    seconds = [
-        t["load_seconds"] + t["predict_seconds"] * total_rows / max(t["rows"], 1) for t in timings
-    ]
+    seconds = [t["load_seconds"] + t["predict_seconds"] * _growth(t, total_rows) for t in timings]
     estimated = float(np.sum(seconds))
     limit = limit_hours * 3600.0
     report = {
@@ -79,6 +87,9 @@ def estimate(
         "device": timings[0]["device"],
         "note": "measured here, not on Kaggle; installing and start-up not counted",
     }
+    throughput = _throughput(timings)
+    if throughput:
+        report["tokens_per_second"] = throughput
     if report["fits"]:
         log.info(
             "inference estimate: %s for %d test rows on %s, %.1f%% of the %s limit",
@@ -98,6 +109,52 @@ def estimate(
             duration(limit),
         )
     return report, samples
+
+
+def _throughput(timings: list[dict]) -> dict[str, float]:
+    """Each token-reading experiment's median tokens per second over its weight files."""
+    rates: dict[str, list[float]] = {}
+    for timing in timings:
+        if timing.get("tokens_per_second"):
+            rates.setdefault(timing["experiment"], []).append(timing["tokens_per_second"])
+    return {name: float(np.median(values)) for name, values in rates.items()}
+
+
+def _growth(timing: dict, total_rows: int) -> float:
+    """How many times the sample's prediction work the whole test set is: its tokens over the
+    sample's for a model reading tokens, else its rows over the sample's."""
+    if timing.get("tokens") and "test_tokens" in timing:
+        return timing["test_tokens"] / timing["tokens"]
+    return total_rows / max(timing["rows"], 1)
+
+
+def _add_tokens(
+    bundle: Path,
+    entry: dict,
+    data: Path,
+    timings: list[dict],
+    total_rows: int,
+    stacked: Path | None = None,
+) -> None:
+    """Each timing of a model that reads tokens gets the sample's throughput and the test set's
+    tokens (the local table's, scaled to ``total_rows``)."""
+    counted = whole_test_tokens(bundle, entry, data, stacked)
+    if counted is None:
+        return
+    tokens, rows = counted
+    test = round(tokens * total_rows / max(rows, 1))
+    for timing in timings:
+        seconds = timing["predict_seconds"]
+        timing["tokens_per_second"] = round(timing["tokens"] / seconds, 1) if seconds > 0 else None
+        timing["test_tokens"] = test
+    throughput = [t["tokens_per_second"] for t in timings if t["tokens_per_second"]]
+    log.info(
+        "%s tokens in the test set (%d rows, every view); %s tokens/s measured on %d sample rows",
+        f"{test:,}",
+        total_rows,
+        f"{np.median(throughput):,.0f}" if throughput else "?",
+        timings[0]["rows"],
+    )
 
 
 def _split_load(

@@ -43,7 +43,7 @@ from medalist.layout import (
     train_path,
 )
 from medalist.modalities import get_modality
-from medalist.prediction.tta import batched_views, merge
+from medalist.prediction.tta import align_views, batched_views, merge
 from medalist.tasks import Task, build_task
 from medalist.training.runtime import (
     check_precision,
@@ -137,13 +137,24 @@ def load_task(cfg: Config, train: pd.DataFrame) -> Task:
     return task
 
 
+def view_output_maps(dataset, task: Task) -> dict[str, tuple[list[int], bool]]:
+    """Per view whose outputs mean something else (a swap view), how they return to the
+    identity's order: a dataset may bring ``output_maps(task)``; a ConfigError names the key of
+    a mapping that does not fit the task."""
+    output_maps = getattr(dataset, "output_maps", None)
+    return output_maps(task) if callable(output_maps) else {}
+
+
 @torch.no_grad()
 def predict(model, loader, accelerator, task: Task, views: list[str], how: str, progress=False):
-    """Merged TTA predictions of every row, in row order (probabilities or values)."""
+    """Merged TTA predictions of every row, in row order (probabilities or values); each view's
+    outputs back in the identity's order first (:func:`view_output_maps`)."""
     model.eval()
+    maps = view_output_maps(loader.dataset, task)
     indices, outputs = [], []
     for batch in tqdm(loader, desc="predict", leave=False, disable=None if progress else True):
-        merged = merge(task.type, batched_views(model, batch["input"], views), how)
+        logits = align_views(batched_views(model, batch["input"], views), views, maps)
+        merged = merge(task.type, logits, how)
         index, merged = accelerator.gather_for_metrics((batch["index"], merged))
         indices.append(index.cpu())
         outputs.append(merged.cpu())
@@ -226,6 +237,7 @@ def run(cfg: Config) -> pd.DataFrame:
     dataset = modality.build_dataset(
         cfg, test, None, split="test", train=False, source=str(test_path(cfg)), views=views
     )
+    view_output_maps(dataset, task)  # a swap's classes against the trained task's, before work
     folds = trained_folds(cfg)
     accelerator = make_accelerator(cfg)
     loader = accelerator.prepare(make_loader(dataset, cfg.infer.batch_size, shuffle=False, cfg=cfg))

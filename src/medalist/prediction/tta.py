@@ -11,7 +11,11 @@ views cost one pass over n times the rows, not n passes.
 
 Text views are truncations (:mod:`medalist.modalities.text_views`), made by the text dataset
 from each row's full token ids: the batch arrives as ``{view: token ids}``, and
-:func:`batched_views` passes views of the same padded length through the model together.
+:func:`batched_views` passes views of the same padded length through the model together. A view
+may also change what its outputs mean: the swap view of a pairwise task (response A and B
+exchanged) predicts "B wins" where the identity predicts "A wins". Its dataset says how the
+outputs return to the identity's order (``output_maps(task)``), and :func:`align_views` puts
+them back before the merge.
 
 Merges: ``mean`` of probabilities; ``geometric``, through log-probabilities (softmax of the mean
 log-softmax for classes, the mean logit for sigmoid outputs: finite for any finite logits);
@@ -132,6 +136,25 @@ def _forward_groups(indices: list[int], tensors: list[torch.Tensor]) -> list[lis
         return [indices]
     per_pass = max(1, CPU_FORWARD_VALUES // max(first.numel(), 1))
     return [indices[start : start + per_pass] for start in range(0, len(indices), per_pass)]
+
+
+def align_views(
+    logits: torch.Tensor, names: list[str], maps: dict[str, tuple[list[int], bool]]
+) -> torch.Tensor:
+    """Per-view logits (views, batch, outputs) in the identity's output order: a view in
+    ``maps`` has its outputs taken at ``index`` and, when ``negate``, negated (a binary task's
+    swapped classes: sigmoid(-x) = 1 - sigmoid(x)). Permuting logits before the merge makes
+    every merge (mean, geometric, max) treat the swap view as any other view."""
+    if not any(name in maps for name in names):
+        return logits
+    aligned = []
+    for view_logits, name in zip(logits, names, strict=True):
+        if name in maps:
+            index, negate = maps[name]
+            view_logits = view_logits[..., index]
+            view_logits = -view_logits if negate else view_logits
+        aligned.append(view_logits)
+    return torch.stack(aligned)
 
 
 def merge(task_type: str, logits: torch.Tensor, how: str) -> torch.Tensor:
