@@ -23,6 +23,7 @@ from medalist.config.honest import AdversarialConfig, SanityConfig
 from medalist.config.inputs import ImageConfig, MlmConfig, ModelConfig, TextConfig
 from medalist.config.kaggle import KaggleConfig
 from medalist.config.section import Section
+from medalist.config.segmentation import SegmentationConfig
 from medalist.config.stages import InferConfig, PseudoConfig, TrackingConfig, TrainConfig
 from medalist.config.sweep import SweepConfig
 from medalist.config.tabular import TabularConfig
@@ -56,6 +57,7 @@ class Config(Section):
     text: TextConfig = section(TextConfig, retrains=True)
     mlm: MlmConfig = section(MlmConfig, retrains=False)
     tabular: TabularConfig = section(TabularConfig, retrains=True, added=True)
+    segmentation: SegmentationConfig = section(SegmentationConfig, retrains=True, added=True)
     train: TrainConfig = section(TrainConfig, retrains=True)
     tricks: TricksConfig = section(TricksConfig, retrains=True)
     distill: DistillConfig = section(DistillConfig, retrains=True, added=True)

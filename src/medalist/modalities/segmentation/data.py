@@ -1,0 +1,187 @@
+"""Segmentation samples: an image and its mask through the same albumentations pipeline.
+
+Training: ``image.train_transforms`` on the whole image and its mask (geometric transforms move
+both, colour transforms touch the image only), then a random square crop of
+``segmentation.crop_size`` (null: ``image.size``), images smaller than the crop first padded up
+to it by reflection (the mask reflected alike). The crop comes last, so every training sample
+has the crop's size whatever the transforms do to the size. Evaluation and test: the whole
+image through ``image.eval_transforms``, never cropped or resized, so the model predicts the
+mask at the image's own size. Both end with the image modality's normalisation.
+
+Masks enter albumentations as the mask targets it moves with the image: a multiclass mask
+(H, W) of class indices as ``mask``, binary and multilabel masks (C, H, W) as ``masks`` (each
+channel transformed alike, nearest-neighbour). Augmentation is a function of (seed, epoch, row),
+through the image modality's :class:`~medalist.modalities.image.Reseeder`.
+
+Samples: ``{"index", "input", "target", ["weight"]}``: ``input`` float (C, H, W); ``target``
+int64 (H, W) class indices for multiclass, float (C, H, W) in [0, 1] for binary and
+multilabel; no target for test rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from albumentations.pytorch import ToTensorV2
+from torch.utils.data import Dataset
+
+from medalist.config import Config
+from medalist.errors import ConfigError, DataError
+from medalist.modalities import image
+from medalist.modalities.segmentation.inputs import mask_layout
+from medalist.modalities.segmentation.masks import MaskTargets
+
+
+def crop_size(cfg: Config) -> int:
+    """The side of the training crops: ``segmentation.crop_size``, else ``image.size``."""
+    return cfg.segmentation.crop_size or cfg.image.size
+
+
+def normalize(cfg: Config) -> A.Normalize:
+    """The image modality's normalisation: ``image.mean``/``image.std``, else ImageNet's for RGB
+    and 0.5 for grayscale, on the 0-255 scale."""
+    channels = cfg.image.channels
+    mean = cfg.image.mean or (image.IMAGENET_MEAN if channels == 3 else (0.5,))
+    std = cfg.image.std or (image.IMAGENET_STD if channels == 3 else (0.5,))
+    if len(mean) != channels or len(std) != channels:
+        raise ConfigError("image.mean/image.std: one value per channel is needed")
+    return A.Normalize(mean=mean, std=std, max_pixel_value=255.0)
+
+
+def build_pipeline(cfg: Config, train: bool) -> A.Compose:
+    """The configured transforms, the training crop (train only), normalisation, a CHW tensor."""
+    section = "train_transforms" if train else "eval_transforms"
+    specs = cfg.image.train_transforms if train else cfg.image.eval_transforms
+    steps = [image._transform(spec, f"image.{section}[{i}]") for i, spec in enumerate(specs)]
+    if train:
+        side = crop_size(cfg)
+        steps += [
+            A.PadIfNeeded(side, side, border_mode=cv2.BORDER_REFLECT_101),
+            A.RandomCrop(side, side),
+        ]
+    steps += [normalize(cfg), ToTensorV2()]
+    return A.Compose(steps)
+
+
+def _tensor(mask) -> torch.Tensor:
+    """A transformed mask (a tensor, an array, or a list of per-channel ones) as a tensor."""
+    if isinstance(mask, torch.Tensor):
+        return mask
+    if isinstance(mask, (list, tuple)):
+        return torch.stack([_tensor(m) for m in mask])
+    return torch.from_numpy(np.ascontiguousarray(mask))
+
+
+class SegmentationDataset(Dataset):
+    """Rows as ``{"index", "input", "target"}`` samples of an image and its mask.
+
+    Args:
+        paths: one image file per row.
+        targets: each row's mask by position (a :class:`MaskTargets`, or arrays): (H, W) class
+            indices (multiclass) or (C, H, W) values in [0, 1]; None for test rows.
+        pipeline: the albumentations pipeline (:func:`build_pipeline`).
+        channels: 1 or 3.
+        task: ``binary``, ``multiclass`` or ``multilabel`` (``segmentation.task``).
+        seed: base seed of the augmentation, combined with the epoch and the row.
+        weights: a loss weight per row, or None.
+        source: the table's name in errors.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence,
+        targets,
+        pipeline: A.Compose,
+        channels: int,
+        *,
+        task: str,
+        seed: int = 0,
+        weights=None,
+        source: str = "rows",
+    ):
+        self.paths = list(paths)
+        if targets is not None and len(targets) != len(self.paths):
+            raise ValueError(f"{len(targets)} masks for {len(self.paths)} images")
+        self.targets = targets
+        self.weights = None if weights is None else torch.tensor(np.asarray(weights))
+        self.pipeline = pipeline
+        self.reseed = image.Reseeder(pipeline)
+        self.channels = channels
+        self.task = task
+        self.seed = seed
+        self.source = source
+        # One integer in shared memory reaches persistent loader workers (see ImageDataset).
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = epoch
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        pixels = image.read_image(self.paths[index], self.channels)
+        # The same per-sample seed as the image modality: independent of workers and resumption.
+        self.reseed(hash((self.seed, self.epoch, index)) % (2**32))
+        if self.targets is None:
+            return {"index": index, "input": self.pipeline(image=pixels)["image"]}
+        mask = np.asarray(self.targets[index])
+        if not mask.flags.writeable:  # a decoded file's buffer: torch wants its own
+            mask = mask.copy()
+        if mask.shape[-2:] != pixels.shape[:2]:
+            raise DataError(
+                f"{self.source}: row {index}: {self.paths[index]} decodes to "
+                f"{pixels.shape[0]} x {pixels.shape[1]} pixels, its mask is {mask.shape[-2]} x "
+                f"{mask.shape[-1]} (an EXIF orientation tag rotates the image?)"
+            )
+        if self.task == "multiclass":
+            out = self.pipeline(image=pixels, mask=mask)
+            target = _tensor(out["mask"]).long()
+        else:
+            out = self.pipeline(image=pixels, masks=mask)
+            target = _tensor(out["masks"]).float()
+        sample = {"index": index, "input": out["image"], "target": target}
+        if self.weights is not None:
+            sample["weight"] = self.weights[index]
+        return sample
+
+
+def build_dataset(
+    cfg: Config,
+    df: pd.DataFrame,
+    targets=None,
+    *,
+    split: str,
+    train: bool,
+    source: str,
+    weights=None,
+    views=None,
+) -> SegmentationDataset:
+    """The rows as a dataset (``train``: augmented crops; else whole images).
+
+    ``targets``: each row's mask when given (soft pseudo masks); None: the masks that
+    ``segmentation.*`` names for training rows, none for test rows. ``views`` (TTA) are applied to
+    whole batches, not here.
+    """
+    paths = image.image_paths(cfg, df, split, source)
+    if targets is None and split == "train":
+        targets = MaskTargets(mask_layout(cfg), df, paths, source)
+    return SegmentationDataset(
+        paths,
+        targets,
+        build_pipeline(cfg, train),
+        cfg.image.channels,
+        task=cfg.segmentation.task,
+        seed=cfg.train.seed,
+        weights=weights,
+        source=source,
+    )
