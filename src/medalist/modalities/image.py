@@ -46,20 +46,28 @@ def _transform(spec: Transform, key: str) -> A.BasicTransform:
         raise ConfigError(f"{key}: {spec.name}({kwargs}) is invalid: {exc}") from exc
 
 
+def configured_transforms(cfg: Config, train: bool) -> list[A.BasicTransform]:
+    """``image.train_transforms`` (or ``eval_transforms``), each refused by its key if invalid."""
+    section = "train_transforms" if train else "eval_transforms"
+    specs = cfg.image.train_transforms if train else cfg.image.eval_transforms
+    return [_transform(spec, f"image.{section}[{i}]") for i, spec in enumerate(specs)]
+
+
+def normalize(cfg: Config) -> A.Normalize:
+    """``image.mean``/``image.std``, else ImageNet's for RGB and 0.5 for grayscale, on the 0-255
+    scale."""
+    channels = cfg.image.channels
+    mean = cfg.image.mean or (IMAGENET_MEAN if channels == 3 else (0.5,))
+    std = cfg.image.std or (IMAGENET_STD if channels == 3 else (0.5,))
+    if len(mean) != channels or len(std) != channels:
+        raise ConfigError("image.mean/image.std: one value per channel is needed")
+    return A.Normalize(mean=mean, std=std, max_pixel_value=255.0)
+
+
 def build_pipeline(cfg: Config, train: bool) -> A.Compose:
     """Resize, the configured transforms, normalisation and conversion to a CHW tensor."""
-    image = cfg.image
-    section = "train_transforms" if train else "eval_transforms"
-    specs = image.train_transforms if train else image.eval_transforms
-    steps = [A.Resize(image.size, image.size)]
-    steps += [_transform(spec, f"image.{section}[{i}]") for i, spec in enumerate(specs)]
-    default_mean = IMAGENET_MEAN if image.channels == 3 else (0.5,)
-    default_std = IMAGENET_STD if image.channels == 3 else (0.5,)
-    mean, std = image.mean or default_mean, image.std or default_std
-    if len(mean) != image.channels or len(std) != image.channels:
-        raise ConfigError("image.mean/image.std: one value per channel is needed")
-    steps += [A.Normalize(mean=mean, std=std, max_pixel_value=255.0), ToTensorV2()]
-    return A.Compose(steps)
+    steps = [A.Resize(cfg.image.size, cfg.image.size), *configured_transforms(cfg, train)]
+    return A.Compose([*steps, normalize(cfg), ToTensorV2()])
 
 
 def image_paths(cfg: Config, df: pd.DataFrame, split: str, source: str) -> list[Path]:

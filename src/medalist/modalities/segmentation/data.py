@@ -31,7 +31,7 @@ from albumentations.pytorch import ToTensorV2
 from torch.utils.data import Dataset
 
 from medalist.config import Config
-from medalist.errors import ConfigError, DataError
+from medalist.errors import DataError
 from medalist.modalities import image
 from medalist.modalities.segmentation.inputs import mask_layout
 from medalist.modalities.segmentation.masks import MaskTargets
@@ -42,29 +42,16 @@ def crop_size(cfg: Config) -> int:
     return cfg.segmentation.crop_size or cfg.image.size
 
 
-def normalize(cfg: Config) -> A.Normalize:
-    """The image modality's normalisation: ``image.mean``/``image.std``, else ImageNet's for RGB
-    and 0.5 for grayscale, on the 0-255 scale."""
-    channels = cfg.image.channels
-    mean = cfg.image.mean or (image.IMAGENET_MEAN if channels == 3 else (0.5,))
-    std = cfg.image.std or (image.IMAGENET_STD if channels == 3 else (0.5,))
-    if len(mean) != channels or len(std) != channels:
-        raise ConfigError("image.mean/image.std: one value per channel is needed")
-    return A.Normalize(mean=mean, std=std, max_pixel_value=255.0)
-
-
 def build_pipeline(cfg: Config, train: bool) -> A.Compose:
     """The configured transforms, the training crop (train only), normalisation, a CHW tensor."""
-    section = "train_transforms" if train else "eval_transforms"
-    specs = cfg.image.train_transforms if train else cfg.image.eval_transforms
-    steps = [image._transform(spec, f"image.{section}[{i}]") for i, spec in enumerate(specs)]
+    steps = image.configured_transforms(cfg, train)
     if train:
         side = crop_size(cfg)
         steps += [
             A.PadIfNeeded(side, side, border_mode=cv2.BORDER_REFLECT_101),
             A.RandomCrop(side, side),
         ]
-    steps += [normalize(cfg), ToTensorV2()]
+    steps += [image.normalize(cfg), ToTensorV2()]
     return A.Compose(steps)
 
 

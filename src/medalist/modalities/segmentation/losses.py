@@ -32,19 +32,12 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
+from medalist.config.segmentation import LOSS_FITS, SIGMOID_TASKS, TASKS
 from medalist.errors import ConfigError
 
-MODES = ("binary", "multiclass", "multilabel")
-SIGMOID_MODES = ("binary", "multilabel")
-# name -> the mask modes it fits
-FITS: dict[str, tuple[str, ...]] = {
-    "bce": SIGMOID_MODES,
-    "ce": ("multiclass",),
-    "dice": MODES,
-    "lovasz": MODES,
-    "focal": MODES,
-    "tversky": MODES,
-}
+MODES = TASKS  # the mask tasks: binary, multiclass, multilabel
+SIGMOID_MODES = SIGMOID_TASKS
+FITS = LOSS_FITS  # name -> the mask modes it fits (the config checks the same table)
 KEY = "segmentation.loss"
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -30,13 +30,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from medalist.config.segmentation import CLASS_COUNTS, KEY, PATTERN_FIELDS, TASKS
 from medalist.errors import ConfigError, DataError
 from medalist.modalities.segmentation import rle
 
-TASKS = ("binary", "multiclass", "multilabel")
 SOURCES = ("files", "rle")
-KEY = "segmentation"
-PATTERN_FIELDS = ("stem", "name", "class")
 
 
 @dataclass(frozen=True)
@@ -74,7 +72,7 @@ class MaskLayout:
             raise ConfigError(f"{KEY}.task: '{self.task}' is not one of {list(TASKS)}")
         if self.masks not in SOURCES:
             raise ConfigError(f"{KEY}.masks: '{self.masks}' is not one of {list(SOURCES)}")
-        need = {"binary": (1, 1), "multiclass": (2, 256), "multilabel": (1, None)}[self.task]
+        need = CLASS_COUNTS[self.task]
         count = len(self.classes)
         if count < need[0] or (need[1] is not None and count > need[1]):
             wanted = "one class" if need == (1, 1) else f"{need[0]} to {need[1] or 'any'} classes"
