@@ -50,18 +50,24 @@ LEGACY_EVAL_WEIGHTS = "ema.safetensors"  # an older medalist's file for EMA and 
 # Keys of the training sections that do not change what a fold learns: which folds run, progress
 # bars, the speed knobs (compiled or not, memory layout, recomputed activations: the same maths up
 # to float rounding), so that a run resumes across a change of them, and the seed list of a
-# multi-seed run (each seed trains as its own experiment, with its own train.seed).
-KEYS_NOT_TRAINING = {
-    "train": ("folds", "progress", "compile", "channels_last", "seeds"),
-    "model": ("grad_checkpointing",),
-    "text": ("swap",),  # a TTA view's class permutation: predictions only
-}
+# multi-seed run (each seed trains as its own experiment, with its own train.seed), and the swap
+# TTA view's class permutation (predictions only). Dotted paths into the config.
+KEYS_NOT_TRAINING = (
+    "train.folds",
+    "train.progress",
+    "train.compile",
+    "train.channels_last",
+    "train.seeds",
+    "model.grad_checkpointing",
+    "text.swap",
+)
 # Keys added since folds were first fingerprinted, left out while at their default (what training
 # did before they existed), so that folds trained earlier are not trained again for nothing.
 KEYS_ADDED = {
-    "model": {"pretrained": False},
-    "folds": {"test_like": None},
-    "text": {"template": {"format": None, "budgets": {}}, "lora.quantize": None},
+    "model.pretrained": False,
+    "folds.test_like": None,
+    "text.template": {"format": None, "budgets": {}},
+    "text.lora.quantize": None,
 }
 
 
@@ -156,21 +162,25 @@ def has_prediction_weights(cfg: Config, fold: int) -> bool:
 def training_config(cfg: Config) -> dict:
     """The config as training sees it: the sections that change a fold's weights."""
     data = cfg.model_dump(mode="json", include=set(training_sections()))
-    for section, keys in KEYS_NOT_TRAINING.items():
-        for key in keys:
-            data[section].pop(key, None)
-    for section, defaults in KEYS_ADDED.items():
-        for key, default in defaults.items():  # a dotted key lives in a sub-section
-            *parents, name = key.split(".")
-            holder = data[section]
-            for parent in parents:
-                holder = holder[parent]
-            if holder.get(name) == default:
-                del holder[name]
+    for key in KEYS_NOT_TRAINING:
+        holder, name = _holder(data, key)
+        holder.pop(name, None)
+    for key, default in KEYS_ADDED.items():
+        holder, name = _holder(data, key)
+        if holder.get(name) == default:
+            del holder[name]
     for section in added_sections():  # likewise whole sections, while at their defaults
         if data[section] == type(getattr(cfg, section))().model_dump(mode="json"):
             del data[section]
     return data
+
+
+def _holder(data: dict, key: str) -> tuple[dict, str]:
+    """The dict that holds the dotted ``key`` in ``data``, and the key's last part."""
+    *parents, name = key.split(".")
+    for parent in parents:
+        data = data[parent]
+    return data, name
 
 
 def training_hash(cfg: Config) -> str:

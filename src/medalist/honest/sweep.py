@@ -147,8 +147,8 @@ def _check_key(cfg: Config, key: str, distribution) -> None:
         )
     if key in FIXED_KEYS:
         raise ConfigError(f"sweep.space: {key}: {FIXED_KEYS[key]}")
-    first = rest.split(".")[0]
-    if section not in training_sections() or first in KEYS_NOT_TRAINING.get(section, ()):
+    fixed = [k for k in KEYS_NOT_TRAINING if key == k or key.startswith(f"{k}.")]
+    if section not in training_sections() or fixed:
         raise ConfigError(f"sweep.space: {key} does not change what a fold learns")
 
 
