@@ -2,8 +2,11 @@
 
 Fold k's soft targets come from the teacher's fold-k model, trained on exactly fold k's training
 rows, never from the teacher's OOF predictions (whose values on the other folds' rows were made by
-models that saw fold k's labels). ``medalist distill`` writes them; ``train`` mixes them with the
-labels.
+models that saw fold k's labels). A full-fit student (``train.folds: [-1]``) learns from the
+teacher's full fit, which has no validation rows to leak into. ``medalist distill`` writes them;
+``train`` mixes them with the labels, for any student that takes soft targets: a network (image,
+text, the table MLP; in a pseudo round too), a binary, multilabel or regression GBDT, a ridge
+regression. A multiclass GBDT and a logistic regression take class labels only and are refused.
 """
 
 from __future__ import annotations

@@ -37,13 +37,23 @@ class FoldLearner(Protocol):
         folder: Path,
         source: str,
         fold: int = 0,
+        distilled: np.ndarray | None = None,
     ):
         """Fit fold ``fold`` on ``train``, stop early on ``valid`` (None: a full fit), write its files
         into ``folder``; returns ``files`` (what it predicts with, in order), ``valid`` (the
-        validation rows' predictions), ``best_rounds``, ``history`` and ``importance``."""
+        validation rows' predictions), ``best_rounds``, ``history`` and ``importance``.
+
+        ``targets`` are the training rows' labels as the task encodes them. ``distilled``: what
+        the model learns from instead (``distill.teacher``: float probabilities in the shape of
+        the loss's soft targets, or values), while the labels still serve what needs labels (a
+        target encoding); None: the labels. The validation rows always keep their labels."""
 
     def predict(self, frame: pd.DataFrame, paths: list[Path], source: str) -> np.ndarray:
         """The rows' predictions (rows x the task's prediction columns) from a fold's files."""
+
+    def refuses_soft_targets(self) -> str | None:
+        """Why this learner cannot learn from ``distilled`` targets (it fits class labels only),
+        naming the config key to change; None: it can."""
 
 
 @runtime_checkable

@@ -3,9 +3,11 @@
 For each fold k the student trains (``train.folds``, or every fold), the teacher's fold-k model
 (trained on exactly fold k's training rows) predicts those training rows, and the predictions at
 temperature ``distill.temperature`` are written to ``outputs/distill/<teacher>/fold<k>.parquet``
-(the id column and the task's prediction columns), with ``teacher.json``: the teacher, the folds
-manifest hash it was checked against, the temperature, the weight files of each fold and each
-file's sha256. ``train`` with ``distill.teacher`` mixes them with the labels
+(the id column and the task's prediction columns). A full-fit student (``train.folds: [-1]``)
+gets the teacher's full fit's predictions of every training row (``full.parquet``): a full fit
+has no validation rows to leak into. ``teacher.json`` records the teacher, the folds manifest
+hash it was checked against, the temperature, the weight files of each fold and each file's
+sha256. ``train`` with ``distill.teacher`` mixes them with the labels
 (:mod:`medalist.training.distill`).
 
 The teacher's OOF predictions are never used: a row of fold j was predicted by the teacher's
@@ -28,6 +30,7 @@ from medalist.errors import ConfigError, FoldsMismatchError
 from medalist.folds import load_folds
 from medalist.io import sha256_file, write_json, write_parquet
 from medalist.layout import (
+    FULL_FIT,
     distill_dir,
     distill_record,
     fold_name,
@@ -40,7 +43,7 @@ from medalist.modalities import get_modality
 from medalist.prediction.infer import load_task, predict_fold
 from medalist.prediction.pseudo import folds_hash
 from medalist.tasks import build_task
-from medalist.training.distill import check_student, soften
+from medalist.training.distill import check_learner, check_student, soften
 from medalist.training.runtime import make_accelerator, make_loader, process_state
 
 log = logging.getLogger(__name__)
@@ -67,10 +70,11 @@ def teacher_config(cfg: Config) -> Config:
 
 
 def student_folds(cfg: Config, fold_of_row: np.ndarray) -> list[int]:
-    """The folds the student trains: ``train.folds``, or every fold of the fold file."""
+    """The folds the student trains: ``train.folds`` (``[-1]``: its full fit), or every fold of
+    the fold file."""
     available = sorted(int(f) for f in np.unique(fold_of_row))
     wanted = list(dict.fromkeys(cfg.train.folds)) if cfg.train.folds is not None else available
-    unknown = [f for f in wanted if f not in available]
+    unknown = [f for f in wanted if f != FULL_FIT and f not in available]
     if unknown:
         raise ConfigError(f"train.folds: {unknown} not in the fold file (folds {available})")
     return wanted
@@ -92,6 +96,12 @@ def _check_teacher(cfg: Config, tcfg: Config, folds: list[int], pred_columns: li
         raise ConfigError(
             f"distill.teacher: '{teacher}' predicts {info['pred_columns']}, the student's task "
             f"{pred_columns}; a teacher of the same task and targets is needed"
+        )
+    if FULL_FIT in folds and not has_prediction_weights(tcfg, FULL_FIT):
+        raise ConfigError(
+            f"distill.teacher: '{teacher}' has no full fit (outputs/{teacher}/full/), whose "
+            "predictions of every row a full-fit student (train.folds: [-1]) learns from; train "
+            f"'{teacher}' with train.folds=[-1] first"
         )
     missing = [f for f in folds if not has_prediction_weights(tcfg, f)]
     if missing:
@@ -115,6 +125,7 @@ def run(cfg: Config) -> dict:
     )["fold"].to_numpy()
     folds = student_folds(cfg, fold_of_row)
     student_task = build_task(cfg, train)
+    check_learner(cfg, get_modality(cfg.modality).fold_learner(cfg, student_task))
     tcfg = teacher_config(cfg)
     _check_teacher(cfg, tcfg, folds, student_task.pred_columns)
     modality = get_modality(tcfg.modality)
@@ -126,7 +137,7 @@ def run(cfg: Config) -> dict:
     id_column = cfg.competition.id_column
     files = {}
     for fold in folds:
-        rows = np.flatnonzero(fold_of_row != fold)
+        rows = np.flatnonzero(fold_of_row != fold) if fold != FULL_FIT else np.arange(len(train))
         subset = train.iloc[rows].reset_index(drop=True)
         dataset = modality.build_dataset(
             tcfg,

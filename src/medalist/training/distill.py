@@ -2,10 +2,17 @@
 
 ``medalist distill`` (:mod:`medalist.prediction.distill`) writes, for each fold k the student
 trains, the teacher's fold-k model's predictions of fold k's training rows at temperature T
-(``outputs/distill/<teacher>/fold<k>.parquet``) and ``teacher.json``. The train stage reads them
+(``outputs/distill/<teacher>/fold<k>.parquet``; a full-fit student: the teacher's full fit's
+predictions of every row, ``full.parquet``) and ``teacher.json``. The train stage reads them
 here: a file made for other folds, another teacher or temperature, or changed since, is refused.
 The teacher's fold-k model was trained on exactly those rows, so fold k's validation labels never
 reach its student through the soft targets, unlike the teacher's OOF predictions would.
+
+Every student takes the mix as its training targets: a network of medalist's loop (image, text,
+the table MLP, pseudo-labelled test rows beside it keeping their own labels and weights), a GBDT
+through its library's cross-entropy on labels in [0, 1] (binary, multilabel) or on the mixed
+values (regression), a ridge regression on the mixed values. A learner that only takes class
+labels is refused (:func:`check_learner`).
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ import pandas as pd
 
 from medalist.config import Config
 from medalist.errors import ConfigError, DataError
-from medalist.layout import FULL_FIT, distill_dir, distill_record, fold_name
+from medalist.layout import distill_dir, distill_record, fold_name
+from medalist.modalities.protocol import FoldLearner
 from medalist.prediction.pseudo import folds_hash, recorded_fold_table
 
 EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] before their logits are taken
@@ -43,26 +51,30 @@ def soften(task_type: str, probs: np.ndarray, temperature: float) -> np.ndarray:
     return (1 / (1 + np.exp(-logits))).astype(np.float32)
 
 
-def check_student(cfg: Config, fold: int | None = None) -> None:
-    """Refuse what this slice of distillation does not do, before any work."""
-    if cfg.distill.teacher is None:
-        return
-    if cfg.distill.teacher == cfg.train.experiment:
+def check_student(cfg: Config) -> None:
+    """Refuse a student that is its own teacher, before any work."""
+    teacher = cfg.distill.teacher
+    if teacher is not None and teacher == cfg.train.experiment:
         raise ConfigError(
-            f"distill.teacher: '{cfg.distill.teacher}' is the student's own experiment "
+            f"distill.teacher: '{teacher}' is the student's own experiment "
             "(train.experiment); name the student another experiment"
         )
-    if cfg.train.pseudo_round is not None:
-        raise ConfigError(
-            "distill.teacher: not together with train.pseudo_round yet: pseudo-labelled test rows "
-            "have no soft targets of the distillation teacher, and the two would share one loss "
-            "weight; distil the pseudo round's student, or pseudo-label the distilled one"
-        )
-    if fold == FULL_FIT or (cfg.train.folds and FULL_FIT in cfg.train.folds):
-        raise ConfigError(
-            "distill.teacher: a full-fit student (train.folds: [-1]) would learn from the "
-            "teacher's full fit, which is not supported yet; distil the student's folds"
-        )
+
+
+def check_learner(cfg: Config, learner: FoldLearner | None) -> None:
+    """Refuse a student whose fold learner fits class labels only, before any fold is fitted.
+
+    A network of medalist's loop (``learner`` None) takes soft targets; a learner says why it
+    cannot (:meth:`~medalist.modalities.protocol.FoldLearner.refuses_soft_targets`).
+
+    Raises:
+        ConfigError: naming ``distill.teacher`` and the learner's reason.
+    """
+    if cfg.distill.teacher is None or learner is None:
+        return
+    reason = learner.refuses_soft_targets()
+    if reason:
+        raise ConfigError(f"distill.teacher: {reason}")
 
 
 def load_for_fold(cfg: Config, fold: int, ids: pd.Series, columns: list[str]) -> np.ndarray:
@@ -72,7 +84,7 @@ def load_for_fold(cfg: Config, fold: int, ids: pd.Series, columns: list[str]) ->
         DataError: no file for the fold, a file changed since ``medalist distill`` wrote it, made
             for other folds or ids, another temperature, or missing a column.
     """
-    check_student(cfg, fold)
+    check_student(cfg)
     record_file = distill_record(cfg)
     hint = "run `medalist distill` with the student's config"
     if not record_file.is_file():

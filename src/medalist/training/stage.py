@@ -44,7 +44,7 @@ from medalist.prediction.pseudo import as_hard, folds_hash, labels_mode, load_fo
 from medalist.reporting.ledger import append_ledger
 from medalist.tasks import Task, build_task
 from medalist.training.checkpoint import clear_checkpoints
-from medalist.training.distill import check_student, mix
+from medalist.training.distill import check_learner, check_student, mix
 from medalist.training.distill import load_for_fold as distill_targets
 from medalist.training.fold_setup import check_compile
 from medalist.training.loop import fit_fold
@@ -131,11 +131,7 @@ def run(cfg: Config, *, targets: np.ndarray | None = None, ledger: bool = True) 
     selected = _selected_folds(cfg, folds)
     modality.check_inputs(cfg, train, "train", source)  # every row checked before any training
     learner = modality.fold_learner(cfg, task)
-    if learner is not None and cfg.distill.teacher is not None:
-        raise ConfigError(
-            f"distill.teacher: a {learner.name} fold is fitted on the labels by its learner; "
-            "distillation trains the networks of medalist's training loop (image, text) only"
-        )
+    check_learner(cfg, learner)  # a student of class labels only, before any fold is fitted
     out = experiment_dir(cfg)
     accelerator = make_accelerator(cfg, log_with=cfg.tracking.trackers)
     if cfg.train.compile:
@@ -243,9 +239,11 @@ def _train_targets(
     (:func:`medalist.tricks.losses.soft_targets`). In a pseudo round they share batches with the
     pseudo labels' probabilities, so they become probabilities here, smoothed here, once.
 
-    With ``distill.teacher``, the rows ``ids`` of fold ``fold`` train on ``alpha`` times the
-    teacher's fold-``fold`` soft targets plus ``1 - alpha`` times their labels (smoothed here,
-    once, for classification): see :mod:`medalist.training.distill`.
+    With ``distill.teacher``, the rows ``ids`` of fold ``fold`` (a full fit: every row) train on
+    ``alpha`` times the teacher's fold-``fold`` soft targets plus ``1 - alpha`` times their labels
+    (smoothed here, once, for classification): see :mod:`medalist.training.distill`. In a pseudo
+    round only these labelled rows are mixed: the pseudo-labelled test rows keep their labels
+    and weights (:func:`_pseudo_set`), themselves soft targets of the fold's pseudo teachers.
     """
     if task.type == "multilabel":
         targets = targets.astype(np.int64)  # hard: told apart from soft labels by their dtype
@@ -390,7 +388,9 @@ def _fit_learner_fold(
     """A fold of a model its library fits (:meth:`Modality.fold_learner`): the same files as a
     network's fold (OOF, log, scores.json naming the files it predicts with), plus the
     features' importance (``importance.parquet``) where the learner measures it. The rows
-    reach it as the modality's datasets hold them."""
+    reach it as the modality's datasets hold them. With ``distill.teacher`` its training rows
+    learn from the mix of :func:`_train_targets` (``distilled``); their labels still serve what
+    needs labels (a pipeline's target encoding, class weights)."""
     folder = fold_dir(cfg, fold)
     config_hash = training_hash(cfg)
     source = str(train_path(cfg))
@@ -404,8 +404,19 @@ def _fit_learner_fold(
     valid = valid_targets = None
     if valid_rows is not None:
         valid, valid_targets = rows(valid_rows), targets[valid_rows]
+    distilled = None  # the training rows' mixed targets; the validation rows keep their labels
+    if cfg.distill.teacher is not None:
+        ids = train[cfg.competition.id_column].iloc[train_rows]
+        distilled = _train_targets(cfg, task, targets[train_rows], fold, ids)
     fitted = learner.fit(
-        rows(train_rows), targets[train_rows], valid, valid_targets, folder, source, fold=fold
+        rows(train_rows),
+        targets[train_rows],
+        valid,
+        valid_targets,
+        folder,
+        source,
+        fold=fold,
+        distilled=distilled,
     )
     scores = {}
     if valid is not None:

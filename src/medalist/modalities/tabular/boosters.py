@@ -6,6 +6,11 @@ its own text or JSON format (``model.lgb.txt``, ``model.xgb.json``, ``model.cb.j
 pickle. A task with several outputs that one model cannot give (multilabel, several regression
 targets) trains one model per output: ``model.<k>.<suffix>``.
 
+A distilled student (``distill.teacher``) learns from soft targets in [0, 1] through each
+library's cross-entropy that takes them (LightGBM ``cross_entropy``, whose ``binary`` would read
+every label above 0 as 1; XGBoost ``binary:logistic``; CatBoost ``CrossEntropy``), or from the
+mixed values of a regression; it early-stops on the validation rows' labels all the same.
+
 The OOF predictions are made by the saved file read back, as ``infer`` and the offline bundle
 make the test predictions, so a model predicts the same bits everywhere.
 """
@@ -89,9 +94,10 @@ class Library:
         self.cfg = cfg
         self.module = library(self.name)
 
-    def train(self, output: Output, x, y, valid, spec: FeatureSpec, seed: int):
+    def train(self, output: Output, x, y, valid, spec: FeatureSpec, seed: int, soft=False):
         """A model fitted on (x, y), early-stopped on ``valid`` = (x, y) or None; returns the
-        model, the kept number of rounds and the validation loss per round."""
+        model, the kept number of rounds and the validation loss per round. ``soft``: ``y`` are
+        probabilities in [0, 1] (a binary output's distilled targets), not 0/1 labels."""
         raise NotImplementedError
 
     def save(self, model, path: Path) -> None:
@@ -128,11 +134,13 @@ def _names(width: int) -> list[str]:
 class LightGBM(Library):
     name, suffix = "lightgbm", "lgb.txt"
     OBJECTIVES = {"binary": "binary", "multiclass": "multiclass", "regression": "regression"}
+    SOFT = "cross_entropy"  # a binary output's soft labels ("binary" reads any label > 0 as 1)
 
-    def train(self, output, x, y, valid, spec, seed):
+    def train(self, output, x, y, valid, spec, seed, soft=False):
         lgb = self.module
+        binary_soft = soft and output.kind == "binary"
         defaults = {
-            "objective": self.OBJECTIVES[output.kind],
+            "objective": self.SOFT if binary_soft else self.OBJECTIVES[output.kind],
             "learning_rate": LEARNING_RATE,
             "seed": seed,
             "verbosity": -1,
@@ -185,7 +193,8 @@ class XGBoost(Library):
             enable_categorical=True,
         )
 
-    def train(self, output, x, y, valid, spec, seed):
+    def train(self, output, x, y, valid, spec, seed, soft=False):
+        # binary:logistic takes labels in [0, 1] as they are: soft ones need no other objective.
         xgb = self.module
         defaults = {
             "objective": self.OBJECTIVES[output.kind],
@@ -241,6 +250,7 @@ UNIQUE_STAMPS = re.compile(r'"(model_guid|train_finish_time)":"[^"]*"')
 class CatBoost(Library):
     name, suffix = "catboost", "cb.json"
     LOSSES = {"binary": "Logloss", "multiclass": "MultiClass", "regression": "RMSE"}
+    SOFT = "CrossEntropy"  # a binary output's soft labels (Logloss takes two values only)
 
     def _pool(self, x, y, spec):
         categorical = set(spec.categorical_positions)
@@ -250,9 +260,10 @@ class CatBoost(Library):
         }
         return self.module.Pool(pd.DataFrame(columns), y, cat_features=sorted(categorical))
 
-    def train(self, output, x, y, valid, spec, seed):
+    def train(self, output, x, y, valid, spec, seed, soft=False):
+        binary_soft = soft and output.kind == "binary"
         defaults = {
-            "loss_function": self.LOSSES[output.kind],
+            "loss_function": self.SOFT if binary_soft else self.LOSSES[output.kind],
             "learning_rate": LEARNING_RATE,
             "random_seed": seed,
             "iterations": self.cfg.tabular.rounds,
@@ -324,6 +335,16 @@ class BoostedLearner:
         self.library = LIBRARIES[self.name](cfg)
         self.outputs = outputs(task)
 
+    def refuses_soft_targets(self) -> str | None:
+        """A multiclass model: none of the libraries takes a class distribution per row."""
+        if self.task.type != "multiclass":
+            return None
+        return (
+            f"a multiclass {self.name} student (tabular.model) cannot train on the teacher's "
+            "class distributions: LightGBM, XGBoost and CatBoost fit one class per row in their "
+            "multiclass objectives; distil into tabular.model: mlp"
+        )
+
     def model_files(self) -> list[str]:
         if len(self.outputs) == 1:
             return [f"model.{self.library.suffix}"]
@@ -338,10 +359,13 @@ class BoostedLearner:
         folder: Path,
         source: str,
         fold: int = 0,
+        distilled: np.ndarray | None = None,
     ) -> Fitted:
         """Train the fold's models on ``train``, early-stopped on ``valid`` (None: a full fit,
         every round); write them and the feature spec into ``folder``. Targets the library
-        cannot fit are named (with ``fold``) before anything is written."""
+        cannot fit are named (with ``fold``) before anything is written. ``distilled``: the
+        training rows' soft targets (binary, multilabel) or values (regression) to learn from
+        instead of ``targets`` (see :class:`~medalist.modalities.protocol.FoldLearner`)."""
         for output in self.outputs:
             y = _column(targets, output)
             reason = self.library.refuses(output, y)
@@ -367,11 +391,12 @@ class BoostedLearner:
         if text is not None:
             write_json(folder / TEXT_FILE, {"vectorizers": text.to_list()})
         best, histories, gains = [], [], np.zeros(x.shape[1])
+        learnt = targets if distilled is None else distilled
         for output, name in zip(self.outputs, self.model_files(), strict=True):
-            y = _column(targets, output)
+            y = _column(learnt, output)
             checked = None if valid is None else (x_valid, _column(valid_targets, output))
             model, rounds, losses = self.library.train(
-                output, x, y, checked, spec, self.cfg.train.seed
+                output, x, y, checked, spec, self.cfg.train.seed, soft=distilled is not None
             )
             self.library.save(model, folder / name)
             gains += self.library.importance(model, x.shape[1])

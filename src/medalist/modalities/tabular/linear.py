@@ -103,6 +103,16 @@ class LinearLearner:
     def __init__(self, cfg: Config, task: Task):
         self.cfg, self.task = cfg, task
 
+    def refuses_soft_targets(self) -> str | None:
+        """Classification: scikit-learn's logistic regression takes class labels only."""
+        if self.task.type == "regression":
+            return None
+        return (
+            f"tabular.model linear fits a {self.task.type} task with scikit-learn's "
+            "LogisticRegression, which takes class labels, not soft targets; distil into "
+            "tabular.model: mlp (or, for a binary or multilabel task, a GBDT)"
+        )
+
     def _models(self, x, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Coefficients (outputs x features) and intercepts (outputs) of the fitted model(s)."""
         params = {**self.cfg.tabular.params}
@@ -118,7 +128,20 @@ class LinearLearner:
             intercepts.append(model.intercept_)
         return np.concatenate(coefs), np.concatenate(intercepts)
 
-    def fit(self, train, targets, valid, valid_targets, folder: Path, source: str, fold=0):
+    def fit(
+        self,
+        train,
+        targets,
+        valid,
+        valid_targets,
+        folder: Path,
+        source: str,
+        fold=0,
+        distilled=None,
+    ):
+        """``distilled``: a regression's mixed values to fit instead of ``targets``
+        (``distill.teacher``; a logistic regression takes class labels only and is refused
+        before training)."""
         folder.mkdir(parents=True, exist_ok=True)
         encoder = Encoder.fit(self.cfg, train, source, table=every_row(train, valid))
         x = encoder.transform(train, source)
@@ -127,7 +150,7 @@ class LinearLearner:
             raise DataError(
                 f"{source}: fold {fold}'s training rows lack some of the {classes} classes"
             )
-        coef, intercept = self._models(x, targets)
+        coef, intercept = self._models(x, targets if distilled is None else distilled)
         record = {
             "encoder": encoder.to_dict(),
             "coef": coef.tolist(),

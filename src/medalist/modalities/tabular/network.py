@@ -191,7 +191,19 @@ class NetworkLearner:
     def __init__(self, cfg: Config, task: Task):
         self.cfg, self.task = cfg, task
 
-    def fit(self, train, targets, valid, valid_targets, folder: Path, source: str, fold=0):
+    def fit(
+        self,
+        train,
+        targets,
+        valid,
+        valid_targets,
+        folder: Path,
+        source: str,
+        fold=0,
+        distilled=None,
+    ):
+        """The fold trained by the loop on ``targets``, or on the final soft targets
+        ``distilled`` (``distill.teacher``); class weights and samplers read the labels."""
         cfg, task = self.cfg, self.task
         if process_state(cfg).num_processes > 1:
             raise ConfigError(
@@ -200,7 +212,8 @@ class NetworkLearner:
             )
         folder.mkdir(parents=True, exist_ok=True)
         inputs = Inputs.fit(cfg, train, source, table=every_row(train, valid))
-        train_set = TableTensors(*inputs.tensors(train, source), _loss_targets(task, targets))
+        learnt = _loss_targets(task, targets) if distilled is None else distilled
+        train_set = TableTensors(*inputs.tensors(train, source), learnt)
         valid_set = None
         if valid is not None:
             valid_set = TableTensors(*inputs.tensors(valid, source), valid_targets)
@@ -235,6 +248,10 @@ class NetworkLearner:
         clear_checkpoints(folder)
         history = pd.DataFrame(result.history)
         return Fitted(files, predicted, [result.best_epoch + 1], history, None)
+
+    def refuses_soft_targets(self) -> None:
+        """None: the loop's loss takes soft targets."""
+        return None
 
     def predict(self, frame: pd.DataFrame, paths: list[Path], source: str) -> np.ndarray:
         spec_path, scaling_path, weights_path = paths

@@ -216,14 +216,26 @@ class PipelineLearner:
             cfg = cfg.model_copy(update={"tabular": tabular})
         return self.make_learner(cfg, self.task)
 
-    def fit(self, train, targets, valid, valid_targets, folder: Path, source: str, fold=0):
+    def fit(
+        self,
+        train,
+        targets,
+        valid,
+        valid_targets,
+        folder: Path,
+        source: str,
+        fold=0,
+        distilled=None,
+    ):
+        """The pipeline fitted on the labels (a target encoding is the labels'), then the
+        learner on its columns, learning from ``distilled`` when given."""
         table = every_row(train, valid)
         pipeline, train = Pipeline.fit(self.cfg, self.task, train, targets, source, table=table)
         folder.mkdir(parents=True, exist_ok=True)
         pipeline.save(folder / PIPELINE_FILE)
         valid = None if valid is None else pipeline.apply(valid)
         fitted = self._inner(pipeline).fit(
-            train, targets, valid, valid_targets, folder, source, fold=fold
+            train, targets, valid, valid_targets, folder, source, fold=fold, distilled=distilled
         )
         return Fitted(
             [PIPELINE_FILE, *fitted.files],
@@ -232,6 +244,10 @@ class PipelineLearner:
             fitted.history,
             fitted.importance,
         )
+
+    def refuses_soft_targets(self) -> str | None:
+        """The learner's answer (the pipeline itself is fitted on the labels)."""
+        return self.make_learner(self.cfg, self.task).refuses_soft_targets()
 
     def predict(self, frame: pd.DataFrame, paths: list[Path], source: str) -> np.ndarray:
         pipeline = Pipeline.load(paths[0])
