@@ -123,3 +123,29 @@ def test_the_report_shows_the_alarm(trained_project):
     page = report._sanity_section(Path("outputs"), "tiny")
     assert "Leak alarm of tiny: at chance" in page and "50 label permutations" in page
     assert report._sanity_section(Path("outputs"), "other") is None
+
+
+def test_the_report_says_which_metric_judged_and_when_no_metric_could(tmp_path):
+    """A verdict resting on another metric than the main one says so; an inconclusive run is
+    never reported as at chance."""
+    flat = {"score": 0.5, "chance": 0.5, "standard_error": 0.0, "z": 0.0, "p_value": 1.0}
+    moved = {"score": 0.69, "chance": 0.7, "standard_error": 0.01, "z": 1.0, "p_value": 0.2}
+    record = {
+        "main_metric": "accuracy",
+        "permutations": 50,
+        "z_alarm": 3.0,
+        "epochs": 1,
+        "duplicate_groups_across_folds": 0,
+    }
+    folder = tmp_path / "sanity" / "tiny"
+    folder.mkdir(parents=True)
+    judged = {**record, "verdict": "chance", "judged_by": "log_loss"}
+    judged["metrics"] = {"accuracy": flat, "log_loss": moved}
+    (folder / "sanity.json").write_text(json.dumps(judged))
+    page = report._sanity_section(tmp_path, "tiny")
+    assert "at chance: no leak found by label shuffling (judged by log_loss" in page
+    stuck = {**record, "verdict": "inconclusive", "judged_by": None}
+    stuck["metrics"] = {"accuracy": flat, "log_loss": flat}
+    (folder / "sanity.json").write_text(json.dumps(stuck))
+    page = report._sanity_section(tmp_path, "tiny")
+    assert "Leak alarm of tiny: inconclusive" in page and "at chance" not in page

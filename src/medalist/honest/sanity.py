@@ -30,14 +30,24 @@ scores. The alarm is one-sided (only *better* than chance is suspicious) at ``sa
 errors (3 by default: a false alarm about once in 700 clean runs; a leak worth worrying about is
 many standard errors out) with the exact permutation p-value written beside it.
 
+**The metric that judges.** The main metric, unless its null has no spread: a short run whose
+predictions have not yet moved an argmax (a text model still predicting the majority class for
+every row, with the leak already in its probabilities) gives every shuffle the same accuracy, and
+an accuracy then cannot tell a leak from chance. The verdict then rests on the first other metric
+whose null has spread (a log loss sees the probabilities move). The choice reads the nulls only,
+never the observed scores, so the alarm stays a single test. When no metric's null has spread
+(predictions the same for every row) the verdict is ``inconclusive``: the run learnt nothing a
+leak could show in.
+
 **The run.** ``sanity.epochs`` epochs on ``sanity.folds`` with ``train.seed = sanity.seed``, the
 last epoch's weights (``train.keep: last``: picking the best epoch on the validation labels is
 itself a small leak, which would push the CV above chance on few rows), no pseudo labels (their
 teachers learnt the real labels) and no trackers, under ``outputs/sanity/<experiment>/``
 (its own ``outputs`` folder: the real experiment's files and the ledger are never touched).
-``sanity.json`` there holds the scores, chance, standard error, z, p-value, verdict and the
-duplicate groups that cross folds. A CV above chance ends the command with a non-zero exit
-and a message naming what to look at.
+``sanity.json`` there holds the scores, chance, standard error, z, p-value, the metric that
+judged, the verdict (``leak``, ``chance`` or ``inconclusive``) and the duplicate groups that
+cross folds. A CV above chance ends the command with a non-zero exit and a message naming what
+to look at; an inconclusive run, with a warning to train it longer.
 
 What it cannot see: leaks that do not carry labels. Near-duplicates (resized or re-encoded copies,
 frames of one video, images of one patient) get independent labels here; they need a group split,
@@ -70,6 +80,7 @@ from medalist.training.runtime import process_state
 log = logging.getLogger(__name__)
 IGNORED_KEYS = ("index", "target", "weight")  # a sample's keys that are not model inputs
 MAX_LISTED = 20  # duplicate groups across folds listed in sanity.json and the message
+ROUNDING = 1e-9  # relative spread of a null below which its scores differ by rounding only
 
 
 class LeakError(MedalistError):
@@ -169,10 +180,22 @@ def assess(
 ) -> dict:
     """Chance (the null mean), its standard error (the null's standard deviation), how many
     standard errors the observed score is better than chance, the one-sided permutation p-value
-    and the verdict."""
-    chance, se = float(np.mean(null)), float(np.std(null, ddof=1))
+    and the verdict.
+
+    A null without spread (every permutation scores the same, to rounding: the metric only reads
+    what the predictions do not vary, such as an argmax that is one class for every row) cannot
+    tell a leak from chance: its standard error is 0, ``informative`` false, and ``z`` is 0 unless
+    the observed score is beyond rounding of it.
+    """
+    chance = float(np.mean(null))
+    rounding = ROUNDING * max(1.0, abs(chance))
+    informative = bool(np.ptp(null) > rounding)
+    se = float(np.std(null, ddof=1)) if informative else 0.0
     gain = observed - chance if metric.greater_is_better else chance - observed
-    z = gain / se if se > 0 else (np.inf if gain > 0 else 0.0)
+    if informative:
+        z = gain / se
+    else:
+        z = np.inf if gain > rounding else (-np.inf if gain < -rounding else 0.0)
     as_good = int(sum(_better(metric, float(s), observed) for s in null))
     p_value = (1 + as_good) / (1 + len(null))
     return {
@@ -181,8 +204,18 @@ def assess(
         "standard_error": se,
         "z": float(z),
         "p_value": float(p_value),
+        "informative": informative,
         "above_chance": bool(z > z_alarm),
     }
+
+
+def judging_metric(main: str, scores: dict[str, dict]) -> str | None:
+    """The metric the verdict rests on: the main one, or when its null has no spread the first
+    other metric whose null has (a log loss sees probabilities move before an accuracy sees an
+    argmax change); None when no metric can tell. The choice reads only the nulls, never the
+    observed scores, so the alarm stays one test at ``sanity.z``."""
+    order = [main, *(name for name in scores if name != main)]
+    return next((name for name in order if scores[name]["informative"]), None)
 
 
 def sanity_config(cfg: Config) -> Config:
@@ -265,18 +298,15 @@ def run(cfg: Config) -> dict:
     result = _score(cfg, task, shuffled, targets, fold, groups, crossing, ids)
     result["folds"] = metrics.get("folds", {})
     write_json(sanity_dir(cfg) / "sanity.json", result)
-    main = result["main"]
     if result["verdict"] == "leak":
         raise LeakError(leak_message(cfg, result))
+    if result["verdict"] == "inconclusive":
+        log.warning("%s", inconclusive_message(cfg, result))
+        return result
     log.info(
-        "sanity: CV %s %.5g on labels without signal, chance %.5g +- %.3g (z %.2f): no leak "
-        "found. Label shuffling cannot see leaks that carry no labels (near-duplicates: a "
-        "group split). %s",
-        task.main_metric.name,
-        main["score"],
-        main["chance"],
-        main["standard_error"],
-        main["z"],
+        "sanity: %s: no leak found. Label shuffling cannot see leaks that carry no labels "
+        "(near-duplicates: a group split). %s",
+        _summary(result),
         sanity_dir(cfg) / "sanity.json",
     )
     return result
@@ -303,11 +333,16 @@ def _score(cfg, task, shuffled, targets, fold, groups, crossing, ids) -> dict:
             scores[metric.name]["constant_prior"] = metric(shuffled[rows], prior)
         except ValueError:  # a metric that refuses a constant prediction
             scores[metric.name]["constant_prior"] = None
-    main = scores[task.main_metric.name]
+    judge = judging_metric(task.main_metric.name, scores)
+    if judge is None:
+        verdict = "inconclusive"
+    else:
+        verdict = "leak" if scores[judge]["above_chance"] else "chance"
     return {
         "experiment": cfg.train.experiment,
         "main_metric": task.main_metric.name,
-        "verdict": "leak" if main["above_chance"] else "chance",
+        "verdict": verdict,
+        "judged_by": judge,
         "z_alarm": cfg.sanity.z,
         "permutations": cfg.sanity.permutations,
         "epochs": cfg.sanity.epochs,
@@ -317,19 +352,16 @@ def _score(cfg, task, shuffled, targets, fold, groups, crossing, ids) -> dict:
         "duplicates_checked": cfg.sanity.duplicates,
         "duplicate_groups_across_folds": len(crossing),
         "duplicate_ids_across_folds": crossing[:MAX_LISTED],
-        "main": main,
+        "main": scores[task.main_metric.name],
         "metrics": scores,
     }
 
 
 def leak_message(cfg: Config, result: dict) -> str:
     """What the alarm says: the numbers, then where leaks come from, most likely first."""
-    main, name = result["main"], result["main_metric"]
+    alarm = f" > {cfg.sanity.z:g}, p {result['metrics'][result['judged_by']]['p_value']:.3g}"
     lines = [
-        f"sanity: CV {name} {main['score']:.5g} on labels without signal, chance "
-        f"{main['chance']:.5g} +- {main['standard_error']:.3g} (z {main['z']:.1f} > "
-        f"{cfg.sanity.z:g}, p {main['p_value']:.3g}): something leaks into the validation "
-        f"folds. Look at:"
+        f"sanity: {_summary(result, alarm)}: something leaks into the validation folds. Look at:"
     ]
     crossing = result["duplicate_groups_across_folds"]
     if crossing:
@@ -351,3 +383,32 @@ def leak_message(cfg: Config, result: dict) -> str:
     if not cfg.sanity.duplicates:
         lines.insert(1, "- (sanity.duplicates is false: identical rows were not looked for)")
     return "\n".join(lines)
+
+
+def _summary(result: dict, alarm: str = "") -> str:
+    """The judging metric's CV against chance (``alarm`` inside the parentheses), and why the
+    main metric does not judge when it does not."""
+    name = result["judged_by"]
+    judged = result["metrics"][name]
+    text = (
+        f"CV {name} {judged['score']:.5g} on labels without signal, chance "
+        f"{judged['chance']:.5g} +- {judged['standard_error']:.3g} (z {judged['z']:.2f}{alarm})"
+    )
+    main = result["main_metric"]
+    if name != main:
+        text += (
+            f" [{main} cannot tell: every shuffle of the labels scores the same {main}, the short "
+            "run's predictions do not vary in what it reads]"
+        )
+    return text
+
+
+def inconclusive_message(cfg: Config, result: dict) -> str:
+    """What the command says when no metric can tell a leak from chance."""
+    return (
+        f"sanity: inconclusive: every shuffle of the labels scores the same on every metric "
+        f"({', '.join(result['metrics'])}): the short run's predictions do not vary from row to "
+        f"row, so a leak could not show. Train it longer (sanity.epochs, now "
+        f"{cfg.sanity.epochs}) or faster (train.lr), and run it again. "
+        f"{sanity_dir(cfg) / 'sanity.json'}"
+    )

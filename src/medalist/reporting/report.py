@@ -375,11 +375,10 @@ def _sanity_section(outputs_dir: Path, experiment: str) -> str | None:
             for m, v in result["metrics"].items()
         }
     ).T.to_html(float_format=lambda v: f"{v:.5g}", escape=True)
-    verdict = (
-        "ABOVE CHANCE: something leaks into the validation folds"
-        if result["verdict"] == "leak"
-        else "at chance: no leak found by label shuffling"
-    )
+    verdict = SANITY_VERDICTS.get(result["verdict"], result["verdict"])
+    judge = result.get("judged_by")  # absent from an older medalist's sanity.json
+    if judge and judge != result["main_metric"]:
+        verdict += f" (judged by {judge}: every shuffle scored the same {result['main_metric']})"
     duplicates = result.get("duplicate_groups_across_folds", 0)
     return _section(
         f"sanity-{experiment}",
@@ -393,6 +392,11 @@ def _sanity_section(outputs_dir: Path, experiment: str) -> str | None:
     )
 
 
+SANITY_VERDICTS = {
+    "leak": "ABOVE CHANCE: something leaks into the validation folds",
+    "chance": "at chance: no leak found by label shuffling",
+    "inconclusive": "inconclusive: the short run's predictions did not vary, train it longer",
+}
 ADVERSARIAL_VERDICTS = {
     "shift": "SHIFT: the test set differs from train",
     "slight shift": "a slight shift",
