@@ -604,3 +604,91 @@ def test_hub_named_text_backbone_ships_as_a_folder(tmp_path, monkeypatch):
         offline = pd.read_parquet("outputs/offline/predictions/hub_text.parquet")
         local = pd.read_parquet("outputs/hub_text/test.parquet")
     assert np.array_equal(offline.to_numpy(), local.to_numpy())
+
+
+# ------------------------------------------------------------------ a swap view given to infer only
+
+WINNERS = ["winner_model_a", "winner_model_b", "winner_tie"]
+SWAP_TEXT = """\
+modality: text
+competition:
+  target_columns: [winner]
+text:
+  backbone: models/bert
+  text_column: response_a
+  pair_column: response_b
+  max_length: 24
+{swap}folds:
+  n_splits: 2
+train:
+  experiment: pairs
+  epochs: 1
+  folds: [0]
+  batch_size: 8
+  num_workers: 0
+  progress: false
+"""
+SWAP = [
+    "text.swap.columns=[response_a, response_b]",
+    "text.swap.classes={winner_model_a: winner_model_b}",
+]
+SWAP_YAML = """\
+  swap:
+    columns: [response_a, response_b]
+    classes: {winner_model_a: winner_model_b}
+"""
+SWAP_VIEWS = "infer.tta=[identity, swap]"
+
+
+def test_package_refuses_a_swap_view_whose_text_swap_the_shipped_config_lacks(tmp_path, caplog):
+    """text.swap given to infer only: infer.json lists the swap view, the experiment's
+    config.yaml (what the bundle predicts with) has no text.swap; package stops naming it, and
+    packages once train (no fold retrained) and infer have run with text.swap in the config."""
+    rng = np.random.default_rng(0)
+    words = [" ".join(rng.choice(TEXT_WORDS, 6)) for _ in range(40)]
+    rows = pd.DataFrame(
+        {
+            "id": range(20),
+            "response_a": words[:20],
+            "response_b": words[20:],
+            "winner": [WINNERS[i % 3] for i in range(20)],
+        }
+    )
+    project = tmp_path / "pairs"
+    (project / "data").mkdir(parents=True)
+    (project / "configs").mkdir()
+    rows[:14].to_csv(project / "data" / "train.csv", index=False)
+    rows[14:].drop(columns="winner").to_csv(project / "data" / "test.csv", index=False)
+    rows[14:][["id", "winner"]].to_csv(project / "data" / "sample_submission.csv", index=False)
+    make_backbone(project / "models" / "bert", words, hidden=16)
+    (project / "configs" / "pairs.yaml").write_text(SWAP_TEXT.format(swap=""))
+    wheel = tmp_path / "medalist-0.1.0-py3-none-any.whl"  # never installed here
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("medalist/__init__.py", "")
+    config = ["-c", "configs/pairs.yaml"]
+    kaggle = [
+        f"kaggle.medalist_wheel={wheel}",
+        "kaggle.project_wheel=false",
+        f"kaggle.dataset_id={DATASET}",
+    ]
+    with working_directory(project):
+        for stage in ("folds", "train"):
+            _run(stage, *config)
+        _run("infer", *config, *SWAP, SWAP_VIEWS)  # text.swap on infer's command line only
+        with caplog.at_level(logging.ERROR):
+            # No sample predicted at package time: nothing else would stop the bundle.
+            assert main(["package", *config, *kaggle, "kaggle.timing_rows=0"]) == 2
+        assert "text.swap: " in caplog.text and "lists the swap TTA view(s) ['swap']" in caplog.text
+        assert "set text.swap.columns and text.swap.classes in the experiment's" in caplog.text
+        assert not BUNDLE.exists()  # refused before anything was built
+        # The fix the message gives: text.swap in the config, train (no fold retrained), infer.
+        (project / "configs" / "pairs.yaml").write_text(SWAP_TEXT.format(swap=SWAP_YAML))
+        weights = Path("outputs/pairs/fold0/model.safetensors").read_bytes()
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            _run("train", *config)
+        assert "fold 0: complete for this config, not retrained" in caplog.text
+        assert Path("outputs/pairs/fold0/model.safetensors").read_bytes() == weights
+        _run("infer", *config, SWAP_VIEWS)
+        _run("package", *config, *kaggle, "kaggle.timing_rows=3")  # 3 rows as test.parquet
+        assert read_manifest(BUNDLE)["experiments"]["pairs"]["infer"]["tta"] == ["identity", "swap"]

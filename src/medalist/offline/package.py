@@ -70,6 +70,7 @@ from medalist.layout import (
     seed_experiment,
 )
 from medalist.modalities import get_modality
+from medalist.modalities.text_views import swapped
 from medalist.offline import scan, wheels
 from medalist.offline.merge import (
     check_mergeable,
@@ -150,6 +151,7 @@ def _experiment(outputs: Path, name: str, key: str) -> Experiment:
         cfg = cfg.model_copy(
             update={"infer": cfg.infer.model_copy(update=_inference_keys(saved, settings))}
         )
+        _check_swap_views(cfg, name, settings)
     # The saved config's outputs_dir is relative to the project, like every path here.
     cfg = cfg.model_copy(
         update={"competition": cfg.competition.model_copy(update={"outputs_dir": str(outputs)})}
@@ -239,6 +241,28 @@ def _inference_keys(saved: dict, source: Path) -> dict:
             f"{source}: not an infer settings file ({error}); run infer again"
         ) from None
     return {key: getattr(settings, key) for key in INFERENCE_KEYS}
+
+
+def _check_swap_views(cfg: Config, name: str, settings: Path) -> None:
+    """A swap view (``infer.tta``) needs ``text.swap`` in the experiment's own ``config.yaml``.
+
+    The bundle predicts with that file (written by ``train``) and the views of ``infer.json``
+    (written by ``infer``). ``text.swap`` changes no trained weight, so it may be given to
+    ``infer`` alone, on its command line: ``infer.json`` then lists a swap view that the shipped
+    config cannot make, and the bundle would fail on Kaggle, with no internet to fix it. Refused
+    here, before anything is built.
+    """
+    views = [view for view in cfg.infer.tta if swapped(view)[0]]
+    if not views or cfg.text.swap.columns:
+        return
+    raise ConfigError(
+        f"text.swap: {settings} lists the swap TTA view(s) {views} of the last infer, but "
+        f"{settings.parent / 'config.yaml'}, the config the bundle predicts '{name}' with, has "
+        "no text.swap (it was given to infer only); set text.swap.columns and "
+        "text.swap.classes in the experiment's config file, run `medalist train` with it (which "
+        "rewrites that config.yaml; text.swap retrains no fold) and `medalist infer` again, "
+        "then package"
+    )
 
 
 def _ensemble(cfg: Config, outputs: Path) -> tuple[dict, list[str]]:

@@ -1,7 +1,10 @@
 """What a fold trains with: its loaders, optimizer and scheduler, prepared by accelerate, and the
-model in the form the GPU settings ask for (compiled, channels_last, gradient checkpointing)."""
+model in the form the GPU settings ask for (compiled, channels_last, gradient checkpointing); and
+what it costs: its parameter counts (trainable and total) and its peak memory."""
 
 from __future__ import annotations
+
+import sys
 
 import torch
 from accelerate import Accelerator
@@ -13,6 +16,11 @@ from medalist.training.hooks import Tricks
 from medalist.training.optim import build_optimizer, build_scheduler
 from medalist.training.runtime import make_loader
 from medalist.training.syncbn import sync_batch_norm
+
+try:  # the process's peak resident set size; POSIX only
+    import resource
+except ImportError:  # Windows
+    resource = None
 
 # torch.compile's backend for ``train.compile``. "inductor" generates kernels (Triton on a GPU, C++
 # on the CPU); other backends ("aot_eager", "eager") only trace, which is what tests use.
@@ -99,6 +107,50 @@ def _checkpoint(module: torch.nn.Module) -> bool:
             return False
         return True
     return False
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters of ``model``, a tensor shared by several modules once.
+
+    A 4-bit weight of bitsandbytes (``text.lora.quantize: 4bit``) is stored packed, two values a
+    byte: it counts the values it holds, not its bytes, as peft's own count does.
+    """
+    trainable = total = 0
+    for param in model.parameters():
+        count = param.numel()
+        if type(param).__name__ == "Params4bit":
+            count *= 2 * param.element_size()
+        total += count
+        if param.requires_grad:
+            trainable += count
+    return trainable, total
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start measuring a fold's peak memory: on CUDA, the allocator's peak is reset to what is
+    allocated now. The CPU's measure (the process's peak resident size) cannot be reset."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    """The peak memory in MiB: on CUDA, the most tensor memory allocated on ``device`` since
+    :func:`reset_peak_memory` (this fold's peak); elsewhere the process's peak resident set size
+    so far (``getrusage``), which covers earlier folds and everything else the process holds,
+    so it only grows from fold to fold. None where neither can be read."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    if resource is None:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def memory_scope(device: torch.device) -> str:
+    """What :func:`peak_memory_mb` measures on ``device``, for the log."""
+    if device.type == "cuda":
+        return "CUDA memory allocated in this fold"
+    return "this process's peak resident memory so far"
 
 
 def prepare_fold(

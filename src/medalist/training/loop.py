@@ -4,6 +4,11 @@ The loop knows neither the task nor the modality nor any trick by name: it asks 
 loss and the activation, the modality for datasets and the model, and calls the hooks. A step
 whose loss or gradient is not finite is skipped (:mod:`~medalist.training.guard`); a fold saves
 its progress and resumes through :mod:`~medalist.training.resume`.
+
+What a fold costs is in its log: its trainable and total parameter counts when it starts (LoRA
+trains a small share), and in every epoch's row (``log.csv``) ``trainable_params`` and
+``peak_memory_mb``: on CUDA the most memory allocated in the fold so far, on the CPU the
+process's peak resident size so far (:func:`~medalist.training.fold_setup.peak_memory_mb`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,13 @@ from tqdm.auto import tqdm
 
 from medalist.config import Config
 from medalist.tasks import Task
-from medalist.training.fold_setup import prepare_fold
+from medalist.training.fold_setup import (
+    memory_scope,
+    parameter_counts,
+    peak_memory_mb,
+    prepare_fold,
+    reset_peak_memory,
+)
 from medalist.training.guard import StepGuard
 from medalist.training.hooks import Hook, Hooks, TrainState, Tricks
 from medalist.training.resume import FoldResult, RunCheckpoints, epoch_batches, snapshot_weights
@@ -123,8 +134,10 @@ class FoldTrainer:
         tricks = tricks or Tricks(Hooks(), task.loss)
         self.hooks = tricks.hooks
         self.accelerator = accelerator = accelerator or make_accelerator(cfg)
+        reset_peak_memory(accelerator.device)  # the fold's peak, its model and batches included
         prepared = prepare_fold(cfg, model, train_set, valid_set, tricks, accelerator)
         self.model, self.optimizer, self.loader, self.scheduler, self.valid_loader = prepared
+        self.trainable, self.total = parameter_counts(self.model)
         self.state = TrainState(
             accelerator,
             self.model,
@@ -160,6 +173,14 @@ class FoldTrainer:
 
     def fit(self) -> FoldResult:
         cfg, state, hooks = self.cfg, self.state, self.hooks
+        if self.accelerator.is_main_process:
+            log.info(
+                "fold %s: %s of %s parameters train (%.2f%%)",
+                self.fold,
+                f"{self.trainable:,}",
+                f"{self.total:,}",
+                100 * self.trainable / max(self.total, 1),
+            )
         hooks.on_fit_start(state)
         rng = self.resume()
         on_step = self.checkpoints.on_step(state, self.save)
@@ -179,6 +200,10 @@ class FoldTrainer:
             state.next_epoch()
             self.save()
         hooks.on_fit_end(state)
+        peak = peak_memory_mb(self.accelerator.device)
+        if self.accelerator.is_main_process and peak is not None:
+            scope = memory_scope(self.accelerator.device)
+            log.info("fold %s: peak memory %.0f MiB (%s)", self.fold, peak, scope)
         return self.best
 
     def _end_epoch(self, train_loss: float, started: float) -> None:
@@ -210,6 +235,9 @@ class FoldTrainer:
                 *weights, state.epoch, scores, logits, self.best.history, eval_name
             )
         row["seconds"] = time.perf_counter() - started
+        peak = peak_memory_mb(self.accelerator.device)
+        row["peak_memory_mb"] = None if peak is None else round(peak, 1)
+        row["trainable_params"] = self.trainable
         self.best.history.append(row)
         if self.accelerator.is_main_process:
             log.info(format_row(row))
