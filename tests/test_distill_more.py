@@ -337,3 +337,43 @@ def test_leaky_oof_teacher_inflates_a_lightgbm_students_cv(tmp_path):
     }
     assert abs(auc["teacher"] - 0.5) < 0.1 and abs(auc["honest"] - 0.5) < 0.1, auc
     assert auc["leaky"] > auc["honest"] + 0.15, auc
+
+
+@pytest.mark.parametrize(
+    ("model", "params", "objective"),
+    [
+        ("lightgbm", "{num_threads: 1, objective: binary}", "objective: binary"),
+        ("xgboost", "{nthread: 1, objective: 'binary:hinge'}", "objective: binary:hinge"),
+        ("catboost", "{thread_count: 1, loss_function: Logloss}", "loss_function: Logloss"),
+    ],
+)
+def test_a_users_objective_that_reads_labels_only_is_refused_for_a_binary_student(
+    tmp_path, model, params, objective
+):
+    """tabular.params wins over medalist's defaults: an objective of class labels (LightGBM's
+    binary reads every soft target above 0 as 1) would train the student on no soft target at
+    all, silently. Refused, naming the key and the objective that takes them."""
+    write_table_competition(tmp_path, n_rows=90, targets=["diagnosis"])
+    extra = ["train.experiment=student", "distill.teacher=teacher", f"tabular.params={params}"]
+    cfg = table_cfg(tmp_path, *extra, model=model, threads=None)
+    write_table_folds(cfg)
+    with pytest.raises(ConfigError, match=f"tabular.params: {objective} .* soft targets"):
+        distill.run(cfg)
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    ("model", "params"),
+    [
+        ("lightgbm", "{objective: xentropy}"),
+        ("xgboost", "{objective: 'reg:logistic'}"),
+        ("catboost", "{loss_function: 'CrossEntropy:use_weights=false'}"),
+    ],
+)
+def test_a_users_objective_that_takes_soft_labels_is_kept(tmp_path, model, params):
+    write_table_competition(tmp_path, n_rows=90, targets=["diagnosis"])
+    extra = ["train.experiment=student", "distill.teacher=teacher", f"tabular.params={params}"]
+    cfg = table_cfg(tmp_path, *extra, model=model, threads=None)
+    train = pd.read_csv(tmp_path / "data/train.csv")
+    learner = get_modality("tabular").fold_learner(cfg, build_task(cfg, train))
+    assert learner.refuses_soft_targets() is None

@@ -89,6 +89,10 @@ class Library:
 
     name = ""
     suffix = ""
+    # The params naming the objective (the first one: the library's own name), and the
+    # objectives that learn labels in [0, 1] as they are (a distilled binary student's).
+    OBJECTIVE_KEYS: tuple[str, ...] = ()
+    SOFT_OBJECTIVES: tuple[str, ...] = ()
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -135,6 +139,8 @@ class LightGBM(Library):
     name, suffix = "lightgbm", "lgb.txt"
     OBJECTIVES = {"binary": "binary", "multiclass": "multiclass", "regression": "regression"}
     SOFT = "cross_entropy"  # a binary output's soft labels ("binary" reads any label > 0 as 1)
+    OBJECTIVE_KEYS = ("objective", "objective_type", "app", "application", "loss")
+    SOFT_OBJECTIVES = ("cross_entropy", "xentropy", "cross_entropy_lambda", "xentlambda")
 
     def train(self, output, x, y, valid, spec, seed, soft=False):
         lgb = self.module
@@ -182,6 +188,8 @@ class XGBoost(Library):
         "multiclass": "multi:softprob",
         "regression": "reg:squarederror",
     }
+    OBJECTIVE_KEYS = ("objective",)
+    SOFT_OBJECTIVES = ("binary:logistic", "reg:logistic", "binary:logitraw")
 
     def _matrix(self, x, y, spec):
         types = ["c" if i in spec.categorical_positions else "q" for i in range(x.shape[1])]
@@ -251,6 +259,8 @@ class CatBoost(Library):
     name, suffix = "catboost", "cb.json"
     LOSSES = {"binary": "Logloss", "multiclass": "MultiClass", "regression": "RMSE"}
     SOFT = "CrossEntropy"  # a binary output's soft labels (Logloss takes two values only)
+    OBJECTIVE_KEYS = ("loss_function",)
+    SOFT_OBJECTIVES = ("CrossEntropy",)
 
     def _pool(self, x, y, spec):
         categorical = set(spec.categorical_positions)
@@ -336,14 +346,29 @@ class BoostedLearner:
         self.outputs = outputs(task)
 
     def refuses_soft_targets(self) -> str | None:
-        """A multiclass model: none of the libraries takes a class distribution per row."""
-        if self.task.type != "multiclass":
+        """A multiclass model (none of the libraries takes a class distribution per row), or a
+        binary or multilabel one whose objective, named in ``tabular.params``, reads class
+        labels only (LightGBM's ``binary`` takes every soft target above 0 for a 1)."""
+        if self.task.type == "multiclass":
+            return (
+                f"a multiclass {self.name} student (tabular.model) cannot train on the teacher's "
+                "class distributions: LightGBM, XGBoost and CatBoost fit one class per row in "
+                "their multiclass objectives; distil into tabular.model: mlp"
+            )
+        if self.task.type == "regression":
             return None
-        return (
-            f"a multiclass {self.name} student (tabular.model) cannot train on the teacher's "
-            "class distributions: LightGBM, XGBoost and CatBoost fit one class per row in their "
-            "multiclass objectives; distil into tabular.model: mlp"
-        )
+        library, params = self.library, self.cfg.tabular.params
+        for key in library.OBJECTIVE_KEYS:
+            named = params.get(key)
+            # CatBoost may give a loss its own options: "CrossEntropy:use_weights=false".
+            soft = {str(named), str(named).split(":")[0]} & set(library.SOFT_OBJECTIVES)
+            if named is not None and not soft:
+                return (
+                    f"tabular.params: {key}: {named} fits class labels, not the teacher's soft "
+                    f"targets of a {self.task.type} student; leave it out (medalist then uses "
+                    f"{library.SOFT_OBJECTIVES[0]}) or name one of {list(library.SOFT_OBJECTIVES)}"
+                )
+        return None
 
     def model_files(self) -> list[str]:
         if len(self.outputs) == 1:
