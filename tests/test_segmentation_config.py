@@ -40,7 +40,6 @@ def test_the_lists_here_are_the_building_blocks_lists():
     """Reading a config imports neither torch nor pandas, so the section names what the modules
     accept itself; these must not drift apart."""
     assert section.TASKS == masks.TASKS == losses.MODES == scoring.MODES
-    assert set(section.PATTERN_FIELDS) == set(masks.PATTERN_FIELDS)
     assert section.LOSS_FITS == losses.FITS
     assert set(section.ARCHITECTURES) == set(ARCHITECTURES)
     fields = section.SegmentationConfig.model_fields

@@ -294,7 +294,7 @@ def test_a_long_table_becomes_one_rle_column_per_class():
         ({"task": "multilabel", "classes": ("a", "a")}, "repeated names"),
         ({"masks": "polygons"}, "segmentation.masks: 'polygons'"),
         ({"mask_dir": None}, "segmentation.mask_dir"),
-        ({"mask_pattern": "{id}.png"}, r"names \['id'\]; it may use \{stem\}"),
+        ({"mask_pattern": "{id}.png"}, r"names \{id\}; it may use \{stem\}"),
         ({"mask_pattern": "mask.png"}, "names no image"),
         ({"task": "multilabel", "classes": ("a", "b")}, "put \\{class\\} in"),
         (

@@ -4,6 +4,9 @@ Every error a user can cause (bad config, bad data, mismatched folds, an invalid
 :class:`MedalistError`; the command line prints its message without a traceback and exits 2.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 def show_value(value) -> str:
     """``repr`` of a cell without numpy's type wrapper (``5``, not ``np.int64(5)``)."""
@@ -17,6 +20,16 @@ class MedalistError(Exception):
 
 class ConfigError(MedalistError):
     """A config key is unknown, has the wrong type, or conflicts with another key."""
+
+
+@contextmanager
+def config_errors() -> Iterator[None]:
+    """A config section's check (a ``ValueError``, as pydantic's validators raise) run outside
+    the config, raised as the :class:`ConfigError` it names."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 class DataError(MedalistError):

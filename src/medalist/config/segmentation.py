@@ -7,10 +7,13 @@ and test samples are whole images, which the model pads to a multiple of the enc
 and crops back.
 
 The mask keys are the fields of
-:class:`~medalist.modalities.segmentation.masks.MaskLayout` and are checked here as it checks
-them (:func:`medalist.modalities.segmentation.inputs.mask_layout` builds it). The loss is checked
-as :func:`~medalist.modalities.segmentation.losses.build_loss` checks it. Reading a config imports
-neither torch nor pandas, so the names are listed here too; the tests keep both lists equal.
+:class:`~medalist.modalities.segmentation.masks.MaskLayout`
+(:func:`medalist.modalities.segmentation.inputs.mask_layout` builds it) and the loss is what
+:func:`~medalist.modalities.segmentation.losses.build_loss` builds: their checks live here
+(:func:`check_classes`, :func:`check_pattern`, :func:`check_rle_columns`, :func:`loss_weights`,
+raising ``ValueError`` as pydantic's validators do) and those modules call them, raising
+``ConfigError``. Reading a config imports neither torch nor pandas, so the names the modules
+accept are listed here too; the tests keep the lists equal.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import string
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -180,15 +184,7 @@ class SegmentationConfig(Section):
     def _loss_shape(cls, value):
         if value is None or isinstance(value, str):
             return value
-        if not isinstance(value, dict):
-            raise ValueError(
-                f"{KEY}.loss: a name such as 'bce+dice' or a mapping name -> weight, got {value!r}"
-            )
-        for name, weight in value.items():
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-                raise ValueError(
-                    f"{KEY}.loss: the weight of '{name}' must be a number, got {weight!r}"
-                )
+        loss_weights(value, None)  # a name or a mapping of numbers, before pydantic casts them
         return value
 
     @model_validator(mode="after")
@@ -217,51 +213,13 @@ class SegmentationConfig(Section):
         return self
 
     def _check_classes(self) -> None:
-        names = [str(c) for c in self.classes]
-        low, high = CLASS_COUNTS[self.task]
-        if not low <= len(names) <= (high or len(names)):
-            wanted = "one class" if (low, high) == (1, 1) else f"{low} to {high or 'any'} classes"
-            raise ValueError(f"{KEY}.classes: a {self.task} task has {wanted}, got {names}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"{KEY}.classes: repeated names in {names}")
+        check_classes(self.task, self.classes)
 
     def _check_pattern(self) -> None:
-        pattern = self.mask_pattern
-        try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None}
-        except ValueError as exc:
-            raise ValueError(f"{KEY}.mask_pattern: '{pattern}': {exc}") from None
-        unknown = sorted(fields - set(PATTERN_FIELDS))
-        if unknown:
-            raise ValueError(
-                f"{KEY}.mask_pattern: '{pattern}' names "
-                + ", ".join("{" + f + "}" for f in unknown)
-                + "; it may use "
-                + ", ".join("{" + f + "}" for f in PATTERN_FIELDS)
-            )
-        if not fields & {"stem", "name"}:
-            raise ValueError(
-                f"{KEY}.mask_pattern: '{pattern}' names no image ({{stem}} or {{name}})"
-            )
-        if self.task == "multilabel" and "class" not in fields and len(self.classes) > 1:
-            raise ValueError(
-                f"{KEY}.mask_pattern: a multilabel task reads one file per class; put {{class}} in "
-                f"'{pattern}' (a folder per class: '{{class}}/{{stem}}.png')"
-            )
-        if self.task == "multiclass" and "class" in fields:
-            raise ValueError(
-                f"{KEY}.mask_pattern: a multiclass mask is one file of class indices per image; "
-                f"'{pattern}' names {{class}}"
-            )
+        check_pattern(self.mask_pattern, self.task, self.classes)
 
     def _check_rle_columns(self) -> None:
-        want = self.mask_channels - (self.task == "multiclass")
-        if len(self.rle_columns) != want:
-            raise ValueError(
-                f"{KEY}.rle_columns: a {self.task} task with classes "
-                f"{[str(c) for c in self.classes]} reads {want} RLE column(s), got "
-                f"{self.rle_columns}"
-            )
+        check_rle_columns(self.rle_columns, self.task, self.classes)
 
     @property
     def mask_channels(self) -> int:
@@ -289,22 +247,80 @@ class SegmentationConfig(Section):
         }
 
 
-def loss_weights(spec: str | dict[str, float], task: str, key: str = f"{KEY}.loss") -> dict:
+def check_classes(task: str, classes) -> None:
+    """As many class names as ``task`` has, none repeated (ValueError naming the key)."""
+    names = [str(c) for c in classes]
+    low, high = CLASS_COUNTS[task]
+    if not low <= len(names) <= (high or len(names)):
+        wanted = "one class" if (low, high) == (1, 1) else f"{low} to {high or 'any'} classes"
+        raise ValueError(f"{KEY}.classes: a {task} task has {wanted}, got {names}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{KEY}.classes: repeated names in {names}")
+
+
+def check_pattern(pattern: str, task: str, classes) -> None:
+    """``mask_pattern`` names an image and only known fields, and ``{class}`` exactly where the
+    task reads one file per class (ValueError naming the key)."""
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None}
+    except ValueError as exc:
+        raise ValueError(f"{KEY}.mask_pattern: '{pattern}': {exc}") from None
+    unknown = sorted(fields - set(PATTERN_FIELDS))
+    if unknown:
+        raise ValueError(
+            f"{KEY}.mask_pattern: '{pattern}' names "
+            + ", ".join("{" + f + "}" for f in unknown)
+            + "; it may use "
+            + ", ".join("{" + f + "}" for f in PATTERN_FIELDS)
+        )
+    if not fields & {"stem", "name"}:
+        raise ValueError(f"{KEY}.mask_pattern: '{pattern}' names no image ({{stem}} or {{name}})")
+    if task == "multilabel" and "class" not in fields and len(classes) > 1:
+        raise ValueError(
+            f"{KEY}.mask_pattern: a multilabel task reads one file per class; put {{class}} in "
+            f"'{pattern}' (a folder per class: '{{class}}/{{stem}}.png')"
+        )
+    if task == "multiclass" and "class" in fields:
+        raise ValueError(
+            f"{KEY}.mask_pattern: a multiclass mask is one file of class indices per image; "
+            f"'{pattern}' names {{class}}"
+        )
+
+
+def check_rle_columns(columns, task: str, classes) -> None:
+    """One RLE column per class (binary: one; multiclass: one per class but the first, the
+    background), ValueError naming the key."""
+    want = {"binary": 1, "multilabel": len(classes)}.get(task, len(classes) - 1)
+    if len(columns) != want:
+        raise ValueError(
+            f"{KEY}.rle_columns: a {task} task with classes {[str(c) for c in classes]} reads "
+            f"{want} RLE column(s), got {list(columns)}"
+        )
+
+
+def loss_weights(spec, task: str | None, key: str = f"{KEY}.loss") -> dict[str, float]:
     """``"0.5*bce+dice"`` or ``{bce: 0.5, dice: 1}`` -> ``{"bce": 0.5, "dice": 1.0}``, each name
-    known and fitting ``task``, each weight a positive number (ValueError naming ``key``)."""
+    known, named once and fitting ``task`` (None: any), each weight a positive number
+    (ValueError naming ``key``)."""
     if isinstance(spec, str):
         pairs = [_term(term.strip(), key) for term in spec.split("+")]
-    else:
+    elif isinstance(spec, Mapping):
         pairs = list(spec.items())
+    else:
+        raise ValueError(
+            f"{key}: a name such as 'bce+dice' or a mapping name -> weight, got {spec!r}"
+        )
     weights: dict[str, float] = {}
     for name, weight in pairs:
         if name not in LOSS_FITS:
             raise ValueError(f"{key}: unknown loss '{name}'; known: {list(LOSS_FITS)}")
         if name in weights:
             raise ValueError(f"{key}: '{name}' is named twice")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+            raise ValueError(f"{key}: the weight of '{name}' must be a number, got {weight!r}")
         if not (math.isfinite(weight) and weight > 0):
             raise ValueError(f"{key}: the weight of '{name}' must be > 0, got {weight}")
-        if task not in LOSS_FITS[name]:
+        if task is not None and task not in LOSS_FITS[name]:
             other = "ce" if name == "bce" else "bce"
             raise ValueError(
                 f"{key}: '{name}' does not fit {task} masks (it needs "

@@ -25,15 +25,14 @@ three digits of each sum.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 
-from medalist.config.segmentation import LOSS_FITS, SIGMOID_TASKS, TASKS
-from medalist.errors import ConfigError
+from medalist.config.segmentation import LOSS_FITS, SIGMOID_TASKS, TASKS, loss_weights
+from medalist.errors import ConfigError, config_errors
 
 MODES = TASKS  # the mask tasks: binary, multiclass, multilabel
 SIGMOID_MODES = SIGMOID_TASKS
@@ -62,37 +61,8 @@ def parse_loss(spec: str | Mapping[str, float], key: str = KEY) -> dict[str, flo
         ConfigError: an unknown name (listing the known ones), a name given twice, a weight that
             is not a positive number, or nothing at all.
     """
-    if isinstance(spec, str):
-        pairs = [_term(term.strip(), key) for term in spec.split("+")]
-    elif isinstance(spec, Mapping):
-        pairs = list(spec.items())
-    else:
-        raise ConfigError(f"{key}: a name such as 'bce+dice' or a mapping name -> weight")
-    weights: dict[str, float] = {}
-    for name, weight in pairs:
-        if name not in FITS:
-            raise ConfigError(f"{key}: unknown loss '{name}'; known: {list(FITS)}")
-        if name in weights:
-            raise ConfigError(f"{key}: '{name}' is named twice")
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-            raise ConfigError(f"{key}: the weight of '{name}' must be a number, got {weight!r}")
-        if not (math.isfinite(weight) and weight > 0):
-            raise ConfigError(f"{key}: the weight of '{name}' must be > 0, got {weight}")
-        weights[name] = float(weight)
-    if not weights:
-        raise ConfigError(f"{key}: no loss named; e.g. 'bce+dice'")
-    return weights
-
-
-def _term(term: str, key: str) -> tuple[str, float]:
-    """``"0.5*dice"`` -> ``("dice", 0.5)``; ``"dice"`` -> ``("dice", 1.0)``."""
-    weight, star, name = term.rpartition("*")
-    if not star:
-        return name.strip(), 1.0
-    try:
-        return name.strip(), float(weight)
-    except ValueError:
-        raise ConfigError(f"{key}: '{term}' is not 'weight*name' (e.g. '0.5*dice')") from None
+    with config_errors():
+        return loss_weights(spec, None, key)
 
 
 def _build(name: str, mode: str, focal_gamma: float, tversky: tuple[float, float]) -> LossFn:
@@ -169,14 +139,8 @@ def build_loss(
     """
     if mode not in MODES:
         raise ConfigError(f"{key}: unknown mask mode '{mode}'; known: {list(MODES)}")
-    weights = parse_loss(spec, key)
-    for name in weights:
-        if mode not in FITS[name]:
-            other = "ce" if name == "bce" else "bce"
-            raise ConfigError(
-                f"{key}: '{name}' does not fit {mode} masks (it needs {' or '.join(FITS[name])}); "
-                f"use '{other}' instead"
-            )
+    with config_errors():
+        weights = loss_weights(spec, mode, key)
     terms = {
         name: _build(name, mode, focal_gamma, (tversky_alpha, tversky_beta)) for name in weights
     }

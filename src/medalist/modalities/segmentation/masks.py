@@ -21,7 +21,6 @@ do not overlap in a multiclass table, and the RLE order is plausible.
 from __future__ import annotations
 
 import os
-import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from medalist.config.segmentation import CLASS_COUNTS, KEY, PATTERN_FIELDS, TASKS
-from medalist.errors import ConfigError, DataError
+from medalist.config.segmentation import (
+    KEY,
+    TASKS,
+    check_classes,
+    check_pattern,
+    check_rle_columns,
+)
+from medalist.errors import ConfigError, DataError, config_errors
 from medalist.modalities.segmentation import rle
 
 SOURCES = ("files", "rle")
@@ -72,15 +77,8 @@ class MaskLayout:
             raise ConfigError(f"{KEY}.task: '{self.task}' is not one of {list(TASKS)}")
         if self.masks not in SOURCES:
             raise ConfigError(f"{KEY}.masks: '{self.masks}' is not one of {list(SOURCES)}")
-        need = CLASS_COUNTS[self.task]
-        count = len(self.classes)
-        if count < need[0] or (need[1] is not None and count > need[1]):
-            wanted = "one class" if need == (1, 1) else f"{need[0]} to {need[1] or 'any'} classes"
-            raise ConfigError(
-                f"{KEY}.classes: a {self.task} task has {wanted}, got {list(self.classes)}"
-            )
-        if len(set(self.classes)) != count:
-            raise ConfigError(f"{KEY}.classes: repeated names in {list(self.classes)}")
+        with config_errors():
+            check_classes(self.task, self.classes)
         if self.masks == "files":
             self._check_files()
         else:
@@ -89,42 +87,16 @@ class MaskLayout:
     def _check_files(self) -> None:
         if self.mask_dir is None:
             raise ConfigError(f"{KEY}.mask_dir: the folder of the mask files is required")
-        try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(self.mask_pattern) if f}
-        except ValueError as exc:
-            raise ConfigError(f"{KEY}.mask_pattern: '{self.mask_pattern}': {exc}") from None
-        unknown = sorted(fields - set(PATTERN_FIELDS))
-        if unknown:
-            raise ConfigError(
-                f"{KEY}.mask_pattern: '{self.mask_pattern}' names {unknown}; it may use "
-                + ", ".join("{" + f + "}" for f in PATTERN_FIELDS)
-            )
-        if not fields & {"stem", "name"}:
-            raise ConfigError(
-                f"{KEY}.mask_pattern: '{self.mask_pattern}' names no image ({{stem}} or {{name}})"
-            )
-        if self.task == "multilabel" and "class" not in fields and len(self.classes) > 1:
-            raise ConfigError(
-                f"{KEY}.mask_pattern: a multilabel task reads one file per class; put {{class}} in "
-                f"'{self.mask_pattern}' (a folder per class: '{{class}}/{{stem}}.png')"
-            )
-        if self.task == "multiclass" and "class" in fields:
-            raise ConfigError(
-                f"{KEY}.mask_pattern: a multiclass mask is one file of class indices per image; "
-                f"'{self.mask_pattern}' names {{class}}"
-            )
+        with config_errors():
+            check_pattern(self.mask_pattern, self.task, self.classes)
 
     def _check_rle(self) -> None:
         if self.rle_order not in rle.ORDERS:
             raise ConfigError(
                 f"{rle.ORDER_KEY}: '{self.rle_order}' is not one of {list(rle.ORDERS)}"
             )
-        want = {"binary": 1, "multilabel": len(self.classes)}.get(self.task, len(self.classes) - 1)
-        if len(self.rle_columns) != want:
-            raise ConfigError(
-                f"{KEY}.rle_columns: a {self.task} task with classes {list(self.classes)} reads "
-                f"{want} RLE column(s), got {list(self.rle_columns)}"
-            )
+        with config_errors():
+            check_rle_columns(self.rle_columns, self.task, self.classes)
 
     @property
     def per_class(self) -> bool:
