@@ -127,7 +127,27 @@ class Reseeder:
             transform.random_generator, transform.py_random = self.random_generator, self.py_random
 
 
-class ImageDataset(Dataset):
+class EpochSeeded(Dataset):
+    """A dataset whose augmentation is seeded per (seed, epoch, row): the epoch set by the loop
+    (``set_epoch``) reaches every loader worker.
+
+    Persistent loader workers keep the copy of the dataset they started with: a plain attribute
+    set in the main process would never reach them, and every epoch would repeat the first one's
+    augmentation. One integer in shared memory reaches them all.
+    """
+
+    def __init__(self):
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = epoch
+
+
+class ImageDataset(EpochSeeded):
     """Rows of a table as ``{'index', 'input', 'target'}`` samples.
 
     Args:
@@ -149,17 +169,7 @@ class ImageDataset(Dataset):
         self.reseed = Reseeder(pipeline)
         self.channels = channels
         self.seed = seed
-        # Persistent loader workers keep the copy of the dataset they started with: a plain
-        # attribute set in the main process would never reach them, and every epoch would
-        # repeat the first one's augmentation. One integer in shared memory reaches them all.
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch[0])
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch[0] = epoch
+        super().__init__()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -262,7 +272,7 @@ def build_model(cfg: Config, task: Task) -> torch.nn.Module:
         "drop_rate": model_cfg.drop_rate,
         "drop_path_rate": model_cfg.drop_path_rate or None,
     }
-    weights = None if model_cfg.pretrained_path else _cached_pretrained(cfg)
+    weights = None if model_cfg.pretrained_path else cached_pretrained(cfg)
     if weights is None:
         model = timm.create_model(model_cfg.backbone, pretrained=False, **kwargs)
     else:
@@ -278,7 +288,9 @@ def build_model(cfg: Config, task: Task) -> torch.nn.Module:
     return model
 
 
-def _cached_pretrained(cfg: Config) -> Weights | None:
+def cached_pretrained(cfg: Config) -> Weights | None:
+    """The cached pretrained weights of ``model.backbone`` when ``model.pretrained``; None (a
+    random start, with a warning when they are missing from the cache) otherwise."""
     if not cfg.model.pretrained:
         return None
     try:

@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 import torch
 from albumentations.pytorch import ToTensorV2
-from torch.utils.data import Dataset
 
 from medalist.config import Config
 from medalist.errors import DataError
@@ -64,7 +63,7 @@ def _tensor(mask) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(mask))
 
 
-class SegmentationDataset(Dataset):
+class SegmentationDataset(image.EpochSeeded):
     """Rows as ``{"index", "input", "target"}`` samples of an image and its mask.
 
     Args:
@@ -102,15 +101,7 @@ class SegmentationDataset(Dataset):
         self.task = task
         self.seed = seed
         self.source = source
-        # One integer in shared memory reaches persistent loader workers (see ImageDataset).
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
-
-    @property
-    def epoch(self) -> int:
-        return int(self._epoch[0])
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch[0] = epoch
+        super().__init__()
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -35,7 +35,7 @@ from medalist.config import Config
 from medalist.config.segmentation import ENCODER_STRIDE
 from medalist.errors import CheckpointError, ConfigError
 from medalist.modalities import image
-from medalist.pretrained.resolve import MissingWeights, check_timm_name, local_file
+from medalist.pretrained.resolve import check_timm_name, local_file
 
 log = logging.getLogger(__name__)
 
@@ -211,19 +211,11 @@ def starting_state(cfg: Config) -> tuple[str, dict[str, torch.Tensor]] | None:
     if cfg.model.pretrained_path:
         weights = local_file(cfg.model.pretrained_path)
         name = cfg.model.backbone
-    elif cfg.model.pretrained:
-        try:
-            weights = image.pretrained_weights(cfg)
-        except MissingWeights:
-            log.warning(
-                "model.backbone: the pretrained weights of %s are not in the cache: random init "
-                "(right before loading fine-tuned weights; to train, run `medalist weights`)",
-                cfg.model.backbone,
-            )
+    else:
+        weights = image.cached_pretrained(cfg)
+        if weights is None:
             return None
         name = weights.name
-    else:
-        return None
     path = Path(weights.files[0])
     try:
         state = load_file(str(path))
