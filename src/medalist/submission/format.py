@@ -420,8 +420,9 @@ def write_submission(
 # ---------------------------------------------------------------------------------------- files
 
 
-def read_csv_checked(path: str | os.PathLike, what: str) -> pd.DataFrame:
-    """Read a CSV with pandas' default dtype inference; refuse a missing, unreadable or empty file.
+def read_csv_checked(path: str | os.PathLike, what: str, **read) -> pd.DataFrame:
+    """Read a CSV with pandas' default dtype inference (or as ``read``, ``pd.read_csv``'s
+    keywords, says); refuse a missing, unreadable or empty file.
 
     Raises:
         SubmissionError: naming ``path``.
@@ -432,7 +433,7 @@ def read_csv_checked(path: str | os.PathLike, what: str) -> pd.DataFrame:
     if not path.is_file():
         raise SubmissionError(f"{what} {path} is not a file")
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, **read)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise SubmissionError(f"{path}: cannot be read as CSV ({exc})") from exc
     except OSError as exc:

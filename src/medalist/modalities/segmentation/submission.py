@@ -26,6 +26,7 @@ import pandas as pd
 from medalist.errors import DataError, SubmissionError
 from medalist.io import write_csv
 from medalist.modalities.segmentation import rle
+from medalist.submission.format import read_csv_checked
 
 log = logging.getLogger(__name__)
 
@@ -313,15 +314,4 @@ def read_text_csv(path: str | os.PathLike, what: str) -> pd.DataFrame:
     Raises:
         SubmissionError: naming ``path`` when it is missing, unreadable or has no rows.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SubmissionError(f"{what} not found: {path}")
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise SubmissionError(f"{path}: cannot be read as CSV ({exc})") from None
-    except OSError as exc:
-        raise SubmissionError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if frame.empty:
-        raise SubmissionError(f"{path}: has no rows")
-    return frame
+    return read_csv_checked(path, what, dtype=str, keep_default_na=False)
