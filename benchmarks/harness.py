@@ -49,7 +49,7 @@ DEFINED = {
     "P9": ("<=1.25", "checkpoint save (atomic safetensors) vs torch.save"),
     "P10": ("<=1.0", "text fine-tuning step vs transformers.Trainer"),
     "P11": ("<=1.0", "LoRA step on a tiny decoder vs peft + transformers.Trainer"),
-    "P12": (">=1.5", "segmentation: tiled inference with overlap vs tile by tile"),
+    "P12": (">=1.5", "segmentation: tiled inference vs tile by tile; train step vs smp loop"),
     "P13": ("<=1.05", "one GBDT fold (LightGBM) vs the same lightgbm.train call"),
 }
 
