@@ -71,13 +71,15 @@ def medalist_side(cfg, task, model, batches):
     return run
 
 
-def trainer_side(cfg, task, model, batches, folder: str):
+def trainer_steps(cfg, model, inputs: list[dict], folder: str, parameters_of=None):
+    """A call of K steps of ``model`` over ``inputs`` (its keyword batches) as ``Trainer.train``
+    takes them, with medalist's optimizer and schedule over ``parameters_of`` (the module whose
+    parameter groups medalist builds; default ``model``)."""
     from transformers import Trainer, TrainingArguments
 
     from medalist.training.optim import build_optimizer, build_scheduler
 
-    wrapped = ForTrainer(model, task)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model if parameters_of is None else parameters_of, cfg)
     scheduler = build_scheduler(optimizer, cfg, STEPS)
     args = TrainingArguments(
         output_dir=folder,
@@ -88,22 +90,28 @@ def trainer_side(cfg, task, model, batches, folder: str):
         disable_tqdm=True,
         save_strategy="no",
     )
-    trainer = Trainer(model=wrapped, args=args, optimizers=(optimizer, scheduler))
+    trainer = Trainer(model=model, args=args, optimizers=(optimizer, scheduler))
     # As Trainer.train sets up its loop: model and optimizer prepared by its accelerator (the
     # optimizer's step then goes through accelerate's wrapper, as medalist's does).
-    model, trainer.optimizer = trainer.accelerator.prepare(wrapped, trainer.optimizer)
+    model, trainer.optimizer = trainer.accelerator.prepare(model, trainer.optimizer)
     trainer.current_gradient_accumulation_steps = 1  # what its loop sets without accumulation
-    inputs = [{"input": b["input"], "labels": b["target"]} for b in batches]
 
     def run() -> None:
-        for batch in inputs:
+        for batch in inputs:  # training_step puts the model in training mode
             trainer.training_step(model, batch)
             trainer.accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             trainer.optimizer.step()
             trainer.lr_scheduler.step()
             model.zero_grad(set_to_none=True)
 
+    run.inputs = inputs
     return run
+
+
+def trainer_side(cfg, task, model, batches, folder: str):
+    """medalist's model (its head and loss through :class:`ForTrainer`) stepped by Trainer."""
+    inputs = [{"input": b["input"], "labels": b["target"]} for b in batches]
+    return trainer_steps(cfg, ForTrainer(model, task), inputs, folder, parameters_of=model)
 
 
 @benchmark("P10", target="<=1.0", title="text fine-tuning step vs transformers.Trainer")

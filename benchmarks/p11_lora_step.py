@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from benchmarks.harness import benchmark, measure
-from benchmarks.p10_text_step import STEPS, medalist_side
+from benchmarks.p10_text_step import STEPS, medalist_side, trainer_steps
 
 SEED, BATCH, ROWS = 0, 8, 64
 CLASSES = ["a", "b", "c"]
@@ -177,39 +177,11 @@ def copy_into(medalist_model: torch.nn.Module, other: torch.nn.Module) -> None:
 
 def trainer_side(cfg, model, batches, folder: str):
     """K steps of ``model`` as ``Trainer.train`` takes them (see P10's trainer side)."""
-    from transformers import Trainer, TrainingArguments
-
-    from medalist.training.optim import build_optimizer, build_scheduler
-
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, STEPS)
-    args = TrainingArguments(
-        output_dir=folder,
-        use_cpu=True,
-        report_to=[],
-        per_device_train_batch_size=cfg.train.batch_size,
-        max_grad_norm=cfg.train.max_grad_norm,
-        disable_tqdm=True,
-        save_strategy="no",
-    )
-    trainer = Trainer(model=model, args=args, optimizers=(optimizer, scheduler))
-    model, trainer.optimizer = trainer.accelerator.prepare(model, trainer.optimizer)
-    trainer.current_gradient_accumulation_steps = 1  # what its loop sets without accumulation
     inputs = [
         {"input_ids": b["input"][:, 0], "attention_mask": b["input"][:, 1], "labels": b["target"]}
         for b in batches
     ]
-
-    def run() -> None:
-        for batch in inputs:  # training_step puts the model in training mode
-            trainer.training_step(model, batch)
-            trainer.accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            trainer.optimizer.step()
-            trainer.lr_scheduler.step()
-            model.zero_grad(set_to_none=True)
-
-    run.inputs = inputs
-    return run
+    return trainer_steps(cfg, model, inputs, folder)
 
 
 def check_same_work(task, ours, theirs, batch, run_a, run_b) -> dict:
