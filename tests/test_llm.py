@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from medalist.tasks import build_task
 from medalist.training.optim import build_optimizer
 from medalist.training.runtime import make_accelerator, make_loader, predict_logits
 from medalist.training.weights import BASE_KEY, load_weights, read_metadata, save_weights
+from support.bundles import kaggle_overrides
 from support.configs import text_cfg
 from support.tiny_decoder import make_decoder
 
@@ -307,15 +307,7 @@ def test_bundle_of_a_lora_project_predicts_as_infer(llm_project, tmp_path):
     predictions equal infer's, value for value."""
     project = tmp_path / "docs"
     shutil.copytree(llm_project, project)
-    wheel = tmp_path / "medalist-0.1.0-py3-none-any.whl"  # never installed here
-    with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr("medalist/__init__.py", "")
-    kaggle = [
-        f"kaggle.medalist_wheel={wheel}",
-        "kaggle.project_wheel=false",
-        "kaggle.timing_rows=0",
-        "kaggle.dataset_id=tester/docs-llm-test",
-    ]
+    kaggle = kaggle_overrides(tmp_path, "tester/docs-llm-test", "kaggle.timing_rows=0")
     with working_directory(project):
         assert main(["package", "-c", "configs/tiny.yaml", *kaggle]) == 0
         bundle = Path("package/docs-llm-test")

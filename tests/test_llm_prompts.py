@@ -8,7 +8,6 @@ The tiny Llama-shaped model is made here (tests/support/tiny_decoder.py), never 
 
 import json
 import shutil
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from medalist.modalities.text_model import load_tokenizer
 from medalist.offline.predict import run_bundle
 from medalist.tasks import build_task
 from medalist.training.runtime import make_accelerator, make_loader, predict_logits
+from support.bundles import kaggle_overrides
 from support.configs import text_cfg
 from support.tiny_decoder import make_decoder
 
@@ -389,15 +389,7 @@ def test_bundle_of_a_template_project_predicts_as_infer(prompt_project, tmp_path
     predictions equal infer's, value for value."""
     project = tmp_path / "prefs"
     shutil.copytree(prompt_project, project)
-    wheel = tmp_path / "medalist-0.1.0-py3-none-any.whl"  # never installed here
-    with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr("medalist/__init__.py", "")
-    kaggle = [
-        f"kaggle.medalist_wheel={wheel}",
-        "kaggle.project_wheel=false",
-        "kaggle.timing_rows=0",
-        "kaggle.dataset_id=tester/prefs-test",
-    ]
+    kaggle = kaggle_overrides(tmp_path, "tester/prefs-test", "kaggle.timing_rows=0")
     with working_directory(project):
         assert main(["package", "-c", "configs/tiny.yaml", *kaggle]) == 0
         run_bundle(Path("package/prefs-test"), "local", environ={})

@@ -36,6 +36,7 @@ from medalist.offline import submit as submit_module
 from medalist.offline.predict import predict_experiment, read_manifest, run_bundle
 from medalist.offline.scan import PICKLED, check_bundle, is_pickle
 from medalist.offline.timing import estimate
+from support.bundles import kaggle_overrides
 from support.hub_cache import TEXT_REPO, seed_text
 from support.tiny_text import make_backbone
 
@@ -583,11 +584,8 @@ def test_hub_named_text_backbone_ships_as_a_folder(tmp_path, monkeypatch):
     rows[14:][["id", "text"]].to_csv(project / "data" / "test.csv", index=False)
     rows[14:][["id", "y"]].assign(y="a").to_csv(project / "data/sample_submission.csv", index=False)
     (project / "configs" / "hub.yaml").write_text(HUB_TEXT)
-    wheel = tmp_path / "medalist-0.1.0-py3-none-any.whl"  # never installed here
-    with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr("medalist/__init__.py", "")
     config = ["-c", "configs/hub.yaml"]
-    kaggle = [f"kaggle.medalist_wheel={wheel}", "kaggle.project_wheel=false"]
+    kaggle = kaggle_overrides(tmp_path)
     with working_directory(project):
         for stage in ("folds", "train", "infer"):
             _run(stage, *config)
@@ -662,15 +660,8 @@ def test_package_refuses_a_swap_view_whose_text_swap_the_shipped_config_lacks(tm
     rows[14:][["id", "winner"]].to_csv(project / "data" / "sample_submission.csv", index=False)
     make_backbone(project / "models" / "bert", words, hidden=16)
     (project / "configs" / "pairs.yaml").write_text(SWAP_TEXT.format(swap=""))
-    wheel = tmp_path / "medalist-0.1.0-py3-none-any.whl"  # never installed here
-    with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr("medalist/__init__.py", "")
     config = ["-c", "configs/pairs.yaml"]
-    kaggle = [
-        f"kaggle.medalist_wheel={wheel}",
-        "kaggle.project_wheel=false",
-        f"kaggle.dataset_id={DATASET}",
-    ]
+    kaggle = kaggle_overrides(tmp_path, DATASET)
     with working_directory(project):
         for stage in ("folds", "train"):
             _run(stage, *config)

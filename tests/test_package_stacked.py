@@ -9,7 +9,6 @@ packaging.
 
 import json
 import shutil
-import zipfile
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +25,7 @@ from medalist.offline.predict import MANIFEST, read_manifest, run_bundle
 from medalist.prediction import infer
 from medalist.submission import stage as submission_stage
 from medalist.training import stage as train_stage
+from support.bundles import stub_wheel
 from support.tables import table_cfg, write_table_competition, write_table_folds
 
 DATASET = "tester/stacked-offline"
@@ -35,14 +35,6 @@ STACKER = ("tabular.oof_features=[member]", "train.experiment=stacker")
 PICKY = ("tabular.oof_features=[member]", "train.experiment=picky", "tabular.features=[shade]")
 
 
-def _wheel(folder: Path) -> Path:
-    """A stand-in medalist wheel (packaged, never installed here)."""
-    wheel = folder / "medalist-0.1.0-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr("medalist/__init__.py", "")
-    return wheel
-
-
 def _cfg(root: Path, experiment: tuple[str, ...], out: Path, *extra: str) -> Config:
     """The experiment's config, packaged into ``out``."""
     linear = "tabular.model=linear" in experiment
@@ -50,7 +42,7 @@ def _cfg(root: Path, experiment: tuple[str, ...], out: Path, *extra: str) -> Con
         root,
         *experiment,
         "tabular.rounds=60",
-        f"kaggle.medalist_wheel={_wheel(root)}",
+        f"kaggle.medalist_wheel={stub_wheel(root)}",
         "kaggle.project_wheel=false",
         f"kaggle.output_dir={out / 'package'}",
         f"kaggle.dataset_id={DATASET}",
