@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from medalist.cli import main
-from medalist.demo.digits import bake, working_directory
+from medalist.demo.digits import working_directory
 from medalist.demo.text import docstring_corpus
 from medalist.errors import ConfigError
 from medalist.modalities.text import Template, allot_columns, build_dataset, build_model, truncate
@@ -26,6 +26,7 @@ from medalist.tasks import build_task
 from medalist.training.runtime import make_accelerator, make_loader, predict_logits
 from support.bundles import kaggle_overrides
 from support.configs import text_cfg
+from support.llm_projects import preference_project
 from support.tiny_decoder import make_decoder
 
 LIBRARIES = {"numpy": ["numpy", "numpy.linalg"], "pandas": ["pandas"]}
@@ -353,18 +354,7 @@ infer:
 def prompt_project(tmp_path_factory, decoder, corpus) -> Path:
     """A baked preference project on the tiny Llama with a template, through the stages."""
     root = tmp_path_factory.mktemp("prompt")
-    project = bake(
-        root, {"competition_name": "Prefs", "modality": "text", "target_columns": "winner"}
-    )
-    data = preference(corpus, 30)
-    train, test = data.iloc[:24], data.iloc[24:]
-    train.to_csv(project / "data" / "train.csv", index=False)
-    test.drop(columns="winner").to_csv(project / "data" / "test.csv", index=False)
-    pd.DataFrame({"id": test["id"], "winner": "winner_tie"}).to_csv(
-        project / "data" / "sample_submission.csv", index=False
-    )
-    shutil.copytree(decoder, project / "models" / "decoder")
-    (project / "configs" / "tiny.yaml").write_text(TINY_PROMPT)
+    project = preference_project(root, decoder, preference(corpus, 30), 24, TINY_PROMPT)
     with working_directory(project):
         for stage in ("folds", "train", "infer", "submission"):
             assert main([stage, "-c", "configs/tiny.yaml"]) == 0, stage

@@ -6,7 +6,6 @@ naming its key. A tiny Llama-shaped model is made here (tests/support/tiny_decod
 """
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 import torch
 
 from medalist.cli import main
-from medalist.demo.digits import bake, working_directory
+from medalist.demo.digits import working_directory
 from medalist.demo.text import docstring_corpus
 from medalist.errors import ConfigError
 from medalist.modalities.text import build_dataset, build_model
@@ -25,6 +24,7 @@ from medalist.prediction.tta import align_views, batched_views, merge
 from medalist.tasks import Task, build_task
 from medalist.training.runtime import make_accelerator, make_loader
 from support.configs import text_cfg
+from support.llm_projects import preference_project
 from support.tiny_decoder import make_decoder
 
 LIBRARIES = {"numpy": ["numpy", "numpy.linalg"], "pandas": ["pandas"]}
@@ -345,18 +345,9 @@ infer:
 
 
 def test_swap_tta_is_scored_on_the_oof_rows(tmp_path, decoder, corpus):
-    project = bake(
-        tmp_path, {"competition_name": "Prefs", "modality": "text", "target_columns": "winner"}
-    )
     data = preference(corpus, 30)
-    train, test = data.iloc[:24], data.iloc[24:]
-    train.to_csv(project / "data" / "train.csv", index=False)
-    test.drop(columns="winner").to_csv(project / "data" / "test.csv", index=False)
-    pd.DataFrame({"id": test["id"], "winner": "winner_tie"}).to_csv(
-        project / "data" / "sample_submission.csv", index=False
-    )
-    shutil.copytree(decoder, project / "models" / "decoder")
-    (project / "configs" / "tiny.yaml").write_text(TINY_SWAP)
+    train = data.iloc[:24]
+    project = preference_project(tmp_path, decoder, data, 24, TINY_SWAP)
     with working_directory(project):
         for stage in ("folds", "train", "infer"):
             assert main([stage, "-c", "configs/tiny.yaml"]) == 0, stage
