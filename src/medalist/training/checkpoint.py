@@ -5,7 +5,9 @@ A checkpoint is a folder ``<folder>/checkpoint/step-<n>/`` (a fold's folder, or 
 holding
 
 - ``model.safetensors``, and ``hook-<i>.safetensors`` for hooks with tensor state (EMA, SWA),
-  ``best-model.safetensors`` / ``best-eval.safetensors`` (the best epoch so far);
+  ``best-model.safetensors`` / ``best-eval.safetensors`` (the best epoch so far); for a model
+  with ``saved_keys()`` (LoRA) each holds only those keys (the adapters and the head), the base
+  is read from the model's own folder;
 - ``trainer.pt``: optimizer, scheduler, grad scaler, random states (python, numpy, torch, CUDA),
   counters and the best epoch's validation logits: tensors and plain values only, read back with
   ``torch.load(weights_only=True)``, so a tampered file cannot run code;
@@ -30,7 +32,7 @@ from safetensors.torch import save_file
 
 from medalist.errors import CheckpointError, MedalistError
 from medalist.io import write_json, write_text, write_with
-from medalist.training.weights import first_non_finite, read_weights, save_weights
+from medalist.training.weights import first_non_finite, read_weights, save_weights, saved_keys
 
 log = logging.getLogger(__name__)
 COMPLETE = "COMPLETE"
@@ -102,9 +104,11 @@ def save_checkpoint(
     for index, tensors in enumerate(hook_states):
         if tensors:
             _save_tensors(tensors, target / f"hook-{index}.safetensors")
+    keep = saved_keys(model)
     for name in ("model", "eval"):
         if best.get(name):
-            _save_tensors(best[name], target / f"best-{name}.safetensors")
+            kept = {k: v for k, v in best[name].items() if keep is None or k in keep}
+            _save_tensors(kept, target / f"best-{name}.safetensors")
     trainer = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
