@@ -20,15 +20,15 @@ from medalist.cli import main
 from medalist.config import resolve_config
 from medalist.demo.digits import bake, working_directory
 from medalist.demo.text import docstring_corpus
-from medalist.errors import ConfigError
+from medalist.errors import CheckpointError, ConfigError
 from medalist.modalities.text import build_dataset, build_model
 from medalist.modalities.text_model import load_tokenizer
 from medalist.offline.merge import HALF_MERGED_ATOL, check_mergeable, sample_tolerance
 from medalist.offline.package import make_plan
-from medalist.offline.predict import read_manifest, read_task, run_bundle
+from medalist.offline.predict import predict_experiment, read_manifest, read_task, run_bundle
 from medalist.offline.timing import estimate
 from medalist.tasks import build_task
-from medalist.training.weights import BASE_KEY, read_metadata
+from medalist.training.weights import BASE_KEY, load_weights, read_metadata, save_weights
 from support.configs import text_cfg
 from support.tiny_decoder import make_decoder
 
@@ -67,6 +67,8 @@ tricks:
 """
 CONFIG = ["-c", "configs/tiny.yaml"]
 SAMPLE = 8  # kaggle.timing_rows
+# The tiny decoder's folder without its weights (model.safetensors).
+NO_WEIGHTS = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
 WHEEL = "stub/medalist-0.1.0-py3-none-any.whl"  # stands in for medalist's, never installed
 
 
@@ -196,9 +198,10 @@ def test_sample_tolerance_widens_only_for_half_precision_merged_weights(tmp_path
 
 
 def test_merged_bundle_predicts_as_infer_without_peft(project, tmp_path, monkeypatch):
-    """Each fold weight file (the EMA's here) ships as the whole model; the bundle builds it
-    without LoRA and predicts infer's test table to 1e-5 (fp32 rounding of the merged sums),
-    and the same submission. peft cannot be imported meanwhile: the adapter bundle needs it."""
+    """Each fold weight file (the EMA's here) ships as the whole model, and the backbone folder
+    without its weights: the bundle builds the model from its config, without LoRA, and predicts
+    infer's test table to 1e-5 (fp32 rounding of the merged sums), and the same submission. peft
+    cannot be imported meanwhile: the adapter bundle needs it."""
     copy = tmp_path / "docs"
     shutil.copytree(project, copy, ignore=shutil.ignore_patterns("package"))
     merged = _package(
@@ -217,6 +220,12 @@ def test_merged_bundle_predicts_as_infer_without_peft(project, tmp_path, monkeyp
     for files in entry["weights"].values():
         assert set(load_file(merged / files[0])) == whole
         assert BASE_KEY not in read_metadata(merged / files[0])
+    backbone = merged / "backbones" / "decoder"
+    assert sorted(p.name for p in backbone.iterdir()) == [*NO_WEIGHTS]
+    assert entry["paths"]["text.backbone"] == "backbones/decoder/config.json"
+    assert sorted(p.name for p in adapters.joinpath("backbones", "decoder").iterdir()) == [
+        *sorted([*NO_WEIGHTS, "model.safetensors"])
+    ]
     block_peft(monkeypatch)
     with working_directory(copy):
         written = run_bundle(merged, "local", environ={})
@@ -228,6 +237,84 @@ def test_merged_bundle_predicts_as_infer_without_peft(project, tmp_path, monkeyp
     assert offline["id"].tolist() == local["id"].tolist()
     columns = ["p_numpy", "p_pandas"]
     np.testing.assert_allclose(offline[columns], local[columns], rtol=0, atol=1e-5)
+
+
+def test_merged_model_built_from_config_predicts_bitwise_as_from_the_base(project, tmp_path):
+    """The merged files give the same predictions, bit for bit, whether the model is built from
+    the weightless folder's config or from the base folder with its weights (as bundles did)."""
+    copy = tmp_path / "docs"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("package"))
+    merged = _package(copy, "docs-merged", "kaggle.merge_adapters=true", "kaggle.timing_rows=0")
+    entry = read_manifest(merged)["experiments"]["tiny_llm"]
+    based = {**entry, "paths": {**entry["paths"], "text.backbone": str(copy / "models/decoder")}}
+    with working_directory(copy):
+        _, _, from_config = predict_experiment(merged, entry, copy / "data")
+        _, _, from_base = predict_experiment(merged, based, copy / "data")
+    assert np.array_equal(from_config, from_base)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_model_built_from_config_refuses_what_needs_the_base(decoders, corpus, tmp_path, dtype):
+    """``text.backbone`` naming a config.json builds without reading any weight, in the
+    config's dtype: LoRA (whose base would be random) is refused, and so is a file that does not
+    hold every weight (an adapter file); the whole model's file loads, every tensor as saved."""
+    decoder = decoders[dtype]
+    cfg = text_cfg(decoder, *LORA)
+    task = build_task(cfg, corpus)
+    lora = build_model(cfg, task)
+    adapter_file = save_weights(lora, tmp_path / "adapters.safetensors")
+    lora.merge_adapters()
+    whole_file = save_weights(lora, tmp_path / "whole.safetensors")
+    with pytest.raises(ConfigError, match="text.backbone: .*config.json builds the model"):
+        build_model(text_cfg(decoder / "config.json", *LORA), task)
+    plain = text_cfg(decoder / "config.json", "text.pooling=last")
+    with pytest.raises(CheckpointError, match="does not fit this model: missing"):
+        load_weights(build_model(plain, task), adapter_file)
+    model = load_weights(build_model(plain, task), whole_file)
+    loaded = model.state_dict()
+    assert set(loaded) == set(lora.state_dict())
+    for key, tensor in lora.state_dict().items():
+        assert loaded[key].dtype == tensor.dtype and torch.equal(loaded[key], tensor), key
+    assert model.backbone.embed_tokens.weight.dtype == dtype
+    # Buffers the file does not hold (the rotary frequencies) are the config's: the same outputs,
+    # bit for bit, as the whole file loaded into a model built from the base.
+    based = load_weights(build_model(text_cfg(decoder, "text.pooling=last"), task), whole_file)
+    dataset = build_dataset(cfg, corpus.head(8), None, split="test", train=False, source="t")
+    inputs = dataset.collate([dataset[i] for i in range(len(dataset))])["input"]
+    with torch.no_grad():
+        assert torch.equal(model.eval()(inputs), based.eval()(inputs))
+    # Training starts from the weights: a config.json backbone never trains from random ones.
+    with pytest.raises(ConfigError, match="text.backbone: .*names a config.json.*name the model"):
+        build_dataset(plain, corpus.head(8), None, split="train", train=True, source="t")
+
+
+def test_bundle_keeps_the_base_weights_a_model_still_reads(project, tmp_path):
+    """An ensemble of the merged LoRA experiment and a fully fine-tuned one on the same folder,
+    which is not merged: the folder ships with its weights and both build from it."""
+    copy = tmp_path / "docs"
+    shutil.copytree(project, copy, ignore=shutil.ignore_patterns("package"))
+    full = [*CONFIG, "train.experiment=full", "text.lora.enabled=false", "tricks.ema.enabled=false"]
+    members = ["ensemble.experiments=[tiny_llm,full]", "ensemble.method=mean"]
+    with working_directory(copy):
+        for stage in ("train", "infer"):
+            assert main([stage, *full]) == 0, stage
+        assert main(["ensemble", *CONFIG, *members]) == 0
+    bundle = _package(
+        copy,
+        "docs-mixed",
+        *members,
+        "kaggle.ensemble=blend",
+        "kaggle.merge_adapters=true",
+        f"kaggle.timing_rows={SAMPLE}",  # each experiment's sample checked against its infer
+    )
+    experiments = read_manifest(bundle)["experiments"]
+    assert experiments["tiny_llm"]["adapters"] == "merged" and "adapters" not in experiments["full"]
+    for entry in experiments.values():
+        assert entry["paths"]["text.backbone"] == "backbones/decoder"
+    backbone = bundle / "backbones" / "decoder"
+    assert (backbone / "model.safetensors").read_bytes() == (
+        copy / "models" / "decoder" / "model.safetensors"
+    ).read_bytes()
 
 
 def test_adapter_bundle_is_unchanged_and_predicts_bitwise(project, tmp_path):

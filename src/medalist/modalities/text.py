@@ -39,6 +39,7 @@ from medalist.modalities.text_model import (
     build_model,
     check_backbone_settings,
     check_max_length,
+    config_only,
     load_tokenizer,
     quiet_transformers,
 )
@@ -90,6 +91,12 @@ def check_inputs(cfg: Config, df: pd.DataFrame, split: str, source: str) -> Path
     check_template_columns(cfg, df, source)
     check_text_rows(df, text_columns(cfg), source)
     check_swap(cfg, df if split == "train" else None)
+    if split == "train" and config_only(cfg.text.backbone):
+        raise ConfigError(
+            f"text.backbone: {cfg.text.backbone} names a config.json, which builds the model "
+            "without its weights (the offline bundle of merged models does, loading each fold's "
+            "whole file next); training starts from the weights: name the model folder"
+        )
     if split == "train" and cfg.text.backbone:
         manifest.check_recorded(resolve_text(cfg.text.backbone, "text.backbone", download=True))
     folder = backbone_dir(cfg.text.backbone, "text.backbone")

@@ -29,6 +29,9 @@ task's head.
   transformer layer (embeddings lowest, head highest) for :mod:`medalist.training.optim`.
 
 Weights are read from safetensors only; a folder holding only pickled weights is refused.
+``text.backbone`` naming a folder's ``config.json`` rather than the folder builds the backbone from
+that config alone, its weights left unread: every weight then comes from the whole-model file
+loaded next (the offline bundle of merged adapters ships the folder without its weights).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, BitsAndBytesConfig
+from transformers.initialization import no_init_weights
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
@@ -80,21 +84,32 @@ NO_CUDA = (
     "machine has no CUDA device; run on a GPU, or set text.lora.quantize=null (plain LoRA)"
 )
 LAYER_LISTS = ("encoder.layer", "encoder.layers", "transformer.layer", "layers", "layer", "h")
+CONFIG_FILE = "config.json"
 
 
 # ---------------------------------------------------------------------------------------------
 # The backbone folder
 
 
+def config_only(path: str | None) -> bool:
+    """``path`` (``text.backbone``) names a model folder's ``config.json``: the backbone is built
+    from that config, and its weights come from the whole-model file loaded after it."""
+    return path is not None and Path(path).name == CONFIG_FILE
+
+
 def backbone_dir(path: str | None, key: str, *, download: bool = False) -> Path:
     """A model folder with a config, safetensors weights and a tokenizer; else ConfigError.
 
     ``path`` is a local folder or a Hugging Face hub id, read from the hub cache (fetched first
-    when ``download`` allows it; see :func:`medalist.pretrained.resolve.resolve_text`).
+    when ``download`` allows it; see :func:`medalist.pretrained.resolve.resolve_text`). A path
+    to a folder's ``config.json`` (:func:`config_only`) gives that folder, weights or not.
     """
     if not path:
         raise ConfigError(f"{key}: set it to a local transformers model folder or a hub id")
-    folder = resolve_text(path, key, download=download).folder
+    if config_only(path):
+        folder = Path(path).parent
+    else:
+        folder = resolve_text(path, key, download=download).folder
     if not folder.is_dir():
         raise ConfigError(f"{key}: model folder not found: {folder}")
     if not (folder / "config.json").is_file():
@@ -104,6 +119,8 @@ def backbone_dir(path: str | None, key: str, *, download: bool = False) -> Path:
             f"{key}: {folder} has no tokenizer (none of {list(VOCAB_FILES)}); save the "
             "tokenizer beside the weights (tokenizer.save_pretrained)"
         )
+    if config_only(path):
+        return folder
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.safetensors.index.json")):
         raise ConfigError(
             f"{key}: {folder} has no safetensors weights (pickled weights are never loaded; "
@@ -461,15 +478,8 @@ def transformer_layers(backbone: nn.Module) -> nn.ModuleList:
 # Building
 
 
-def load_backbone(
-    folder: Path, hidden_dropout: float | None = None, quantize: str | None = None
-) -> nn.Module:
-    """``AutoModel`` from the folder's safetensors; mostly missing weights are an error.
-
-    ``quantize`` (``text.lora.quantize``): loaded through bitsandbytes
-    (:func:`quantization_config`) straight onto this process's GPU (:func:`process_device_map`).
-    """
-
+def backbone_config(folder: Path, hidden_dropout: float | None = None):
+    """The folder's model config, with ``hidden_dropout`` (``text.hidden_dropout``) applied."""
     config = load_config(folder)
     if hidden_dropout is not None:
         for name in (
@@ -480,6 +490,19 @@ def load_backbone(
         ):
             if hasattr(config, name):
                 setattr(config, name, hidden_dropout)
+    return config
+
+
+def load_backbone(
+    folder: Path, hidden_dropout: float | None = None, quantize: str | None = None
+) -> nn.Module:
+    """``AutoModel`` from the folder's safetensors; mostly missing weights are an error.
+
+    ``quantize`` (``text.lora.quantize``): loaded through bitsandbytes
+    (:func:`quantization_config`) straight onto this process's GPU (:func:`process_device_map`).
+    """
+
+    config = backbone_config(folder, hidden_dropout)
     quantized = {}
     if quantize is not None:
         quantized = {
@@ -506,6 +529,22 @@ def load_backbone(
         log.warning(
             "%s: %d backbone tensors newly initialised: %s", folder, len(missing), missing[:5]
         )
+    return ready_for_text(backbone, folder)
+
+
+def backbone_from_config(folder: Path, hidden_dropout: float | None = None) -> nn.Module:
+    """``AutoModel`` from the folder's config alone, in the config's dtype, its weights left
+    uninitialised: every one must come from the whole-model file loaded next, which
+    :func:`medalist.training.weights.load_weights` checks (a model without LoRA takes a file
+    only if it holds every key)."""
+    config = backbone_config(folder, hidden_dropout)
+    with quiet_transformers(), no_init_weights():  # no time spent on values about to be replaced
+        backbone = AutoModel.from_config(config)
+    return ready_for_text(backbone, folder)
+
+
+def ready_for_text(backbone: nn.Module, folder: Path) -> nn.Module:
+    """No key/value cache, and the tokenizer's padding id in the config where it has none."""
     if getattr(backbone.config, "use_cache", False):
         backbone.config.use_cache = False  # a decoder's key/value cache serves generation only
     pad = load_tokenizer(folder).pad_token_id
@@ -574,11 +613,25 @@ def reinit_layers(backbone: nn.Module, layers: list[nn.Module]) -> None:
 
 def build_model(cfg: Config, task: Task) -> TextModel:
     """The configured backbone (a local folder or a cached hub id; never downloaded here) with the
-    task's head, freezing and re-init applied."""
+    task's head, freezing and re-init applied.
+
+    ``text.backbone`` naming a folder's ``config.json`` (:func:`config_only`): the backbone is
+    built from the config (:func:`backbone_from_config`) for a file that holds every weight, as
+    the offline bundle of merged adapters does; LoRA, which needs the base weights, is refused.
+    """
     text = cfg.text
     folder = backbone_dir(text.backbone, "text.backbone")
     check_backbone_settings(folder, text)
-    backbone = load_backbone(folder, text.hidden_dropout, text.lora.quantize)
+    if config_only(text.backbone):
+        if text.lora.enabled:
+            raise ConfigError(
+                f"text.backbone: {text.backbone} builds the model from its config, without base "
+                "weights, and LoRA adapters (text.lora.enabled) need the base they were trained "
+                "on; point text.backbone at the folder with its weights"
+            )
+        backbone = backbone_from_config(folder, text.hidden_dropout)
+    else:
+        backbone = load_backbone(folder, text.hidden_dropout, text.lora.quantize)
     layers = transformer_layers(backbone)
     count = len(layers)
     for key, value in (

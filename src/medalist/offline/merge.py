@@ -7,20 +7,26 @@ adapted weight is W + (alpha / r) B A, the head as trained. The trade-off:
 =================  =========================================  ===============================
                    adapters (the default)                     merged
 =================  =========================================  ===============================
-bundle size        the base + a few MB per weight file        the base + a full copy per
-                                                              weight file (9B in bf16: 18 GB)
-offline load       the base, then the adapters                the base, then the whole copy
+bundle size        the base + a few MB per weight file        a full copy per weight file
+                                                              (9B in bf16: 18 GB), no base
+offline load       the base, then the adapters                the config, then the whole copy
 prediction         two extra small matmuls per adapted layer  the plain model: faster
 needs offline      peft                                       transformers only
 predictions        infer's, bit for bit                       infer's up to rounding: ~1e-7
                                                               in fp32, up to ~1e-2 in bf16
 =================  =========================================  ===============================
 
-The bundle still carries the backbone folder: the model is built from it (config, tokenizer,
-weights) before a fold's file replaces every weight. Which files hold adapters is read from the
-files themselves (a ``base`` fingerprint in their metadata, :mod:`medalist.training.weights`), and
-merging is the model's own (its ``merge_adapters()``). A quantized base (``text.lora.quantize``)
-is refused: merged weights would be quantized again, and predict otherwise.
+Where every experiment built from a backbone folder ships merged files that hold every weight of
+its model (:func:`covers_config_build`: keys, shapes and dtypes), the bundle carries that folder
+without its weight files and the experiments' ``text.backbone`` names its ``config.json``: the
+model is built from the config (:func:`medalist.modalities.text_model.config_only`) and a fold's
+file gives every weight, predicting bit for bit as when built from the base. Otherwise (adapters
+left unmerged, a fully fine-tuned experiment on the same folder) the folder keeps its weights.
+
+Which files hold adapters is read from the files themselves (a ``base`` fingerprint in their
+metadata, :mod:`medalist.training.weights`), and merging is the model's own (its
+``merge_adapters()``). A quantized base (``text.lora.quantize``) is refused: merged weights would
+be quantized again, and predict otherwise.
 """
 
 from __future__ import annotations
@@ -30,11 +36,14 @@ import importlib.util
 import logging
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 
 from medalist.config import Config
 from medalist.errors import ConfigError
 from medalist.modalities import get_modality
+from medalist.modalities.text_model import CONFIG_FILE
+from medalist.offline.predict import experiment_config, read_task
 from medalist.tasks import Task
 from medalist.training.weights import (
     BASE_KEY,
@@ -53,6 +62,19 @@ MERGED_SUFFIX = ".merged.safetensors"
 # large as its weights moved the probabilities by up to 1.2e-2; in float32, by under 1e-6.
 HALF_MERGED_ATOL = 2e-2
 HALF = {"BF16", "F16"}
+# safetensors' names of the dtypes a model's state dict holds.
+DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 PEFT_MISSING = (
     "kaggle.merge_adapters: merging needs peft, as training the adapters did (pip install "
     "'medalist[llm]')"
@@ -122,3 +144,55 @@ def sample_tolerance(bundle: Path, entry: dict, atol: float) -> float:
                 if any(handle.get_slice(name).get_dtype() in HALF for name in names):
                     return max(atol, HALF_MERGED_ATOL)
     return atol
+
+
+def covers_config_build(bundle: Path, entry: dict, key: str, folder: Path) -> bool:
+    """Every merged file of the experiment holds every weight of its model as the bundle builds
+    it from ``folder``'s config alone (``key``, e.g. ``text.backbone``, naming the folder's
+    ``config.json``): each key of its state dict, in its shape and dtype, or tied to one that is.
+
+    Then the bundle needs no weights of ``folder``. The model is built once (its weights left
+    uninitialised) and each file's header read, not its tensors.
+    """
+    if entry.get("adapters") != "merged":
+        return False
+    probe = {**entry, "paths": {**entry["paths"], key: str(folder / CONFIG_FILE)}}
+    cfg = experiment_config(bundle, probe, bundle)  # the data folder is not read
+    model = get_modality(cfg.modality).build_model(cfg, read_task(bundle / entry["task"]))
+    own = bare_model(model).state_dict()
+    for files in entry["weights"].values():
+        for relative in files:
+            uncovered = _uncovered(own, bundle / relative)
+            if uncovered:
+                log.info(
+                    "%s does not hold every weight of the model built from %s's config (%s...): "
+                    "the bundle ships the folder's weights",
+                    relative,
+                    folder,
+                    uncovered[:3],
+                )
+                return False
+    del model, own
+    gc.collect()
+    return True
+
+
+def _uncovered(own: dict[str, torch.Tensor], path: Path) -> list[str]:
+    """The keys of ``own`` that ``path`` does not give: absent (and not tied to a key it holds),
+    or stored in another shape or dtype."""
+    with safe_open(str(path), "pt") as handle:
+        names = handle.keys()  # a safetensors handle, not a dict
+        slices = {name: handle.get_slice(name) for name in names}
+        stored = {name: (part.get_shape(), part.get_dtype()) for name, part in slices.items()}
+    # A tied tensor is stored once; the module that owns it fills the other names.
+    given = {tensor.data_ptr() for name, tensor in own.items() if name in stored}
+    uncovered = []
+    for name, tensor in own.items():
+        if name not in stored:
+            if tensor.data_ptr() not in given:
+                uncovered.append(name)
+            continue
+        shape, dtype = stored[name]
+        if list(shape) != list(tensor.shape) or DTYPES.get(dtype) != tensor.dtype:
+            uncovered.append(name)
+    return uncovered

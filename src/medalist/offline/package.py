@@ -13,8 +13,9 @@ manifest and the config. Writes
                                files: weights (.safetensors), or a model fitted by its library
                                (a GBDT's features.json and model text or JSON file)
     outputs/ensemble/<name>/   weights.json, ensemble.yaml, task.json, cv.json (with an ensemble)
-    backbones/<name>/          config and tokenizer files of a text backbone folder (a local
-                               one, or a hub id's cached snapshot)
+    backbones/<name>/          config, tokenizer and weight files of a text backbone folder (a
+                               local one, or a hub id's cached snapshot); no weight files where
+                               every experiment built from it ships merged adapters
     outputs/<exp>/fold<k>/*.merged.safetensors
                                with kaggle.merge_adapters: a LoRA fold's whole model, adapters
                                merged into the base (:mod:`medalist.offline.merge`)
@@ -70,10 +71,12 @@ from medalist.layout import (
     seed_experiment,
 )
 from medalist.modalities import get_modality
+from medalist.modalities.text_model import CONFIG_FILE
 from medalist.modalities.text_views import swapped
 from medalist.offline import scan, wheels
 from medalist.offline.merge import (
     check_mergeable,
+    covers_config_build,
     holds_adapters,
     merge_file,
     merged_name,
@@ -89,6 +92,7 @@ log = logging.getLogger(__name__)
 
 PLACEHOLDER_OWNER = "INSERT_USERNAME"
 BACKBONE_FILES = scan.ALLOWED - {".whl", ".py", ".ipynb"}
+WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json")  # a backbone's weights, sharded or not
 SAMPLE_ATOL = 1e-3  # the bundle's sample predictions against test.parquet
 
 
@@ -445,10 +449,39 @@ def _log_libraries(experiments: dict, install: list[str]) -> None:
         )
 
 
-def _copy_backbone(source: Path, target: Path) -> None:
-    """A backbone folder's config, tokenizer and safetensors files; nothing pickled."""
+def _weightless_backbones(plan: Plan, experiments: dict, root: Path) -> set[Path]:
+    """The backbone folders whose weights no packaged model reads: every experiment built from
+    one ships merged files that hold its whole model (:func:`covers_config_build`). Those
+    experiments' entries are pointed at the folder's config, the model built from it alone."""
+    users: dict[Path, list[tuple[str, str]]] = {folder: [] for folder in plan.backbones}
+    for experiment in plan.experiments:
+        carried = _packaged_folder(experiment.cfg)
+        if carried is not None:
+            users[carried[1].resolve()].append((experiment.name, carried[0]))
+    weightless = set()
+    for folder, named in users.items():
+        if named and all(
+            covers_config_build(root, experiments[name], key, folder) for name, key in named
+        ):
+            weightless.add(folder)
+            for name, key in named:
+                experiments[name]["paths"][key] = f"{plan.backbones[folder]}/{CONFIG_FILE}"
+            log.info(
+                "backbone %s: shipped without its weights; %s build it from its config and load "
+                "their merged files",
+                folder,
+                [name for name, _ in named],
+            )
+    return weightless
+
+
+def _copy_backbone(source: Path, target: Path, weights: bool = True) -> None:
+    """A backbone folder's config, tokenizer and (with ``weights``) safetensors files; nothing
+    pickled."""
     left_out = []
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        if not weights and any(path.match(pattern) for pattern in WEIGHT_FILES):
+            continue
         if path.suffix.lower() in BACKBONE_FILES:
             _place(path, target / path.relative_to(source))
         else:
@@ -582,8 +615,9 @@ def build(cfg: Config, plan: Plan, root: Path) -> dict:
     outputs = Path(cfg.competition.outputs_dir)
     built = wheels.collect(cfg, root / "wheels", Path("."))
     experiments = {e.name: _copy_experiment(e, outputs, root, plan) for e in plan.experiments}
+    weightless = _weightless_backbones(plan, experiments, root) if plan.merged else set()
     for source, relative in plan.backbones.items():
-        _copy_backbone(source, root / relative)
+        _copy_backbone(source, root / relative, weights=source not in weightless)
     if plan.ensemble:
         folder = ensemble_folder(outputs, plan.ensemble["name"])
         for name in ("weights.json", "ensemble.yaml", "task.json", "cv.json"):
