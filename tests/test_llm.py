@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from medalist.cli import main
 from medalist.config import resolve_config
-from medalist.demo.digits import bake, working_directory
+from medalist.demo.digits import working_directory
 from medalist.demo.text import docstring_corpus
 from medalist.errors import CheckpointError, ConfigError
 from medalist.modalities import mlm
@@ -33,6 +33,7 @@ from medalist.training.runtime import make_accelerator, make_loader, predict_log
 from medalist.training.weights import BASE_KEY, load_weights, read_metadata, save_weights
 from support.bundles import kaggle_overrides
 from support.configs import text_cfg
+from support.llm_projects import docstring_project
 from support.tiny_decoder import make_decoder
 
 SUPPORT = Path(__file__).parent / "support"
@@ -253,17 +254,7 @@ tricks:
 def llm_project(tmp_path_factory, decoders, corpus) -> Path:
     """A baked text project on the tiny Llama with LoRA, through folds, train, infer, submission."""
     root = tmp_path_factory.mktemp("llm")
-    project = bake(
-        root, {"competition_name": "Docs", "modality": "text", "target_columns": "library"}
-    )
-    train, test = corpus.iloc[:30], corpus.iloc[30:]
-    train[["id", "text", "library"]].to_csv(project / "data" / "train.csv", index=False)
-    test[["id", "text"]].to_csv(project / "data" / "test.csv", index=False)
-    pd.DataFrame({"id": test["id"], "library": "numpy"}).to_csv(
-        project / "data" / "sample_submission.csv", index=False
-    )
-    shutil.copytree(decoders["llama"], project / "models" / "decoder")
-    (project / "configs" / "tiny.yaml").write_text(TINY_LLM)
+    project = docstring_project(root, decoders["llama"], corpus, 30, TINY_LLM)
     with working_directory(project):
         for stage in ("folds", "train", "infer", "submission"):
             assert main([stage, "-c", "configs/tiny.yaml"]) == 0, stage

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from medalist.cli import main
 from medalist.config import resolve_config
-from medalist.demo.digits import bake, working_directory
+from medalist.demo.digits import working_directory
 from medalist.demo.text import docstring_corpus
 from medalist.errors import CheckpointError, ConfigError
 from medalist.modalities.text import build_dataset, build_model
@@ -30,6 +30,7 @@ from medalist.offline.timing import estimate
 from medalist.tasks import build_task
 from medalist.training.weights import BASE_KEY, load_weights, read_metadata, save_weights
 from support.configs import text_cfg
+from support.llm_projects import docstring_project
 from support.tiny_decoder import make_decoder
 
 LIBRARIES = {"numpy": ["numpy", "numpy.linalg"], "pandas": ["pandas"]}
@@ -98,17 +99,7 @@ def project(tmp_path_factory, decoder, corpus) -> Path:
     """A text project on the tiny Llama with LoRA (EMA weights predict), through folds, train,
     infer and submission, with a stand-in medalist wheel for the bundle."""
     root = tmp_path_factory.mktemp("llm-package")
-    project = bake(
-        root, {"competition_name": "Docs", "modality": "text", "target_columns": "library"}
-    )
-    train, test = corpus.iloc[:28], corpus.iloc[28:]
-    train[["id", "text", "library"]].to_csv(project / "data" / "train.csv", index=False)
-    test[["id", "text"]].to_csv(project / "data" / "test.csv", index=False)
-    pd.DataFrame({"id": test["id"], "library": "numpy"}).to_csv(
-        project / "data" / "sample_submission.csv", index=False
-    )
-    shutil.copytree(decoder, project / "models" / "decoder")
-    (project / "configs" / "tiny.yaml").write_text(TINY_LLM)
+    project = docstring_project(root, decoder, corpus, 28, TINY_LLM)
     (project / "stub").mkdir()
     with zipfile.ZipFile(project / WHEEL, "w") as archive:
         archive.writestr("medalist/__init__.py", "")

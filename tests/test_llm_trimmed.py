@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from timm.utils import ModelEmaV3
 
 from medalist.cli import main
-from medalist.demo.digits import bake, working_directory
+from medalist.demo.digits import working_directory
 from medalist.demo.text import docstring_corpus
 from medalist.errors import CheckpointError
 from medalist.modalities.text import build_dataset, build_model
@@ -32,6 +32,7 @@ from medalist.tricks.ema import EMA, SharedBaseEma, load_average
 from medalist.tricks.registry import Tricks, build_tricks
 from medalist.tricks.swa import SWA
 from support.configs import text_cfg
+from support.llm_projects import docstring_project
 from support.tiny_decoder import make_decoder
 
 SUPPORT = Path(__file__).parent / "support"
@@ -230,17 +231,7 @@ tricks:
 def averaged_project(tmp_path_factory, decoders, corpus) -> Path:
     """A baked text project on the tiny Llama with LoRA, EMA and SWA: fold 0, uninterrupted."""
     root = tmp_path_factory.mktemp("llm")
-    project = bake(
-        root, {"competition_name": "Docs", "modality": "text", "target_columns": "library"}
-    )
-    train, test = corpus.iloc[:30], corpus.iloc[30:]
-    train[["id", "text", "library"]].to_csv(project / "data" / "train.csv", index=False)
-    test[["id", "text"]].to_csv(project / "data" / "test.csv", index=False)
-    pd.DataFrame({"id": test["id"], "library": "numpy"}).to_csv(
-        project / "data" / "sample_submission.csv", index=False
-    )
-    shutil.copytree(decoders["llama"], project / "models" / "decoder")
-    (project / "configs" / "tiny.yaml").write_text(TINY_LLM)
+    project = docstring_project(root, decoders["llama"], corpus, 30, TINY_LLM)
     with working_directory(project):
         for stage in ("folds", "train"):
             assert main([stage, "-c", "configs/tiny.yaml"]) == 0, stage
