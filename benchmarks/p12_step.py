@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.harness import NotAvailable, benchmark, measure
-from benchmarks.steps import Tensors
+from benchmarks.steps import Tensors, loop_steps
 
 SEED, BATCH, SIZE, STEPS = 0, 8, 64, 4
 
@@ -73,41 +73,11 @@ def images_and_masks() -> Tensors:
 
 def medalist_side(cfg, model: torch.nn.Module, criterion, dataset: Tensors):
     """A callable running ``STEPS`` steps through medalist's loop, as P1's medalist side does,
-    with ``criterion`` as the loss of a run without tricks."""
-    from tqdm.auto import tqdm
+    with ``criterion`` as the loss of a run without tricks (what FoldTrainer builds then); the
+    task is asked for nothing (no hook reads it, the criterion is the loss)."""
+    from medalist.training.hooks import Hooks, Tricks
 
-    from medalist.training.hooks import Hooks, TrainState, Tricks
-    from medalist.training.loop import train_one_epoch
-    from medalist.training.optim import build_optimizer, build_scheduler
-    from medalist.training.runtime import make_accelerator, make_loader
-
-    accelerator = make_accelerator(cfg)
-    tricks = Tricks(Hooks(), criterion)  # what FoldTrainer builds for a run without tricks
-    loader = make_loader(dataset, cfg.train.batch_size, shuffle=True, cfg=cfg)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg, len(loader))
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    state = TrainState(
-        accelerator,
-        model,
-        optimizer,
-        scheduler,
-        task=None,  # asked for nothing: the criterion is the loss, no hook reads the task
-        fold=0,
-        num_epochs=cfg.train.epochs,
-        criterion=tricks.criterion,
-        train_loader=loader,
-    )
-    tricks.hooks.on_fit_start(state)
-    batches = list(loader)  # the same batches every call, already collated and on the device
-    assert len(batches) == STEPS
-
-    def run() -> None:
-        with tqdm(total=len(batches), disable=True) as bar:  # as FoldTrainer.fit without a bar
-            train_one_epoch(state, batches, tricks.hooks, cfg, bar)
-
-    run.batches = batches
-    return run
+    return loop_steps(cfg, None, dataset, model, Tricks(Hooks(), criterion), STEPS)
 
 
 def plain_steps(cfg, model: torch.nn.Module, batches: list[dict]):

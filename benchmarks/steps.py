@@ -91,18 +91,25 @@ def workload(
 
 def medalist_steps(work: Workload, model: torch.nn.Module, cfg=None):
     """A callable running ``work.steps`` steps through medalist's loop with ``cfg``'s tricks."""
+    from medalist.tricks.registry import build_tricks
+
+    cfg = cfg or work.cfg
+    tricks = build_tricks(cfg, work.task, work.dataset.targets.numpy())
+    return loop_steps(cfg, work.task, work.dataset, model, tricks, work.steps)
+
+
+def loop_steps(cfg, task, dataset, model: torch.nn.Module, tricks, steps: int):
+    """A callable running ``steps`` steps over ``dataset`` through medalist's loop with
+    ``tricks`` (their hooks and criterion), set up as :class:`FoldTrainer` sets a fold up."""
     from tqdm.auto import tqdm
 
     from medalist.training.hooks import TrainState
     from medalist.training.loop import train_one_epoch
     from medalist.training.optim import build_optimizer, build_scheduler
     from medalist.training.runtime import make_accelerator, make_loader
-    from medalist.tricks.registry import build_tricks
 
-    cfg = cfg or work.cfg
     accelerator = make_accelerator(cfg)
-    tricks = build_tricks(cfg, work.task, work.dataset.targets.numpy())
-    loader = make_loader(work.dataset, cfg.train.batch_size, shuffle=True, cfg=cfg)
+    loader = make_loader(dataset, cfg.train.batch_size, shuffle=True, cfg=cfg)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, len(loader))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -111,7 +118,7 @@ def medalist_steps(work: Workload, model: torch.nn.Module, cfg=None):
         model,
         optimizer,
         scheduler,
-        work.task,
+        task,
         fold=0,
         num_epochs=cfg.train.epochs,
         criterion=tricks.criterion,
@@ -120,7 +127,7 @@ def medalist_steps(work: Workload, model: torch.nn.Module, cfg=None):
     state.epoch = 1  # past the usual start epoch of AWP, as in the epochs where it runs
     tricks.hooks.on_fit_start(state)
     batches = list(loader)  # the same batches every call, already collated and on the device
-    assert len(batches) == work.steps
+    assert len(batches) == steps
 
     def run() -> None:
         with tqdm(total=len(batches), disable=True) as bar:  # as FoldTrainer.fit without a bar
