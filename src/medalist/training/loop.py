@@ -236,11 +236,12 @@ class FoldTrainer:
             )
         row["seconds"] = time.perf_counter() - started
         peak = peak_memory_mb(self.accelerator.device)
-        row["peak_memory_mb"] = None if peak is None else round(peak, 1)
+        row["peak_memory_mb"] = None if peak is None else round(peak)  # whole MiB
         row["trainable_params"] = self.trainable
         self.best.history.append(row)
         if self.accelerator.is_main_process:
-            log.info(format_row(row))
+            # The trainable count is the fold's, printed when it starts: log.csv alone repeats it.
+            log.info(format_row({k: v for k, v in row.items() if k != "trainable_params"}))
             if self.on_epoch is not None:
                 self.on_epoch(row)
 
