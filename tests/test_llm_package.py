@@ -279,9 +279,11 @@ def test_model_built_from_config_refuses_what_needs_the_base(decoders, corpus, t
         build_dataset(plain, corpus.head(8), None, split="train", train=True, source="t")
 
 
-def test_bundle_keeps_the_base_weights_a_model_still_reads(project, tmp_path):
-    """An ensemble of the merged LoRA experiment and a fully fine-tuned one on the same folder,
-    which is not merged: the folder ships with its weights and both build from it."""
+def test_bundle_keeps_the_base_weights_while_a_model_still_reads_them(project, tmp_path):
+    """An ensemble of the LoRA experiment and a full fine-tune on the same folder. Adapters left
+    unmerged read the base: the folder ships with its weights and both build from it. Merged,
+    every fold file holds its whole model (the full fine-tune's always do): the folder ships
+    without weights, both build from its config, and each sample predicts as infer did."""
     copy = tmp_path / "docs"
     shutil.copytree(project, copy, ignore=shutil.ignore_patterns("package"))
     full = [*CONFIG, "train.experiment=full", "text.lora.enabled=false", "tricks.ema.enabled=false"]
@@ -290,22 +292,21 @@ def test_bundle_keeps_the_base_weights_a_model_still_reads(project, tmp_path):
         for stage in ("train", "infer"):
             assert main([stage, *full]) == 0, stage
         assert main(["ensemble", *CONFIG, *members]) == 0
-    bundle = _package(
-        copy,
-        "docs-mixed",
-        *members,
-        "kaggle.ensemble=blend",
-        "kaggle.merge_adapters=true",
-        f"kaggle.timing_rows={SAMPLE}",  # each experiment's sample checked against its infer
-    )
-    experiments = read_manifest(bundle)["experiments"]
-    assert experiments["tiny_llm"]["adapters"] == "merged" and "adapters" not in experiments["full"]
+    blend = [*members, "kaggle.ensemble=blend", f"kaggle.timing_rows={SAMPLE}"]
+    kept = _package(copy, "docs-adapters", *blend)
+    experiments = read_manifest(kept)["experiments"]
+    assert "adapters" not in experiments["tiny_llm"] and "adapters" not in experiments["full"]
     for entry in experiments.values():
         assert entry["paths"]["text.backbone"] == "backbones/decoder"
-    backbone = bundle / "backbones" / "decoder"
-    assert (backbone / "model.safetensors").read_bytes() == (
+    assert (kept / "backbones" / "decoder" / "model.safetensors").read_bytes() == (
         copy / "models" / "decoder" / "model.safetensors"
     ).read_bytes()
+    merged = _package(copy, "docs-merged", *blend, "kaggle.merge_adapters=true")
+    experiments = read_manifest(merged)["experiments"]
+    assert experiments["tiny_llm"]["adapters"] == "merged"
+    for entry in experiments.values():
+        assert entry["paths"]["text.backbone"] == "backbones/decoder/config.json"
+    assert not list((merged / "backbones" / "decoder").glob("*.safetensors"))
 
 
 def test_adapter_bundle_is_unchanged_and_predicts_bitwise(project, tmp_path):

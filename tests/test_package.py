@@ -573,7 +573,8 @@ train:
 
 def test_hub_named_text_backbone_ships_as_a_folder(tmp_path, monkeypatch):
     """The snapshot of a hub id travels as backbones/<name>/, and the bundle predicts with the
-    hub cache gone, as infer did with it."""
+    hub cache gone, as infer did with it, bit for bit. A full fine-tune's fold file holds the
+    whole model: the folder ships without its weights, the model built from its config."""
     cache = tmp_path / "hf-cache"
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     texts = [f"{TEXT_WORDS[i % 6]} {TEXT_WORDS[(i + 1) % 6]} {i}" for i in range(20)]
@@ -592,11 +593,10 @@ def test_hub_named_text_backbone_ships_as_a_folder(tmp_path, monkeypatch):
         _run("package", *config, *kaggle, "kaggle.timing_rows=0", f"kaggle.dataset_id={DATASET}")
         bundle = BUNDLE
         manifest = read_manifest(bundle)
-        assert (
-            manifest["experiments"]["hub_text"]["paths"]["text.backbone"] == "backbones/tiny-bert"
-        )
+        backbone = manifest["experiments"]["hub_text"]["paths"]["text.backbone"]
+        assert backbone == "backbones/tiny-bert/config.json"
         shipped = {p.name for p in (bundle / "backbones" / "tiny-bert").iterdir()}
-        assert shipped == {p.name for p in snapshot.iterdir()} and "model.safetensors" in shipped
+        assert shipped == {p.name for p in snapshot.iterdir()} - {"model.safetensors"}
         shutil.rmtree(cache)
         run_bundle(bundle, "local", environ={})
         offline = pd.read_parquet("outputs/offline/predictions/hub_text.parquet")

@@ -16,12 +16,13 @@ predictions        infer's, bit for bit                       infer's up to roun
                                                               in fp32, up to ~1e-2 in bf16
 =================  =========================================  ===============================
 
-Where every experiment built from a backbone folder ships merged files that hold every weight of
-its model (:func:`covers_config_build`: keys, shapes and dtypes), the bundle carries that folder
-without its weight files and the experiments' ``text.backbone`` names its ``config.json``: the
-model is built from the config (:func:`medalist.modalities.text_model.config_only`) and a fold's
-file gives every weight, predicting bit for bit as when built from the base. Otherwise (adapters
-left unmerged, a fully fine-tuned experiment on the same folder) the folder keeps its weights.
+Where every experiment built from a backbone folder ships files that hold every weight of its
+model (merged adapters, or a full fine-tune's folds; :func:`covers_config_build`: keys, shapes and
+dtypes), the bundle carries that folder without its weight files and the experiments'
+``text.backbone`` names its ``config.json``: the model is built from the config
+(:func:`medalist.modalities.text_model.config_only`) and a fold's file gives every weight,
+predicting bit for bit as when built from the base. Otherwise (adapters left unmerged on the same
+folder, weights stored in another dtype than the config's) the folder keeps its weights.
 
 Which files hold adapters is read from the files themselves (a ``base`` fingerprint in their
 metadata, :mod:`medalist.training.weights`), and merging is the model's own (its
@@ -147,18 +148,22 @@ def sample_tolerance(bundle: Path, entry: dict, atol: float) -> float:
 
 
 def covers_config_build(bundle: Path, entry: dict, key: str, folder: Path) -> bool:
-    """Every merged file of the experiment holds every weight of its model as the bundle builds
-    it from ``folder``'s config alone (``key``, e.g. ``text.backbone``, naming the folder's
-    ``config.json``): each key of its state dict, in its shape and dtype, or tied to one that is.
+    """Every weight file of the experiment (merged adapters, or a full fine-tune's) holds every
+    weight of its model as the bundle builds it from ``folder``'s config alone (``key``, e.g.
+    ``text.backbone``, naming the folder's ``config.json``): each key of its state dict, in its
+    shape and dtype, or tied to one that is.
 
-    Then the bundle needs no weights of ``folder``. The model is built once (its weights left
-    uninitialised) and each file's header read, not its tensors.
+    Then the experiment needs no weights of ``folder``. The model is built once (its weights left
+    uninitialised) and each file's header read, not its tensors. A model that cannot be built
+    without the base (unmerged LoRA adapters, a quantized base) is not covered.
     """
-    if entry.get("adapters") != "merged":
-        return False
     probe = {**entry, "paths": {**entry["paths"], key: str(folder / CONFIG_FILE)}}
     cfg = experiment_config(bundle, probe, bundle)  # the data folder is not read
-    model = get_modality(cfg.modality).build_model(cfg, read_task(bundle / entry["task"]))
+    try:
+        model = get_modality(cfg.modality).build_model(cfg, read_task(bundle / entry["task"]))
+    except ConfigError as exc:  # the model reads the base (LoRA): the folder keeps its weights
+        log.info("%s: %s", entry.get("config", folder), exc)
+        return False
     own = bare_model(model).state_dict()
     for files in entry["weights"].values():
         for relative in files:

@@ -15,7 +15,7 @@ manifest and the config. Writes
     outputs/ensemble/<name>/   weights.json, ensemble.yaml, task.json, cv.json (with an ensemble)
     backbones/<name>/          config, tokenizer and weight files of a text backbone folder (a
                                local one, or a hub id's cached snapshot); no weight files where
-                               every experiment built from it ships merged adapters
+                               every experiment built from it ships whole-model files
     outputs/<exp>/fold<k>/*.merged.safetensors
                                with kaggle.merge_adapters: a LoRA fold's whole model, adapters
                                merged into the base (:mod:`medalist.offline.merge`)
@@ -451,8 +451,9 @@ def _log_libraries(experiments: dict, install: list[str]) -> None:
 
 def _weightless_backbones(plan: Plan, experiments: dict, root: Path) -> set[Path]:
     """The backbone folders whose weights no packaged model reads: every experiment built from
-    one ships merged files that hold its whole model (:func:`covers_config_build`). Those
-    experiments' entries are pointed at the folder's config, the model built from it alone."""
+    one ships files that hold its whole model (merged adapters, a full fine-tune's folds:
+    :func:`covers_config_build`). Those experiments' entries are pointed at the folder's config,
+    the model built from it alone."""
     users: dict[Path, list[tuple[str, str]]] = {folder: [] for folder in plan.backbones}
     for experiment in plan.experiments:
         carried = _packaged_folder(experiment.cfg)
@@ -468,7 +469,7 @@ def _weightless_backbones(plan: Plan, experiments: dict, root: Path) -> set[Path
                 experiments[name]["paths"][key] = f"{plan.backbones[folder]}/{CONFIG_FILE}"
             log.info(
                 "backbone %s: shipped without its weights; %s build it from its config and load "
-                "their merged files",
+                "their whole-model files",
                 folder,
                 [name for name, _ in named],
             )
@@ -615,7 +616,7 @@ def build(cfg: Config, plan: Plan, root: Path) -> dict:
     outputs = Path(cfg.competition.outputs_dir)
     built = wheels.collect(cfg, root / "wheels", Path("."))
     experiments = {e.name: _copy_experiment(e, outputs, root, plan) for e in plan.experiments}
-    weightless = _weightless_backbones(plan, experiments, root) if plan.merged else set()
+    weightless = _weightless_backbones(plan, experiments, root)
     for source, relative in plan.backbones.items():
         _copy_backbone(source, root / relative, weights=source not in weightless)
     if plan.ensemble:
