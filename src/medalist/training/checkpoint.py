@@ -32,7 +32,7 @@ from safetensors.torch import save_file
 
 from medalist.errors import CheckpointError, MedalistError
 from medalist.io import write_json, write_text, write_with
-from medalist.training.weights import first_non_finite, read_weights, save_weights, saved_keys
+from medalist.training.weights import first_non_finite, read_weights, save_weights
 
 log = logging.getLogger(__name__)
 COMPLETE = "COMPLETE"
@@ -104,11 +104,9 @@ def save_checkpoint(
     for index, tensors in enumerate(hook_states):
         if tensors:
             _save_tensors(tensors, target / f"hook-{index}.safetensors")
-    keep = saved_keys(model)
     for name in ("model", "eval"):
         if best.get(name):
-            kept = {k: v for k, v in best[name].items() if keep is None or k in keep}
-            _save_tensors(kept, target / f"best-{name}.safetensors")
+            _save_tensors(best[name], target / f"best-{name}.safetensors")
     trainer = {
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),

@@ -54,9 +54,9 @@ class FoldResult:
     """The best epoch of a fold: its weights, its validation predictions and its scores.
 
     A fold's checkpoints hold its best epoch so far, so a resumed fold keeps the epoch an
-    uninterrupted one keeps. Under ``saved_keys()`` (LoRA) the state dicts hold copies of those
-    keys and, for the others, the model's own frozen tensors (:func:`snapshot_weights`): they
-    load into the model whole, and the base is not copied.
+    uninterrupted one keeps. Under ``saved_keys()`` (LoRA) the state dicts hold those keys alone
+    (:func:`snapshot_weights`), the base never copied; they load through
+    :func:`~medalist.training.weights.load_state_into`, which takes exactly those keys.
     """
 
     state_dict: dict
@@ -172,10 +172,6 @@ class RunCheckpoints:
             return None
         ckpt = load_checkpoint(found[-1])
         _restore(state, hooks, ckpt, found[-1])
-        best = ckpt["best"]
-        for name in ("model", "eval"):
-            if best.get(name):
-                best[name] = with_shared_base(state.model, best[name])
         log.info(
             "%s: resumed from %s (epoch %d, step %d)",
             self.name,
@@ -241,27 +237,17 @@ def snapshot_weights(accelerator, model, eval_model) -> tuple[dict, dict | None]
     epoch's, kept through later epochs and saved in each checkpoint. Their keys are the bare
     model's, whether or not it is compiled (:func:`~medalist.training.weights.bare_model`).
 
-    Under ``saved_keys()`` (LoRA) only those keys are copied; the others are the model's own
-    frozen tensors, so the dict still loads into the model whole and the base is never copied
-    (checkpoints save the copied keys alone).
+    Under ``saved_keys()`` (LoRA) only those keys are copied, as the weight files hold them: the
+    base is never copied, into memory or into a checkpoint.
     """
 
     def copy(module: torch.nn.Module) -> dict:
         unwrapped = bare_model(module)
         keep = saved_keys(unwrapped)
         return {
-            k: v.detach().to("cpu", copy=True) if keep is None or k in keep else v.detach()
+            k: v.detach().to("cpu", copy=True)
             for k, v in unwrapped.state_dict().items()
+            if keep is None or k in keep
         }
 
     return copy(model), (copy(eval_model) if eval_model is not model else None)
-
-
-def with_shared_base(model: torch.nn.Module, state: dict) -> dict:
-    """A snapshot read back from a checkpoint (its saved keys alone, under ``saved_keys()``)
-    completed with ``model``'s own frozen tensors, as :func:`snapshot_weights` made it."""
-    keep = saved_keys(model)
-    if keep is None:
-        return state
-    base = {k: v for k, v in bare_model(model).state_dict().items() if k not in keep}
-    return {**base, **state}

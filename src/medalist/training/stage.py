@@ -57,7 +57,7 @@ from medalist.training.runtime import (
     seed_everything,
 )
 from medalist.training.tracking import RunTracker, check_trackers
-from medalist.training.weights import load_weights, save_weights
+from medalist.training.weights import load_state_into, load_weights, save_weights
 from medalist.tricks.losses import soft_targets
 from medalist.tricks.registry import build_tricks
 from medalist.tricks.schedule import snapshot_names
@@ -452,7 +452,7 @@ def _save_fold_weights(model, folder: Path, fold: int, result, predicting: list[
     if result.eval_state_dict is not None:
         states[result.eval_name] = result.eval_state_dict
     for name, state in states.items():
-        model.load_state_dict(state)
+        load_state_into(model, state, f"{folder}: the kept epoch's {name} weights")
         meta = {
             "fold": fold,
             "epoch": result.best_epoch,
