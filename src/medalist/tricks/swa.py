@@ -51,7 +51,11 @@ class SWA(Hook):
         self.cfg = cfg
         self.average: AveragedModel | None = None  # of the trained parameters
         self.module: torch.nn.Module | None = None  # the model holding the averages
-        self.count = 0
+
+    @property
+    def count(self) -> int:
+        """The epochs averaged so far: ``AveragedModel``'s own counter."""
+        return 0 if self.average is None else int(self.average.n_averaged)
 
     def _source(self, state: TrainState) -> torch.nn.Module:
         ema = state.extra.get("ema_module")
@@ -73,7 +77,6 @@ class SWA(Hook):
             for own, theirs in zip(self.module.buffers(), source.buffers(), strict=True)
             if own is not theirs
         ]
-        self.count = 0
 
     def after_step(self, state):
         if self.cfg.lr is not None and state.epoch >= self.cfg.start_epoch:
@@ -87,7 +90,6 @@ class SWA(Hook):
         with torch.no_grad():
             for own, theirs in self._buffer_pairs:
                 own.copy_(theirs.to(own.device))
-        self.count += 1
         # The epoch's augmentations, whatever the number of processes: accelerate passes a
         # prepared loader's epoch on to the dataset in one process only, at its next iteration.
         if hasattr(state.train_loader, "set_epoch"):
@@ -104,6 +106,5 @@ class SWA(Hook):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if state:
             state = dict(state)
-            self.count = int(state.pop("swa_count"))
+            self.average.n_averaged.fill_(int(state.pop("swa_count")))
             load_average(self.module, state, "tricks.swa")
-            self.average.n_averaged.fill_(self.count)  # one update per averaged epoch
