@@ -94,8 +94,8 @@ def check_inputs(cfg: Config, df: pd.DataFrame, split: str, source: str) -> Path
     if split == "train" and config_only(cfg.text.backbone):
         raise ConfigError(
             f"text.backbone: {cfg.text.backbone} names a config.json, which builds the model "
-            "without its weights (the offline bundle of merged models does, loading each fold's "
-            "whole file next); training starts from the weights: name the model folder"
+            "without its weights (the offline bundle does, loading each fold's whole-model file "
+            "next); training starts from the weights: name the model folder"
         )
     if split == "train" and cfg.text.backbone:
         manifest.check_recorded(resolve_text(cfg.text.backbone, "text.backbone", download=True))

@@ -617,7 +617,8 @@ def build_model(cfg: Config, task: Task) -> TextModel:
 
     ``text.backbone`` naming a folder's ``config.json`` (:func:`config_only`): the backbone is
     built from the config (:func:`backbone_from_config`) for a file that holds every weight, as
-    the offline bundle of merged adapters does; LoRA, which needs the base weights, is refused.
+    the offline bundle of full fine-tunes and merged adapters does; LoRA, which needs the base
+    weights, is refused.
     """
     text = cfg.text
     folder = backbone_dir(text.backbone, "text.backbone")
