@@ -60,6 +60,12 @@ KEYS_NOT_TRAINING = (
     "train.seeds",
     "model.grad_checkpointing",
     "text.swap",
+    # Chosen on the OOF masks after training, applied by the submission.
+    "segmentation.threshold",
+    "segmentation.min_size",
+    "segmentation.thresholds",
+    "segmentation.min_sizes",
+    "segmentation.connectivity",
 )
 # Keys added since folds were first fingerprinted, left out while at their default (what training
 # did before they existed), so that folds trained earlier are not trained again for nothing.
@@ -161,17 +167,26 @@ def has_prediction_weights(cfg: Config, fold: int) -> bool:
 
 def training_config(cfg: Config) -> dict:
     """The config as training sees it: the sections that change a fold's weights."""
-    data = cfg.model_dump(mode="json", include=set(training_sections()))
-    for key in KEYS_NOT_TRAINING:
-        holder, name = _holder(data, key)
-        holder.pop(name, None)
+    data = _without_keys_not_training(cfg.model_dump(mode="json", include=set(training_sections())))
     for key, default in KEYS_ADDED.items():
         holder, name = _holder(data, key)
         if holder.get(name) == default:
             del holder[name]
     for section in added_sections():  # likewise whole sections, while at their defaults
-        if data[section] == type(getattr(cfg, section))().model_dump(mode="json"):
+        default = _without_keys_not_training(
+            {section: type(getattr(cfg, section))().model_dump(mode="json")}
+        )
+        if data[section] == default[section]:
             del data[section]
+    return data
+
+
+def _without_keys_not_training(data: dict) -> dict:
+    """``data`` (a config dump, or some of its sections) without :data:`KEYS_NOT_TRAINING`."""
+    for key in KEYS_NOT_TRAINING:
+        if key.split(".")[0] in data:
+            holder, name = _holder(data, key)
+            holder.pop(name, None)
     return data
 
 

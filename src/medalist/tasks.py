@@ -6,6 +6,7 @@ The training loop asks a task for these and never branches on the task's name.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import import_module
 
 import numpy as np
 import pandas as pd
@@ -13,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from medalist.config import Config
-from medalist.errors import DataError, show_value
+from medalist.errors import ConfigError, DataError, show_value
 from medalist.metrics import Metric, get_metric
+from medalist.modalities import OWN_TASKS
 
 DEFAULT_METRICS = {
     "binary": ["roc_auc", "log_loss", "accuracy"],
@@ -39,6 +41,11 @@ class Task:
     target_columns: list[str]
     classes: list = field(default_factory=list)
     metrics: list[Metric] = field(default_factory=list)
+
+    # None: the predictions are table rows, which the stages write, join and score themselves.
+    # A task whose predictions are not rows (segmentation masks) brings the object that does
+    # (:class:`medalist.modalities.segmentation.predictions.MaskPredictions`).
+    own_predictions = None
 
     @property
     def num_outputs(self) -> int:
@@ -136,8 +143,29 @@ def infer_classes(cfg: Config, train: pd.DataFrame) -> list:
 
 
 def build_task(cfg: Config, train: pd.DataFrame) -> Task:
+    """The config's task: one of this module's, or the one a modality brings
+    (:data:`medalist.modalities.OWN_TASKS`: segmentation's masks)."""
+    own = own_task(cfg)
+    if own is not None:
+        return own
     names = cfg.task.metrics or DEFAULT_METRICS[cfg.task.type]
     metrics = [get_metric(name, cfg.task.metric_direction) for name in names]
     return Task(
         cfg.task.type, list(cfg.competition.target_columns), infer_classes(cfg, train), metrics
     )
+
+
+def own_task(cfg: Config):
+    """The task a modality brings (:data:`medalist.modalities.OWN_TASKS`), built from the config
+    alone; None when the task is one of this module's (built with train.csv's classes)."""
+    module = OWN_TASKS.get(cfg.modality)
+    return None if module is None else import_module(module).build_task(cfg, None)
+
+
+def check_table_predictions(cfg: Config, what: str) -> None:
+    """Refuse, naming ``what``, a stage that reads prediction tables when the config's task
+    predicts something else (a modality's own task: segmentation masks), before any work."""
+    if cfg.modality in OWN_TASKS:
+        raise ConfigError(
+            f"{what}: not yet for modality {cfg.modality}, whose predictions are not table rows"
+        )

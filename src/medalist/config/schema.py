@@ -103,6 +103,8 @@ class Config(Section):
             self._check_text()
         if self.modality == "tabular":
             self._check_tabular()
+        if self.modality == "segmentation":
+            self._check_segmentation()
         if self.train.pseudo_round is not None and not self.pseudo.allow_test:
             raise ValueError("train.pseudo_round: pseudo.allow_test is false (the rules forbid it)")
         if self.train.folds and -1 in self.train.folds and len(self.train.folds) > 1:
@@ -148,6 +150,45 @@ class Config(Section):
         for key in ("features", "text_columns"):
             if self.competition.id_column in (getattr(self.tabular, key) or ()):
                 raise ValueError(f"tabular.{key}: '{self.competition.id_column}' is the id column")
+
+    def _check_segmentation(self) -> None:
+        # What acts on table rows or class labels, or what masks do not flow through yet:
+        # refused by key, never silently ignored.
+        tricks = self.tricks
+        refused = {
+            "tricks.mix": (tricks.mix.enabled, "mixup and cutmix mix labels, not masks"),
+            "tricks.rdrop": (tricks.rdrop.enabled, "R-Drop compares class distributions"),
+            "tricks.loss.label_smoothing": (
+                tricks.loss.label_smoothing != 0,
+                "segmentation.loss is the loss of masks",
+            ),
+            "tricks.loss.focal_gamma": (
+                tricks.loss.focal_gamma != 0,
+                "segmentation.loss is the loss of masks (it has focal)",
+            ),
+            "tricks.loss.class_weights": (
+                tricks.loss.class_weights is not None,
+                "segmentation.loss is the loss of masks",
+            ),
+            "tricks.loss.ohem_ratio": (
+                tricks.loss.ohem_ratio is not None,
+                "a mask loss is one value per batch, not per row",
+            ),
+            "tricks.sampler.balanced": (tricks.sampler.balanced, "masks have no class per row"),
+            "train.pseudo_round": (
+                self.train.pseudo_round is not None,
+                "pseudo labels are not yet made from masks",
+            ),
+            "train.seeds": (bool(self.train.seeds), "seed averages are not yet made of masks"),
+            "distill.teacher": (
+                self.distill.teacher is not None,
+                "distillation is not yet made from masks",
+            ),
+            "infer.tta_oof": (self.infer.tta_oof, "TTA on OOF masks is not yet scored"),
+        }
+        for key, (used, why) in refused.items():
+            if used:
+                raise ValueError(f"{key}: not for modality segmentation ({why})")
 
     def hash(self) -> str:
         """A short, stable hash of the resolved config (key order independent)."""

@@ -30,10 +30,12 @@ CHUNK_VALUES = 1 << 20  # float64 values per temporary (8 MiB)
 
 @dataclass
 class HillResult:
-    """The picked models in order, their counts as weights, and the score after each pick."""
+    """The picked models in order, their counts (``picks``) and shares of the total
+    (``weights``), and the score after each pick."""
 
     selection: list[int] = field(default_factory=list)
     weights: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    picks: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     history: list[float] = field(default_factory=list)
 
     @property
@@ -47,9 +49,20 @@ def _pick(scores: np.ndarray, metric: Metric) -> int:
     return int(np.argmax(signed))
 
 
-def _climb(preds, metric, iterations, replacement, patience, score: Scorer) -> HillResult:
-    n_models = len(preds)
-    total = np.zeros(preds.shape[1:], dtype=np.float64)  # the sum of the picked models
+def climb(
+    n_models: int,
+    metric: Metric,
+    iterations: int,
+    replacement: bool,
+    patience: int,
+    score: Callable[[np.ndarray, int], np.ndarray],
+    add: Callable[[int], None],
+) -> HillResult:
+    """The selection itself, whatever the predictions are: ``score(candidates, count)`` scores
+    the blend of the ``count`` models picked so far with each candidate added, and ``add(model)``
+    adds a picked model to that blend (tables here, masks in
+    :mod:`medalist.modalities.segmentation.blend`). The weights are the pick counts over their
+    total; ``picks`` the counts themselves."""
     counts = np.zeros(n_models, dtype=np.int64)
     result = HillResult()
     kept, stale = 0, 0  # the length of the best selection so far; steps since it improved
@@ -57,7 +70,7 @@ def _climb(preds, metric, iterations, replacement, patience, score: Scorer) -> H
         candidates = np.arange(n_models) if replacement else np.flatnonzero(counts == 0)
         if candidates.size == 0:
             break
-        scores = score(total, int(counts.sum()), candidates)
+        scores = score(candidates, int(counts.sum()))
         best = _pick(scores, metric)
         if kept and not metric.better(scores[best], result.history[kept - 1]):
             stale += 1
@@ -66,15 +79,33 @@ def _climb(preds, metric, iterations, replacement, patience, score: Scorer) -> H
         else:
             kept, stale = len(result.selection) + 1, 0
         model = int(candidates[best])
-        total += preds[model]
+        add(model)
         counts[model] += 1
         result.selection.append(model)
         result.history.append(float(scores[best]))
     # The best selection: the steps after it (patience) did not beat it.
     del result.selection[kept:], result.history[kept:]
-    counts = np.bincount(np.array(result.selection, dtype=np.int64), minlength=n_models)
-    result.weights = counts / max(counts.sum(), 1)
+    result.picks = np.bincount(np.array(result.selection, dtype=np.int64), minlength=n_models)
+    result.weights = result.picks / max(result.picks.sum(), 1)
     return result
+
+
+def _climb(preds, metric, iterations, replacement, patience, score: Scorer) -> HillResult:
+    """:func:`climb` on prediction tables (n_models, n_rows, n_columns), with a table scorer."""
+    total = np.zeros(preds.shape[1:], dtype=np.float64)  # the sum of the picked models
+
+    def add(model: int) -> None:
+        total[...] += preds[model]
+
+    return climb(
+        len(preds),
+        metric,
+        iterations,
+        replacement,
+        patience,
+        lambda candidates, count: score(total, count, candidates),
+        add,
+    )
 
 
 def hill_climb(

@@ -37,7 +37,7 @@ from medalist.io import write_json, write_parquet, write_text
 from medalist.layout import ensemble_dir
 from medalist.metrics import Metric, get_metric
 from medalist.submission import stage as submission_stage
-from medalist.tasks import DEFAULT_METRICS
+from medalist.tasks import DEFAULT_METRICS, own_task
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +190,9 @@ def run(cfg: Config, ens_cfg: EnsembleConfig) -> dict:
         DataError, FoldsMismatchError: a member's files differ in ids, columns, folds or
             hold NaN (the message names the member).
     """
+    task = own_task(cfg)
+    if task is not None:  # masks: blended, scored and submitted by the task
+        return task.own_predictions.ensemble(cfg, ens_cfg)
     metric, metrics = task_metrics(cfg, ens_cfg)
     check_method(ens_cfg, cfg.task.type, metric)
     inputs = load_inputs(cfg, ens_cfg.experiments)

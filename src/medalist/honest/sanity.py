@@ -73,7 +73,7 @@ from medalist.io import sha256_bytes, write_json
 from medalist.layout import FULL_FIT, sanity_dir, sanity_outputs, train_path
 from medalist.metrics import Metric
 from medalist.modalities import get_modality
-from medalist.tasks import Task, build_task
+from medalist.tasks import Task, build_task, check_table_predictions
 from medalist.training import stage as training
 from medalist.training.runtime import process_state
 
@@ -269,6 +269,7 @@ def run(cfg: Config) -> dict:
     Raises:
         LeakError: the CV is above chance (after ``sanity.json`` is written).
     """
+    check_table_predictions(cfg, "sanity")
     _check(cfg)
     train = read_train(cfg)
     task = build_task(cfg, train)

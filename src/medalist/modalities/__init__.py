@@ -10,6 +10,10 @@ and one line in :data:`MODALITIES`.
 - :mod:`~medalist.modalities.text`: text columns, a local tokenizer, dynamic padding, truncation
   views (:mod:`~medalist.modalities.text_views`); :mod:`~medalist.modalities.text_model` its
   transformers backbone and pooling; :mod:`~medalist.modalities.mlm` the ``pretrain-mlm`` stage.
+- :mod:`~medalist.modalities.tabular`: table columns; GBDTs fitted by their library, an MLP.
+- :mod:`~medalist.modalities.segmentation`: images and their masks, smp models, masks predicted
+  and submitted as RLE (:mod:`~medalist.modalities.segmentation.modality`); its task is its own
+  (:data:`OWN_TASKS`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,11 @@ MODALITIES = {
     "image": "medalist.modalities.image",
     "text": "medalist.modalities.text",
     "tabular": "medalist.modalities.tabular",
+    "segmentation": "medalist.modalities.segmentation.modality",
 }
+# name -> the module whose ``build_task(cfg, train)`` builds the task of a modality whose targets
+# are not train.csv's columns (masks); the other modalities' tasks are medalist.tasks'.
+OWN_TASKS = {"segmentation": "medalist.modalities.segmentation.task"}
 
 
 def get_modality(name: str) -> ModuleType:

@@ -45,6 +45,7 @@ from medalist.errors import ConfigError
 from medalist.modalities import get_modality
 from medalist.modalities.text_model import CONFIG_FILE
 from medalist.offline.predict import experiment_config, read_task
+from medalist.prediction.infer import prediction_build_config
 from medalist.tasks import Task
 from medalist.training.weights import (
     BASE_KEY,
@@ -116,8 +117,7 @@ def merge_file(cfg: Config, task: Task, source: Path, target: Path) -> dict:
     (its base fingerprint checked), merged, and saved with the source's metadata (``merged``
     added). Returns the config overrides under which the merged model is built (no peft).
     """
-    unread = {"pretrained": False, "pretrained_path": None}
-    build_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update=unread)})
+    build_cfg = prediction_build_config(cfg)
     model = load_weights(get_modality(cfg.modality).build_model(build_cfg, task), source)
     merge = getattr(bare_model(model), "merge_adapters", None)
     if not callable(merge):

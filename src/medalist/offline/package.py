@@ -87,6 +87,7 @@ from medalist.offline.predict import BLENDERS, FORMAT, MANIFEST, read_task
 from medalist.offline.timing import estimate
 from medalist.prediction.infer import INFERENCE_KEYS, inference_settings, trained_folds
 from medalist.pretrained.resolve import snapshot_label
+from medalist.tasks import own_task
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +287,8 @@ def _ensemble(cfg: Config, outputs: Path) -> tuple[dict, list[str]]:
             f"kaggle.ensemble: '{name}' is a {method}; a level-2 model cannot ship without "
             f"pickling, so only blends with saved weights can be packaged ({sorted(BLENDERS)})"
         )
-    saved = json.loads((folder / "weights.json").read_text(encoding="utf-8"))["weights"]
+    record = json.loads((folder / "weights.json").read_text(encoding="utf-8"))
+    saved, picks = record["weights"], record.get("picks")  # picks: a mask blend's integers
     members, experiments = [], []
     for member, folders in expand_members(settings["experiments"], outputs):
         names = []
@@ -299,7 +301,10 @@ def _ensemble(cfg: Config, outputs: Path) -> tuple[dict, list[str]]:
             names.append(path.resolve().relative_to(outputs.resolve()).as_posix())
         if member not in saved:
             raise DataError(f"kaggle.ensemble: {folder}/weights.json has no weight for '{member}'")
-        members.append({"name": member, "experiments": names, "weight": float(saved[member])})
+        entry = {"name": member, "experiments": names, "weight": float(saved[member])}
+        if picks is not None:
+            entry["picks"] = int(picks[member])
+        members.append(entry)
         experiments += [n for n in names if n not in experiments]
     return {"name": name, "method": method, "members": members}, experiments
 
@@ -385,7 +390,8 @@ def _place(source: Path, target: Path) -> None:
 def _copy_experiment(experiment: Experiment, outputs: Path, root: Path, plan: Plan) -> dict:
     source = outputs / experiment.name
     target = f"outputs/{experiment.name}"
-    for name in ("config.yaml", "task.json", "metrics.json"):
+    # postprocess.json: the threshold and minimum size the submission applies to masks.
+    for name in ("config.yaml", "task.json", "metrics.json", "postprocess.json"):
         if (source / name).is_file():
             _place(source / name, root / target / name)
     entry: dict = {"config": f"{target}/config.yaml", "task": f"{target}/task.json"}
@@ -553,7 +559,12 @@ def _timing(cfg: Config, root: Path, manifest: dict) -> dict | None:
         root, manifest["experiments"], data, k.timing_rows, total, k.time_limit_hours
     )
     outputs = Path(cfg.competition.outputs_dir)
+    own = own_task(cfg)
     for name, (test, values) in samples.items():
+        if own is not None:  # masks: against the experiment's own test masks
+            ids = test[cfg.competition.id_column].tolist()
+            own.own_predictions.check_against_local(outputs / name, name, ids, values)
+            continue
         entry = manifest["experiments"][name]
         merged, atol = entry.get("adapters") == "merged", sample_tolerance(root, entry, SAMPLE_ATOL)
         _check_against_local(outputs, cfg.competition.id_column, name, test, values, merged, atol)
@@ -621,7 +632,7 @@ def build(cfg: Config, plan: Plan, root: Path) -> dict:
         _copy_backbone(source, root / relative, weights=source not in weightless)
     if plan.ensemble:
         folder = ensemble_folder(outputs, plan.ensemble["name"])
-        for name in ("weights.json", "ensemble.yaml", "task.json", "cv.json"):
+        for name in ("weights.json", "ensemble.yaml", "task.json", "cv.json", "postprocess.json"):
             if (folder / name).is_file():
                 _place(folder / name, root / "outputs" / "ensemble" / plan.ensemble["name"] / name)
     folds_manifest = folds_files(cfg)[1]

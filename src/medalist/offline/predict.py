@@ -47,7 +47,7 @@ from medalist.layout import sample_path, test_path
 from medalist.modalities import get_modality
 from medalist.prediction.infer import predict_files
 from medalist.submission import stage as submission_stage
-from medalist.tasks import Task
+from medalist.tasks import Task, own_task
 from medalist.training.runtime import make_accelerator, make_loader
 
 log = logging.getLogger(__name__)
@@ -233,11 +233,14 @@ def predict_experiment(
 
     cfg = experiment_config(bundle, entry, data, stacked)
     modality = get_modality(cfg.modality)
-    task = read_task(bundle / entry["task"])
+    task = own_task(cfg) or read_task(bundle / entry["task"])
+    own = task.own_predictions  # masks: predicted as `infer` predicts them, image by image
     dataset, test, views = _test_dataset(cfg, rows)
     tokens = count_tokens(dataset) if timings is not None else None
     accelerator = make_accelerator(cfg)
-    loader = accelerator.prepare(make_loader(dataset, cfg.infer.batch_size, shuffle=False, cfg=cfg))
+    if own is None:
+        loader = make_loader(dataset, cfg.infer.batch_size, shuffle=False, cfg=cfg)
+        loader = accelerator.prepare(loader)
     per_fold = []
     for fold, files in entry["weights"].items():
 
@@ -256,6 +259,12 @@ def predict_experiment(
             )
 
         paths = [bundle / weights for weights in fold_files(files)]
+        if own is not None:
+            on_file = None if timings is None else timed
+            per_fold.append(
+                own.predict_files(cfg, modality, accelerator, paths, dataset, views, on_file)
+            )
+            continue
         per_fold.append(
             predict_files(
                 cfg,
@@ -269,6 +278,8 @@ def predict_experiment(
                 on_file=None if timings is None else timed,
             )
         )
+    if own is not None:
+        return test, task, own.fold_mean(per_fold)
     return test, task, np.mean(per_fold, axis=0)
 
 
@@ -339,6 +350,17 @@ def blend(manifest: dict, task_type: str, predictions: dict[str, np.ndarray]) ->
     return blender.predict(stacked)
 
 
+def blend_own(manifest: dict, task, predictions: dict[str, np.ndarray]) -> np.ndarray:
+    """The ensemble of a task's own predictions (masks), as the ensemble stage blended them
+    (its members' pick counts); a member run with several seeds is the mean of its seeds."""
+    own = task.own_predictions
+    members = []
+    for member in manifest["ensemble"]["members"]:
+        seeds = [list(predictions[experiment]) for experiment in member["experiments"]]
+        members.append((member["picks"], list(own.fold_mean(seeds))))
+    return own.blend(members)
+
+
 def prediction_table(id_column: str, test: pd.DataFrame, task: Task, values) -> pd.DataFrame:
     table = pd.DataFrame(values, columns=task.pred_columns)
     table.insert(0, id_column, test[id_column].to_numpy())
@@ -347,15 +369,32 @@ def prediction_table(id_column: str, test: pd.DataFrame, task: Task, values) -> 
 
 def write_submission(bundle: Path, paths: Paths, experiment: str, table: pd.DataFrame) -> Path:
     """``<working>/submission.csv`` through the ``submission`` stage (validated)."""
+    cfg = submission_config(bundle, paths, experiment)
+    predictions = paths.working / "predictions" / f"{experiment.replace('/', '__')}.parquet"
+    write_parquet(predictions, table)
+    return submission_stage.run(cfg, predictions=predictions)
+
+
+def write_own_submission(bundle: Path, paths: Paths, experiment: str, task, ids, values) -> Path:
+    """``<working>/submission.csv`` from a task's own predictions (masks), stored as ``infer``
+    stores them, through the ``submission`` stage (validated)."""
+    cfg = submission_config(bundle, paths, experiment)
+    name = f"{experiment.replace('/', '__')}.masks.safetensors"
+    predictions = task.own_predictions.write_predictions(
+        paths.working / "predictions" / name, ids, values
+    )
+    return submission_stage.run(cfg, predictions=predictions)
+
+
+def submission_config(bundle: Path, paths: Paths, experiment: str) -> Config:
+    """The bundle's config for the submission stage of ``experiment``: data from ``paths``,
+    the bundle's outputs (an experiment's post-processing), the file into the working folder."""
     cfg = resolve_config(bundle / "config.yaml")
     cfg = _with(cfg, "competition.data_dir", str(paths.data))
     cfg = _with(cfg, "competition.outputs_dir", str(bundle / "outputs"))
     cfg = _with(cfg, "competition.submissions_dir", str(paths.working))
     cfg = _with(cfg, "train.experiment", experiment)
-    cfg = _with(cfg, "submission.name", "submission")
-    predictions = paths.working / "predictions" / f"{experiment.replace('/', '__')}.parquet"
-    write_parquet(predictions, table)
-    return submission_stage.run(cfg, predictions=predictions)
+    return _with(cfg, "submission.name", "submission")
 
 
 def check_inputs(bundle: Path, paths: Paths) -> None:
@@ -446,14 +485,19 @@ def run_bundle(
     if manifest.get("ensemble"):
         experiment = f"ensemble/{manifest['ensemble']['name']}"
         task = tasks[manifest["ensemble"]["members"][0]["experiments"][0]]
-        values = blend(manifest, task.type, predictions)
+        if task.own_predictions is not None:
+            values = blend_own(manifest, task, predictions)
+        else:
+            values = blend(manifest, task.type, predictions)
     else:
         # A bundle of an older medalist names no prediction: its one experiment.
         experiment = manifest.get("prediction") or next(iter(experiments))
         task, values = tasks[experiment], predictions[experiment]
-    path = write_submission(
-        bundle, paths, experiment, prediction_table(id_column, test, task, values)
-    )
+    if task.own_predictions is not None:  # masks: stored, then the submission stage's RLE
+        path = write_own_submission(bundle, paths, experiment, task, test[id_column], values)
+    else:
+        table = prediction_table(id_column, test, task, values)
+        path = write_submission(bundle, paths, experiment, table)
     seconds = time.perf_counter() - started
     report = {
         "profile": profile,

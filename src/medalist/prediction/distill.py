@@ -42,7 +42,7 @@ from medalist.layout import (
 from medalist.modalities import get_modality
 from medalist.prediction.infer import load_task, predict_fold
 from medalist.prediction.pseudo import folds_hash
-from medalist.tasks import build_task
+from medalist.tasks import build_task, check_table_predictions
 from medalist.training.distill import check_learner, check_student, soften
 from medalist.training.runtime import make_accelerator, make_loader, process_state
 
@@ -113,6 +113,7 @@ def _check_teacher(cfg: Config, tcfg: Config, folds: list[int], pred_columns: li
 
 def run(cfg: Config) -> dict:
     """Write the teacher's soft targets of each student fold's training rows; returns the record."""
+    check_table_predictions(cfg, "distill")
     if cfg.distill.teacher is None:
         raise ConfigError("distill.teacher: not set; name the teacher experiment to distil")
     check_student(cfg)

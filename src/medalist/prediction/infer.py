@@ -162,6 +162,14 @@ def predict(model, loader, accelerator, task: Task, views: list[str], how: str, 
     return torch.cat(outputs).numpy()[order]
 
 
+def prediction_build_config(cfg: Config) -> Config:
+    """``cfg`` to build a model that a fine-tuned file then fills: the fine-tuned file replaces
+    every weight, so the model is built without reading pretrained ones (a machine without
+    them, such as the offline notebook, predicts the same)."""
+    unread = {"pretrained": False, "pretrained_path": None}
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update=unread)})
+
+
 def predict_files(
     cfg: Config,
     task: Task,
@@ -188,23 +196,39 @@ def predict_files(
         if on_file is not None:
             on_file(paths[-1], 0.0, time.perf_counter() - started)
         return values
-    # The fine-tuned file replaces every weight: the model is built without reading pretrained
-    # ones (a machine without them, such as the offline notebook, predicts the same).
-    unread = {"pretrained": False, "pretrained_path": None}
-    build_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update=unread)})
+
+    def predicted(model):
+        return predict(model, loader, accelerator, task, views, cfg.infer.tta_merge, progress)
+
+    outputs = each_weight_file(cfg, task, modality, accelerator, paths, predicted, on_file)
+    return mean_prediction(outputs)
+
+
+def each_weight_file(
+    cfg: Config,
+    task,
+    modality,
+    accelerator,
+    paths: list[Path],
+    predicted: Callable[[torch.nn.Module], object],
+    on_file: Callable[[Path, float, float], None] | None = None,
+) -> list:
+    """``predicted(model)`` for the model of each weight file in ``paths``, in order: built
+    without pretrained weights (:func:`prediction_build_config`), the file loaded, run as
+    :func:`prediction_model` sets it up, freed after. ``on_file(path, load_seconds,
+    predict_seconds)`` runs after each file (the bundle's timing)."""
+    build_cfg = prediction_build_config(cfg)
     outputs = []
     for path in paths:
         started = time.perf_counter()
         model = load_weights(modality.build_model(build_cfg, task), path)
         model = prediction_model(cfg, model, accelerator)
         loaded = time.perf_counter()
-        outputs.append(
-            predict(model, loader, accelerator, task, views, cfg.infer.tta_merge, progress)
-        )
+        outputs.append(predicted(model))
         if on_file is not None:
             on_file(path, loaded - started, time.perf_counter() - loaded)
         accelerator.free_memory(model)
-    return mean_prediction(outputs)
+    return outputs
 
 
 def predict_fold(cfg, task, modality, accelerator, fold, loader, views, progress=False):
@@ -234,6 +258,8 @@ def run(cfg: Config) -> pd.DataFrame:
     task = load_task(cfg, train)
     test = read_test(cfg)
     modality.check_inputs(cfg, test, "test", str(test_path(cfg)))  # every row, before any work
+    if task.own_predictions is not None:  # masks: predicted and written by the task
+        return _run_own(cfg, task, modality, test, views)
     dataset = modality.build_dataset(
         cfg, test, None, split="test", train=False, source=str(test_path(cfg)), views=views
     )
@@ -264,6 +290,24 @@ def run(cfg: Config) -> pd.DataFrame:
         tta_oof(cfg, task, modality, accelerator, train, folds_table, folds, views)
     accelerator.wait_for_everyone()  # the main process's files are on disk before anyone reads
     return table
+
+
+def _run_own(cfg: Config, task: Task, modality, test: pd.DataFrame, views) -> pd.DataFrame:
+    """Test predictions that are not table rows (masks): each fold's and their mean, written
+    by the task (``task.own_predictions``); returns the test ids."""
+    folds = trained_folds(cfg)
+    accelerator = make_accelerator(cfg)
+    task.own_predictions.infer(cfg, modality, accelerator, folds, views)
+    if accelerator.is_main_process:
+        write_json(experiment_dir(cfg) / "infer.json", inference_settings(cfg))
+        log.info(
+            "test masks of %d fold(s), %d view(s) written to %s",
+            len(folds),
+            len(views),
+            experiment_dir(cfg),
+        )
+    accelerator.wait_for_everyone()
+    return test[[cfg.competition.id_column]]
 
 
 def _run_seeds(cfg: Config) -> pd.DataFrame:

@@ -31,6 +31,7 @@ from medalist.data import read_test
 from medalist.errors import ConfigError, DataError
 from medalist.io import sha256_file, write_json, write_parquet
 from medalist.layout import FULL_FIT, fold_name, folds_files, outputs_dir, pseudo_dir
+from medalist.tasks import check_table_predictions
 from medalist.training.runtime import process_state
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,7 @@ def _teacher_tables(cfg: Config, teachers: list[str], name: str, current_hash: s
 
 def run(cfg: Config) -> dict:
     """Build round ``pseudo.round``'s labels from the teachers' test predictions."""
+    check_table_predictions(cfg, "pseudo")
     if not cfg.pseudo.allow_test:
         raise ConfigError("pseudo.allow_test: false; this competition's test set is not labelled")
     teachers = cfg.pseudo.teachers or [cfg.train.experiment]

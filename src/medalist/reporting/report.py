@@ -42,6 +42,7 @@ from medalist.honest.sweep import sweep_results, trials_table
 from medalist.io import write_text
 from medalist.layout import adversarial_file, ensemble_folder, sanity_file
 from medalist.reporting.importance import Importance, feature_importance, gain_meaning
+from medalist.tasks import check_table_predictions
 
 log = logging.getLogger(__name__)
 
@@ -570,6 +571,7 @@ def write_report(
     """
     outputs_dir = Path(outputs_dir)
     cfg = cfg or _config_of(outputs_dir, list(experiments), ensemble)
+    check_table_predictions(cfg, "report")
     inputs = labelled_inputs(cfg)
     members = _members(outputs_dir, list(experiments), ensemble)
     subjects = [_subject(inputs, name, folders) for name, folders in members]

@@ -172,7 +172,13 @@ def predict_logits(model, loader, accelerator: Accelerator, progress: bool = Fal
 def evaluate(
     task: Task, model, loader, targets: np.ndarray, accelerator: Accelerator
 ) -> tuple[dict, np.ndarray]:
-    """Scores (with the plain task loss as ``valid_loss``) and logits on the validation rows."""
+    """Scores (with the plain task loss as ``valid_loss``) and logits on the validation rows.
+
+    A task that evaluates itself (``task.evaluate``: masks, scored image by image as batches
+    come, no logits kept) returns its scores and None."""
+    own = getattr(task, "evaluate", None)
+    if own is not None:
+        return own(model, loader, targets, accelerator)
     _, logits = predict_logits(model, loader, accelerator)
     logits_t = torch.from_numpy(logits)
     scores = task.score(targets, task.activate(logits_t).numpy())

@@ -344,19 +344,28 @@ def _train_fold(
     snapshots = snapshot_names(cfg)
     if snapshots:
         accelerator.wait_for_everyone()  # the main process saved them; every process reads them
+    own = task.own_predictions  # masks: predicted from the saved weights, below
     probs = scores = None
-    if valid_rows is not None and snapshots:
+    if valid_rows is None or own is not None:
+        pass
+    elif snapshots:
         paths = [folder / name for name in snapshots]
         probs = _snapshot_oof(cfg, task, model, valid_set, paths, accelerator)
         log.info("fold %s: OOF from the mean of %d snapshots", fold, len(paths))
         scores = task.score(valid_targets, probs)  # the fold's scores are its OOF's
-    elif valid_rows is not None:
+    else:
         probs = task.activate(torch.from_numpy(result.valid_logits)).numpy()
     if not accelerator.is_main_process:
         return
     # The files the OOF rows came from are the ones the fold predicts the test set with.
     predicting = snapshots or [weights_file(result.eval_name)]
     _save_fold_weights(model, folder, fold, result, predicting)
+    if own is not None and valid_rows is not None:
+        ids = train[cfg.competition.id_column].iloc[valid_rows]
+        paths = [folder / name for name in predicting]
+        scores = own.fold_oof(
+            cfg, modality, accelerator, fold, ids, valid_set, valid_targets, paths
+        )
     if probs is not None:
         _write_oof(cfg, task, train, valid_rows, fold, probs)
     write_parquet(folder / "log.parquet", pd.DataFrame(result.history))
@@ -488,12 +497,13 @@ def summarize(cfg, task, train, targets, folds, selected) -> dict:
     the CV on the test-like rows when the folds flag them (``folds.test_like``)."""
     out = experiment_dir(cfg)
     id_column = cfg.competition.id_column
+    own = task.own_predictions
     per_fold, parts, logs = {}, [], []
     for fold in selected:
         folder = fold_dir(cfg, fold)
         per_fold[str(fold)] = json.loads((folder / "scores.json").read_text())["scores"]
         logs.append(pd.read_parquet(folder / "log.parquet"))
-        if fold != FULL_FIT:
+        if fold != FULL_FIT and own is None:
             parts.append(pd.read_parquet(folder / "oof.parquet"))
     write_text(out / "log.csv", pd.concat(logs).to_csv(index=False))
     metrics: dict = {
@@ -501,8 +511,10 @@ def summarize(cfg, task, train, targets, folds, selected) -> dict:
         "main_metric": task.main_metric.name,
         "folds": per_fold,
     }
-    if not parts:
-        return metrics
+    if own is not None:  # masks: joined, scored and post-processed by the task
+        metrics.update(own.join_oof(cfg, train, targets, folds, selected))
+    if not parts or own is not None:
+        return _fold_spread(metrics, per_fold)
     oof = pd.concat(parts)
     position = pd.Series(np.arange(len(train)), index=train[id_column].astype(str))
     rows = position.loc[oof[id_column].astype(str)].to_numpy()
@@ -514,8 +526,17 @@ def summarize(cfg, task, train, targets, folds, selected) -> dict:
     predictions = oof[task.pred_columns].to_numpy()
     metrics["cv"] = task.score(targets[rows], predictions)
     metrics.update(test_like_scores(task, folds, targets, rows, predictions))
+    _fold_spread(metrics, per_fold)
+    metrics["complete"] = len(rows) == len(train)
+    return metrics
+
+
+def _fold_spread(metrics: dict, per_fold: dict) -> dict:
+    """``metrics`` with the mean and std over the scored folds of each CV metric (none
+    without a CV: a full fit alone)."""
+    if "cv" not in metrics:
+        return metrics
     scored = [s for f, s in per_fold.items() if f != str(FULL_FIT)]
     metrics["fold_mean"] = {m: float(np.mean([s[m] for s in scored])) for m in metrics["cv"]}
     metrics["fold_std"] = {m: float(np.std([s[m] for s in scored])) for m in metrics["cv"]}
-    metrics["complete"] = len(rows) == len(train)
     return metrics

@@ -1,5 +1,16 @@
 """Semantic segmentation: masks in, run-length-encoded submissions out.
 
+- :mod:`~medalist.modalities.segmentation.modality`: the ``segmentation`` modality (the protocol
+  the stages use).
+- :mod:`~medalist.modalities.segmentation.task`: its task: masks as targets, the loss, Dice and
+  IoU per image, validation from pixel counts batch by batch.
+- :mod:`~medalist.modalities.segmentation.predictions`: the mask files the stages write (OOF,
+  test), the post-processing chosen on OOF, the RLE submission, the offline bundle's masks.
+- :mod:`~medalist.modalities.segmentation.blend`: ensembles of masks (mean, hill climbing) with
+  nested CV.
+- :mod:`~medalist.modalities.segmentation.data`, :mod:`~medalist.modalities.segmentation.inputs`,
+  :mod:`~medalist.modalities.segmentation.model`: the datasets, the input checks, smp models on
+  timm encoders.
 - :mod:`~medalist.modalities.segmentation.rle`: run-length encoding in column-major or row-major
   pixel order (1-based starts), strict decoding, and a plausibility check of the configured order.
 - :mod:`~medalist.modalities.segmentation.masks`: training targets from mask image files (one per

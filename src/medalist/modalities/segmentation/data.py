@@ -33,7 +33,7 @@ from medalist.config import Config
 from medalist.errors import DataError
 from medalist.modalities import image
 from medalist.modalities.segmentation.inputs import mask_layout
-from medalist.modalities.segmentation.masks import MaskTargets
+from medalist.modalities.segmentation.masks import MaskTargets, image_size
 
 
 def crop_size(cfg: Config) -> int:
@@ -133,6 +133,28 @@ class SegmentationDataset(image.EpochSeeded):
         return sample
 
 
+class WholeImages(SegmentationDataset):
+    """Whole images (evaluation, prediction), batched with images of their own size.
+
+    Images of one size go in the same batches (in row order, at most ``batch_size`` each), so a
+    set of images of several sizes is evaluated without resizing or padding any of them; the
+    sizes come from the files' headers.
+    """
+
+    def batch_sampler(self, batch_size: int, *, shuffle: bool = False, seed: int = 0):
+        """Batches of row indices, each of one image size (``shuffle`` is ignored: the order
+        of evaluation does not matter, and row order is the reproducible one)."""
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index, path in enumerate(self.paths):
+            size = image_size(path, f"{self.source}: row {index}")
+            by_size.setdefault(size, []).append(index)
+        return [
+            rows[start : start + batch_size]
+            for rows in by_size.values()
+            for start in range(0, len(rows), batch_size)
+        ]
+
+
 def build_dataset(
     cfg: Config,
     df: pd.DataFrame,
@@ -144,7 +166,8 @@ def build_dataset(
     weights=None,
     views=None,
 ) -> SegmentationDataset:
-    """The rows as a dataset (``train``: augmented crops; else whole images).
+    """The rows as a dataset (``train``: augmented crops; else whole images batched by size,
+    :class:`WholeImages`).
 
     ``targets``: each row's mask when given (soft pseudo masks); None: the masks that
     ``segmentation.*`` names for training rows, none for test rows. ``views`` (TTA) are applied to
@@ -153,7 +176,8 @@ def build_dataset(
     paths = image.image_paths(cfg, df, split, source)
     if targets is None and split == "train":
         targets = MaskTargets(mask_layout(cfg), df, paths, source)
-    return SegmentationDataset(
+    cls = SegmentationDataset if train else WholeImages
+    return cls(
         paths,
         targets,
         build_pipeline(cfg, train),

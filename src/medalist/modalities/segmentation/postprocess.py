@@ -26,6 +26,7 @@ from scipy import ndimage
 from medalist.modalities.segmentation.scoring import from_counts
 
 CONNECTIVITY = (4, 8)
+CHOICE_FILE = "postprocess.json"  # the threshold and minimum size chosen on an experiment's OOF
 
 
 def _structure(connectivity: int) -> np.ndarray:

@@ -22,7 +22,11 @@ argmax, scored per class against class indices (N, H, W).
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
+
+from medalist.metrics import Metric
 
 MODES = ("binary", "multiclass", "multilabel")
 METRICS = ("dice", "iou")
@@ -125,3 +129,13 @@ def mean_score(table: np.ndarray) -> float:
     table = np.asarray(table, dtype=np.float64)
     scored = table[~np.isnan(table)]
     return float(scored.mean()) if scored.size else float("nan")
+
+
+def mask_metric(name: str, mode: str, empty: str) -> Metric:
+    """``dice`` or ``iou`` as a :class:`~medalist.metrics.Metric` (greater is better) of stacked
+    probability masks: ``metric(masks, probs)`` is the mean of :func:`score_table`."""
+    return Metric(name, partial(_stacked_score, mode=mode, metric=name, empty=empty), True)
+
+
+def _stacked_score(y_true, y_pred, *, mode: str, metric: str, empty: str) -> float:
+    return mean_score(score_table(y_pred, y_true, mode, metric=metric, empty=empty))

@@ -32,6 +32,9 @@ LEVELS = 255
 ERROR_BOUND = 0.5 / LEVELS  # most a value read back differs from the one written
 # Probabilities this far outside [0, 1] are float rounding of a sigmoid or softmax, and clipped.
 TOLERANCE = 1e-5
+# The mask files of an experiment's folder (and of each fold's): OOF masks, test masks.
+OOF_MASKS = "oof.masks.safetensors"
+TEST_MASKS = "test.masks.safetensors"
 
 
 def quantise(probs: np.ndarray) -> np.ndarray:
@@ -184,21 +187,35 @@ def average_masks(
             "weight per file, not all zero"
         )
     ids, first = read_quantised(paths[0])
-    total = [dequantise(mask) * np.float32(weights[0]) for mask in first]
+    members = [(weights[0], [dequantise(mask) for mask in first])]
     position = {image_id: i for i, image_id in enumerate(ids)}
     for path, weight in zip(paths[1:], weights[1:], strict=True):
         other_ids, masks = read_quantised(path)
         _check_same_ids(ids, other_ids, path, paths[0])
+        aligned: list = [None] * len(ids)
         for image_id, mask in zip(other_ids, masks, strict=True):
             i = position[image_id]
-            if mask.shape != total[i].shape:
+            if mask.shape != first[i].shape:
                 raise DataError(
                     f"{path}: the mask of id {image_id!r} has shape {mask.shape}, "
-                    f"{total[i].shape} in {paths[0]}"
+                    f"{first[i].shape} in {paths[0]}"
                 )
-            total[i] += dequantise(mask) * np.float32(weight)
-    scale = np.float32(sum(weights))
-    return ids, [mask / scale for mask in total]
+            aligned[i] = dequantise(mask)
+        members.append((weight, aligned))
+    return ids, weighted_mean(members)
+
+
+def weighted_mean(members: Sequence[tuple[float, Sequence[np.ndarray]]]) -> list[np.ndarray]:
+    """Each image's weighted mean over members' masks (the same images in the same order): the
+    sum of weight times mask in member order over the sum of the weights, in float32.
+    :func:`average_masks` blends through here."""
+    (weight, first), *rest = members
+    total = [mask * np.float32(weight) for mask in first]
+    for weight, masks in rest:
+        for row, mask in enumerate(masks):
+            total[row] += mask * np.float32(weight)
+    scale = np.float32(sum(float(w) for w, _ in members))
+    return [mask / scale for mask in total]
 
 
 def _check_same_ids(ids: list, other: list, path, first_path) -> None:

@@ -1,0 +1,363 @@
+"""What the stages write from masks: OOF and test mask files, the post-processing chosen on OOF,
+the RLE submission.
+
+A table task's predictions are rows the stages write themselves; a segmentation task's are
+masks, which :class:`MaskPredictions` (the task's ``own_predictions``) writes instead, at the same
+points of the same stages:
+
+- ``train``, each fold: its validation images predicted from the fold's prediction weights (the
+  ones ``infer`` uses: the kept epoch's, EMA's, SWA's or the mean of its snapshots), whole or in
+  tiles (``segmentation.tile``), into ``fold{k}/oof.masks.safetensors``; the fold's scores are
+  those masks' (:meth:`MaskPredictions.fold_oof`).
+- ``train``, at the end: every fold's masks joined in train order (``oof.masks.safetensors``),
+  the CV (Dice/IoU per image at threshold 0.5, their mean; ``cv_test_like`` on the flagged rows),
+  and the threshold and minimum component size searched on OOF (``postprocess.json``; its score
+  is ``cv_postprocessed``) (:meth:`MaskPredictions.join_oof`).
+- ``infer``: each fold's test masks with the TTA views undone (``fold{k}/test.masks.safetensors``)
+  and their mean (``test.masks.safetensors``) (:meth:`MaskPredictions.infer`).
+- ``submission``: the mean test masks post-processed as ``postprocess.json`` says, written as RLE
+  onto the sample submission's rows and validated (ids, image sizes, RLE order)
+  (:meth:`MaskPredictions.submission`).
+
+Mask files are the uint8 store of :mod:`~medalist.modalities.segmentation.store` (probabilities
+quantised to 1/255, ids in order). Masks are predicted image by image, on the main process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medalist.config import Config
+from medalist.data import read_table, read_test
+from medalist.errors import DataError
+from medalist.honest.test_like import test_like_scores
+from medalist.io import write_json
+from medalist.layout import experiment_dir, fold_dir, prediction_weights, sample_path, test_path
+from medalist.modalities import image
+from medalist.modalities.segmentation import blend, postprocess, store
+from medalist.modalities.segmentation.masks import image_size
+from medalist.modalities.segmentation.submission import (
+    build_rle_submission,
+    detect_layout,
+    read_text_csv,
+    validate_rle_submission_file,
+    write_rle_submission,
+)
+from medalist.modalities.segmentation.tiling import predict_tiled
+from medalist.modalities.segmentation.views import predict_views
+from medalist.prediction.infer import each_weight_file
+
+log = logging.getLogger(__name__)
+
+OOF_MASKS, TEST_MASKS = store.OOF_MASKS, store.TEST_MASKS
+POSTPROCESS = postprocess.CHOICE_FILE
+
+
+@torch.no_grad()
+def predict_masks(cfg: Config, task, model, dataset, views: list[str], device) -> list[np.ndarray]:
+    """Each image's probability mask (C, H, W) at its own size, in the dataset's order: the
+    views undone and averaged per tile (``segmentation.tile.size``) or on the whole image."""
+    tile = cfg.segmentation.tile
+    model.eval()
+
+    def probabilities(images: torch.Tensor) -> torch.Tensor:
+        return task.activate(model(images))
+
+    def viewed(images: torch.Tensor) -> torch.Tensor:
+        return predict_views(probabilities, images, views)
+
+    masks = []
+    for index in range(len(dataset)):
+        image = dataset[index]["input"].to(device)
+        if tile.size:
+            probs = predict_tiled(
+                viewed,
+                image,
+                tile.size,
+                tile.overlap,
+                batch_size=tile.batch_size,
+                kind=tile.window,
+            )
+        else:
+            probs = viewed(image[None])[0]
+        masks.append(probs.float().cpu().numpy())
+    return masks
+
+
+def predict_with_files(
+    cfg, task, modality, accelerator, paths, dataset, views, on_file=None
+) -> list[np.ndarray]:
+    """The mean of the masks each weight file in ``paths`` predicts (one file, or a snapshot
+    ensemble's), as the model runs in ``infer`` (:func:`medalist.prediction.infer.prediction_model`).
+
+    ``on_file(path, load_seconds, predict_seconds)`` runs after each file (the bundle's timing).
+    """
+
+    def predicted(model):
+        return predict_masks(cfg, task, model, dataset, views, accelerator.device)
+
+    return mean_masks(each_weight_file(cfg, task, modality, accelerator, paths, predicted, on_file))
+
+
+def mean_masks(per_model: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Each image's mean over several models' masks (weight files, folds), in float32: ``train``,
+    ``infer`` and the offline bundle all average through here, so the same masks give the same
+    bits everywhere."""
+    total = [mask.copy() for mask in per_model[0]]
+    for masks in per_model[1:]:
+        for row, mask in enumerate(masks):
+            total[row] += mask
+    return [t / np.float32(len(per_model)) for t in total]
+
+
+def _stack_padded(probs: list[np.ndarray], truth: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+    """Masks of several sizes as two stacks (N, C, H, W) padded to the largest size: padded
+    pixels have probability -1 (never predicted at any threshold in [0, 1]) and are never true,
+    so they change no count or component."""
+    channels = probs[0].shape[0]
+    height = max(p.shape[-2] for p in probs)
+    width = max(p.shape[-1] for p in probs)
+    p_out = np.full((len(probs), channels, height, width), -1.0, dtype=np.float32)
+    t_out = np.zeros((len(probs), channels, height, width), dtype=bool)
+    for i, (p, t) in enumerate(zip(probs, truth, strict=True)):
+        p_out[i, :, : p.shape[-2], : p.shape[-1]] = p
+        t_out[i, :, : t.shape[-2], : t.shape[-1]] = t.reshape(-1, *t.shape[-2:]) >= 0.5
+    return p_out, t_out
+
+
+def as_objects(masks) -> np.ndarray:
+    """Per-image arrays (of any shapes) as a 1-D numpy object array."""
+    out = np.empty(len(masks), dtype=object)
+    for i, mask in enumerate(masks):
+        out[i] = mask
+    return out
+
+
+class MaskPredictions:
+    """The mask files of a :class:`~medalist.modalities.segmentation.task.MaskTask`; see the
+    module docstring."""
+
+    def __init__(self, task):
+        self.task = task
+
+    def fold_oof(self, cfg, modality, accelerator, fold, ids, valid_set, valid_targets, paths):
+        """Predict fold ``fold``'s validation images with its weight files ``paths``, write
+        ``fold{k}/oof.masks.safetensors``; returns the fold's scores."""
+        masks = predict_with_files(
+            cfg, self.task, modality, accelerator, paths, valid_set, ["identity"]
+        )
+        store.write_masks(fold_dir(cfg, fold) / OOF_MASKS, list(ids), masks)
+        return self.task.score(valid_targets, masks)
+
+    def join_oof(self, cfg, train, targets, folds, selected) -> dict:
+        """Every fold's OOF masks in train order (``oof.masks.safetensors``), the CV, the
+        fold mean and spread, ``cv_test_like`` and the post-processing searched on OOF."""
+        out = experiment_dir(cfg)
+        id_column = cfg.competition.id_column
+        position = {str(i): row for row, i in enumerate(train[id_column].astype(str))}
+        rows, masks = [], []
+        for fold in [f for f in selected if f >= 0]:
+            ids, fold_masks = store.read_masks(fold_dir(cfg, fold) / OOF_MASKS)
+            rows += [position[str(i)] for i in ids]
+            masks += fold_masks
+        if not rows:
+            return {}
+        if len(set(rows)) != len(rows):
+            raise DataError(f"{out}: an id appears in two folds' OOF masks")
+        order = np.argsort(rows, kind="stable")
+        rows = np.asarray(rows)[order]
+        masks = [masks[i] for i in order]
+        store.write_masks(out / OOF_MASKS, train[id_column].iloc[rows].tolist(), masks)
+        predictions = as_objects(masks)
+        metrics: dict = {"cv": self.task.score(targets[rows], predictions)}
+        metrics.update(test_like_scores(self.task, folds, targets, rows, predictions))
+        metrics["complete"] = len(rows) == len(train)
+        choice = self.search(cfg, [np.asarray(targets[int(r)]) for r in rows], masks)
+        if choice is not None:
+            metrics["cv_postprocessed"] = {self.task.main_metric.name: choice["score"]}
+        return metrics
+
+    def search(self, cfg, truth: list[np.ndarray], probs: list[np.ndarray]) -> dict | None:
+        """The threshold and minimum component size of the best main metric on OOF (the
+        configured ones when set), written to ``postprocess.json``; None for multiclass masks
+        (argmax: nothing to choose)."""
+        seg, task = cfg.segmentation, self.task
+        if task.mode == "multiclass":
+            return None
+        thresholds = [seg.threshold] if seg.threshold is not None else seg.thresholds
+        min_sizes = [seg.min_size] if seg.min_size is not None else seg.min_sizes
+        stacked_probs, stacked_truth = _stack_padded(probs, truth)
+        choice = postprocess.search(
+            stacked_probs,
+            stacked_truth,
+            thresholds,
+            min_sizes,
+            metric=task.main_metric.name,
+            empty=seg.empty,
+            connectivity=seg.connectivity,
+        )
+        record = {
+            "threshold": choice.threshold,
+            "min_size": choice.min_size,
+            "metric": task.main_metric.name,
+            "score": choice.score,
+            "connectivity": seg.connectivity,
+            "searched": {"thresholds": list(thresholds), "min_sizes": list(min_sizes)},
+        }
+        write_json(experiment_dir(cfg) / POSTPROCESS, record)
+        log.info(
+            "post-processing on OOF: threshold %.2f, min size %d px: %s %.5g",
+            choice.threshold,
+            choice.min_size,
+            task.main_metric.name,
+            choice.score,
+        )
+        return record
+
+    def infer(self, cfg, modality, accelerator, folds, views) -> None:
+        """Each fold's test masks (``fold{k}/test.masks.safetensors``) and their mean
+        (``test.masks.safetensors``), predicted on the main process."""
+        if not accelerator.is_main_process:
+            return
+        test = read_test(cfg)
+        source = str(test_path(cfg))
+        dataset = modality.build_dataset(
+            cfg, test, None, split="test", train=False, source=source, views=views
+        )
+        ids = test[cfg.competition.id_column].tolist()
+        per_fold = []
+        for fold in folds:
+            masks = predict_with_files(
+                cfg, self.task, modality, accelerator, prediction_weights(cfg, fold), dataset, views
+            )
+            store.write_masks(fold_dir(cfg, fold) / TEST_MASKS, ids, masks)
+            per_fold.append(masks)
+        store.write_masks(experiment_dir(cfg) / TEST_MASKS, ids, mean_masks(per_fold))
+
+    def submission(self, cfg, path: Path, masks_path: Path | None = None) -> Path:
+        """The mean test masks, post-processed as chosen on OOF, as a validated RLE file."""
+        seg, task = cfg.segmentation, self.task
+        masks_path = masks_path or experiment_dir(cfg) / TEST_MASKS
+        if not masks_path.is_file():
+            raise DataError(f"test masks not found: {masks_path}; run infer first")
+        ids, probs = store.read_masks(masks_path)
+        hard = [self.binarize(cfg, p) for p in probs]
+        sample = read_text_csv(sample_path(cfg), "sample submission")
+        layout = detect_layout(sample, task.classes)
+        order = seg.rle_order
+        sub = build_rle_submission(sample, layout, ids, hard, order=order, classes=task.classes)
+        shapes = self.test_shapes(cfg)
+        return write_rle_submission(
+            sub, sample, path, layout, shapes=shapes, order=order, classes=task.classes
+        )
+
+    # The offline bundle (medalist.offline.predict): masks where tables would be.
+
+    def predict_files(self, cfg, modality, accelerator, paths, dataset, views, on_file=None):
+        """One fold's test masks from its weight files, as ``infer`` predicts them."""
+        return predict_with_files(
+            cfg, self.task, modality, accelerator, paths, dataset, views, on_file
+        )
+
+    def fold_mean(self, per_fold: list[list[np.ndarray]]) -> np.ndarray:
+        """The folds' mean masks, as ``infer`` averages them (a numpy object array)."""
+        return as_objects(mean_masks(per_fold))
+
+    def blend(self, members: list[tuple[int, list[np.ndarray]]]) -> np.ndarray:
+        """An ensemble's masks from (pick count, member's masks) pairs, as the ensemble stage
+        blends the members' stored masks (:func:`~.blend.blend`): each quantised as the store
+        holds it first."""
+        levels = [[store.quantise(mask) for mask in masks] for _, masks in members]
+        picks = np.array([count for count, _ in members])
+        return as_objects(blend.blend(levels, picks))
+
+    def write_predictions(self, path: Path, ids, values) -> Path:
+        """Masks where a table's ``test.parquet`` would go (the submission stage reads them)."""
+        return store.write_masks(path, list(ids), list(values))
+
+    def check_against_local(self, folder: Path, name: str, ids, values) -> None:
+        """The bundle's masks of the sample images must be the test masks of the experiment's
+        ``folder`` (within the store's quantisation)."""
+        local = folder / TEST_MASKS
+        if not local.is_file():
+            log.info("%s: no %s to compare the bundle's masks with", name, local)
+            return
+        stored_ids, stored = store.read_masks(local)
+        position = {str(i): k for k, i in enumerate(stored_ids)}
+        missing = [str(i) for i in ids if str(i) not in position]
+        if missing:
+            raise DataError(f"{local} does not hold the test ids {missing[:5]}; run infer again")
+        worst = max(
+            float(np.abs(stored[position[str(i)]] - v).max())
+            if stored[position[str(i)]].shape == v.shape
+            else float("inf")
+            for i, v in zip(ids, values, strict=True)
+        )
+        if worst > store.ERROR_BOUND + store.TOLERANCE:
+            raise DataError(
+                f"{name}: the bundle predicts other masks than {local} (largest difference "
+                f"{worst:g}); run `medalist infer` again for {name} with the settings to ship "
+                "(it records its views in infer.json) and package after it"
+            )
+
+    def ensemble(self, cfg, ens_cfg) -> dict:
+        """``medalist ensemble`` of segmentation experiments (:mod:`~.blend`)."""
+        return blend.run_ensemble(self, cfg, ens_cfg)
+
+    def validate_file(self, cfg, path) -> None:
+        """Refuse a submission file (``medalist validate``) unless it has the sample's rows
+        and every RLE fits its test image in ``segmentation.rle_order``."""
+        sample = read_text_csv(sample_path(cfg), "sample submission")
+        validate_rle_submission_file(
+            path,
+            sample_path(cfg),
+            detect_layout(sample, self.task.classes),
+            shapes=self.test_shapes(cfg),
+            order=cfg.segmentation.rle_order,
+            classes=self.task.classes,
+        )
+
+    def binarize(self, cfg, probs: np.ndarray) -> np.ndarray:
+        """One image's probabilities as the binary masks its RLE encodes: one-hot argmax for
+        multiclass, else the threshold and minimum size of ``postprocess.json``."""
+        if self.task.mode == "multiclass":
+            labels = probs.argmax(0)
+            return np.stack([labels == c for c in range(len(probs))]).astype(np.uint8)
+        chosen = self.chosen(cfg)
+        kept = postprocess.postprocess(
+            probs, chosen["threshold"], chosen["min_size"], chosen["connectivity"]
+        )
+        return kept.astype(np.uint8)
+
+    def chosen(self, cfg) -> dict:
+        """The threshold and minimum size: ``segmentation.threshold`` and ``min_size`` when both
+        are set, else those ``train`` chose on OOF (``postprocess.json``)."""
+        seg = cfg.segmentation
+        if seg.threshold is not None and seg.min_size is not None:
+            return {
+                "threshold": seg.threshold,
+                "min_size": seg.min_size,
+                "connectivity": seg.connectivity,
+            }
+        path = experiment_dir(cfg) / POSTPROCESS
+        if not path.is_file():
+            raise DataError(
+                f"{path} not found: train chooses the threshold and minimum size on OOF masks "
+                "(a full fit alone has none: set segmentation.threshold and segmentation.min_size)"
+            )
+        return json.loads(path.read_text())
+
+    def test_shapes(self, cfg) -> dict[str, tuple[int, int]]:
+        """Each test image's (height, width) by id, from the file headers."""
+        test = read_table(test_path(cfg), [cfg.competition.id_column])
+        paths = image.image_paths(cfg, test, "test", str(test_path(cfg)))
+        ids = test[cfg.competition.id_column].astype(str).tolist()
+        return {
+            i: image_size(p, f"{test_path(cfg)}: image {i}")
+            for i, p in zip(ids, paths, strict=True)
+        }

@@ -1,0 +1,223 @@
+"""Segmentation through the stages: folds -> train -> infer -> submission on a tiny mosaic
+competition (real photos, exact masks), a U-Net on timm's test_resnet."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from accelerate import Accelerator
+
+from medalist.cli import main
+from medalist.config import resolve_config
+from medalist.demo.digits import working_directory
+from medalist.demo.segmentation_data import score_submission
+from medalist.errors import ConfigError
+from medalist.modalities import get_modality
+from medalist.modalities.segmentation import rle, store
+from medalist.modalities.segmentation.data import WholeImages
+from medalist.modalities.segmentation.postprocess import postprocess
+from medalist.modalities.segmentation.predictions import predict_with_files
+from medalist.modalities.segmentation.scoring import mean_score, score_table
+from medalist.modalities.segmentation.submission import read_text_csv
+from medalist.offline.predict import read_manifest, run_bundle
+from medalist.tasks import build_task
+from medalist.training.weights import load_weights
+from support.bundles import kaggle_overrides
+from support.segmentation_project import CONFIG, EXPERIMENT, segmentation_project
+
+OUT = Path("outputs") / EXPERIMENT
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def project(tmp_path):
+    folder = segmentation_project(tmp_path)
+    with working_directory(folder):
+        yield folder
+
+
+def _run(*stages: str, overrides: tuple[str, ...] = ()) -> None:
+    for stage in stages:
+        assert main([stage, "-c", CONFIG, *overrides]) == 0, stage
+
+
+def _json(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _truth(cfg, ids) -> list[np.ndarray]:
+    """The true masks of train ids, as the task reads them."""
+    train = pd.read_csv("data/train.csv")
+    task = build_task(cfg, train)
+    masks = task.encode_targets(train)
+    position = {str(i): row for row, i in enumerate(train["id"].astype(str))}
+    return [np.asarray(masks[position[str(i)]]) for i in ids]
+
+
+def test_folds_train_infer_submission_write_masks_scores_and_a_valid_rle_file(project):
+    _run("folds", "train", "infer", "submission")
+    cfg = resolve_config(CONFIG)
+    train, test = pd.read_csv("data/train.csv"), pd.read_csv("data/test.csv")
+    folds = pd.read_csv("folds/folds.csv")
+    metrics = _json(OUT / "metrics.json")
+    assert metrics["main_metric"] == "dice" and metrics["complete"]
+    assert set(metrics["cv"]) == {"dice", "iou"}
+    # Each fold's OOF masks are its validation images, at their own size, in the store.
+    for fold in (0, 1):
+        ids, masks = store.read_masks(OUT / f"fold{fold}" / "oof.masks.safetensors")
+        assert sorted(map(str, ids)) == sorted(folds.loc[folds["fold"] == fold, "id"].astype(str))
+        assert all(m.shape == (1, 32, 32) for m in masks)
+        # The fold's scores are those masks' scores against the true masks.
+        scores = _json(OUT / f"fold{fold}" / "scores.json")["scores"]
+        table = score_table(np.stack(masks), np.stack(_truth(cfg, ids)), "binary")
+        assert scores["dice"] == pytest.approx(mean_score(table), abs=1e-12)
+    # The joined OOF is in train order; the CV is its score.
+    ids, masks = store.read_masks(OUT / "oof.masks.safetensors")
+    assert list(map(str, ids)) == list(train["id"].astype(str))
+    table = score_table(np.stack(masks), np.stack(_truth(cfg, ids)), "binary")
+    assert metrics["cv"]["dice"] == pytest.approx(mean_score(table), abs=1e-12)
+    # The post-processing searched on OOF scores what it says, and at least the plain 0.5.
+    chosen = _json(OUT / "postprocess.json")
+    assert metrics["cv_postprocessed"] == {"dice": chosen["score"]}
+    assert 0.5 in chosen["searched"]["thresholds"] and 0 in chosen["searched"]["min_sizes"]
+    assert chosen["score"] >= metrics["cv"]["dice"] - 1e-12
+    # Test masks: each fold's, and their mean.
+    ids, mean = store.read_masks(OUT / "test.masks.safetensors")
+    assert list(map(str, ids)) == list(test["id"].astype(str))
+    per_fold = [store.read_masks(OUT / f"fold{k}" / "test.masks.safetensors")[1] for k in (0, 1)]
+    for i, m in enumerate(mean):
+        assert np.abs(m - (per_fold[0][i] + per_fold[1][i]) / 2).max() <= 1.5 / 255
+    # The submission: the sample's rows, RLE of the post-processed mean masks, scored.
+    sub = read_text_csv(Path("submissions") / f"{EXPERIMENT}.csv", "submission")
+    sample = read_text_csv("data/sample_submission.csv", "sample")
+    assert list(sub.columns) == list(sample.columns) and list(sub["id"]) == list(sample["id"])
+    for text, probs in zip(sub["rle_mask"], mean, strict=True):
+        want = postprocess(probs[0], chosen["threshold"], chosen["min_size"], 8)
+        assert (rle.decode(text, (32, 32), "column") == want).all()
+    score = score_submission(
+        Path("submissions") / f"{EXPERIMENT}.csv", project / "solution.csv", 32
+    )
+    assert 0.0 <= score <= 1.0
+
+
+def test_the_loop_scores_validation_images_as_the_oof_masks_score(project):
+    """The loop's Dice (pixel counts batch by batch) equals scoring the same model's masks."""
+    _run("folds", "train")
+    cfg = resolve_config(CONFIG)
+    modality = get_modality("segmentation")
+    train = pd.read_csv("data/train.csv")
+    task = build_task(cfg, train)
+    rows = np.flatnonzero(pd.read_csv("folds/folds.csv")["fold"].to_numpy() == 0)
+    subset = train.iloc[rows].reset_index(drop=True)
+    dataset = modality.build_dataset(cfg, subset, None, split="train", train=False, source="t")
+    assert isinstance(dataset, WholeImages)
+    accelerator = Accelerator(cpu=True)
+    paths = [OUT / "fold0" / "model.safetensors"]
+    masks = predict_with_files(cfg, task, modality, accelerator, paths, dataset, ["identity"])
+    model = modality.build_model(cfg, task)
+    model = load_weights(model, paths[0])
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=dataset.batch_sampler(3))
+    scores, kept = task.evaluate(model, loader, task.encode_targets(subset), accelerator)
+    assert kept is None and set(scores) == {"valid_loss", "dice", "iou"}
+    table = score_table(np.stack(masks), np.stack(_truth(cfg, subset["id"])), "binary")
+    assert scores["dice"] == pytest.approx(mean_score(table), abs=1e-9)
+
+
+def test_a_finished_experiment_is_not_retrained_when_only_the_post_processing_changes(project):
+    _run("folds", "train")
+    before = (OUT / "fold0" / "model.safetensors").stat().st_mtime_ns
+    _run("train", overrides=("segmentation.threshold=0.3", "segmentation.min_size=0"))
+    assert (OUT / "fold0" / "model.safetensors").stat().st_mtime_ns == before
+    chosen = _json(OUT / "postprocess.json")
+    assert (chosen["threshold"], chosen["min_size"]) == (0.3, 0)
+
+
+def test_ema_tiles_and_views_flow_through_to_the_submission(project):
+    overrides = (
+        "tricks.ema.enabled=true",
+        "segmentation.tile.size=32",
+        "segmentation.tile.overlap=8",
+        "infer.tta=[identity,hflip]",
+    )
+    _run("folds", "train", "infer", "submission", overrides=overrides)
+    scores = _json(OUT / "fold0" / "scores.json")
+    assert scores["prediction_weights"] == ["ema.safetensors"]
+    assert _json(OUT / "infer.json")["tta"] == ["identity", "hflip"]
+    assert (Path("submissions") / f"{EXPERIMENT}.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("tricks.mix.enabled=true", "tricks.mix"),
+        ("tricks.loss.label_smoothing=0.1", "tricks.loss.label_smoothing"),
+        ("train.pseudo_round=1", "train.pseudo_round"),
+        ("train.seeds=[1,2]", "train.seeds"),
+        ("infer.tta_oof=true", "infer.tta_oof"),
+    ],
+)
+def test_what_does_not_fit_masks_is_refused_naming_its_key(project, override, key):
+    with pytest.raises(ConfigError, match=key):
+        resolve_config(CONFIG, [override])
+
+
+@pytest.mark.parametrize("stage", ["pseudo", "sanity", "distill", "report"])
+def test_stages_that_read_prediction_tables_refuse_a_segmentation_project(project, stage, caplog):
+    assert main([stage, "-c", CONFIG]) != 0
+    assert f"{stage}: not yet for modality segmentation" in caplog.text
+
+
+def test_a_full_fit_needs_a_configured_threshold_for_its_submission(project):
+    _run("folds", "train", "infer", overrides=("train.folds=[-1]",))
+    assert main(["submission", "-c", CONFIG, "train.folds=[-1]"]) != 0
+    _run(
+        "submission",
+        overrides=("train.folds=[-1]", "segmentation.threshold=0.5", "segmentation.min_size=0"),
+    )
+
+
+def test_the_offline_bundle_writes_the_same_rle_as_the_submission_stage(project, tmp_path):
+    tiles = ("segmentation.tile.size=32", "segmentation.tile.overlap=8")
+    overrides = ("infer.tta=[identity,vflip]", *tiles)
+    _run("folds", "train", "infer", "submission", overrides=overrides)
+    kaggle = kaggle_overrides(tmp_path, "someone/mosaics", "kaggle.timing_rows=3")
+    assert main(["package", "-c", CONFIG, *overrides, *kaggle]) == 0
+    bundle = Path("package/mosaics")
+    manifest = read_manifest(bundle)
+    entry = manifest["experiments"][EXPERIMENT]
+    assert (bundle / "outputs" / EXPERIMENT / "postprocess.json").is_file()
+    assert entry["infer"]["tta"] == ["identity", "vflip"]
+    assert manifest["timing"]["estimated_seconds"] > 0  # the sample matched the local masks
+    written = run_bundle(bundle, "local", environ={})
+    offline = read_text_csv(written, "offline submission")
+    local = read_text_csv(Path("submissions") / f"{EXPERIMENT}.csv", "local submission")
+    assert offline.equals(local)
+    # The bundle's masks are infer's, quantised alike.
+    _, mine = store.read_masks(
+        Path("outputs/offline/predictions") / f"{EXPERIMENT}.masks.safetensors"
+    )
+    _, theirs = store.read_masks(OUT / "test.masks.safetensors")
+    assert all(np.array_equal(a, b) for a, b in zip(mine, theirs, strict=True))
+
+
+def test_a_bundle_whose_masks_differ_from_infer_is_refused(project, tmp_path, caplog):
+    _run("folds", "train", "infer")
+    # Masks predicted with other views than the ones the bundle ships.
+    ids, masks = store.read_masks(OUT / "test.masks.safetensors")
+    store.write_masks(OUT / "test.masks.safetensors", ids, [np.flip(m, -1) for m in masks])
+    kaggle = kaggle_overrides(tmp_path, "someone/mosaics", "kaggle.timing_rows=3")
+    assert main(["package", "-c", CONFIG, *kaggle]) != 0
+    assert f"{EXPERIMENT}: the bundle predicts other masks than" in caplog.text
+    assert not Path("package/mosaics").exists()
