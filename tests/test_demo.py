@@ -7,6 +7,7 @@ import shutil
 
 import pandas as pd
 import pytest
+import yaml
 from sklearn.metrics import roc_auc_score
 
 from medalist.cli import main
@@ -18,6 +19,7 @@ from medalist.demo.digits import (
     working_directory,
     write_variants,
 )
+from medalist.demo.segmentation import run_segmentation_demo
 from medalist.demo.tabular import build_cancer, run_tabular_demo
 from medalist.demo.text import run_text_demo
 from medalist.pipeline import STAGES, _config_hash
@@ -181,3 +183,36 @@ def test_tiny_tabular_demo_blends_the_gbdts_and_the_mlp_and_scores_the_test_set(
     assert result["test_score"]["cancer_blend"] > 0.9  # 30 test rows: the data holds signal
     for text in ("cancer_blend", "best single model", "test roc_auc", "test log_loss"):
         assert text in printed
+
+
+TINY_SEGMENTATION = ["model.backbone=test_resnet", "train.epochs=1", "folds.n_splits=2"]
+
+
+def test_tiny_segmentation_demo_blends_two_decoders_and_scores_the_rle_submissions(
+    tmp_path, capsys
+):
+    result = run_segmentation_demo(tmp_path, n_train=24, n_test=6, overrides=TINY_SEGMENTATION)
+    printed = capsys.readouterr().out
+    project = tmp_path / "mosaics"
+    assert set(result["experiments"]) == {"mosaics_unet", "mosaics_fpn"}
+    assert set(result["test_score"]) == {"mosaics_unet", "mosaics_fpn", "mosaics_blend"}
+    assert result["submission"] == project / "submissions/mosaics_blend.csv"
+    assert not (project / "data" / "solution.csv").exists()
+    for name in ("mosaics_unet", "mosaics_fpn"):
+        metrics = json.loads((project / "outputs" / name / "metrics.json").read_text())
+        assert result["experiments"][name] == metrics["cv"] and set(metrics["folds"]) == {"0", "1"}
+        config = yaml.safe_load((project / "outputs" / name / "config.yaml").read_text())
+        assert config["segmentation"]["architecture"] == name.split("_")[1]
+    cv = json.loads((project / "outputs/ensemble/mosaics_blend/cv.json").read_text())
+    assert result["cv"] == cv["nested"]["cv"] and cv["method"] == "hill_climb"
+    assert all(0.0 <= score <= 1.0 for score in result["test_score"].values())
+    assert "test dice" in printed and "chosen on OOF" in printed
+    with working_directory(project):
+        for name in ("mosaics_unet", "mosaics_fpn", "mosaics_blend"):
+            submission = f"submissions/{name}.csv"
+            assert main(["validate", submission, "-c", "configs/segmentation.yaml"]) == 0
+        # A mask that runs past its image is refused.
+        sub = pd.read_csv("submissions/mosaics_blend.csv", dtype=str, keep_default_na=False)
+        sub.loc[0, "rle_mask"] = "4000 200"
+        sub.to_csv("submissions/broken.csv", index=False)
+        assert main(["validate", "submissions/broken.csv", "-c", "configs/segmentation.yaml"]) != 0

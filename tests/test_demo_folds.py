@@ -10,7 +10,7 @@ import pytest
 
 from medalist import pipeline
 from medalist.config import resolve_config
-from medalist.demo import digits, tabular, text
+from medalist.demo import digits, segmentation, tabular, text
 from medalist.errors import FoldsMismatchError
 from medalist.folds import load_folds
 
@@ -18,9 +18,15 @@ PROJECTS = {
     "digits": digits.digits_project,
     "text": text.text_project,
     "tabular": tabular.tabular_project,
+    "segmentation": segmentation.segmentation_project,
 }
-TARGET = {"digits": "label", "text": "library", "tabular": "malignant"}
-N_SPLITS = {"digits": 5, "text": 3, "tabular": 5}  # configs/demo/<demo>.yaml over the answers
+TARGET = {"digits": "label", "text": "library", "tabular": "malignant", "segmentation": "has_mask"}
+N_SPLITS = {
+    "digits": 5,
+    "text": 3,
+    "tabular": 5,
+    "segmentation": 3,
+}  # configs/demo/<demo>.yaml over the answers
 FILES = ("folds.csv", "folds.json")
 
 
@@ -35,13 +41,17 @@ def _folds_stage_only(cfg, force=False):
 
 def _demo_until_folds(name, workdir, monkeypatch):
     """Run the demo ``name`` as ``medalist demo`` does, stopping after its folds stage."""
-    module = {"digits": digits, "text": text, "tabular": tabular}[name]
+    module = {"digits": digits, "text": text, "tabular": tabular, "segmentation": segmentation}[
+        name
+    ]
     monkeypatch.setattr(module, "run", _folds_stage_only)
     with pytest.raises(_StopAfterFolds):
         if name == "digits":
             digits.run_digits_demo(workdir)
         elif name == "tabular":
             tabular.run_tabular_demo(workdir)
+        elif name == "segmentation":
+            segmentation.run_segmentation_demo(workdir)
         else:  # no backbone is read before training: an empty folder saves copying MiniLM
             (workdir / "no-backbone").mkdir(parents=True)
             text.run_text_demo(workdir, backbone=workdir / "no-backbone")

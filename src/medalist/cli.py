@@ -108,8 +108,9 @@ def _parser() -> argparse.ArgumentParser:
         "name",
         nargs="?",
         default="all",
-        choices=["all", "digits", "text", "tabular"],
-        help="digits (image), text, tabular, or all: each, one after the other (default)",
+        choices=["all", "digits", "text", "tabular", "segmentation"],
+        help="digits (image), text, tabular, segmentation, or all: each, one after the other "
+        "(default)",
     )
     demo.add_argument("--workdir", default=".demo", help="where the demo project is generated")
     return parser
@@ -129,13 +130,19 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def run_demos(name: str, workdir: str) -> dict:
-    """``medalist demo``: ``digits`` (image), ``text``, ``tabular``, or ``all``: each, one after
-    the other."""
+    """``medalist demo``: ``digits`` (image), ``text``, ``tabular``, ``segmentation``, or
+    ``all``: each, one after the other."""
     from medalist.demo.digits import run_digits_demo
+    from medalist.demo.segmentation import run_segmentation_demo
     from medalist.demo.tabular import run_tabular_demo
     from medalist.demo.text import run_text_demo
 
-    demos = {"digits": run_digits_demo, "text": run_text_demo, "tabular": run_tabular_demo}
+    demos = {
+        "digits": run_digits_demo,
+        "text": run_text_demo,
+        "tabular": run_tabular_demo,
+        "segmentation": run_segmentation_demo,
+    }
     if name == "all":
         return {demo: run(workdir) for demo, run in demos.items()}
     return demos[name](workdir)
@@ -156,10 +163,15 @@ def dispatch(args: argparse.Namespace) -> object:
     if args.command == "validate":
         from medalist.layout import sample_path
         from medalist.submission.format import validate_submission_file
+        from medalist.tasks import own_task
 
-        validate_submission_file(
-            args.submission, sample_path(cfg), id_column=cfg.competition.id_column
-        )
+        task = own_task(cfg)
+        if task is not None:  # masks: their RLE checked against the test images
+            task.own_predictions.validate_file(cfg, args.submission)
+        else:
+            validate_submission_file(
+                args.submission, sample_path(cfg), id_column=cfg.competition.id_column
+            )
         log.info("%s is a valid submission", args.submission)
         return None
     if args.command == "ledger":
