@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from accelerate.utils import release_memory
 from tqdm.auto import tqdm
 
 from medalist.config import Config
@@ -101,13 +102,34 @@ def bf16_usable(cfg: Config, device: torch.device) -> bool:
     return True
 
 
-def prediction_model(cfg: Config, model: torch.nn.Module, accelerator) -> torch.nn.Module:
+class AcceleratorAutocast(torch.nn.Module):
+    """A model on one process whose forward runs under the accelerator's autocast (the mixed
+    precision it trained with), as a prepared model's does, without the wrapper that several
+    processes share (whose construction every process must take part in)."""
+
+    def __init__(self, model: torch.nn.Module, accelerator):
+        super().__init__()
+        self.model, self.accelerator = model, accelerator
+
+    def forward(self, inputs):
+        with self.accelerator.autocast():
+            return self.model(inputs)
+
+
+def prediction_model(
+    cfg: Config, model: torch.nn.Module, accelerator, shared: bool = True
+) -> torch.nn.Module:
     """``model`` ready to predict as configured: channels_last when it was trained so
     (``train.channels_last``; the loaders give channels_last batches then), prepared by
-    ``accelerator``, under bf16 autocast with ``infer.precision: bf16``."""
+    ``accelerator`` (``shared``: every process predicts its share of the rows; else this process
+    alone predicts, the model on its device under the accelerator's autocast), under bf16
+    autocast with ``infer.precision: bf16``."""
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)  # 4-D weights only: text unchanged
-    model = accelerator.prepare(model)
+    if shared:
+        model = accelerator.prepare(model)
+    else:
+        model = AcceleratorAutocast(model.to(accelerator.device), accelerator)
     if bf16_usable(cfg, accelerator.device):
         model = Bf16Autocast(model, accelerator.device.type)
     return model
@@ -212,22 +234,27 @@ def each_weight_file(
     paths: list[Path],
     predicted: Callable[[torch.nn.Module], object],
     on_file: Callable[[Path, float, float], None] | None = None,
+    shared: bool = True,
 ) -> list:
     """``predicted(model)`` for the model of each weight file in ``paths``, in order: built
     without pretrained weights (:func:`prediction_build_config`), the file loaded, run as
-    :func:`prediction_model` sets it up, freed after. ``on_file(path, load_seconds,
-    predict_seconds)`` runs after each file (the bundle's timing)."""
+    :func:`prediction_model` sets it up (``shared``: by every process, else by this one alone),
+    freed after. ``on_file(path, load_seconds, predict_seconds)`` runs after each file (the
+    bundle's timing)."""
     build_cfg = prediction_build_config(cfg)
     outputs = []
     for path in paths:
         started = time.perf_counter()
         model = load_weights(modality.build_model(build_cfg, task), path)
-        model = prediction_model(cfg, model, accelerator)
+        model = prediction_model(cfg, model, accelerator, shared)
         loaded = time.perf_counter()
         outputs.append(predicted(model))
         if on_file is not None:
             on_file(path, loaded - started, time.perf_counter() - loaded)
-        accelerator.free_memory(model)
+        if shared:
+            accelerator.free_memory(model)
+        else:  # the accelerator's own lists are every process's: left as they are
+            release_memory(model)
     return outputs
 
 

@@ -93,7 +93,8 @@ def predict_with_files(
     cfg, task, modality, accelerator, paths, dataset, views, on_file=None
 ) -> list[np.ndarray]:
     """The mean of the masks each weight file in ``paths`` predicts (one file, or a snapshot
-    ensemble's), as the model runs in ``infer`` (:func:`medalist.prediction.infer.prediction_model`).
+    ensemble's), as the model runs in ``infer``
+    (:func:`medalist.prediction.infer.prediction_model`), on this process alone.
 
     ``on_file(path, load_seconds, predict_seconds)`` runs after each file (the bundle's timing).
     """
@@ -101,7 +102,11 @@ def predict_with_files(
     def predicted(model):
         return predict_masks(cfg, task, model, dataset, views, accelerator.device)
 
-    return mean_masks(each_weight_file(cfg, task, modality, accelerator, paths, predicted, on_file))
+    # The main process alone predicts masks: the model is not shared across processes.
+    per_file = each_weight_file(
+        cfg, task, modality, accelerator, paths, predicted, on_file, shared=False
+    )
+    return mean_masks(per_file)
 
 
 def mean_masks(per_model: list[list[np.ndarray]]) -> list[np.ndarray]:

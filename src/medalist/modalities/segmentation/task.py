@@ -171,12 +171,18 @@ class MaskTask:
             loss_sum += self.loss(logits, target).item() * len(target)
             seen += len(target)
             stacked = self._batch_counts(self.activate(logits), target)  # (B, 3, C)
-            index, stacked = accelerator.gather_for_metrics((batch["index"], stacked))
-            counts.extend(zip(index.cpu().tolist(), stacked.cpu(), strict=True))
+            # Batches of images of one size differ in length across processes: padded to the
+            # longest (index -1) for the gather, the padding dropped after.
+            index = accelerator.pad_across_processes(batch["index"], dim=0, pad_index=-1)
+            stacked = accelerator.pad_across_processes(stacked, dim=0)
+            index, stacked = accelerator.gather((index, stacked))
+            real = (index >= 0).cpu()
+            counts.extend(zip(index.cpu()[real].tolist(), stacked.cpu()[real], strict=True))
         totals = torch.tensor([loss_sum, seen], dtype=torch.float64, device=accelerator.device)
         loss_sum, seen = accelerator.reduce(totals, "sum").tolist()
-        counts.sort(key=lambda pair: pair[0])
-        scores = self.scores_from_counts([tuple(c.numpy()) for _, c in counts])
+        # Each image once: the shard that gives every process as many batches repeats images.
+        per_image = dict(sorted(counts, key=lambda pair: pair[0]))
+        scores = self.scores_from_counts([tuple(c.numpy()) for c in per_image.values()])
         return {"valid_loss": float(loss_sum / max(seen, 1)), **scores}, None
 
     def _batch_counts(self, probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
