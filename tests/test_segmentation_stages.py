@@ -221,3 +221,25 @@ def test_a_bundle_whose_masks_differ_from_infer_is_refused(project, tmp_path, ca
     assert main(["package", "-c", CONFIG, *kaggle]) != 0
     assert f"{EXPERIMENT}: the bundle predicts other masks than" in caplog.text
     assert not Path("package/mosaics").exists()
+
+
+def test_adversarial_validation_tells_images_apart_and_the_cv_scores_the_test_like_ones(project):
+    """The train-versus-test run classifies images (the image modality on the same encoder);
+    its test-like rows then get a CV of their own (cv_test_like) from the OOF masks."""
+    adversarial = ["adversarial.n_splits=2", "adversarial.epochs=1"]
+    assert main(["adversarial", "-c", CONFIG, *adversarial]) == 0
+    folder = Path("outputs/adversarial") / EXPERIMENT
+    result = _json(folder / "adversarial.json")
+    assert 0.0 <= result["auc"] <= 1.0
+    assert resolve_config(folder / "config.yaml").modality == "image"
+    flags = pd.read_csv(folder / "test_like.csv")
+    _run("folds", "train", overrides=(f"folds.test_like={folder / 'test_like.csv'}",))
+    metrics = _json(OUT / "metrics.json")
+    flagged = flags.loc[flags["test_like"] == 1, "id"].astype(str).tolist()
+    assert metrics["test_like_rows"] == len(flagged) > 0
+    ids, masks = store.read_masks(OUT / "oof.masks.safetensors")
+    chosen = [i for i, image in enumerate(ids) if str(image) in flagged]
+    cfg = resolve_config(CONFIG)
+    truth = _truth(cfg, [ids[i] for i in chosen])
+    table = score_table(np.stack([masks[i] for i in chosen]), np.stack(truth), "binary")
+    assert metrics["cv_test_like"]["dice"] == pytest.approx(mean_score(table), abs=1e-12)

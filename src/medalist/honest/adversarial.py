@@ -61,7 +61,7 @@ from medalist.layout import (
     test_path,
     train_path,
 )
-from medalist.modalities import get_modality
+from medalist.modalities import ROW_CLASSIFIERS, get_modality
 from medalist.modalities.tabular.stacking import stacked_on, stacking_config, with_stacked
 from medalist.reporting.importance import feature_importance
 from medalist.tasks import build_task
@@ -91,7 +91,7 @@ def model_inputs(cfg: Config, frame: pd.DataFrame, split: str, source: str) -> p
     (``image.train_dir`` or ``image.test_dir``; a missing file stops here, naming it)."""
     if stacked_on(cfg):
         frame = with_stacked(cfg, frame, split, source)
-    if cfg.modality == "image":  # the one modality whose rows name files in a split's folder
+    if classifier(cfg) == "image":  # the one modality whose rows name files in a split's folder
         paths = get_modality("image").image_paths(cfg, frame, split, source)
         frame = frame.assign(**{cfg.image.image_column: [str(p.absolute()) for p in paths]})
     return frame
@@ -113,7 +113,7 @@ def combined_table(
     skipped = {c.id_column, *c.target_columns}
     shared = [col for col in train.columns if col in test.columns and col not in skipped]
     left_out = [col for col in train.columns if col not in test.columns and col not in skipped]
-    if cfg.modality == "image" and cfg.image.image_column == c.id_column:
+    if classifier(cfg) == "image" and cfg.image.image_column == c.id_column:
         ids = [*train[c.id_column], *test[c.id_column]]  # the files' paths: unique, and read
     else:
         ids = [f"train:{v}" for v in train[c.id_column]] + [f"test:{v}" for v in test[c.id_column]]
@@ -161,6 +161,12 @@ def adversarial_folds(
     return fold
 
 
+def classifier(cfg: Config) -> str:
+    """The modality of the run's row classifier: the experiment's, or the one that classifies its
+    rows (:data:`medalist.modalities.ROW_CLASSIFIERS`: segmentation's images by ``image``)."""
+    return ROW_CLASSIFIERS.get(cfg.modality, cfg.modality)
+
+
 def adversarial_config(cfg: Config, target: str) -> Config:
     """The experiment as the train-versus-test run trains it (see the module docstring)."""
     a, folder = cfg.adversarial, adversarial_dir(cfg)
@@ -173,6 +179,8 @@ def adversarial_config(cfg: Config, target: str) -> Config:
         target_columns=[target],
     )
     data["task"] = {"type": "binary", "classes": [0, 1], "metrics": ["roc_auc"]}
+    # Segmentation's images are told apart by the image classifier on the same encoder.
+    data["modality"] = classifier(cfg)
     data["folds"].update(scheme="stratified", n_splits=a.n_splits, random_state=a.seed)
     data["folds"]["group_column"] = None  # the run's folds are written here, groups included
     data["train"].update(

@@ -34,6 +34,10 @@ MODALITIES = {
 # name -> the module whose ``build_task(cfg, train)`` builds the task of a modality whose targets
 # are not train.csv's columns (masks); the other modalities' tasks are medalist.tasks'.
 OWN_TASKS = {"segmentation": "medalist.modalities.segmentation.task"}
+# name -> the modality that gives one label per row of the same inputs, where a stage needs a
+# row classifier (adversarial validation: is this image a test image?); others classify their
+# own rows.
+ROW_CLASSIFIERS = {"segmentation": "image"}
 
 
 def get_modality(name: str) -> ModuleType:
