@@ -4,6 +4,7 @@ competition (real photos, exact masks), a U-Net on timm's test_resnet."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -243,3 +244,18 @@ def test_adversarial_validation_tells_images_apart_and_the_cv_scores_the_test_li
     truth = _truth(cfg, [ids[i] for i in chosen])
     table = score_table(np.stack([masks[i] for i in chosen]), np.stack(truth), "binary")
     assert metrics["cv_test_like"]["dice"] == pytest.approx(mean_score(table), abs=1e-12)
+
+
+def test_run_skips_what_is_up_to_date_and_resubmits_new_test_masks(project, caplog):
+    caplog.set_level(logging.INFO, logger="medalist")
+    assert main(["run", "-c", CONFIG]) == 0
+    caplog.clear()
+    assert main(["run", "-c", CONFIG]) == 0
+    for stage in ("train", "infer", "submission"):
+        assert f"{stage}: up to date, skipped" in caplog.text, stage
+    before = (Path("submissions") / f"{EXPERIMENT}.csv").stat().st_mtime_ns
+    caplog.clear()
+    assert main(["run", "-c", CONFIG, "infer.tta=[identity,hflip]"]) == 0
+    assert "train: up to date, skipped" in caplog.text
+    assert "infer: running" in caplog.text and "submission: running" in caplog.text
+    assert (Path("submissions") / f"{EXPERIMENT}.csv").stat().st_mtime_ns > before

@@ -33,7 +33,7 @@ from medalist.layout import (
 )
 from medalist.prediction import distill, infer, pseudo
 from medalist.submission import stage as submission
-from medalist.tasks import build_task
+from medalist.tasks import build_task, own_task
 from medalist.training import stage as train
 from medalist.training.runtime import process_state
 
@@ -74,6 +74,14 @@ def _teacher_results(cfg: Config) -> list[Path]:
     return [Path(cfg.competition.outputs_dir) / cfg.distill.teacher / "metrics.json"]
 
 
+def _test_predictions(cfg: Config) -> Path:
+    """The experiment's test predictions: ``test.parquet``, or the file a task that predicts
+    something else than table rows writes (segmentation: ``test.masks.safetensors``)."""
+    task = own_task(cfg)
+    name = "test.parquet" if task is None else task.own_predictions.test_file
+    return experiment_dir(cfg) / name
+
+
 STAGES = {
     "folds": Stage(
         "folds", folds.run, lambda c: [train_path(c)], folds_files, ("competition", "folds")
@@ -102,7 +110,7 @@ STAGES = {
         "infer",
         infer.run,
         lambda c: [test_path(c), experiment_dir(c) / "metrics.json", *_weights(c)],
-        lambda c: [experiment_dir(c) / "test.parquet"],
+        lambda c: [_test_predictions(c)],
         (*training_sections(), "infer"),
     ),
     "pseudo": Stage(
@@ -115,7 +123,7 @@ STAGES = {
     "submission": Stage(
         "submission",
         submission.run,
-        lambda c: [experiment_dir(c) / "test.parquet", sample_path(c)],
+        lambda c: [_test_predictions(c), sample_path(c)],
         lambda c: [submission_path(c)],
         ("competition", "submission", "train"),
     ),

@@ -147,6 +147,8 @@ class MaskPredictions:
     """The mask files of a :class:`~medalist.modalities.segmentation.task.MaskTask`; see the
     module docstring."""
 
+    test_file = TEST_MASKS  # what infer writes in the experiment's folder (the pipeline's check)
+
     def __init__(self, task):
         self.task = task
 
