@@ -17,7 +17,10 @@ points of the same stages:
   and their mean (``test.masks.safetensors``) (:meth:`MaskPredictions.infer`).
 - ``submission``: the mean test masks post-processed as ``postprocess.json`` says, written as RLE
   onto the sample submission's rows and validated (ids, image sizes, RLE order)
-  (:meth:`MaskPredictions.submission`).
+  (:meth:`MaskPredictions.submission`); ``medalist validate`` checks a file the same way.
+- ``ensemble``: the members' masks blended (:mod:`~medalist.modalities.segmentation.blend`).
+- ``package`` and the offline bundle: the masks predicted as ``infer`` does, checked against the
+  local test masks, blended with the ensemble's picks, submitted as above.
 
 Mask files are the uint8 store of :mod:`~medalist.modalities.segmentation.store` (probabilities
 quantised to 1/255, ids in order). Masks are predicted image by image, on the main process.
