@@ -164,7 +164,7 @@ def test_ema_tiles_and_views_flow_through_to_the_submission(project):
     [
         ("tricks.mix.enabled=true", "tricks.mix"),
         ("tricks.loss.label_smoothing=0.1", "tricks.loss.label_smoothing"),
-        ("train.pseudo_round=1", "train.pseudo_round"),
+        ("pseudo.balance=true", "pseudo.balance"),
         ("train.seeds=[1,2]", "train.seeds"),
         ("infer.tta_oof=true", "infer.tta_oof"),
     ],
@@ -174,10 +174,56 @@ def test_what_does_not_fit_masks_is_refused_naming_its_key(project, override, ke
         resolve_config(CONFIG, [override])
 
 
-@pytest.mark.parametrize("stage", ["pseudo", "sanity", "distill", "report"])
+@pytest.mark.parametrize("stage", ["sanity", "distill", "report"])
 def test_stages_that_read_prediction_tables_refuse_a_segmentation_project(project, stage, caplog):
     assert main([stage, "-c", CONFIG]) != 0
     assert f"{stage}: not yet for modality segmentation" in caplog.text
+
+
+def test_a_pseudo_round_trains_each_fold_on_its_own_teachers_test_masks(project, caplog):
+    caplog.set_level(logging.INFO, logger="medalist")
+    _run("folds", "train", "infer")
+    assert main(["pseudo", "-c", CONFIG]) == 0
+    record = _json("outputs/pseudo/1/teachers.json")
+    for fold in (0, 1):
+        ids, labels = store.read_masks(Path(f"outputs/pseudo/1/fold{fold}.masks.safetensors"))
+        # Fold k's labels are the fold-k teacher's test masks (it never saw fold k's images).
+        teacher_ids, teacher = store.read_masks(OUT / f"fold{fold}" / "test.masks.safetensors")
+        position = {image: k for k, image in enumerate(teacher_ids)}
+        assert len(ids) == record["files"][f"fold{fold}"]["rows"] == 6
+        for image, mask in zip(ids, labels, strict=True):
+            assert np.abs(mask - teacher[position[image]]).max() <= 1.01 / 255
+        table = pd.read_parquet(f"outputs/pseudo/1/fold{fold}.parquet")
+        assert list(table["id"]) == list(ids) and (table["pseudo_weight"] == 1.0).all()
+    _run("train", overrides=("train.pseudo_round=1", "train.experiment=student"))
+    assert "fold 0: 6 pseudo-labelled test rows added to training" in caplog.text
+    assert _json(Path("outputs/student/metrics.json"))["complete"]
+    # Hard masks of the most confident half, in a second round.
+    assert (
+        main(
+            [
+                "pseudo",
+                "-c",
+                CONFIG,
+                "pseudo.round=2",
+                "pseudo.mode=hard",
+                "pseudo.max_fraction=0.5",
+            ]
+        )
+        == 0
+    )
+    ids, labels = store.read_masks(Path("outputs/pseudo/2/fold0.masks.safetensors"))
+    table = pd.read_parquet("outputs/pseudo/1/fold0.parquet").set_index("id")
+    confident = table["confidence"].sort_values(ascending=False, kind="stable").index[:3]
+    assert sorted(ids) == sorted(confident)
+    assert all(set(np.unique(mask)) <= {0.0, 1.0} for mask in labels)
+    # A label file changed after the pseudo stage wrote it is refused before training.
+    store.write_masks(
+        Path("outputs/pseudo/2/fold0.masks.safetensors"), ids, [1 - m for m in labels]
+    )
+    caplog.clear()
+    assert main(["train", "-c", CONFIG, "train.pseudo_round=2", "train.experiment=tampered"]) != 0
+    assert "changed since `medalist pseudo` wrote it" in caplog.text
 
 
 def test_a_full_fit_needs_a_configured_threshold_for_its_submission(project):

@@ -55,7 +55,8 @@ def _weights(cfg: Config) -> list[Path]:
 
 def _teacher_tables(cfg: Config) -> list[Path]:
     outputs = Path(cfg.competition.outputs_dir)
-    return [outputs / t / "test.parquet" for t in cfg.pseudo.teachers or [cfg.train.experiment]]
+    name = _test_predictions(cfg).name
+    return [outputs / t / name for t in cfg.pseudo.teachers or [cfg.train.experiment]]
 
 
 def _pseudo_labels(cfg: Config) -> list[Path]:

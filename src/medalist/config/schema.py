@@ -175,9 +175,10 @@ class Config(Section):
                 "a mask loss is one value per batch, not per row",
             ),
             "tricks.sampler.balanced": (tricks.sampler.balanced, "masks have no class per row"),
-            "train.pseudo_round": (
-                self.train.pseudo_round is not None,
-                "pseudo labels are not yet made from masks",
+            "pseudo.balance": (self.pseudo.balance, "an image's mask has no single class"),
+            "pseudo.threshold": (
+                isinstance(self.pseudo.threshold, list),
+                "one confidence per image (the mean over its pixels of max(p, 1 - p))",
             ),
             "train.seeds": (bool(self.train.seeds), "seed averages are not yet made of masks"),
             "distill.teacher": (

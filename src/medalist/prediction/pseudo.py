@@ -14,7 +14,9 @@ Writes ``outputs/pseudo/<round>/fold{k}.parquet`` (per fold) or ``full.parquet``
 with the id column, ``pseudo_weight``, ``confidence`` and the label columns (the task's
 prediction columns: probabilities for soft labels, one-hot / 0-1 / values for hard ones), and
 ``teachers.json``: teachers, source, mode, threshold, the folds manifest hash and each file's
-sha256, which a student checks before using a file.
+sha256, which a student checks before using a file. A task whose predictions are not rows
+(segmentation masks) writes its own labels beside the table (``fold{k}.masks.safetensors``, its
+sha256 recorded too: ``task.own_predictions.pseudo_labels``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from medalist.data import read_test
 from medalist.errors import ConfigError, DataError
 from medalist.io import sha256_file, write_json, write_parquet
 from medalist.layout import FULL_FIT, fold_name, folds_files, outputs_dir, pseudo_dir
-from medalist.tasks import check_table_predictions
+from medalist.tasks import own_task
 from medalist.training.runtime import process_state
 
 log = logging.getLogger(__name__)
@@ -176,7 +178,6 @@ def _teacher_tables(cfg: Config, teachers: list[str], name: str, current_hash: s
 
 def run(cfg: Config) -> dict:
     """Build round ``pseudo.round``'s labels from the teachers' test predictions."""
-    check_table_predictions(cfg, "pseudo")
     if not cfg.pseudo.allow_test:
         raise ConfigError("pseudo.allow_test: false; this competition's test set is not labelled")
     teachers = cfg.pseudo.teachers or [cfg.train.experiment]
@@ -184,16 +185,23 @@ def run(cfg: Config) -> dict:
     folder = pseudo_dir(cfg, cfg.pseudo.round)
     test_ids = set(read_test(cfg)[cfg.competition.id_column].astype(str))
     first = outputs_dir(cfg) / teachers[0]
+    own = own_task(cfg)  # masks: the task's own label files
+    predictions = "test.parquet" if own is None else own.own_predictions.test_file
     if cfg.pseudo.source == "ensemble":
-        names = {fold_name(FULL_FIT): "test.parquet"}
+        names = {fold_name(FULL_FIT): predictions}
     else:
         folds = sorted(int(p.name[4:]) for p in first.glob("fold*") if p.name[4:].isdigit())
-        names = {fold_name(k): f"{fold_name(k)}/test.parquet" for k in folds}
+        names = {fold_name(k): f"{fold_name(k)}/{predictions}" for k in folds}
     # Under several processes (accelerate launch, torchrun) every process computes the labels;
     # only the main one writes them, and the others wait until they are on disk.
     state = process_state(cfg)
     files = {}
     for label_name, table_name in names.items():
+        if own is not None:
+            files[label_name] = own.own_predictions.pseudo_labels(
+                cfg, teachers, table_name, current, folder / label_name, state.is_main_process
+            )
+            continue
         info, mean = _teacher_tables(cfg, teachers, table_name, current)
         if not set(mean[cfg.competition.id_column].astype(str)) <= test_ids:
             raise DataError(f"pseudo: {table_name} of {teachers} has ids that are not test ids")

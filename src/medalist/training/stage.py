@@ -245,6 +245,8 @@ def _train_targets(
     round only these labelled rows are mixed: the pseudo-labelled test rows keep their labels
     and weights (:func:`_pseudo_set`), themselves soft targets of the fold's pseudo teachers.
     """
+    if task.own_predictions is not None:  # masks: the loss takes them as they are
+        return targets
     if task.type == "multilabel":
         targets = targets.astype(np.int64)  # hard: told apart from soft labels by their dtype
     if cfg.distill.teacher is not None:
@@ -275,11 +277,14 @@ def _pseudo_set(cfg, task, modality, fold):
             f"pseudo labels: {len(unknown)} id(s) are not test ids, e.g. {unknown.head(3).tolist()}"
         )
     rows = position.loc[ids.to_numpy()].to_numpy()
-    labels = table[task.pred_columns].to_numpy(dtype=np.float32)
-    if task.type == "binary":
-        labels = labels[:, 0]
-    if labels_mode(cfg) == "hard":  # hard labels, smoothed once as the labelled rows are
-        labels = _smoothed(cfg, task, as_hard(task.type, labels))
+    if task.own_predictions is not None:  # masks: the round's mask file, checked as the table
+        labels = task.own_predictions.pseudo_masks(cfg, fold, ids.tolist())
+    else:
+        labels = table[task.pred_columns].to_numpy(dtype=np.float32)
+        if task.type == "binary":
+            labels = labels[:, 0]
+        if labels_mode(cfg) == "hard":  # hard labels, smoothed once as the labelled rows are
+            labels = _smoothed(cfg, task, as_hard(task.type, labels))
     log.info("fold %s: %d pseudo-labelled test rows added to training", fold, len(rows))
     return modality.build_dataset(
         cfg,

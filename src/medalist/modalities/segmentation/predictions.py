@@ -33,14 +33,23 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from medalist.config import Config
 from medalist.data import read_table, read_test
 from medalist.errors import DataError
 from medalist.honest.test_like import test_like_scores
-from medalist.io import write_json
-from medalist.layout import experiment_dir, fold_dir, prediction_weights, sample_path, test_path
+from medalist.io import sha256_file, write_json, write_parquet
+from medalist.layout import (
+    experiment_dir,
+    fold_dir,
+    fold_name,
+    prediction_weights,
+    pseudo_dir,
+    sample_path,
+    test_path,
+)
 from medalist.modalities import image
 from medalist.modalities.segmentation import blend, postprocess, store
 from medalist.modalities.segmentation.masks import image_size
@@ -314,6 +323,109 @@ class MaskPredictions:
                 f"{worst:g}); run `medalist infer` again for {name} with the settings to ship "
                 "(it records its views in infer.json) and package after it"
             )
+
+    # Pseudo labels (medalist.prediction.pseudo): soft or hard masks of the test images.
+
+    def pseudo_labels(self, cfg, teachers, name: str, folds_sha256: str, stem: Path, write: bool):
+        """One label file of a pseudo round from the teachers' test masks ``name`` (a fold's, or
+        the fold average for ``source: ensemble``): their mean, each image's confidence (the mean
+        over its pixels of the top probability, max(p, 1 - p) for sigmoid masks), the images
+        above ``pseudo.threshold``, most confident first, at most ``pseudo.max_fraction`` of
+        them; ``mode: hard`` masks at 0.5 (one-hot argmax for multiclass). Written (``write``:
+        the main process) as ``<stem>.masks.safetensors`` and ``<stem>.parquet`` (id,
+        ``pseudo_weight``, ``confidence``); returns their record for ``teachers.json``."""
+        ids, per_teacher = None, []
+        for teacher in teachers:
+            folder = Path(cfg.competition.outputs_dir) / teacher
+            task_file, masks_file = folder / "task.json", folder / name
+            if not task_file.is_file() or not masks_file.is_file():
+                raise DataError(
+                    f"pseudo.teachers: {folder} has no {name}; run train and infer first"
+                )
+            if json.loads(task_file.read_text()).get("folds_sha256") != folds_sha256:
+                raise DataError(
+                    f"pseudo.teachers: '{teacher}' was trained on other folds than "
+                    f"{cfg.competition.folds_dir}/folds.json; its labels would leak"
+                )
+            teacher_ids, masks = store.read_masks(masks_file)
+            if ids is not None and [str(i) for i in teacher_ids] != [str(i) for i in ids]:
+                raise DataError(
+                    f"pseudo.teachers: {teachers} predicted different test ids for {name}"
+                )
+            ids = teacher_ids
+            per_teacher.append(masks)
+        mean = mean_masks(per_teacher)
+        confidence = np.array([float(self.confidence(m)) for m in mean])
+        rows = self.select(cfg.pseudo, confidence)
+        labels = [mean[i] if cfg.pseudo.mode == "soft" else self.hard(mean[i]) for i in rows]
+        table = pd.DataFrame(
+            {
+                cfg.competition.id_column: [ids[i] for i in rows],
+                "pseudo_weight": cfg.pseudo.weight,
+                "confidence": confidence[rows],
+            }
+        )
+        record = {"sha256": None, "masks_sha256": None, "rows": len(rows), "of": len(ids)}
+        if write:
+            masks_path = store.write_masks(
+                stem.with_name(f"{stem.name}.masks.safetensors"), [ids[i] for i in rows], labels
+            )
+            record["masks_sha256"] = sha256_file(masks_path)
+            record["sha256"] = sha256_file(write_parquet(stem.with_suffix(".parquet"), table))
+        log.info(
+            "pseudo round %d: %s: %d of %d test images",
+            cfg.pseudo.round,
+            stem.name,
+            len(rows),
+            len(ids),
+        )
+        return record
+
+    def confidence(self, probs: np.ndarray) -> float:
+        """How sure the masks are: the mean over pixels of the top class's probability
+        (multiclass), or of max(p, 1 - p) (each sigmoid channel)."""
+        if self.task.mode == "multiclass":
+            return float(probs.max(0).mean())
+        return float(np.maximum(probs, 1 - probs).mean())
+
+    def select(self, settings, confidence: np.ndarray) -> np.ndarray:
+        """The images kept: above ``threshold``, most confident first, ``max_fraction`` at
+        most; in test order."""
+        keep = np.ones(len(confidence), dtype=bool)
+        if settings.threshold is not None:
+            keep = confidence >= float(settings.threshold)
+        order = [i for i in np.argsort(-confidence, kind="stable") if keep[i]]
+        cap = int(np.floor(settings.max_fraction * len(confidence)))
+        return np.sort(np.asarray(order[:cap], dtype=int))
+
+    def hard(self, probs: np.ndarray) -> np.ndarray:
+        """A hard mask: one-hot argmax (multiclass), else 0/1 at 0.5."""
+        if self.task.mode == "multiclass":
+            return (np.arange(len(probs))[:, None, None] == probs.argmax(0)).astype(np.float32)
+        return (probs >= 0.5).astype(np.float32)
+
+    def pseudo_masks(self, cfg, fold: int, ids: list) -> list[np.ndarray]:
+        """The masks of round ``train.pseudo_round`` that fold ``fold``'s student trains on, in
+        the order of ``ids`` (the round's table, already checked): the file checked against
+        ``teachers.json``; multiclass masks as class indices (what the loss takes)."""
+        folder = pseudo_dir(cfg, cfg.train.pseudo_round)
+        record = json.loads((folder / "teachers.json").read_text())
+        name = fold_name(fold)
+        path = folder / f"{name}.masks.safetensors"
+        entry = record["files"].get(name) or {}
+        if not path.is_file() or sha256_file(path) != entry.get("masks_sha256"):
+            raise DataError(
+                f"{path}: missing, or changed since `medalist pseudo` wrote it; run it again"
+            )
+        stored_ids, masks = store.read_masks(path)
+        position = {str(i): k for k, i in enumerate(stored_ids)}
+        missing = [i for i in ids if str(i) not in position]
+        if missing:
+            raise DataError(f"{path}: no mask for pseudo-labelled ids {missing[:5]}")
+        out = [masks[position[str(i)]] for i in ids]
+        if self.task.mode == "multiclass":
+            out = [m.argmax(0).astype(np.int64) for m in out]
+        return out
 
     def ensemble(self, cfg, ens_cfg) -> dict:
         """``medalist ensemble`` of segmentation experiments (:mod:`~.blend`)."""
