@@ -153,24 +153,34 @@ def label_table(cfg: Config, task_info: dict, table: pd.DataFrame) -> pd.DataFra
     return out
 
 
+def teacher_file(cfg: Config, teacher: str, name: str, current_hash: str) -> tuple[Path, dict]:
+    """A teacher's test predictions ``name`` (a table, or a task's own file such as masks) and
+    its ``task.json``, refused when missing or made on other folds than the current ones."""
+    folder = Path(cfg.competition.outputs_dir) / teacher
+    task_file, predictions = folder / "task.json", folder / name
+    if not task_file.is_file() or not predictions.is_file():
+        raise DataError(f"pseudo.teachers: {folder} has no {name}; run train and infer first")
+    info = json.loads(task_file.read_text())
+    if info.get("folds_sha256") != current_hash:
+        raise DataError(
+            f"pseudo.teachers: '{teacher}' was trained on other folds than "
+            f"{cfg.competition.folds_dir}/folds.json; its labels would leak"
+        )
+    return predictions, info
+
+
+def different_ids(teachers: list[str], name: str) -> DataError:
+    return DataError(f"pseudo.teachers: {teachers} predicted different test ids for {name}")
+
+
 def _teacher_tables(cfg: Config, teachers: list[str], name: str, current_hash: str):
-    outputs = Path(cfg.competition.outputs_dir)
     tables, info = [], None
     for teacher in teachers:
-        folder = outputs / teacher
-        task_file, table_file = folder / "task.json", folder / name
-        if not task_file.is_file() or not table_file.is_file():
-            raise DataError(f"pseudo.teachers: {folder} has no {name}; run train and infer first")
-        info = json.loads(task_file.read_text())
-        if info.get("folds_sha256") != current_hash:
-            raise DataError(
-                f"pseudo.teachers: '{teacher}' was trained on other folds than "
-                f"{cfg.competition.folds_dir}/folds.json; its labels would leak"
-            )
+        table_file, info = teacher_file(cfg, teacher, name, current_hash)
         tables.append(pd.read_parquet(table_file))
     ids = [t[cfg.competition.id_column].astype(str).tolist() for t in tables]
     if any(i != ids[0] for i in ids):
-        raise DataError(f"pseudo.teachers: {teachers} predicted different test ids for {name}")
+        raise different_ids(teachers, name)
     mean = tables[0].copy()
     mean[info["pred_columns"]] = np.mean([t[info["pred_columns"]].to_numpy() for t in tables], 0)
     return info, mean

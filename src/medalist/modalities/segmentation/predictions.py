@@ -63,6 +63,7 @@ from medalist.modalities.segmentation.submission import (
 from medalist.modalities.segmentation.tiling import predict_tiled
 from medalist.modalities.segmentation.views import predict_views
 from medalist.prediction.infer import each_weight_file
+from medalist.prediction.pseudo import different_ids, teacher_file
 
 log = logging.getLogger(__name__)
 
@@ -336,22 +337,10 @@ class MaskPredictions:
         ``pseudo_weight``, ``confidence``); returns their record for ``teachers.json``."""
         ids, per_teacher = None, []
         for teacher in teachers:
-            folder = Path(cfg.competition.outputs_dir) / teacher
-            task_file, masks_file = folder / "task.json", folder / name
-            if not task_file.is_file() or not masks_file.is_file():
-                raise DataError(
-                    f"pseudo.teachers: {folder} has no {name}; run train and infer first"
-                )
-            if json.loads(task_file.read_text()).get("folds_sha256") != folds_sha256:
-                raise DataError(
-                    f"pseudo.teachers: '{teacher}' was trained on other folds than "
-                    f"{cfg.competition.folds_dir}/folds.json; its labels would leak"
-                )
+            masks_file, _ = teacher_file(cfg, teacher, name, folds_sha256)
             teacher_ids, masks = store.read_masks(masks_file)
             if ids is not None and [str(i) for i in teacher_ids] != [str(i) for i in ids]:
-                raise DataError(
-                    f"pseudo.teachers: {teachers} predicted different test ids for {name}"
-                )
+                raise different_ids(teachers, name)
             ids = teacher_ids
             per_teacher.append(masks)
         mean = mean_masks(per_teacher)
