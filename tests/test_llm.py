@@ -21,7 +21,6 @@ from safetensors.torch import load_file
 from medalist.cli import main
 from medalist.config import resolve_config
 from medalist.demo.digits import working_directory
-from medalist.demo.text import docstring_corpus
 from medalist.errors import CheckpointError, ConfigError
 from medalist.modalities import mlm
 from medalist.modalities.text import build_dataset, build_model
@@ -33,11 +32,10 @@ from medalist.training.runtime import make_accelerator, make_loader, predict_log
 from medalist.training.weights import BASE_KEY, load_weights, read_metadata, save_weights
 from support.bundles import kaggle_overrides
 from support.configs import text_cfg
-from support.llm_projects import docstring_project
+from support.llm_projects import docstring_project, docstring_rows, tiny_llm
 from support.tiny_decoder import make_decoder
 
 SUPPORT = Path(__file__).parent / "support"
-LIBRARIES = {"numpy": ["numpy", "numpy.linalg"], "pandas": ["pandas"]}
 LORA = [
     "text.lora.enabled=true",
     "text.lora.r=4",
@@ -49,8 +47,7 @@ LORA = [
 
 @pytest.fixture(scope="module")
 def corpus() -> pd.DataFrame:
-    data = docstring_corpus(per_library=20, seed=0, libraries=LIBRARIES)
-    return data.assign(id=[f"r{i}" for i in range(len(data))])
+    return docstring_rows(per_library=20)
 
 
 @pytest.fixture(scope="module")
@@ -223,38 +220,12 @@ def test_fold_files_hold_adapters_and_head_and_load_only_onto_their_base(
 # ---------------------------------------------------------------------------------------------
 # A decoder competition through the stages
 
-TINY_LLM = """\
-text:
-  backbone: models/decoder
-  max_length: 32
-  pooling: last
-  dropout: 0.0
-  lora:
-    enabled: true
-    r: 4
-    alpha: 8
-    target_modules: [q_proj, v_proj]
-folds:
-  n_splits: 2
-train:
-  experiment: tiny_llm
-  epochs: 2
-  batch_size: 8
-  lr: 3.0e-3
-  num_workers: 0
-  progress: false
-tricks:
-  ema:
-    enabled: true
-    decay: 0.9
-"""
-
 
 @pytest.fixture(scope="module")
 def llm_project(tmp_path_factory, decoders, corpus) -> Path:
     """A baked text project on the tiny Llama with LoRA, through folds, train, infer, submission."""
     root = tmp_path_factory.mktemp("llm")
-    project = docstring_project(root, decoders["llama"], corpus, 30, TINY_LLM)
+    project = docstring_project(root, decoders["llama"], corpus, 30, tiny_llm())
     with working_directory(project):
         for stage in ("folds", "train", "infer", "submission"):
             assert main([stage, "-c", "configs/tiny.yaml"]) == 0, stage

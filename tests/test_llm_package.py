@@ -19,7 +19,6 @@ from safetensors.torch import load_file, save_file
 from medalist.cli import main
 from medalist.config import resolve_config
 from medalist.demo.digits import working_directory
-from medalist.demo.text import docstring_corpus
 from medalist.errors import CheckpointError, ConfigError
 from medalist.modalities.text import build_dataset, build_model
 from medalist.modalities.text_model import load_tokenizer
@@ -30,10 +29,9 @@ from medalist.offline.timing import estimate
 from medalist.tasks import build_task
 from medalist.training.weights import BASE_KEY, load_weights, read_metadata, save_weights
 from support.configs import text_cfg
-from support.llm_projects import docstring_project
+from support.llm_projects import docstring_project, docstring_rows, tiny_llm
 from support.tiny_decoder import make_decoder
 
-LIBRARIES = {"numpy": ["numpy", "numpy.linalg"], "pandas": ["pandas"]}
 LORA = [
     "text.pooling=last",
     "text.lora.enabled=true",
@@ -41,31 +39,12 @@ LORA = [
     "text.lora.alpha=8",
     "text.lora.target_modules=[q_proj,k_proj,v_proj,o_proj]",
 ]
-TINY_LLM = """\
-text:
-  backbone: models/decoder
-  max_length: 32
-  pooling: last
-  dropout: 0.0
-  lora:
-    enabled: true
-    r: 4
-    alpha: 8
-    target_modules: [q_proj, v_proj, o_proj]
-folds:
-  n_splits: 2
-train:
-  experiment: tiny_llm
-  epochs: 1
-  batch_size: 8
-  lr: 1.0e-2
-  num_workers: 0
-  progress: false
-tricks:
-  ema:
-    enabled: true
-    decay: 0.5
-"""
+# One epoch at a higher rate, LoRA on the output projection too, a faster EMA.
+PACKAGED = {
+    "text": {"lora": {"target_modules": ["q_proj", "v_proj", "o_proj"]}},
+    "train": {"epochs": 1, "lr": 1.0e-2},
+    "tricks": {"ema": {"decay": 0.5}},
+}
 CONFIG = ["-c", "configs/tiny.yaml"]
 SAMPLE = 8  # kaggle.timing_rows
 # The tiny decoder's folder without its weights (model.safetensors).
@@ -75,8 +54,7 @@ WHEEL = "stub/medalist-0.1.0-py3-none-any.whl"  # stands in for medalist's, neve
 
 @pytest.fixture(scope="module")
 def corpus() -> pd.DataFrame:
-    data = docstring_corpus(per_library=20, seed=0, libraries=LIBRARIES)
-    return data.assign(id=[f"r{i}" for i in range(len(data))])
+    return docstring_rows(per_library=20)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +77,7 @@ def project(tmp_path_factory, decoder, corpus) -> Path:
     """A text project on the tiny Llama with LoRA (EMA weights predict), through folds, train,
     infer and submission, with a stand-in medalist wheel for the bundle."""
     root = tmp_path_factory.mktemp("llm-package")
-    project = docstring_project(root, decoder, corpus, 28, TINY_LLM)
+    project = docstring_project(root, decoder, corpus, 28, tiny_llm(PACKAGED))
     (project / "stub").mkdir()
     with zipfile.ZipFile(project / WHEEL, "w") as archive:
         archive.writestr("medalist/__init__.py", "")

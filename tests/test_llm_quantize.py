@@ -15,13 +15,13 @@ from transformers import AutoModel, BitsAndBytesConfig
 
 from medalist.cli import main
 from medalist.demo.digits import bake, working_directory
-from medalist.demo.text import docstring_corpus
 from medalist.errors import ConfigError
 from medalist.modalities import text_model
 from medalist.modalities.text import build_model, check_inputs
 from medalist.modalities.text_model import process_device_map, quantization_config
 from medalist.tasks import build_task
 from support.configs import text_cfg
+from support.llm_projects import docstring_rows
 from support.tiny_decoder import make_decoder
 
 LORA = [
@@ -35,9 +35,7 @@ LORA = [
 
 @pytest.fixture(scope="module")
 def corpus() -> pd.DataFrame:
-    libraries = {"numpy": ["numpy", "numpy.linalg"], "pandas": ["pandas"]}
-    data = docstring_corpus(per_library=10, seed=0, libraries=libraries)
-    return data.assign(id=[f"r{i}" for i in range(len(data))])
+    return docstring_rows(per_library=10)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ from timm.utils import ModelEmaV3
 
 from medalist.cli import main
 from medalist.demo.digits import working_directory
-from medalist.demo.text import docstring_corpus
 from medalist.errors import CheckpointError
 from medalist.modalities.text import build_dataset, build_model
 from medalist.tasks import build_task
@@ -32,11 +31,10 @@ from medalist.tricks.ema import EMA, SharedBaseEma, load_average
 from medalist.tricks.registry import Tricks, build_tricks
 from medalist.tricks.swa import SWA
 from support.configs import text_cfg
-from support.llm_projects import docstring_project
+from support.llm_projects import docstring_project, docstring_rows, tiny_llm
 from support.tiny_decoder import make_decoder
 
 SUPPORT = Path(__file__).parent / "support"
-LIBRARIES = {"numpy": ["numpy", "numpy.linalg"], "pandas": ["pandas"]}
 LORA = [
     "text.pooling=last",
     "text.lora.enabled=true",
@@ -58,8 +56,7 @@ AVERAGES = [
 
 @pytest.fixture(scope="module")
 def corpus() -> pd.DataFrame:
-    data = docstring_corpus(per_library=20, seed=0, libraries=LIBRARIES)
-    return data.assign(id=[f"r{i}" for i in range(len(data))])
+    return docstring_rows(per_library=20)
 
 
 @pytest.fixture(scope="module")
@@ -196,42 +193,16 @@ def test_decay_schedule_is_timm_s(warmup):
 # ---------------------------------------------------------------------------------------------
 # Kill and resume through the train stage
 
-TINY_LLM = """\
-text:
-  backbone: models/decoder
-  max_length: 32
-  pooling: last
-  dropout: 0.0
-  lora:
-    enabled: true
-    r: 4
-    alpha: 8
-    target_modules: [q_proj, v_proj]
-folds:
-  n_splits: 2
-train:
-  experiment: tiny_llm
-  epochs: 2
-  batch_size: 8
-  lr: 3.0e-3
-  num_workers: 0
-  progress: false
-  folds: [0]
-tricks:
-  ema:
-    enabled: true
-    decay: 0.9
-  swa:
-    enabled: true
-    start_epoch: 0
-"""
+
+# Fold 0 alone, SWA from the first epoch beside EMA.
+TRIMMED = {"train": {"folds": [0]}, "tricks": {"swa": {"enabled": True, "start_epoch": 0}}}
 
 
 @pytest.fixture(scope="module")
 def averaged_project(tmp_path_factory, decoders, corpus) -> Path:
     """A baked text project on the tiny Llama with LoRA, EMA and SWA: fold 0, uninterrupted."""
     root = tmp_path_factory.mktemp("llm")
-    project = docstring_project(root, decoders["llama"], corpus, 30, TINY_LLM)
+    project = docstring_project(root, decoders["llama"], corpus, 30, tiny_llm(TRIMMED))
     with working_directory(project):
         for stage in ("folds", "train"):
             assert main([stage, "-c", "configs/tiny.yaml"]) == 0, stage
