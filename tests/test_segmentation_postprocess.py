@@ -102,3 +102,29 @@ def test_bad_grids_are_refused():
         search(probs, truth[:3], [0.5], [0])
     with pytest.raises(ValueError, match="connectivity"):
         remove_small_components(truth, 3, connectivity=6)
+
+
+def test_images_of_several_sizes_are_searched_in_chunks_with_the_same_scores():
+    """Images of two sizes, labelled a few at a time: each pair's score is the mean over every
+    image and channel of scoring the post-processed masks, whatever the chunk size."""
+    rng = np.random.default_rng(2)
+    shapes = [(2, 12, 12), (2, 9, 14), (2, 12, 12), (2, 9, 14), (2, 12, 12)]
+    probs = [rng.random(shape) ** 2 for shape in shapes]
+    truth = [rng.random(shape) > 0.7 for shape in shapes]
+    truth[1][0] = False  # an empty channel
+    grid = ([0.2, 0.5, 0.8], [0, 2, 4])
+    whole = search(probs, truth, *grid, connectivity=4)
+    for chunk_pixels in (1, 300):  # one image per chunk; two of 12 x 12 (2 x 288 pixels) apart
+        chunked = search(probs, truth, *grid, connectivity=4, chunk_pixels=chunk_pixels)
+        assert chunked.table.equals(whole.table)
+    for row in whole.table.itertuples():
+        per_image = [
+            score_table(
+                postprocess(p, row.threshold, row.min_size, connectivity=4)[None].astype(float),
+                t[None],
+                "multilabel",
+            )
+            for p, t in zip(probs, truth, strict=True)
+        ]
+        want = np.mean(np.concatenate([table.ravel() for table in per_image]))
+        assert row.score == pytest.approx(want, abs=1e-12)

@@ -27,6 +27,9 @@ from medalist.modalities.segmentation.scoring import from_counts
 
 CONNECTIVITY = (4, 8)
 CHOICE_FILE = "postprocess.json"  # the threshold and minimum size chosen on an experiment's OOF
+# About how many pixels the search labels at once: 2**24 is 64 MiB of probabilities and as much
+# of component labels.
+CHUNK_PIXELS = 2**24
 
 
 def _structure(connectivity: int) -> np.ndarray:
@@ -72,33 +75,36 @@ class Choice:
 
 
 def search(
-    probs: np.ndarray,
-    masks: np.ndarray,
+    probs: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
     thresholds: Sequence[float],
     min_sizes: Sequence[int],
     *,
     metric: str = "dice",
     empty: str = "one",
     connectivity: int = 8,
+    chunk_pixels: int = CHUNK_PIXELS,
 ) -> Choice:
     """The (threshold, min_size) pair of the grid with the best mean score on OOF masks.
 
     Args:
-        probs: OOF probabilities (N, C, H, W) or (N, H, W), floats.
-        masks: the true masks, same shape, values >= 0.5 counting as true.
+        probs: each image's OOF probabilities, (C, H, W) or (H, W) floats; images may differ in
+            size (an array (N, ...) is N images).
+        masks: each image's true mask, of its probabilities' shape, values >= 0.5 counting as
+            true.
         thresholds: thresholds to try, in [0, 1].
         min_sizes: minimum component sizes to try, in pixels (0: keep every component).
         metric, empty: as :func:`medalist.modalities.segmentation.scoring.score_table`.
         connectivity: 8 or 4.
+        chunk_pixels: about how many pixels are labelled at once; images of one size are
+            stacked up to it, so memory stays bounded however many OOF images there are.
 
-    Each threshold labels the masks once; every min_size is then a sum over the components'
-    sizes and true pixels (``bincount``), not another pass over the pixels.
+    The score of a pair is the mean over every image and channel. Each threshold labels a
+    chunk's masks once; every min_size is then a sum over the components' sizes and true pixels
+    (``bincount``), not another pass over the pixels.
     """
-    probs, truth = np.asarray(probs), np.asarray(masks) >= 0.5
-    if not np.issubdtype(probs.dtype, np.floating) or probs.shape != truth.shape:
-        raise ValueError(
-            f"float probabilities and masks of one shape, got {probs.shape}, {truth.shape}"
-        )
+    if len(probs) != len(masks):
+        raise ValueError(f"probabilities and masks of one shape, got {len(probs)} and {len(masks)}")
     grid_t = np.asarray(thresholds, dtype=np.float64)
     grid_m = np.asarray(min_sizes, dtype=np.int64)
     if not grid_t.size or not grid_m.size:
@@ -106,12 +112,28 @@ def search(
     if not ((grid_t >= 0) & (grid_t <= 1)).all() or (grid_m < 0).any():
         raise ValueError(f"thresholds in [0, 1] and min_sizes >= 0, got {thresholds}, {min_sizes}")
     structure = _structure(connectivity)
-    probs, truth = _stack(probs), _stack(truth)
-    true_pixels = truth.reshape(len(truth), -1).sum(1)
-    hits = np.empty((grid_t.size, grid_m.size, len(truth)))
+    # Every channel of every image is one mask, numbered image by image as a stack would be.
+    first = np.zeros(len(probs) + 1, dtype=np.int64)
+    for i, (p, t) in enumerate(zip(probs, masks, strict=True)):
+        p = np.asarray(p)
+        if not np.issubdtype(p.dtype, np.floating) or p.shape != np.shape(t):
+            raise ValueError(
+                f"image {i}: float probabilities and masks of one shape, got {p.shape}, "
+                f"{np.shape(t)}"
+            )
+        first[i + 1] = first[i] + _stack(p).shape[0]
+    hits = np.empty((grid_t.size, grid_m.size, first[-1]))
     predicted = np.empty_like(hits)
-    for t, threshold in enumerate(grid_t):
-        hits[t], predicted[t] = _kept_counts(probs >= threshold, truth, grid_m, structure)
+    true_pixels = np.empty(first[-1])
+    for rows in _chunks(probs, chunk_pixels):
+        chunk_probs = _stack(np.stack([np.asarray(probs[i]) for i in rows]))
+        truth = _stack(np.stack([np.asarray(masks[i]) >= 0.5 for i in rows]))
+        where = np.concatenate([np.arange(first[i], first[i + 1]) for i in rows])
+        true_pixels[where] = truth.reshape(len(truth), -1).sum(1)
+        for t, threshold in enumerate(grid_t):
+            hits[t][:, where], predicted[t][:, where] = _kept_counts(
+                chunk_probs >= threshold, truth, grid_m, structure
+            )
     scores = from_counts(hits, predicted, true_pixels, metric=metric, empty=empty)
     scored = ~np.isnan(scores)
     counts = scored.sum(-1)
@@ -131,6 +153,18 @@ def search(
         }
     )
     return Choice(float(grid_t[t]), int(grid_m[m]), float(means[t, m]), table)
+
+
+def _chunks(probs: Sequence[np.ndarray], chunk_pixels: int):
+    """Groups of image positions of one shape, each of at most ``chunk_pixels`` pixels (one
+    image at least), in image order within each shape."""
+    by_shape: dict[tuple, list[int]] = {}
+    for i, p in enumerate(probs):
+        by_shape.setdefault(np.shape(p), []).append(i)
+    for shape, rows in by_shape.items():
+        per_chunk = max(1, chunk_pixels // max(1, int(np.prod(shape))))
+        for start in range(0, len(rows), per_chunk):
+            yield rows[start : start + per_chunk]
 
 
 def _kept_counts(hard, truth, min_sizes, structure) -> tuple[np.ndarray, np.ndarray]:

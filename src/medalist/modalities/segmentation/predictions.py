@@ -133,21 +133,6 @@ def mean_masks(per_model: list[list[np.ndarray]]) -> list[np.ndarray]:
     return [t / np.float32(len(per_model)) for t in total]
 
 
-def _stack_padded(probs: list[np.ndarray], truth: list[np.ndarray]) -> tuple[np.ndarray, ...]:
-    """Masks of several sizes as two stacks (N, C, H, W) padded to the largest size: padded
-    pixels have probability -1 (never predicted at any threshold in [0, 1]) and are never true,
-    so they change no count or component."""
-    channels = probs[0].shape[0]
-    height = max(p.shape[-2] for p in probs)
-    width = max(p.shape[-1] for p in probs)
-    p_out = np.full((len(probs), channels, height, width), -1.0, dtype=np.float32)
-    t_out = np.zeros((len(probs), channels, height, width), dtype=bool)
-    for i, (p, t) in enumerate(zip(probs, truth, strict=True)):
-        p_out[i, :, : p.shape[-2], : p.shape[-1]] = p
-        t_out[i, :, : t.shape[-2], : t.shape[-1]] = t.reshape(-1, *t.shape[-2:]) >= 0.5
-    return p_out, t_out
-
-
 def as_objects(masks) -> np.ndarray:
     """Per-image arrays (of any shapes) as a 1-D numpy object array."""
     out = np.empty(len(masks), dtype=object)
@@ -211,10 +196,9 @@ class MaskPredictions:
             return None
         thresholds = [seg.threshold] if seg.threshold is not None else seg.thresholds
         min_sizes = [seg.min_size] if seg.min_size is not None else seg.min_sizes
-        stacked_probs, stacked_truth = _stack_padded(probs, truth)
         choice = postprocess.search(
-            stacked_probs,
-            stacked_truth,
+            probs,
+            [np.asarray(t).reshape(p.shape) for t, p in zip(truth, probs, strict=True)],
             thresholds,
             min_sizes,
             metric=task.main_metric.name,
