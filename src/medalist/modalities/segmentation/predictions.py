@@ -23,7 +23,8 @@ points of the same stages:
   local test masks, blended with the ensemble's picks, submitted as above.
 
 Mask files are the uint8 store of :mod:`~medalist.modalities.segmentation.store` (probabilities
-quantised to 1/255, ids in order). Masks are predicted image by image, on the main process.
+quantised to 1/255, ids in order). Masks are predicted on the main process alone, whole images in
+batches of one size (:func:`predict_masks`).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ from medalist.modalities.segmentation.tiling import predict_tiled
 from medalist.modalities.segmentation.views import predict_views
 from medalist.prediction.infer import each_weight_file
 from medalist.prediction.pseudo import different_ids, teacher_file
+from medalist.training.runtime import make_loader
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,12 @@ POSTPROCESS = postprocess.CHOICE_FILE
 @torch.no_grad()
 def predict_masks(cfg: Config, task, model, dataset, views: list[str], device) -> list[np.ndarray]:
     """Each image's probability mask (C, H, W) at its own size, in the dataset's order: the
-    views undone and averaged per tile (``segmentation.tile.size``) or on the whole image."""
+    views undone and averaged per tile (``segmentation.tile.size``) or on the whole image.
+
+    Whole images go through the model ``infer.batch_size`` at a time, each batch of one image
+    size (the dataset's ``batch_sampler``), read by ``train.num_workers`` loader workers; tiled
+    images one by one, their tiles ``segmentation.tile.batch_size`` at a time.
+    """
     tile = cfg.segmentation.tile
     model.eval()
 
@@ -84,21 +91,26 @@ def predict_masks(cfg: Config, task, model, dataset, views: list[str], device) -
     def viewed(images: torch.Tensor) -> torch.Tensor:
         return predict_views(probabilities, images, views)
 
-    masks = []
-    for index in range(len(dataset)):
-        image = dataset[index]["input"].to(device)
+    loader = make_loader(dataset, cfg.infer.batch_size, shuffle=False, cfg=cfg)
+    masks: list[np.ndarray | None] = [None] * len(dataset)
+    for batch in loader:
+        images = batch["input"].to(device)
         if tile.size:
-            probs = predict_tiled(
-                viewed,
-                image,
-                tile.size,
-                tile.overlap,
-                batch_size=tile.batch_size,
-                kind=tile.window,
-            )
+            probs = [
+                predict_tiled(
+                    viewed,
+                    image,
+                    tile.size,
+                    tile.overlap,
+                    batch_size=tile.batch_size,
+                    kind=tile.window,
+                )
+                for image in images
+            ]
         else:
-            probs = viewed(image[None])[0]
-        masks.append(probs.float().cpu().numpy())
+            probs = viewed(images)
+        for row, mask in zip(batch["index"].tolist(), probs, strict=True):
+            masks[row] = mask.float().cpu().numpy()
     return masks
 
 
