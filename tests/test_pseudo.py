@@ -232,3 +232,34 @@ def test_run_loops_rounds_and_stops_when_cv_stops_improving(tiny_project):
     }
     assert [p.stat().st_mtime_ns for p in students] == stamps  # no student trained again
     assert main(["run", *ARGS, stages, "pseudo.source=ensemble"]) == 2
+
+
+def test_a_seed_averaged_teacher_labels_each_fold_with_its_seeds_fold_models(tiny_project):
+    """A ``train.seeds`` experiment keeps its fold models in its seeds' folders: fold k's labels
+    are the mean of every seed's fold-k test predictions (the seed-averaged model's fold k)."""
+    seeds = [*ARGS, "train.seeds=[0,1]", "train.folds=[0,1]"]
+    assert main(["folds", *seeds]) == 0
+    assert main(["train", *seeds]) == 0
+    assert main(["infer", *seeds]) == 0
+    assert main(["pseudo", *seeds, "pseudo.threshold=0.0"]) == 0
+    record = json.loads((tiny_project / "outputs/pseudo/1/teachers.json").read_text())
+    assert record["teachers"] == ["tiny@s0", "tiny@s1"]
+    assert set(record["files"]) == {"fold0", "fold1"}
+    labels = pd.read_parquet(tiny_project / "outputs/pseudo/1/fold1.parquet")
+    per_seed = [
+        pd.read_parquet(tiny_project / f"outputs/tiny@s{seed}/fold1/test.parquet")
+        for seed in (0, 1)
+    ]
+    mean = (per_seed[0].filter(like="p_").to_numpy() + per_seed[1].filter(like="p_").to_numpy()) / 2
+    assert np.allclose(labels.filter(like="p_").to_numpy(), mean, atol=1e-6)
+
+
+def test_a_teacher_without_fold_models_is_refused_for_per_fold_labels(tiny_project):
+    _teacher(tiny_project)
+    shutil.copytree(tiny_project / "outputs/tiny", tiny_project / "outputs/flat")
+    for fold in (tiny_project / "outputs/flat").glob("fold*"):
+        shutil.rmtree(fold)
+    with pytest.raises(DataError, match="no fold"):
+        from medalist.prediction.pseudo import run as pseudo
+
+        pseudo(resolve_config("configs/tiny.yaml", ["pseudo.teachers=[flat]"]))

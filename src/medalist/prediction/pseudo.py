@@ -169,6 +169,20 @@ def teacher_file(cfg: Config, teacher: str, name: str, current_hash: str) -> tup
     return predictions, info
 
 
+def fold_teachers(cfg: Config, teachers: list[str]) -> list[str]:
+    """The experiments whose fold models label each fold: a seed-averaged experiment
+    (``train.seeds``) has no fold models of its own and stands for its seeds' experiments
+    (``metrics.json``'s ``seed_experiments``), so its fold k is the mean of their fold-k models."""
+    out = []
+    for teacher in teachers:
+        metrics = Path(cfg.competition.outputs_dir) / teacher / "metrics.json"
+        seeds = (
+            json.loads(metrics.read_text()).get("seed_experiments") if metrics.is_file() else None
+        )
+        out += seeds or [teacher]
+    return out
+
+
 def different_ids(teachers: list[str], name: str) -> DataError:
     return DataError(f"pseudo.teachers: {teachers} predicted different test ids for {name}")
 
@@ -194,13 +208,20 @@ def run(cfg: Config) -> dict:
     current = folds_hash(cfg)
     folder = pseudo_dir(cfg, cfg.pseudo.round)
     test_ids = set(read_test(cfg)[cfg.competition.id_column].astype(str))
-    first = outputs_dir(cfg) / teachers[0]
     own = own_task(cfg)  # masks: the task's own label files
     predictions = "test.parquet" if own is None else own.own_predictions.test_file
     if cfg.pseudo.source == "ensemble":
         names = {fold_name(FULL_FIT): predictions}
     else:
+        teachers = fold_teachers(cfg, teachers)
+        first = outputs_dir(cfg) / teachers[0]
         folds = sorted(int(p.name[4:]) for p in first.glob("fold*") if p.name[4:].isdigit())
+        if not folds:
+            raise DataError(
+                f"pseudo.teachers: {first} has no fold models (fold0/, fold1/, ...) to label "
+                "each fold with; pseudo.source: ensemble labels full-fit students from its test "
+                "predictions"
+            )
         names = {fold_name(k): f"{fold_name(k)}/{predictions}" for k in folds}
     # Under several processes (accelerate launch, torchrun) every process computes the labels;
     # only the main one writes them, and the others wait until they are on disk.
