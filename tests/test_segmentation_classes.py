@@ -17,7 +17,6 @@ import torch
 from medalist.cli import main
 from medalist.config import resolve_config
 from medalist.demo.digits import working_directory
-from medalist.errors import SubmissionError
 from medalist.modalities.segmentation import rle, store
 from medalist.modalities.segmentation.postprocess import postprocess
 from medalist.modalities.segmentation.submission import read_text_csv
