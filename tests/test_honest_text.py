@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 from sklearn.metrics import roc_auc_score
 
@@ -36,6 +35,7 @@ from support.text_project import (
     tokenizer_corpus,
     write_text_project,
 )
+from support.threads import one_thread
 from support.tiny_text import make_backbone
 
 PER_LIBRARY = 100  # 200 docstrings: 150 train rows, 50 test rows
@@ -47,12 +47,8 @@ SANITY = ["sanity", "-c", CONFIG]
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """One torch thread: the tiny model's matrices are small, and where a few test processes
-    share two cores a second thread mostly waits for a busy one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from medalist.cli import main
 from medalist.config import resolve_config
@@ -21,6 +20,7 @@ from medalist.modalities.segmentation import rle, store
 from medalist.modalities.segmentation.postprocess import postprocess
 from medalist.modalities.segmentation.submission import read_text_csv
 from support.segmentation_project import CONFIG, EXPERIMENT, segmentation_project
+from support.threads import one_thread
 
 OUT = Path("outputs") / EXPERIMENT
 SIZE = 32
@@ -29,10 +29,8 @@ CLASSES = ["left", "right"]
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_thread():
+        yield
 
 
 def _split(mask: np.ndarray) -> list[np.ndarray]:

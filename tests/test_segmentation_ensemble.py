@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from medalist.cli import main
 from medalist.config import resolve_config
@@ -24,6 +23,7 @@ from medalist.offline.predict import read_manifest, run_bundle
 from medalist.tasks import build_task
 from support.bundles import kaggle_overrides
 from support.segmentation_project import CONFIG, segmentation_project
+from support.threads import one_thread
 
 OUT = Path("outputs")
 MEMBERS = ("a", "b", "zeros")
@@ -49,10 +49,8 @@ def _write_zeros_member() -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Two trained experiments (a, b) and a zero member, in one project for the module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    folder = segmentation_project(tmp_path_factory.mktemp("mask_ensemble"))
-    try:
+    with one_thread():
+        folder = segmentation_project(tmp_path_factory.mktemp("mask_ensemble"))
         with working_directory(folder):
             _run("folds")
             _run("train", "infer", overrides=("train.experiment=a", "train.epochs=6"))
@@ -62,8 +60,6 @@ def trained(tmp_path_factory):
                 overrides=("train.experiment=b", "train.epochs=6", "train.lr=1e-3"),
             )
             _write_zeros_member()
-    finally:
-        torch.set_num_threads(threads)
     return folder
 
 
@@ -221,15 +217,13 @@ def test_a_folder_without_config_is_checked_by_its_fold_files(project):
 
 
 @pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def single_thread():
+    with one_thread():
+        yield
 
 
 def test_the_bundle_of_a_mask_ensemble_writes_the_ensembles_submission(
-    project, tmp_path, one_thread
+    project, tmp_path, single_thread
 ):
     # A mean of two members: half levels everywhere, where a blend computed another way would
     # round some pixels the other way. One thread, as the members predicted their test masks

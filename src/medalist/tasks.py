@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from medalist.config import Config
-from medalist.errors import ConfigError, DataError, show_value
+from medalist.errors import DataError, show_value
 from medalist.metrics import Metric, get_metric
 from medalist.modalities import OWN_TASKS
 
@@ -160,12 +160,3 @@ def own_task(cfg: Config):
     alone; None when the task is one of this module's (built with train.csv's classes)."""
     module = OWN_TASKS.get(cfg.modality)
     return None if module is None else import_module(module).build_task(cfg, None)
-
-
-def check_table_predictions(cfg: Config, what: str) -> None:
-    """Refuse, naming ``what``, a stage that reads prediction tables when the config's task
-    predicts something else (a modality's own task: segmentation masks), before any work."""
-    if cfg.modality in OWN_TASKS:
-        raise ConfigError(
-            f"{what}: not yet for modality {cfg.modality}, whose predictions are not table rows"
-        )

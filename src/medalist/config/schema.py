@@ -180,12 +180,6 @@ class Config(Section):
                 isinstance(self.pseudo.threshold, list),
                 "one confidence per image (the mean over its pixels of max(p, 1 - p))",
             ),
-            "train.seeds": (bool(self.train.seeds), "seed averages are not yet made of masks"),
-            "distill.teacher": (
-                self.distill.teacher is not None,
-                "distillation is not yet made from masks",
-            ),
-            "infer.tta_oof": (self.infer.tta_oof, "TTA on OOF masks is not yet scored"),
         }
         for key, (used, why) in refused.items():
             if used:

@@ -93,7 +93,10 @@ class InferConfig(Section):
         "mean", description="How views merge: mean or max of probabilities, geometric (log space)."
     )
     tta_oof: bool = Field(
-        False, description="Also predict the OOF rows with the views (oof_tta.parquet, tta.json)."
+        False,
+        description="Also predict the OOF rows with the views (oof_tta.parquet, tta.json; masks: "
+        "oof_tta.masks.safetensors, and the post-processing the submission applies is searched "
+        "on them).",
     )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",

@@ -18,6 +18,14 @@ needs stays alive:
 A plain row permutation would give a copy and its original independent labels and so hide the
 most common leak of all, duplicates across folds.
 
+**Labels that are masks.** A task with its own predictions (``task.own_predictions``) has a mask
+per row as its label. A mask fits only an image of its own size, so there the rows of a fold
+exchange labels only with rows of the same image size (the permutation runs within each (fold,
+image size) block, and identical inputs of different sizes are never one group); the OOF masks
+are scored by the task against the shuffled masks, and the prior beside chance is a constant mask
+of the foreground fraction per channel (the task's predictions say how: ``sanity_kinds``,
+``sanity_scores``).
+
 **Chance and its standard error.** The OOF predictions of the shuffled-label run are held fixed
 and scored against ``sanity.permutations`` fresh draws of the same shuffle (other seeds): under
 "no leak" the validation rows' labels are exchangeable within their fold given everything the
@@ -73,7 +81,7 @@ from medalist.io import sha256_bytes, write_json
 from medalist.layout import FULL_FIT, sanity_dir, sanity_outputs, train_path
 from medalist.metrics import Metric
 from medalist.modalities import get_modality
-from medalist.tasks import Task, build_task, check_table_predictions
+from medalist.tasks import Task, build_task
 from medalist.training import stage as training
 from medalist.training.runtime import process_state
 
@@ -106,11 +114,12 @@ def _digest(value, hasher) -> None:
         hasher.update(repr(value).encode())
 
 
-def content_groups(cfg: Config, train: pd.DataFrame) -> np.ndarray:
+def content_groups(cfg: Config, train: pd.DataFrame, kinds: np.ndarray | None = None) -> np.ndarray:
     """For each row, the first row whose model inputs are identical to its own.
 
     The inputs are the modality's evaluation samples (no augmentation), so the check sees what
-    the model sees whatever the modality: decoded and resized pixels, token ids.
+    the model sees whatever the modality: decoded and resized pixels, token ids. Rows of
+    different ``kinds`` (one number per row; None: one kind) are never identical.
     """
     dataset = get_modality(cfg.modality).build_dataset(
         cfg, train, None, split="train", train=False, source=str(train_path(cfg))
@@ -121,6 +130,8 @@ def content_groups(cfg: Config, train: pd.DataFrame) -> np.ndarray:
         sample = dataset[row]
         hasher = hashlib.sha256()
         _digest({k: v for k, v in sample.items() if k not in IGNORED_KEYS}, hasher)
+        if kinds is not None:
+            hasher.update(f"kind {kinds[row]}".encode())
         groups[row] = first.setdefault(hasher.hexdigest(), row)
     return groups
 
@@ -132,7 +143,9 @@ def shuffle_labels(
 
     Each group (``groups``: a row's group is the index of its first row) takes the label of the
     first row of another group whose first row is in the same fold; every row of a group gets
-    the group's label.
+    the group's label. ``fold`` may be any blocks of rows that exchange labels
+    (:func:`exchange_blocks`); ``targets`` anything indexed by row arrays as a numpy array is (a
+    task's masks).
     """
     rng = np.random.default_rng(seed)
     heads = np.flatnonzero(groups == np.arange(len(groups)))  # each group's first row
@@ -141,6 +154,15 @@ def shuffle_labels(
         members = heads[fold[heads] == f]
         label_row[members] = rng.permutation(members)
     return targets[label_row[groups]]
+
+
+def exchange_blocks(fold: np.ndarray, kinds: np.ndarray | None) -> np.ndarray:
+    """The rows whose labels may be exchanged, as one number per row: the fold, or with
+    ``kinds`` (a mask's image size) each (fold, kind) pair."""
+    if kinds is None:
+        return fold
+    pairs = pd.DataFrame({"fold": fold, "kind": kinds})
+    return pairs.groupby(["fold", "kind"], sort=True).ngroup().to_numpy()
 
 
 def crossing_groups(groups: np.ndarray, fold: np.ndarray, ids: np.ndarray) -> list[list]:
@@ -269,17 +291,21 @@ def run(cfg: Config) -> dict:
     Raises:
         LeakError: the CV is above chance (after ``sanity.json`` is written).
     """
-    check_table_predictions(cfg, "sanity")
     _check(cfg)
     train = read_train(cfg)
     task = build_task(cfg, train)
-    targets = task.encode_targets(train, source=str(train_path(cfg)))
+    own = task.own_predictions
+    source = str(train_path(cfg))
+    targets = task.encode_targets(train, source=source)
     c = cfg.competition
     fold = load_folds(c.folds_dir, train, id_column=c.id_column, target_columns=c.target_columns)[
         "fold"
     ].to_numpy()
     ids = train[c.id_column].to_numpy()
-    groups = content_groups(cfg, train) if cfg.sanity.duplicates else np.arange(len(train))
+    kinds = None if own is None else own.sanity_kinds(cfg, train, source)
+    blocks = exchange_blocks(fold, kinds)
+    singletons = np.arange(len(train))  # every row a group of its own
+    groups = content_groups(cfg, train, kinds) if cfg.sanity.duplicates else singletons
     crossing = crossing_groups(groups, fold, ids)
     if crossing:
         log.warning(
@@ -287,16 +313,20 @@ def run(cfg: Config) -> dict:
             len(crossing),
             crossing[0],
         )
-    shuffled = shuffle_labels(targets, fold, groups, cfg.sanity.seed)
+    shuffled = shuffle_labels(targets, blocks, groups, cfg.sanity.seed)
     short = sanity_config(cfg)
     state = process_state(cfg)
     if state.is_main_process:
-        _fresh_folder(cfg, sha256_bytes(np.ascontiguousarray(shuffled).tobytes()))
+        if own is None:
+            labels_sha = sha256_bytes(np.ascontiguousarray(shuffled).tobytes())
+        else:
+            labels_sha = own.sanity_sha256(shuffled)
+        _fresh_folder(cfg, labels_sha)
     state.wait_for_everyone()
     metrics = training.run(short, targets=shuffled, ledger=False)
     if not state.is_main_process:
         return {}
-    result = _score(cfg, task, shuffled, targets, fold, groups, crossing, ids)
+    result = _score(cfg, task, shuffled, targets, blocks, groups, crossing, ids)
     result["folds"] = metrics.get("folds", {})
     write_json(sanity_dir(cfg) / "sanity.json", result)
     if result["verdict"] == "leak":
@@ -313,27 +343,29 @@ def run(cfg: Config) -> dict:
     return result
 
 
-def _score(cfg, task, shuffled, targets, fold, groups, crossing, ids) -> dict:
+def _score(cfg, task, shuffled, targets, blocks, groups, crossing, ids) -> dict:
     """Every metric of the shuffled-label OOF against its permutation null (see the module);
-    ``ids`` are train.csv's, in row order."""
-    oof = pd.read_parquet(sanity_dir(cfg) / "oof.parquet")
-    id_column = cfg.competition.id_column
+    ``blocks`` are :func:`exchange_blocks`, ``ids`` train.csv's, in row order."""
+    own = task.own_predictions
+    if own is None:
+        oof = pd.read_parquet(sanity_dir(cfg) / "oof.parquet")
+        oof_ids = oof[cfg.competition.id_column]
+        predictions = oof[task.pred_columns].to_numpy()
+    else:
+        oof_ids, predictions = own.sanity_oof(sanity_dir(cfg))
     position = pd.Series(np.arange(len(ids)), index=pd.Series(ids).astype(str).to_numpy())
-    rows = position.loc[oof[id_column].astype(str).to_numpy()].to_numpy()
-    predictions = oof[task.pred_columns].to_numpy()
+    rows = position.loc[pd.Series(oof_ids).astype(str).to_numpy()].to_numpy()
     seeds = np.random.SeedSequence(cfg.sanity.seed).generate_state(cfg.sanity.permutations)
-    nulls = [shuffle_labels(targets, fold, groups, int(s))[rows] for s in seeds]
-    prior = prior_prediction(task, shuffled[rows], len(rows))
+    nulls = [shuffle_labels(targets, blocks, groups, int(s))[rows] for s in seeds]
+    if own is None:
+        raw = _table_scores(task, shuffled[rows], nulls, predictions)
+    else:
+        raw = own.sanity_scores(shuffled[rows], nulls, predictions)
     scores = {}
     for metric in task.metrics:
-        null = np.array([metric(y, predictions) for y in nulls])
-        scores[metric.name] = assess(
-            metric, metric(shuffled[rows], predictions), null, cfg.sanity.z
-        )
-        try:
-            scores[metric.name]["constant_prior"] = metric(shuffled[rows], prior)
-        except ValueError:  # a metric that refuses a constant prediction
-            scores[metric.name]["constant_prior"] = None
+        observed, null, at_prior = raw[metric.name]
+        scores[metric.name] = assess(metric, observed, null, cfg.sanity.z)
+        scores[metric.name]["constant_prior"] = at_prior
     judge = judging_metric(task.main_metric.name, scores)
     if judge is None:
         verdict = "inconclusive"
@@ -356,6 +388,21 @@ def _score(cfg, task, shuffled, targets, fold, groups, crossing, ids) -> dict:
         "main": scores[task.main_metric.name],
         "metrics": scores,
     }
+
+
+def _table_scores(task, labels, nulls, predictions) -> dict[str, tuple]:
+    """Each metric's (score against ``labels``, scores against each of ``nulls``, score of the
+    constant prior: None for a metric that refuses a constant prediction)."""
+    prior = prior_prediction(task, labels, len(labels))
+    raw = {}
+    for metric in task.metrics:
+        try:
+            at_prior = metric(labels, prior)
+        except ValueError:  # a metric that refuses a constant prediction
+            at_prior = None
+        null = np.array([metric(y, predictions) for y in nulls])
+        raw[metric.name] = (metric(labels, predictions), null, at_prior)
+    return raw
 
 
 def leak_message(cfg: Config, result: dict) -> str:

@@ -7,9 +7,11 @@ its own, ``outputs/<experiment>@s<seed>/`` (weights, OOF, test predictions, a le
 then writes the seed-averaged model in ``outputs/<experiment>/``: its OOF (``oof.parquet``, the
 mean of the seeds' OOF) and test predictions (``test.parquet``, after ``infer``), and
 ``metrics.json`` with every seed's CV, their mean and standard deviation (across seeds, ``ddof=1``:
-the spread a new seed would show), and the averaged model's CV and per-fold scores. Downstream
-stages (submission, ensemble, report, pseudo teachers) read the averaged model as any other
-experiment; nothing offers to pick the best seed.
+the spread a new seed would show), and the averaged model's CV and per-fold scores. A task that
+writes its own predictions (masks: ``task.own_predictions``) averages those files instead and
+chooses its post-processing on the averaged OOF. Downstream stages (submission, ensemble, report,
+pseudo teachers) read the averaged model as any other experiment; nothing offers to pick the best
+seed.
 """
 
 from __future__ import annotations
@@ -76,6 +78,30 @@ def average_oof(cfg: Config, task: Task, targets: np.ndarray, folds: pd.DataFram
         metrics = {**base, "folds": {}}
         write_json(out / "metrics.json", metrics)
         return metrics
+    if task.own_predictions is not None:  # masks: averaged, scored, post-processed by the task
+        scored = task.own_predictions.average_seeds_oof(cfg, seed_folders(cfg), targets, folds)
+    else:
+        scored = _average_oof_tables(cfg, task, targets, folds)
+    per_fold = scored["folds"]
+    seed_cv = {str(s): m["cv"] for s, m in seeds.items()}
+    names = list(scored["cv"])
+    metrics = {
+        **base,
+        "seed_cv": seed_cv,
+        "seed_mean": {m: float(np.mean([cv[m] for cv in seed_cv.values()])) for m in names},
+        "seed_std": {m: _std([cv[m] for cv in seed_cv.values()]) for m in names},
+        **scored,
+        "fold_mean": {m: float(np.mean([s[m] for s in per_fold.values()])) for m in names},
+        "fold_std": {m: float(np.std([s[m] for s in per_fold.values()])) for m in names},
+        "seconds": round(sum(m.get("seconds", 0.0) for m in seeds.values()), 1),
+    }
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _average_oof_tables(cfg: Config, task: Task, targets: np.ndarray, folds: pd.DataFrame) -> dict:
+    """The seeds' mean OOF table (``oof.parquet``) and its scores: per fold, the CV,
+    ``cv_test_like`` and ``complete``."""
     id_column = cfg.competition.id_column
     train_ids = folds[id_column]
     label = f"experiment '{cfg.train.experiment}'"
@@ -83,29 +109,17 @@ def average_oof(cfg: Config, task: Task, targets: np.ndarray, folds: pd.DataFram
     oof = average_tables(tables, id_column, task.pred_columns, label)
     position = pd.Series(np.arange(len(train_ids)), index=train_ids.astype(str).to_numpy())
     rows = position.loc[oof[id_column].astype(str).to_numpy()].to_numpy()
-    write_parquet(out / "oof.parquet", oof)
+    write_parquet(experiment_dir(cfg) / "oof.parquet", oof)
     predictions = oof[task.pred_columns].to_numpy()
-    per_fold = {
-        str(f): task.score(targets[rows][oof["fold"].to_numpy() == f], part)
-        for f, part in _by_fold(oof, predictions)
-    }
-    seed_cv = {str(s): m["cv"] for s, m in seeds.items()}
-    names = list(task.score(targets[rows], predictions))
-    metrics = {
-        **base,
-        "seed_cv": seed_cv,
-        "seed_mean": {m: float(np.mean([cv[m] for cv in seed_cv.values()])) for m in names},
-        "seed_std": {m: _std([cv[m] for cv in seed_cv.values()]) for m in names},
-        "folds": per_fold,
+    return {
+        "folds": {
+            str(f): task.score(targets[rows][oof["fold"].to_numpy() == f], part)
+            for f, part in _by_fold(oof, predictions)
+        },
         "cv": task.score(targets[rows], predictions),
         **test_like_scores(task, folds, targets, rows, predictions),
-        "fold_mean": {m: float(np.mean([s[m] for s in per_fold.values()])) for m in names},
-        "fold_std": {m: float(np.std([s[m] for s in per_fold.values()])) for m in names},
         "complete": len(rows) == len(train_ids),
-        "seconds": round(sum(m.get("seconds", 0.0) for m in seeds.values()), 1),
     }
-    write_json(out / "metrics.json", metrics)
-    return metrics
 
 
 def _by_fold(oof: pd.DataFrame, predictions: np.ndarray):
@@ -119,7 +133,10 @@ def _std(values: list[float]) -> float:
 
 
 def average_tests(cfg: Config, task: Task) -> pd.DataFrame:
-    """Write the seed-averaged test predictions, ``outputs/<experiment>/test.parquet``."""
+    """Write the seed-averaged test predictions, ``outputs/<experiment>/test.parquet`` (or the
+    task's own file: ``task.own_predictions``); returns the table (its own: the test ids)."""
+    if task.own_predictions is not None:
+        return task.own_predictions.average_seeds_test(cfg, seed_folders(cfg))
     label = f"experiment '{cfg.train.experiment}'"
     tables = []
     for folder in seed_folders(cfg):

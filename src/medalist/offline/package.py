@@ -390,8 +390,10 @@ def _place(source: Path, target: Path) -> None:
 def _copy_experiment(experiment: Experiment, outputs: Path, root: Path, plan: Plan) -> dict:
     source = outputs / experiment.name
     target = f"outputs/{experiment.name}"
-    # postprocess.json: the threshold and minimum size the submission applies to masks.
-    for name in ("config.yaml", "task.json", "metrics.json", "postprocess.json"):
+    # postprocess.json: the threshold and minimum size the submission applies to masks, or
+    # tta.json's (searched on TTA OOF masks) while its views are infer.json's, as locally.
+    names = ("config.yaml", "task.json", "metrics.json", "postprocess.json")
+    for name in (*names, "tta.json", "infer.json"):
         if (source / name).is_file():
             _place(source / name, root / target / name)
     entry: dict = {"config": f"{target}/config.yaml", "task": f"{target}/task.json"}

@@ -14,6 +14,9 @@ The teacher's OOF predictions are never used: a row of fold j was predicted by t
 fold-j model, which trained on fold k's rows, so fold k's labels would reach fold k's student and
 inflate its CV. The teacher is the experiment as trained (``outputs/<teacher>/config.yaml``: its
 modality, model and weights), predicting as ``infer`` does (``infer.tta`` of that config).
+
+A task with its own predictions (masks) predicts and writes each fold's file itself
+(``fold<k>.masks.safetensors``, its ``distill_fold``), recorded in ``teacher.json`` as above.
 """
 
 from __future__ import annotations
@@ -42,8 +45,8 @@ from medalist.layout import (
 from medalist.modalities import get_modality
 from medalist.prediction.infer import load_task, predict_fold
 from medalist.prediction.pseudo import folds_hash
-from medalist.tasks import build_task, check_table_predictions
-from medalist.training.distill import check_learner, check_student, soften
+from medalist.tasks import build_task
+from medalist.training.distill import check_learner, check_student, check_task, soften
 from medalist.training.runtime import make_accelerator, make_loader, process_state
 
 log = logging.getLogger(__name__)
@@ -111,9 +114,35 @@ def _check_teacher(cfg: Config, tcfg: Config, folds: list[int], pred_columns: li
         )
 
 
+def _table_fold(cfg, tcfg, task, modality, accelerator, fold, subset, views) -> dict:
+    """The teacher's fold-``fold`` soft targets of the rows ``subset`` as ``fold<k>.parquet``
+    (written by the main process); returns the file's record."""
+    dataset = modality.build_dataset(
+        tcfg,
+        subset,
+        None,
+        split="train",
+        train=False,
+        source=str(train_path(tcfg)),
+        views=views,
+    )
+    loader = make_loader(dataset, tcfg.infer.batch_size, shuffle=False, cfg=tcfg)
+    loader = accelerator.prepare(loader)
+    probs = predict_fold(tcfg, task, modality, accelerator, fold, loader, views)
+    table = pd.DataFrame(
+        soften(task.type, probs, cfg.distill.temperature), columns=task.pred_columns
+    )
+    id_column = cfg.competition.id_column
+    table.insert(0, id_column, subset[id_column].to_numpy())
+    entry = {"sha256": None, "rows": len(table)}
+    if accelerator.is_main_process:
+        path = write_parquet(distill_dir(cfg) / f"{fold_name(fold)}.parquet", table)
+        entry["sha256"] = sha256_file(path)
+    return entry
+
+
 def run(cfg: Config) -> dict:
     """Write the teacher's soft targets of each student fold's training rows; returns the record."""
-    check_table_predictions(cfg, "distill")
     if cfg.distill.teacher is None:
         raise ConfigError("distill.teacher: not set; name the teacher experiment to distil")
     check_student(cfg)
@@ -127,6 +156,7 @@ def run(cfg: Config) -> dict:
     folds = student_folds(cfg, fold_of_row)
     student_task = build_task(cfg, train)
     check_learner(cfg, get_modality(cfg.modality).fold_learner(cfg, student_task))
+    check_task(cfg, student_task)
     tcfg = teacher_config(cfg)
     _check_teacher(cfg, tcfg, folds, student_task.pred_columns)
     modality = get_modality(tcfg.modality)
@@ -135,38 +165,24 @@ def run(cfg: Config) -> dict:
     modality.check_inputs(tcfg, train, "train", str(train_path(tcfg)))
     accelerator = make_accelerator(tcfg)
     state = process_state(cfg)
-    id_column = cfg.competition.id_column
     files = {}
     for fold in folds:
         rows = np.flatnonzero(fold_of_row != fold) if fold != FULL_FIT else np.arange(len(train))
         subset = train.iloc[rows].reset_index(drop=True)
-        dataset = modality.build_dataset(
-            tcfg,
-            subset,
-            None,
-            split="train",
-            train=False,
-            source=str(train_path(tcfg)),
-            views=views,
-        )
-        loader = make_loader(dataset, tcfg.infer.batch_size, shuffle=False, cfg=tcfg)
-        loader = accelerator.prepare(loader)
-        probs = predict_fold(tcfg, task, modality, accelerator, fold, loader, views)
-        table = pd.DataFrame(
-            soften(task.type, probs, cfg.distill.temperature), columns=task.pred_columns
-        )
-        table.insert(0, id_column, subset[id_column].to_numpy())
         name = fold_name(fold)
+        if task.own_predictions is not None:  # masks: the task predicts and writes its own file
+            entry = task.own_predictions.distill_fold(
+                cfg, tcfg, modality, accelerator, fold, subset, views
+            )
+        else:
+            entry = _table_fold(cfg, tcfg, task, modality, accelerator, fold, subset, views)
         weights = [path.name for path in prediction_weights(tcfg, fold)]
-        files[name] = {"sha256": None, "rows": len(table), "weights": weights}
-        if state.is_main_process:
-            path = write_parquet(distill_dir(cfg) / f"{name}.parquet", table)
-            files[name]["sha256"] = sha256_file(path)
+        files[name] = {**entry, "weights": weights}
         log.info(
             "distill: %s's %s model predicted %d training rows at T=%g",
             cfg.distill.teacher,
             name,
-            len(table),
+            entry["rows"],
             cfg.distill.temperature,
         )
     record = {

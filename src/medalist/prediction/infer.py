@@ -286,7 +286,7 @@ def run(cfg: Config) -> pd.DataFrame:
     test = read_test(cfg)
     modality.check_inputs(cfg, test, "test", str(test_path(cfg)))  # every row, before any work
     if task.own_predictions is not None:  # masks: predicted and written by the task
-        return _run_own(cfg, task, modality, test, views)
+        return _run_own(cfg, task, modality, test, views, train, folds_table)
     dataset = modality.build_dataset(
         cfg, test, None, split="test", train=False, source=str(test_path(cfg)), views=views
     )
@@ -319,12 +319,17 @@ def run(cfg: Config) -> pd.DataFrame:
     return table
 
 
-def _run_own(cfg: Config, task: Task, modality, test: pd.DataFrame, views) -> pd.DataFrame:
+def _run_own(
+    cfg: Config, task: Task, modality, test: pd.DataFrame, views, train, folds_table
+) -> pd.DataFrame:
     """Test predictions that are not table rows (masks): each fold's and their mean, written
-    by the task (``task.own_predictions``); returns the test ids."""
+    by the task (``task.own_predictions``), and with ``infer.tta_oof`` its OOF rows predicted
+    with the views (after ``infer.json``, which they are checked against); returns the test
+    ids."""
     folds = trained_folds(cfg)
     accelerator = make_accelerator(cfg)
-    task.own_predictions.infer(cfg, modality, accelerator, folds, views)
+    own = task.own_predictions
+    own.infer(cfg, modality, accelerator, folds, views)
     if accelerator.is_main_process:
         write_json(experiment_dir(cfg) / "infer.json", inference_settings(cfg))
         log.info(
@@ -333,6 +338,8 @@ def _run_own(cfg: Config, task: Task, modality, test: pd.DataFrame, views) -> pd
             len(views),
             experiment_dir(cfg),
         )
+    if cfg.infer.tta_oof:
+        own.tta_oof(cfg, modality, accelerator, train, folds_table, folds, views)
     accelerator.wait_for_everyone()
     return test[[cfg.competition.id_column]]
 

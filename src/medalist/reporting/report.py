@@ -6,7 +6,12 @@ standard deviation, the seed-averaged model's CV), the leak alarm's result where
 sanity`` ran, the train-versus-test classifier's where ``medalist adversarial`` ran, the
 ensemble's weights with its in-sample and nested CV,
 and diagnostics of the ensemble (or of the best experiment): a confusion matrix and a
-calibration curve for classification, residuals for regression. Figures are drawn with
+calibration curve for classification, residuals for regression.
+
+A task that writes its own predictions (``task.own_predictions``: masks, not table rows) shows
+the same sections from its own files: the scores its experiments and ensemble recorded
+(``metrics.json``, the ensemble's ``cv.json``), the correlation and the diagnostics its
+``own_predictions`` computes from the OOF files. Figures are drawn with
 matplotlib's Agg canvas (no display, no global pyplot state) and embedded as base64 PNGs, so
 the file opens anywhere, offline.
 """
@@ -42,7 +47,6 @@ from medalist.honest.sweep import sweep_results, trials_table
 from medalist.io import write_text
 from medalist.layout import adversarial_file, ensemble_folder, sanity_file
 from medalist.reporting.importance import Importance, feature_importance, gain_meaning
-from medalist.tasks import check_table_predictions
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +56,13 @@ class Subject:
     """One column of the report: an experiment (seed-averaged) or the ensemble."""
 
     name: str
-    oof: np.ndarray  # (n_rows, n_columns), train row order
+    oof: np.ndarray | None  # (n_rows, n_columns), train row order; None: read from ``folder``
     scores: dict
+    folder: Path | None = None  # its OOF files, for a task with its own predictions
 
 
-def _figure(width: float, height: float):
-    """A matplotlib Figure on the Agg canvas (no pyplot, no backend switch).
+def new_figure(width: float, height: float):
+    """A matplotlib Figure on the Agg canvas (no pyplot, no backend switch), ``png``-ready.
 
     matplotlib is imported here, by the report alone: it takes a second to load.
     """
@@ -100,16 +105,30 @@ def _subject(inputs: Inputs, name: str, folders: list[Path]) -> Subject:
     )
 
 
+def _recorded(own, name: str, folders: list[Path]) -> Subject:
+    """An experiment of a task with its own predictions: the scores it recorded, its folder."""
+    if len(folders) != 1:
+        raise ConfigError(
+            f"report: '{name}' names {len(folders)} folders; experiments whose predictions are "
+            "not table rows are reported one folder each"
+        )
+    return Subject(name, None, own.report_scores(folders[0]), folders[0])
+
+
 def _members(outputs_dir: Path, experiments: list, ensemble: str | None) -> list:
     if experiments or not ensemble:
         return expand_members(list(experiments), outputs_dir)
     cv = json.loads((ensemble_folder(outputs_dir, ensemble) / "cv.json").read_text("utf-8"))
-    return [(name, [Path(f) for f in info["folders"]]) for name, info in cv["members"].items()]
+    # A table ensemble lists each member's folders (one per seed), a mask ensemble its folder.
+    return [
+        (name, [Path(f) for f in info.get("folders", [info.get("folder")])])
+        for name, info in cv["members"].items()
+    ]
 
 
 def fold_plot(subjects: list[Subject], metric: str) -> bytes:
     """The main metric of every fold, one line per experiment (the ensemble's is nested)."""
-    figure = _figure(8, 3.6)
+    figure = new_figure(8, 3.6)
     axes = figure.add_subplot()
     for subject in subjects:
         folds = subject.scores["folds"]
@@ -132,7 +151,7 @@ def correlations(subjects: list[Subject]) -> pd.DataFrame:
 
 def correlation_plot(matrix: pd.DataFrame) -> bytes:
     size = 2.5 + 0.6 * len(matrix)
-    figure = _figure(size + 1, size)
+    figure = new_figure(size + 1, size)
     axes = figure.add_subplot()
     image = axes.imshow(
         matrix.to_numpy(), vmin=min(0.0, matrix.min().min()), vmax=1, cmap="viridis"
@@ -147,7 +166,7 @@ def correlation_plot(matrix: pd.DataFrame) -> bytes:
 
 
 def weights_plot(weights: dict[str, float], title: str) -> bytes:
-    figure = _figure(6, 1.2 + 0.45 * len(weights))
+    figure = new_figure(6, 1.2 + 0.45 * len(weights))
     axes = figure.add_subplot()
     names = list(weights)
     axes.barh(names, [weights[n] for n in names], color="tab:blue")
@@ -162,7 +181,7 @@ def importance_plot(importance: Importance, name: str) -> bytes:
     """The top features' mean share of gain, the standard deviation across folds as error bars."""
     table = importance.table
     mean, std = table["mean share"].to_numpy(), table["std"].fillna(0.0).to_numpy()
-    figure = _figure(7, 1.2 + 0.3 * len(table))
+    figure = new_figure(7, 1.2 + 0.3 * len(table))
     axes = figure.add_subplot()
     axes.barh(
         [str(f) for f in table.index],
@@ -189,7 +208,7 @@ def confusion_plot(y: np.ndarray, pred: np.ndarray, classes: list) -> bytes:
     counts = confusion_matrix(y, labels, labels=np.arange(len(classes)))
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     size = 2.5 + 0.5 * len(classes)
-    figure = _figure(size + 1, size)
+    figure = new_figure(size + 1, size)
     axes = figure.add_subplot()
     axes.imshow(share, vmin=0, vmax=1, cmap="Blues")
     names = [str(c) for c in classes]
@@ -216,7 +235,7 @@ def multilabel_confusion_plot(y: np.ndarray, pred: np.ndarray, labels: list[str]
         ],
         axis=1,
     )
-    figure = _figure(5, 1.5 + 0.45 * len(labels))
+    figure = new_figure(5, 1.5 + 0.45 * len(labels))
     axes = figure.add_subplot()
     axes.imshow(counts / counts.sum(1, keepdims=True), cmap="Blues", vmin=0, vmax=1, aspect="auto")
     axes.set_xticks(range(4), ["TP", "FP", "FN", "TN"])
@@ -237,7 +256,7 @@ def _calibration_points(task_type: str, y: np.ndarray, pred: np.ndarray):
 
 
 def calibration_plot(subjects: list[Subject], task_type: str, y: np.ndarray) -> bytes:
-    figure = _figure(5.5, 4.5)
+    figure = new_figure(5.5, 4.5)
     axes = figure.add_subplot()
     axes.plot([0, 1], [0, 1], ls="--", color="grey", label="perfect")
     for subject in subjects:
@@ -253,7 +272,7 @@ def calibration_plot(subjects: list[Subject], task_type: str, y: np.ndarray) -> 
 def residuals_plot(y: np.ndarray, pred: np.ndarray, name: str) -> bytes:
     truth = y.reshape(pred.shape)
     residual = (truth - pred).ravel()
-    figure = _figure(9, 3.6)
+    figure = new_figure(9, 3.6)
     scatter, histogram = figure.subplots(1, 2)
     scatter.scatter(pred.ravel(), residual, s=6, alpha=0.5)
     scatter.axhline(0, color="grey", ls="--")
@@ -272,7 +291,7 @@ border:1px solid #eee}.note{color:#666;font-size:.9rem}
 """
 
 
-def _image(data: bytes, alt: str) -> str:
+def embed(data: bytes, alt: str) -> str:
     encoded = base64.b64encode(data).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
 
@@ -284,7 +303,7 @@ def _length(result: dict) -> str:
     return epochs if rounds is None else f"{epochs}; a GBDT: {rounds} rounds, no early stopping"
 
 
-def _section(anchor: str, title: str, *parts: str) -> str:
+def section(anchor: str, title: str, *parts: str) -> str:
     body = "\n".join(parts)
     return f'<section id="{anchor}">\n<h2>{html.escape(title)}</h2>\n{body}\n</section>'
 
@@ -299,6 +318,11 @@ def _scores_table(subjects: list[Subject], metrics: list[str]) -> str:
                 f"test-like CV {m}": s.scores["cv_test_like"][m]
                 for m in metrics[:1]
                 if "cv_test_like" in s.scores
+            },
+            **{  # masks: the CV after the threshold and minimum size chosen on OOF
+                f"post-processed CV {m}": s.scores["cv_postprocessed"][m]
+                for m in metrics[:1]
+                if m in s.scores.get("cv_postprocessed", {})
             },
         }
         for s in subjects
@@ -323,19 +347,26 @@ def _ensemble_section(folder: Path, metrics: list[str]) -> str:
     }
     if "cv_test_like" in cv["nested"]:  # folds.test_like: the rows most like the test set
         columns["nested, test-like rows"] = [cv["nested"]["cv_test_like"][m] for m in scored]
+    if "nested_postprocessed" in cv:  # masks: post-processing searched on the nested blend
+        after = cv["nested_postprocessed"]
+        columns["nested, post-processed"] = [after.get(m, np.nan) for m in scored]
     table = pd.DataFrame(columns, index=scored).to_html(
-        float_format=lambda v: f"{v:.5f}", escape=True
+        float_format=lambda v: f"{v:.5f}", escape=True, na_rep=""
     )
     note = weights.get("weights_meaning", "blend weights fitted on every OOF row")
-    return _section(
-        "weights",
-        f"Ensemble {folder.name}: weights and honest CV",
+    oof = cv.get("oof_parquet") or cv.get("oof_masks", "")
+    parts = [
         f'<p class="note">method {html.escape(cv["method"])}, optimised metric '
-        f"{html.escape(cv['optimised_metric'])}; weights: {html.escape(note)}; OOF table: "
-        f"{html.escape(cv['oof_parquet'])}</p>",
-        _image(weights_plot(weights["weights"], f"{cv['method']} weights"), "ensemble weights"),
+        f"{html.escape(cv['optimised_metric'])}; weights: {html.escape(note)}; OOF "
+        f"predictions: {html.escape(oof)}</p>",
+        embed(weights_plot(weights["weights"], f"{cv['method']} weights"), "ensemble weights"),
         table,
-    )
+    ]
+    if "picks" in weights:  # a mask blend: integer pick counts, the selection in order
+        picks = pd.DataFrame({"picks": weights["picks"]}).to_html(escape=True)
+        order = ", ".join(weights.get("selection", []))
+        parts += [f'<p class="note">Picks (selection in order: {html.escape(order)}):</p>', picks]
+    return section("weights", f"Ensemble {folder.name}: weights and honest CV", *parts)
 
 
 def _seeds_section(folder: Path, metrics: list[str]) -> str | None:
@@ -354,7 +385,7 @@ def _seeds_section(folder: Path, metrics: list[str]) -> str | None:
     rows["std across seeds (ddof=1)"] = record["seed_std"]
     rows["seed-averaged model"] = record["cv"]
     table = pd.DataFrame({k: {m: v[m] for m in scored} for k, v in rows.items()}).T
-    return _section(
+    return section(
         f"seeds-{folder.name}",
         f"Seeds of {folder.name}",
         f'<p class="note">{len(record["seeds"])} seeds on the same folds. The seed-averaged '
@@ -381,7 +412,7 @@ def _sanity_section(outputs_dir: Path, experiment: str) -> str | None:
     if judge and judge != result["main_metric"]:
         verdict += f" (judged by {judge}: every shuffle scored the same {result['main_metric']})"
     duplicates = result.get("duplicate_groups_across_folds", 0)
-    return _section(
+    return section(
         f"sanity-{experiment}",
         f"Leak alarm of {experiment}: {verdict}",
         f'<p class="note">CV of a short run ({_length(result)}) on labels without signal '
@@ -420,7 +451,7 @@ def _sweep_sections(outputs_dir: Path, experiment: str) -> list[str]:
         )
         command = result.get("command", "")
         sections.append(
-            _section(
+            section(
                 f"sweep-{result['name']}",
                 title,
                 f'<p class="note">{html.escape(result.get("note", ""))}</p>',
@@ -468,7 +499,7 @@ def _adversarial_section(outputs_dir: Path, experiment: str) -> str | None:
         rows.columns = ["id", "OOF probability of being a test row"]
         parts.append("<p>The most test-like train rows:</p>")
         parts.append(rows.to_html(index=False, float_format=lambda v: f"{v:.4f}", escape=True))
-    return _section(
+    return section(
         f"adversarial-{experiment}", f"Train versus test of {experiment}: {verdict}", *parts
     )
 
@@ -489,7 +520,7 @@ def _importance_section(name: str, folders: list[Path]) -> str | None:
     meaning = html.escape(gain_meaning(importance.learners))
     anchor = f"importance-{html.escape(name)}"
     if importance.table.empty:
-        return _section(anchor, title, '<p class="note">No fold\'s models made a split.</p>')
+        return section(anchor, title, '<p class="note">No fold\'s models made a split.</p>')
     empty = ""
     if importance.n_empty:
         empty = f" {importance.n_empty} fold(s) made no split and are left out."
@@ -503,25 +534,25 @@ def _importance_section(name: str, folders: list[Path]) -> str | None:
     )
     shares = {"mean share": _percent, "std": _percent}
     table = importance.table.to_html(formatters=shares, escape=True)
-    plot = _image(importance_plot(importance, name), f"feature importance of {name}")
-    return _section(anchor, title, note, plot, table)
+    plot = embed(importance_plot(importance, name), f"feature importance of {name}")
+    return section(anchor, title, note, plot, table)
 
 
 def _diagnostics(inputs: Inputs, subjects: list[Subject], focus: Subject) -> list[str]:
     task = inputs.task
     if task.type == "regression":
         plot = residuals_plot(inputs.y, focus.oof, focus.name)
-        return [_section("residuals", f"Residuals of {focus.name}", _image(plot, "residuals"))]
+        return [section("residuals", f"Residuals of {focus.name}", embed(plot, "residuals"))]
     if task.type == "multilabel":
         confusion = multilabel_confusion_plot(inputs.y, focus.oof, task.target_columns)
     else:
         confusion = confusion_plot(inputs.y, focus.oof, task.classes)
     calibration = calibration_plot(subjects, task.type, inputs.y)
     return [
-        _section(
-            "confusion", f"Confusion matrix of {focus.name}", _image(confusion, "confusion matrix")
+        section(
+            "confusion", f"Confusion matrix of {focus.name}", embed(confusion, "confusion matrix")
         ),
-        _section("calibration", "Calibration", _image(calibration, "calibration curve")),
+        section("calibration", "Calibration", embed(calibration, "calibration curve")),
     ]
 
 
@@ -571,33 +602,40 @@ def write_report(
     """
     outputs_dir = Path(outputs_dir)
     cfg = cfg or _config_of(outputs_dir, list(experiments), ensemble)
-    check_table_predictions(cfg, "report")
     inputs = labelled_inputs(cfg)
+    own = inputs.task.own_predictions
     members = _members(outputs_dir, list(experiments), ensemble)
-    subjects = [_subject(inputs, name, folders) for name, folders in members]
     blend = None
-    if ensemble:
-        blend = _subject(
-            inputs, f"ensemble {ensemble} (nested)", [ensemble_folder(outputs_dir, ensemble)]
-        )
+    blend_name = f"ensemble {ensemble} (nested)"
+    if own is None:
+        subjects = [_subject(inputs, name, folders) for name, folders in members]
+        if ensemble:
+            blend = _subject(inputs, blend_name, [ensemble_folder(outputs_dir, ensemble)])
+    else:
+        subjects = [_recorded(own, name, folders) for name, folders in members]
+        if ensemble:
+            blend = _recorded(own, blend_name, [ensemble_folder(outputs_dir, ensemble)])
     everyone = subjects + ([blend] if blend else [])
     metrics = [m.name for m in inputs.task.metrics]
     sections = [
-        _section("scores", "CV of every experiment", _scores_table(everyone, metrics)),
-        _section(
+        section("scores", "CV of every experiment", _scores_table(everyone, metrics)),
+        section(
             "cv-per-fold",
             f"{metrics[0]} per fold",
-            _image(fold_plot(everyone, metrics[0]), "CV per fold"),
+            embed(fold_plot(everyone, metrics[0]), "CV per fold"),
             _fold_table(everyone, metrics[0]),
         ),
     ]
     if len(everyone) > 1:
-        matrix = correlations(everyone)
+        if own is None:
+            matrix = correlations(everyone)
+        else:
+            matrix = own.report_correlations({s.name: s.folder for s in everyone})
         sections.append(
-            _section(
+            section(
                 "correlation",
                 "OOF correlation between experiments",
-                _image(correlation_plot(matrix), "OOF correlation"),
+                embed(correlation_plot(matrix), "OOF correlation"),
             )
         )
     for name, folders in members:
@@ -609,7 +647,11 @@ def write_report(
         sections += [part for part in extra if part]
     if ensemble:
         sections.append(_ensemble_section(ensemble_folder(outputs_dir, ensemble), metrics))
-    sections += _diagnostics(inputs, everyone, _focus(inputs, subjects, blend))
+    focus = _focus(inputs, subjects, blend)
+    if own is None:
+        sections += _diagnostics(inputs, everyone, focus)
+    else:
+        sections += own.report_diagnostics(inputs, focus.name, focus.folder)
     target = Path(path) if path else outputs_dir / "report.html"
     write_text(target, _page(cfg, inputs, sections))
     log.info("report written: %s", target)

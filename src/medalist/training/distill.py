@@ -13,6 +13,10 @@ the table MLP, pseudo-labelled test rows beside it keeping their own labels and 
 through its library's cross-entropy on labels in [0, 1] (binary, multilabel) or on the mixed
 values (regression), a ridge regression on the mixed values. A learner that only takes class
 labels is refused (:func:`check_learner`).
+
+A task with its own predictions (masks) writes and reads its files itself, through the checks
+of this module (:func:`read_record`, :func:`soften`): its soft masks are mixed with its true
+masks pixel by pixel; what cannot learn from soft masks is refused (:func:`check_task`).
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ from medalist.errors import ConfigError, DataError
 from medalist.layout import distill_dir, distill_record, fold_name
 from medalist.modalities.protocol import FoldLearner
 from medalist.prediction.pseudo import folds_hash, recorded_fold_table
+from medalist.tasks import Task
 
 EPS = 1e-7  # probabilities are clipped to [EPS, 1 - EPS] before their logits are taken
+HINT = "run `medalist distill` with the student's config"  # ends each refusal of its files
 
 
 def soften(task_type: str, probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -77,6 +83,35 @@ def check_learner(cfg: Config, learner: FoldLearner | None) -> None:
         raise ConfigError(f"distill.teacher: {reason}")
 
 
+def read_record(cfg: Config) -> dict:
+    """``teacher.json``, checked against the student's config: the teacher, the folds and the
+    temperature it was made for (each file's sha256 is checked as the file is read).
+
+    Raises:
+        DataError: no record, or one made for another teacher, other folds or temperature.
+    """
+    check_student(cfg)
+    record_file = distill_record(cfg)
+    if not record_file.is_file():
+        raise DataError(f"distill.teacher: {record_file} not found; {HINT}")
+    record = json.loads(record_file.read_text())
+    if record["teacher"] != cfg.distill.teacher or record["folds_sha256"] != folds_hash(cfg):
+        raise DataError(f"{record_file}: made for another teacher or other folds; {HINT}")
+    if record["temperature"] != cfg.distill.temperature:
+        raise DataError(
+            f"{record_file}: made at distill.temperature {record['temperature']}, the config "
+            f"says {cfg.distill.temperature}; {HINT}"
+        )
+    return record
+
+
+def check_task(cfg: Config, task: Task) -> None:
+    """Refuse, before any work, a student whose task cannot learn from its teacher's soft
+    targets: a task with its own predictions (masks) says why (``check_distill``)."""
+    if cfg.distill.teacher is not None and task.own_predictions is not None:
+        task.own_predictions.check_distill(cfg)
+
+
 def load_for_fold(cfg: Config, fold: int, ids: pd.Series, columns: list[str]) -> np.ndarray:
     """The teacher's soft targets of fold ``fold``'s training rows ``ids``, in their order.
 
@@ -84,19 +119,7 @@ def load_for_fold(cfg: Config, fold: int, ids: pd.Series, columns: list[str]) ->
         DataError: no file for the fold, a file changed since ``medalist distill`` wrote it, made
             for other folds or ids, another temperature, or missing a column.
     """
-    check_student(cfg)
-    record_file = distill_record(cfg)
-    hint = "run `medalist distill` with the student's config"
-    if not record_file.is_file():
-        raise DataError(f"distill.teacher: {record_file} not found; {hint}")
-    record = json.loads(record_file.read_text())
-    if record["teacher"] != cfg.distill.teacher or record["folds_sha256"] != folds_hash(cfg):
-        raise DataError(f"{record_file}: made for another teacher or other folds; {hint}")
-    if record["temperature"] != cfg.distill.temperature:
-        raise DataError(
-            f"{record_file}: made at distill.temperature {record['temperature']}, the config "
-            f"says {cfg.distill.temperature}; {hint}"
-        )
+    record = read_record(cfg)
     path, table = recorded_fold_table(
         distill_dir(cfg),
         record,
@@ -104,13 +127,13 @@ def load_for_fold(cfg: Config, fold: int, ids: pd.Series, columns: list[str]) ->
         columns,
         what="soft targets",
         stage="distill",
-        fix=hint,
+        fix=HINT,
     )
     id_column = cfg.competition.id_column
     wanted = ids.astype(str).to_numpy()
     have = table[id_column].astype(str)
     if len(have) != len(wanted) or set(have) != set(wanted):
-        raise DataError(f"{path}: its ids are not fold {fold}'s training rows; {hint}")
+        raise DataError(f"{path}: its ids are not fold {fold}'s training rows; {HINT}")
     position = pd.Series(np.arange(len(table)), index=have.to_numpy())
     return table[columns].to_numpy(dtype=np.float32)[position.loc[wanted].to_numpy()]
 

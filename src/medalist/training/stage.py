@@ -44,7 +44,7 @@ from medalist.prediction.pseudo import as_hard, folds_hash, labels_mode, load_fo
 from medalist.reporting.ledger import append_ledger
 from medalist.tasks import Task, build_task
 from medalist.training.checkpoint import clear_checkpoints
-from medalist.training.distill import check_learner, check_student, mix
+from medalist.training.distill import check_learner, check_student, check_task, mix
 from medalist.training.distill import load_for_fold as distill_targets
 from medalist.training.fold_setup import check_compile
 from medalist.training.loop import fit_fold
@@ -117,6 +117,7 @@ def run(cfg: Config, *, targets: np.ndarray | None = None, ledger: bool = True) 
     source = str(train_path(cfg))
     train = read_train(cfg)
     task = build_task(cfg, train)
+    check_task(cfg, task)  # a task that cannot learn from soft targets, before any work
     encoded = task.encode_targets(train, source=source)
     if targets is not None and len(targets) != len(encoded):
         raise DataError(f"{source}: {len(encoded)} rows, but {len(targets)} labels were given")
@@ -241,17 +242,20 @@ def _train_targets(
 
     With ``distill.teacher``, the rows ``ids`` of fold ``fold`` (a full fit: every row) train on
     ``alpha`` times the teacher's fold-``fold`` soft targets plus ``1 - alpha`` times their labels
-    (smoothed here, once, for classification): see :mod:`medalist.training.distill`. In a pseudo
-    round only these labelled rows are mixed: the pseudo-labelled test rows keep their labels
-    and weights (:func:`_pseudo_set`), themselves soft targets of the fold's pseudo teachers.
+    (smoothed here, once, for classification; a task's own masks: pixel by pixel, its
+    ``distilled_masks``): see :mod:`medalist.training.distill`. In a pseudo round only these
+    labelled rows are mixed: the pseudo-labelled test rows keep their labels and weights
+    (:func:`_pseudo_set`), themselves soft targets of the fold's pseudo teachers.
     """
-    if task.own_predictions is not None:  # masks: the loss takes them as they are
-        return targets
+    if cfg.distill.teacher is not None and (fold is None or ids is None):
+        raise ValueError("distill.teacher: the fold and the training rows' ids are needed")
+    if task.own_predictions is not None:  # masks: the loss takes them as they are, or mixed
+        if cfg.distill.teacher is None:
+            return targets
+        return task.own_predictions.distilled_masks(cfg, fold, ids, targets)
     if task.type == "multilabel":
         targets = targets.astype(np.int64)  # hard: told apart from soft labels by their dtype
     if cfg.distill.teacher is not None:
-        if fold is None or ids is None:
-            raise ValueError("distill.teacher: the fold and the training rows' ids are needed")
         soft = distill_targets(cfg, fold, ids, task.pred_columns)
         labels = targets if task.type == "regression" else _smoothed(cfg, task, targets)
         return mix(task.type, cfg.distill.alpha, soft, np.asarray(labels, dtype=np.float32))

@@ -23,4 +23,14 @@
 - :mod:`~medalist.modalities.segmentation.tiling`: tiled prediction of large images.
 - :mod:`~medalist.modalities.segmentation.views`: TTA views undone on the predicted mask.
 - :mod:`~medalist.modalities.segmentation.postprocess`: thresholds and minimum component sizes.
+- :mod:`~medalist.modalities.segmentation.tta_oof`: the OOF masks predicted with the test-time
+  views, and the post-processing searched on them (``infer.tta_oof``).
+- :mod:`~medalist.modalities.segmentation.seeds`: the seed-averaged model's masks
+  (``train.seeds``).
+- :mod:`~medalist.modalities.segmentation.distill`: a teacher's soft masks of each fold's training
+  images, mixed with the true masks (``medalist distill``, ``distill.teacher``).
+- :mod:`~medalist.modalities.segmentation.sanity`: the leak alarm's masks, exchanged within
+  (fold, image size) blocks, and their scores (``medalist sanity``).
+- :mod:`~medalist.modalities.segmentation.report`: the HTML report's mask sections (``medalist
+  report``).
 """

@@ -14,8 +14,11 @@ points of the same stages:
   and the threshold and minimum component size searched on OOF (``postprocess.json``; its score
   is ``cv_postprocessed``) (:meth:`MaskPredictions.join_oof`).
 - ``infer``: each fold's test masks with the TTA views undone (``fold{k}/test.masks.safetensors``)
-  and their mean (``test.masks.safetensors``) (:meth:`MaskPredictions.infer`).
-- ``submission``: the mean test masks post-processed as ``postprocess.json`` says, written as RLE
+  and their mean (``test.masks.safetensors``) (:meth:`MaskPredictions.infer`); with
+  ``infer.tta_oof`` the OOF images again with the views, their CV and post-processing
+  (``oof_tta.masks.safetensors``, ``tta.json``) (:meth:`MaskPredictions.tta_oof`).
+- ``submission``: the mean test masks post-processed as ``postprocess.json`` says (or
+  ``tta.json``, searched on TTA OOF masks, while it is the last ``infer``'s), written as RLE
   onto the sample submission's rows and validated (ids, image sizes, RLE order)
   (:meth:`MaskPredictions.submission`); ``medalist validate`` checks a file the same way.
 - ``ensemble``: the members' masks blended (:mod:`~medalist.modalities.segmentation.blend`).
@@ -52,7 +55,9 @@ from medalist.layout import (
     test_path,
 )
 from medalist.modalities import image
-from medalist.modalities.segmentation import blend, postprocess, store
+from medalist.modalities.segmentation import blend, distill, postprocess, seeds, store
+from medalist.modalities.segmentation import report as mask_report
+from medalist.modalities.segmentation import sanity as mask_sanity
 from medalist.modalities.segmentation.masks import image_size
 from medalist.modalities.segmentation.submission import (
     build_rle_submission,
@@ -62,6 +67,7 @@ from medalist.modalities.segmentation.submission import (
     write_rle_submission,
 )
 from medalist.modalities.segmentation.tiling import predict_tiled
+from medalist.modalities.segmentation.tta_oof import remove_tta_oof, run_tta_oof, tta_choice
 from medalist.modalities.segmentation.views import predict_views
 from medalist.prediction.infer import each_weight_file
 from medalist.prediction.pseudo import different_ids, teacher_file
@@ -188,8 +194,15 @@ class MaskPredictions:
             raise DataError(f"{out}: an id appears in two folds' OOF masks")
         order = np.argsort(rows, kind="stable")
         rows = np.asarray(rows)[order]
-        masks = [masks[i] for i in order]
-        store.write_masks(out / OOF_MASKS, train[id_column].iloc[rows].tolist(), masks)
+        return self.score_oof(cfg, train, targets, folds, rows, [masks[i] for i in order])
+
+    def score_oof(self, cfg, train, targets, folds, rows: np.ndarray, masks: list) -> dict:
+        """The OOF masks of train rows ``rows`` (ascending) written in train order
+        (``oof.masks.safetensors``) and scored: the CV, ``cv_test_like``, ``complete`` and the
+        post-processing searched on them (``postprocess.json``, ``cv_postprocessed``)."""
+        id_column = cfg.competition.id_column
+        ids = train[id_column].iloc[rows].tolist()
+        store.write_masks(experiment_dir(cfg) / OOF_MASKS, ids, masks)
         predictions = as_objects(masks)
         metrics: dict = {"cv": self.task.score(targets[rows], predictions)}
         metrics.update(test_like_scores(self.task, folds, targets, rows, predictions))
@@ -199,10 +212,24 @@ class MaskPredictions:
             metrics["cv_postprocessed"] = {self.task.main_metric.name: choice["score"]}
         return metrics
 
-    def search(self, cfg, truth: list[np.ndarray], probs: list[np.ndarray]) -> dict | None:
+    # Seeds (medalist.honest.seeds): the seed-averaged model's masks.
+
+    def average_seeds_oof(self, cfg, folders: list[Path], targets, folds) -> dict:
+        """The mean of the seeds' OOF masks (``folders``), scored per fold and as
+        :meth:`score_oof` scores one experiment's (:mod:`~.seeds`)."""
+        return seeds.average_oof(self, cfg, folders, targets, folds)
+
+    def average_seeds_test(self, cfg, folders: list[Path]) -> pd.DataFrame:
+        """The mean of the seeds' test masks, ``test.masks.safetensors`` (and of their TTA OOF
+        masks with ``infer.tta_oof``); returns the test ids."""
+        return seeds.average_test(self, cfg, folders)
+
+    def search(
+        self, cfg, truth: list[np.ndarray], probs: list[np.ndarray], write: bool = True
+    ) -> dict | None:
         """The threshold and minimum component size of the best main metric on OOF (the
-        configured ones when set), written to ``postprocess.json``; None for multiclass masks
-        (argmax: nothing to choose)."""
+        configured ones when set), written to ``postprocess.json`` (``write``); None for
+        multiclass masks (argmax: nothing to choose)."""
         seg, task = cfg.segmentation, self.task
         if task.mode == "multiclass":
             return None
@@ -225,6 +252,8 @@ class MaskPredictions:
             "connectivity": seg.connectivity,
             "searched": {"thresholds": list(thresholds), "min_sizes": list(min_sizes)},
         }
+        if not write:
+            return record
         write_json(experiment_dir(cfg) / POSTPROCESS, record)
         log.info(
             "post-processing on OOF: threshold %.2f, min size %d px: %s %.5g",
@@ -240,6 +269,7 @@ class MaskPredictions:
         (``test.masks.safetensors``), predicted on the main process."""
         if not accelerator.is_main_process:
             return
+        remove_tta_oof(cfg)  # an earlier infer's TTA OOF choice never outlives its test masks
         test = read_test(cfg)
         source = str(test_path(cfg))
         dataset = modality.build_dataset(
@@ -254,6 +284,13 @@ class MaskPredictions:
             store.write_masks(fold_dir(cfg, fold) / TEST_MASKS, ids, masks)
             per_fold.append(masks)
         store.write_masks(experiment_dir(cfg) / TEST_MASKS, ids, mean_masks(per_fold))
+
+    def tta_oof(self, cfg, modality, accelerator, train, folds_table, folds, views) -> dict:
+        """Each fold's validation images predicted again with the views
+        (``oof_tta.masks.safetensors``) and ``tta.json``: CV without and with TTA, and the
+        post-processing searched on the TTA OOF masks, which the submission then applies
+        (:mod:`~.tta_oof`)."""
+        return run_tta_oof(self, cfg, modality, accelerator, train, folds_table, folds, views)
 
     def submission(self, cfg, path: Path, masks_path: Path | None = None) -> Path:
         """The mean test masks, post-processed as chosen on OOF, as a validated RLE file."""
@@ -412,6 +449,30 @@ class MaskPredictions:
             out = [m.argmax(0).astype(np.int64) for m in out]
         return out
 
+    # Distillation (medalist.prediction.distill): a teacher's soft masks, mixed with the true.
+
+    def check_distill(self, cfg) -> None:
+        """Refuse a student that cannot learn from soft masks (:func:`~.distill.check_student`)."""
+        distill.check_student(cfg)
+
+    def distill_fold(self, cfg, teacher, modality, accelerator, fold, images, views) -> dict:
+        """The soft masks of the training images ``images`` that the teacher's (``teacher``, its
+        config; this task, its task) fold-``fold`` model predicts, written by the main process
+        (:func:`~.distill.write_soft_masks`); returns the file's record."""
+        distill.check_teacher(cfg, teacher)
+        if not accelerator.is_main_process:
+            return {"sha256": None, "rows": len(images)}
+        dataset = distill.teacher_images(teacher, modality, images, views)
+        paths = prediction_weights(teacher, fold)
+        masks = predict_with_files(teacher, self.task, modality, accelerator, paths, dataset, views)
+        ids = images[cfg.competition.id_column].tolist()
+        return distill.write_soft_masks(cfg, fold, ids, masks)
+
+    def distilled_masks(self, cfg, fold: int, ids, targets):
+        """Fold ``fold``'s training targets ``targets`` (the images ``ids``) mixed with the
+        teacher's soft masks (:func:`~.distill.mixed_masks`)."""
+        return distill.mixed_masks(cfg, fold, ids, targets)
+
     def ensemble(self, cfg, ens_cfg) -> dict:
         """``medalist ensemble`` of segmentation experiments (:mod:`~.blend`)."""
         return blend.run_ensemble(self, cfg, ens_cfg)
@@ -443,7 +504,8 @@ class MaskPredictions:
 
     def chosen(self, cfg) -> dict:
         """The threshold and minimum size: ``segmentation.threshold`` and ``min_size`` when both
-        are set, else those ``train`` chose on OOF (``postprocess.json``)."""
+        are set, else those searched on the TTA OOF masks of the last ``infer`` (``tta.json``,
+        :func:`~.tta_oof.tta_choice`), else those ``train`` chose on OOF (``postprocess.json``)."""
         seg = cfg.segmentation
         if seg.threshold is not None and seg.min_size is not None:
             return {
@@ -451,6 +513,9 @@ class MaskPredictions:
                 "min_size": seg.min_size,
                 "connectivity": seg.connectivity,
             }
+        searched_with_views = tta_choice(experiment_dir(cfg))
+        if searched_with_views is not None:
+            return searched_with_views
         path = experiment_dir(cfg) / POSTPROCESS
         if not path.is_file():
             raise DataError(
@@ -468,3 +533,37 @@ class MaskPredictions:
             i: image_size(p, f"{test_path(cfg)}: image {i}")
             for i, p in zip(ids, paths, strict=True)
         }
+
+    # The leak alarm (medalist.honest.sanity): masks as labels (.sanity).
+
+    def sanity_kinds(self, cfg, train, source: str) -> np.ndarray:
+        """Each row's image size as a number: masks are exchanged only between images of one
+        size."""
+        return mask_sanity.size_kinds(cfg, train, source)
+
+    def sanity_sha256(self, masks) -> str:
+        """The sha256 of the shuffled masks, in order."""
+        return mask_sanity.labels_sha256(masks)
+
+    def sanity_oof(self, folder: Path) -> tuple[list, np.ndarray]:
+        """The shuffled-label run's ids and OOF masks."""
+        return mask_sanity.read_oof(folder)
+
+    def sanity_scores(self, observed, nulls, predictions) -> dict[str, tuple]:
+        """Each metric's (observed score, null scores, constant prior's score)."""
+        return mask_sanity.scores(self.task, observed, nulls, predictions)
+
+    # The report (medalist.reporting.report): what it shows of masks (:mod:`~.report`).
+
+    def report_scores(self, folder: Path) -> dict:
+        """The scores an experiment (``metrics.json``) or an ensemble (``cv.json``) recorded."""
+        return mask_report.recorded_scores(folder)
+
+    def report_correlations(self, folders: dict[str, Path]) -> pd.DataFrame:
+        """Pearson's r of the subjects' (name: folder) OOF pixel probabilities."""
+        return mask_report.correlations(folders)
+
+    def report_diagnostics(self, inputs, name: str, folder: Path) -> list[str]:
+        """The HTML sections of one subject's OOF masks: Dice per image, empty masks, the
+        worst images."""
+        return mask_report.diagnostics(self.task, inputs, name, folder)
