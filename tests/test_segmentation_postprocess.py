@@ -9,6 +9,7 @@ from medalist.modalities.segmentation.postprocess import (
     search,
 )
 from medalist.modalities.segmentation.scoring import mean_score, score_table
+from medalist.modalities.segmentation.store import Probabilities, dequantise, quantise
 
 
 def test_components_under_min_size_are_removed():
@@ -128,3 +129,13 @@ def test_images_of_several_sizes_are_searched_in_chunks_with_the_same_scores():
         ]
         want = np.mean(np.concatenate([table.ravel() for table in per_image]))
         assert row.score == pytest.approx(want, abs=1e-12)
+
+
+def test_masks_kept_as_levels_are_searched_as_their_floats():
+    rng = np.random.default_rng(3)
+    levels = [quantise(rng.random((1, 10, 10)) ** 2) for _ in range(4)]
+    truth = [rng.random((1, 10, 10)) > 0.7 for _ in range(4)]
+    floats = [dequantise(level) for level in levels]
+    grid = ([0.2, 0.5], [0, 3])
+    lazy = search(Probabilities(levels), truth, *grid, chunk_pixels=150)
+    assert lazy.table.equals(search(floats, truth, *grid).table)

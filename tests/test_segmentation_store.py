@@ -13,10 +13,12 @@ from medalist.errors import DataError
 from medalist.modalities.segmentation.store import (
     ERROR_BOUND,
     FORMAT,
+    Probabilities,
     average_masks,
     dequantise,
     quantise,
     read_masks,
+    read_probabilities,
     read_quantised,
     write_masks,
 )
@@ -158,3 +160,30 @@ def test_averaging_refuses_files_of_other_ids_or_shapes(tmp_path):
         average_masks([])
     with pytest.raises(DataError, match="one non-negative weight per file"):
         average_masks([one, one], weights=[1, -1])
+
+
+def test_probabilities_kept_as_levels_read_as_read_masks_and_write_back_unchanged(tmp_path):
+    write_masks(tmp_path / "a.safetensors", ["x", "y", "z"], probability_masks())
+    ids, floats = read_masks(tmp_path / "a.safetensors")
+    same_ids, lazy = read_probabilities(tmp_path / "a.safetensors")
+    assert same_ids == ids and len(lazy) == 3
+    assert all(np.array_equal(lazy[i], floats[i]) for i in range(3))
+    assert all(np.array_equal(a, b) for a, b in zip(lazy, floats, strict=True))  # iteration
+    assert lazy[0].dtype == np.float32 and lazy.levels[0].dtype == np.uint8
+    # Index arrays, boolean arrays and slices pick images, still as levels.
+    picked = lazy[np.array([2, 0])]
+    assert isinstance(picked, Probabilities) and np.array_equal(picked[0], floats[2])
+    assert np.array_equal(lazy[np.array([False, True, False])][0], floats[1])
+    assert np.array_equal(lazy[1:][1], floats[2])
+    with pytest.raises(IndexError):
+        lazy[3]
+    # Written again from the levels' floats, the file holds the same levels.
+    write_masks(tmp_path / "b.safetensors", ids, lazy)
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(
+            read_quantised(tmp_path / "a.safetensors")[1],
+            read_quantised(tmp_path / "b.safetensors")[1],
+            strict=True,
+        )
+    )

@@ -89,9 +89,10 @@ def search(
 
     Args:
         probs: each image's OOF probabilities, (C, H, W) or (H, W) floats; images may differ in
-            size (an array (N, ...) is N images).
+            size (an array (N, ...) is N images; any sequence, read image by image: masks kept
+            as levels, :class:`~medalist.modalities.segmentation.store.Probabilities`).
         masks: each image's true mask, of its probabilities' shape, values >= 0.5 counting as
-            true.
+            true (any sequence, read once per image).
         thresholds: thresholds to try, in [0, 1].
         min_sizes: minimum component sizes to try, in pixels (0: keep every component).
         metric, empty: as :func:`medalist.modalities.segmentation.scoring.score_table`.
@@ -105,6 +106,8 @@ def search(
     """
     if len(probs) != len(masks):
         raise ValueError(f"probabilities and masks of one shape, got {len(probs)} and {len(masks)}")
+    if not len(probs):
+        raise ValueError("no masks to search the post-processing on")
     grid_t = np.asarray(thresholds, dtype=np.float64)
     grid_m = np.asarray(min_sizes, dtype=np.int64)
     if not grid_t.size or not grid_m.size:
@@ -112,28 +115,33 @@ def search(
     if not ((grid_t >= 0) & (grid_t <= 1)).all() or (grid_m < 0).any():
         raise ValueError(f"thresholds in [0, 1] and min_sizes >= 0, got {thresholds}, {min_sizes}")
     structure = _structure(connectivity)
-    # Every channel of every image is one mask, numbered image by image as a stack would be.
-    first = np.zeros(len(probs) + 1, dtype=np.int64)
-    for i, (p, t) in enumerate(zip(probs, masks, strict=True)):
-        p = np.asarray(p)
-        if not np.issubdtype(p.dtype, np.floating) or p.shape != np.shape(t):
-            raise ValueError(
-                f"image {i}: float probabilities and masks of one shape, got {p.shape}, "
-                f"{np.shape(t)}"
-            )
-        first[i + 1] = first[i] + _stack(p).shape[0]
-    hits = np.empty((grid_t.size, grid_m.size, first[-1]))
-    predicted = np.empty_like(hits)
-    true_pixels = np.empty(first[-1])
+    # Each image's counts: (thresholds, min_sizes, its channels), true pixels per channel.
+    per_image: list = [None] * len(probs)
     for rows in _chunks(probs, chunk_pixels):
-        chunk_probs = _stack(np.stack([np.asarray(probs[i]) for i in rows]))
-        truth = _stack(np.stack([np.asarray(masks[i]) >= 0.5 for i in rows]))
-        where = np.concatenate([np.arange(first[i], first[i + 1]) for i in rows])
-        true_pixels[where] = truth.reshape(len(truth), -1).sum(1)
+        chunk_probs, truth = [], []
+        for i in rows:  # each image read once: probs and masks may read from files
+            p, t = np.asarray(probs[i]), np.asarray(masks[i])
+            if not np.issubdtype(p.dtype, np.floating) or p.shape != t.shape:
+                raise ValueError(
+                    f"image {i}: float probabilities and masks of one shape, got {p.shape}, "
+                    f"{t.shape}"
+                )
+            chunk_probs.append(p)
+            truth.append(t >= 0.5)
+        chunk_probs, truth = _stack(np.stack(chunk_probs)), _stack(np.stack(truth))
+        hits = np.empty((grid_t.size, grid_m.size, len(truth)))
+        predicted = np.empty_like(hits)
         for t, threshold in enumerate(grid_t):
-            hits[t][:, where], predicted[t][:, where] = _kept_counts(
-                chunk_probs >= threshold, truth, grid_m, structure
-            )
+            hits[t], predicted[t] = _kept_counts(chunk_probs >= threshold, truth, grid_m, structure)
+        true_pixels = truth.reshape(len(truth), -1).sum(1)
+        channels = len(truth) // len(rows)
+        for k, i in enumerate(rows):
+            mine = slice(k * channels, (k + 1) * channels)
+            per_image[i] = (hits[..., mine], predicted[..., mine], true_pixels[mine])
+    # Every channel of every image is one mask, in image order as one stack would hold them.
+    hits, predicted, true_pixels = (
+        np.concatenate([counts[j] for counts in per_image], axis=-1) for j in range(3)
+    )
     scores = from_counts(hits, predicted, true_pixels, metric=metric, empty=empty)
     scored = ~np.isnan(scores)
     counts = scored.sum(-1)
@@ -159,8 +167,8 @@ def _chunks(probs: Sequence[np.ndarray], chunk_pixels: int):
     """Groups of image positions of one shape, each of at most ``chunk_pixels`` pixels (one
     image at least), in image order within each shape."""
     by_shape: dict[tuple, list[int]] = {}
-    for i, p in enumerate(probs):
-        by_shape.setdefault(np.shape(p), []).append(i)
+    for i in range(len(probs)):
+        by_shape.setdefault(np.shape(probs[i]), []).append(i)
     for shape, rows in by_shape.items():
         per_chunk = max(1, chunk_pixels // max(1, int(np.prod(shape))))
         for start in range(0, len(rows), per_chunk):

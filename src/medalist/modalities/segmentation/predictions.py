@@ -183,18 +183,19 @@ class MaskPredictions:
         out = experiment_dir(cfg)
         id_column = cfg.competition.id_column
         position = {str(i): row for row, i in enumerate(train[id_column].astype(str))}
-        rows, masks = [], []
+        rows, levels = [], []
         for fold in [f for f in selected if f >= 0]:
-            ids, fold_masks = store.read_masks(fold_dir(cfg, fold) / OOF_MASKS)
+            ids, fold_levels = store.read_quantised(fold_dir(cfg, fold) / OOF_MASKS)
             rows += [position[str(i)] for i in ids]
-            masks += fold_masks
+            levels += fold_levels
         if not rows:
             return {}
         if len(set(rows)) != len(rows):
             raise DataError(f"{out}: an id appears in two folds' OOF masks")
         order = np.argsort(rows, kind="stable")
         rows = np.asarray(rows)[order]
-        return self.score_oof(cfg, train, targets, folds, rows, [masks[i] for i in order])
+        masks = store.Probabilities([levels[i] for i in order])  # floats one image at a time
+        return self.score_oof(cfg, train, targets, folds, rows, masks)
 
     def score_oof(self, cfg, train, targets, folds, rows: np.ndarray, masks: list) -> dict:
         """The OOF masks of train rows ``rows`` (ascending) written in train order
@@ -203,11 +204,11 @@ class MaskPredictions:
         id_column = cfg.competition.id_column
         ids = train[id_column].iloc[rows].tolist()
         store.write_masks(experiment_dir(cfg) / OOF_MASKS, ids, masks)
-        predictions = as_objects(masks)
+        predictions = masks if isinstance(masks, store.Probabilities) else as_objects(masks)
         metrics: dict = {"cv": self.task.score(targets[rows], predictions)}
         metrics.update(test_like_scores(self.task, folds, targets, rows, predictions))
         metrics["complete"] = len(rows) == len(train)
-        choice = self.search(cfg, [np.asarray(targets[int(r)]) for r in rows], masks)
+        choice = self.search(cfg, targets[rows], predictions)
         if choice is not None:
             metrics["cv_postprocessed"] = {self.task.main_metric.name: choice["score"]}
         return metrics
@@ -224,12 +225,14 @@ class MaskPredictions:
         masks with ``infer.tta_oof``); returns the test ids."""
         return seeds.average_test(self, cfg, folders)
 
-    def search(
-        self, cfg, truth: list[np.ndarray], probs: list[np.ndarray], write: bool = True
-    ) -> dict | None:
+    def search(self, cfg, truth, probs, write: bool = True) -> dict | None:
         """The threshold and minimum component size of the best main metric on OOF (the
         configured ones when set), written to ``postprocess.json`` (``write``); None for
-        multiclass masks (argmax: nothing to choose)."""
+        multiclass masks (argmax: nothing to choose).
+
+        ``truth`` and ``probs`` are each image's true mask and probabilities (C, H, W), any
+        sequences read image by image (:class:`~.task.RowMasks`, :class:`~.store.Probabilities`).
+        """
         seg, task = cfg.segmentation, self.task
         if task.mode == "multiclass":
             return None
@@ -237,7 +240,7 @@ class MaskPredictions:
         min_sizes = [seg.min_size] if seg.min_size is not None else seg.min_sizes
         choice = postprocess.search(
             probs,
-            [np.asarray(t).reshape(p.shape) for t, p in zip(truth, probs, strict=True)],
+            truth,
             thresholds,
             min_sizes,
             metric=task.main_metric.name,

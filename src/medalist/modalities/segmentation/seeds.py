@@ -54,7 +54,7 @@ def average_oof(owner, cfg: Config, folders: list[Path], targets, folds: pd.Data
     """
     ids, mean = seed_mean(cfg, folders, store.OOF_MASKS, "train")
     # Scored as the file stores them, so that the CV is the score of oof.masks.safetensors.
-    masks = [store.dequantise(store.quantise(mask)) for mask in mean]
+    masks = store.Probabilities([store.quantise(mask) for mask in mean])
     id_column = cfg.competition.id_column
     position = {str(i): row for row, i in enumerate(folds[id_column].astype(str))}
     unknown = [i for i in ids if str(i) not in position]
@@ -65,14 +65,12 @@ def average_oof(owner, cfg: Config, folders: list[Path], targets, folds: pd.Data
         )
     rows = np.array([position[str(i)] for i in ids], dtype=int)
     order = np.argsort(rows, kind="stable")
-    rows, masks = rows[order], [masks[i] for i in order]
+    rows, masks = rows[order], masks[order]
     fold_of_row = folds["fold"].to_numpy()[rows]
     per_fold = {}
     for fold in sorted(np.unique(fold_of_row)):
         picked = np.flatnonzero(fold_of_row == fold)
-        per_fold[str(int(fold))] = owner.task.score(
-            targets[rows[picked]], [masks[i] for i in picked]
-        )
+        per_fold[str(int(fold))] = owner.task.score(targets[rows[picked]], masks[picked])
     # The folds table holds the train ids in train order: all score_oof reads of the train table.
     return {"folds": per_fold, **owner.score_oof(cfg, folds, targets, folds, rows, masks)}
 

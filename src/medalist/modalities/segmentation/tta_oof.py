@@ -66,7 +66,7 @@ def run_tta_oof(
     folder = experiment_dir(cfg)
     plain = _plain_masks(folder)  # train's, checked before any prediction
     fold_of_row = folds_table["fold"].to_numpy()
-    rows, masks = [], []
+    rows, levels = [], []  # each fold's masks kept as the levels they are written as
     for fold in [f for f in folds if f != FULL_FIT]:
         fold_rows = np.flatnonzero(fold_of_row == fold)
         subset = train.iloc[fold_rows].reset_index(drop=True)
@@ -74,14 +74,16 @@ def run_tta_oof(
             cfg, subset, None, split="train", train=False, source=str(train_path(cfg))
         )
         paths = prediction_weights(cfg, fold)
-        masks += own.predict_files(cfg, modality, accelerator, paths, dataset, views)
+        masks = own.predict_files(cfg, modality, accelerator, paths, dataset, views)
+        levels += [store.quantise(mask) for mask in masks]
         rows += fold_rows.tolist()
     if not rows:
         log.info("infer.tta_oof: no trained fold has validation images; nothing to predict")
         return {}
     order = np.argsort(rows, kind="stable")
     rows = np.asarray(rows)[order]
-    return write_tta_oof(own, cfg, train, rows, [masks[i] for i in order], views, plain)
+    masks = store.Probabilities([levels[i] for i in order])
+    return write_tta_oof(own, cfg, train, rows, masks, views, plain)
 
 
 def write_tta_oof(own, cfg: Config, train: pd.DataFrame, rows, masks, views, plain=None) -> dict:
@@ -91,20 +93,22 @@ def write_tta_oof(own, cfg: Config, train: pd.DataFrame, rows, masks, views, pla
     folder = experiment_dir(cfg)
     plain = _plain_masks(folder) if plain is None else plain
     ids = train[cfg.competition.id_column].iloc[rows].tolist()
-    missing = [str(i) for i in ids if str(i) not in plain]
+    known = {str(i) for i in plain[0]}
+    missing = [str(i) for i in ids if str(i) not in known]
     if missing:
         raise DataError(f"{folder / store.OOF_MASKS} has no mask of ids {missing[:5]}; run train")
     store.write_masks(folder / OOF_TTA_MASKS, ids, masks)
     # Scored and searched as written (quantised), as the plain OOF masks are.
-    _, tta_masks = store.read_masks(folder / OOF_TTA_MASKS)
+    _, tta_masks = store.read_probabilities(folder / OOF_TTA_MASKS)
     targets = own.task.encode_targets(train)[rows]
-    truth = [np.asarray(targets[i]) for i in range(len(rows))]
-    choice = own.search(cfg, truth, tta_masks, write=False)
+    choice = own.search(cfg, targets, tta_masks, write=False)
+    plain_ids, plain_masks = plain
+    position = {str(i): k for k, i in enumerate(plain_ids)}
     report = {
         "views": list(views),
         "merge": cfg.infer.tta_merge,
         "infer": inference_settings(cfg),
-        "cv": own.task.score(targets, [plain[str(i)] for i in ids]),
+        "cv": own.task.score(targets, plain_masks[[position[str(i)] for i in ids]]),
         "cv_tta": own.task.score(targets, tta_masks),
         "postprocess": choice,
     }
@@ -122,13 +126,12 @@ def write_tta_oof(own, cfg: Config, train: pd.DataFrame, rows, masks, views, pla
     return report
 
 
-def _plain_masks(folder: Path) -> dict[str, np.ndarray]:
-    """The plain OOF masks (``train``'s, what ``cv`` scores) by id."""
+def _plain_masks(folder: Path) -> tuple[list, store.Probabilities]:
+    """The plain OOF masks (``train``'s, what ``cv`` scores) and their ids."""
     path = folder / store.OOF_MASKS
     if not path.is_file():
         raise DataError(f"{path} not found: train writes the OOF masks; run train first")
-    ids, masks = store.read_masks(path)
-    return {str(i): mask for i, mask in zip(ids, masks, strict=True)}
+    return store.read_probabilities(path)
 
 
 def tta_choice(folder: Path) -> dict | None:
