@@ -133,6 +133,25 @@ def test_the_loop_scores_validation_images_as_the_oof_masks_score(project):
     assert kept is None and set(scores) == {"valid_loss", "dice", "iou"}
     table = score_table(np.stack(masks), np.stack(_truth(cfg, subset["id"])), "binary")
     assert scores["dice"] == pytest.approx(mean_score(table), abs=1e-9)
+    # Whole images go through the model infer.batch_size at a time: the batch size does not
+    # change a mask, and the identity view is one plain forward pass of each image (up to
+    # float32 sums in another order, far below a stored level, 1/255).
+    for batch_size in (1, 3):
+        again = predict_with_files(
+            resolve_config(CONFIG, [f"infer.batch_size={batch_size}"]),
+            task,
+            modality,
+            accelerator,
+            paths,
+            dataset,
+            ["identity"],
+        )
+        for a, b in zip(masks, again, strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    with torch.no_grad():
+        for index, mask in enumerate(masks):
+            plain = model.eval()(dataset[index]["input"][None]).sigmoid()[0]
+            np.testing.assert_allclose(mask, plain.numpy(), rtol=0, atol=1e-5)
 
 
 def test_a_finished_experiment_is_not_retrained_when_only_the_post_processing_changes(project):
