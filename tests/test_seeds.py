@@ -17,6 +17,7 @@ from medalist.errors import ConfigError
 from medalist.layout import training_hash
 from medalist.reporting import report
 from medalist.reporting.ledger_view import show
+from support.bundles import kaggle_overrides
 from support.configs import FOLD_0, TINY, cfg
 
 SEEDS = ["-c", TINY, *FOLD_0, "train.seeds=[0,1]"]
@@ -39,7 +40,7 @@ def _oof(experiment: str) -> pd.DataFrame:
     return pd.read_parquet(f"outputs/{experiment}/oof.parquet")
 
 
-def test_seeds_train_apart_and_average(tiny_project, caplog):
+def test_seeds_train_apart_and_average(tiny_project):
     assert main(["folds", "-c", TINY]) == 0
     assert main(["train", *SEEDS]) == 0
     seeds = [_oof("tiny@s0"), _oof("tiny@s1")]
@@ -79,10 +80,11 @@ def test_seeds_train_apart_and_average(tiny_project, caplog):
         test[columns].to_numpy(), np.mean([t[columns].to_numpy() for t in tests], axis=0)
     )
     assert main(["submission", *SEEDS]) == 0
-    # The bundle does not average seeds yet: package says so, naming the key and the way round.
-    assert main(["package", *SEEDS, "kaggle.timing_rows=0"]) == 2
-    assert "averages the seeds [0, 1] (train.seeds)" in caplog.text
-    assert not Path("package").exists()
+    # The bundle ships every seed and averages them (tests/test_package_seeds.py runs it).
+    kaggle = kaggle_overrides(tiny_project.parent, "someone/seeds", "kaggle.timing_rows=0")
+    assert main(["package", *SEEDS, *kaggle]) == 0
+    manifest = json.loads(Path("package/seeds/medalist-bundle.json").read_text())
+    assert manifest["experiments"]["tiny"]["seeds"] == ["tiny@s0", "tiny@s1"]
 
 
 def test_the_report_shows_the_seeds_and_no_best_one(tmp_path):

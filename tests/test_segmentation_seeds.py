@@ -23,7 +23,9 @@ from medalist.modalities.segmentation import rle, store
 from medalist.modalities.segmentation.postprocess import postprocess
 from medalist.modalities.segmentation.scoring import mean_score, score_table
 from medalist.modalities.segmentation.submission import read_text_csv
+from medalist.offline.predict import read_manifest, run_bundle
 from medalist.tasks import build_task
+from support.bundles import kaggle_overrides
 from support.segmentation_project import CONFIG, EXPERIMENT, segmentation_project
 from support.threads import one_thread
 
@@ -157,10 +159,28 @@ def test_the_averaged_experiment_is_an_ensemble_member_and_a_pseudo_teacher(proj
         assert float(np.abs(label - (a + b) / 2).max()) <= HALF_LEVEL
 
 
-def test_package_refuses_the_seed_average_as_for_tables(project, caplog):
-    caplog.set_level(logging.ERROR)
-    assert main(["package", "-c", CONFIG, *SEEDS, "kaggle.timing_rows=0"]) == 2
-    assert "averages the seeds [0, 1] (train.seeds)" in caplog.text
+def test_the_bundle_averages_the_seeds_masks_as_infer_did(project, tmp_path):
+    """Packaged alone, then as a member of a blend: each run writes the local RLE file again."""
+    kaggle = kaggle_overrides(tmp_path, "someone/mask-seeds", "kaggle.timing_rows=3")
+    assert main(["package", "-c", CONFIG, *SEEDS, *kaggle]) == 0
+    bundle = Path("package/mask-seeds")
+    manifest = read_manifest(bundle)
+    seeds = [folder.name for folder in SEED_FOLDERS]
+    assert list(manifest["experiments"]) == [*seeds, EXPERIMENT]
+    assert manifest["experiments"][EXPERIMENT]["seeds"] == seeds
+    assert manifest["timing"]["estimated_seconds"] > 0  # the sample matched the local masks
+    written = run_bundle(bundle, "local", environ={})
+    assert written.read_bytes() == (Path("submissions") / f"{EXPERIMENT}.csv").read_bytes()
+    offline = Path("outputs/offline/predictions") / f"{EXPERIMENT}.masks.safetensors"
+    mine, theirs = store.read_masks(offline)[1], store.read_masks(AVERAGED / store.TEST_MASKS)[1]
+    assert all(np.array_equal(a, b) for a, b in zip(mine, theirs, strict=True))
+
+    members = f"ensemble.experiments=[{EXPERIMENT},{SEED_FOLDERS[0].name}]"
+    assert main(["ensemble", "-c", CONFIG, members, "ensemble.name=seeds"]) == 0
+    assert main(["package", "-c", CONFIG, *SEEDS, *kaggle, "kaggle.ensemble=seeds"]) == 0
+    assert list(read_manifest(bundle)["experiments"]) == [*seeds, EXPERIMENT]
+    written = run_bundle(bundle, "local", environ={})
+    assert written.read_bytes() == (Path("submissions") / "seeds.csv").read_bytes()
 
 
 def test_seeds_whose_masks_hold_other_images_are_refused(project):

@@ -38,6 +38,11 @@ before it in the manifest, whose entry for it names them (``stacks``): the run p
 first and hands their test predictions to it (:mod:`medalist.offline.predict`), never a table
 of the training machine. They must have been trained on the project's folds, as the model
 itself: checked here, against the ``folds.json`` the bundle carries.
+
+A seed-averaged experiment (``train.seeds``: :mod:`medalist.honest.seeds`) has no weights of its
+own: each of its seeds, ``<exp>@s<seed>``, is packaged as any other experiment and listed before
+it, and its entry names them (``seeds``) in place of weights. The run predicts the seeds and
+averages their predictions as ``infer`` averages their test files.
 """
 
 from __future__ import annotations
@@ -104,6 +109,7 @@ class Experiment:
     weights: dict[str, list[Path]]  # fold -> its prediction files (weights: their mean predicts)
     learners: list[str] = field(default_factory=list)  # what fitted its folds, when not the loop
     stacks: list[str] = field(default_factory=list)  # experiments whose predictions it reads
+    seeds: list[str] = field(default_factory=list)  # train.seeds: the experiments it averages
 
 
 @dataclass
@@ -136,7 +142,8 @@ def bundle_dir(cfg: Config) -> Path:
 
 
 def _experiment(outputs: Path, name: str, key: str) -> Experiment:
-    """One trained experiment and its prediction weights, as ``infer`` would choose them."""
+    """One trained experiment and its prediction weights, as ``infer`` would choose them; a
+    seed-averaged one has none, but the names of its seeds' experiments."""
 
     folder = outputs / name
     for needed in ("config.yaml", "task.json"):
@@ -145,11 +152,7 @@ def _experiment(outputs: Path, name: str, key: str) -> Experiment:
     cfg = resolve_config(folder / "config.yaml")
     if cfg.train.seeds:  # the seed-averaged model has no weights of its own
         seeds = [seed_experiment(name, seed) for seed in cfg.train.seeds]
-        raise ConfigError(
-            f"{key}: '{name}' averages the seeds {cfg.train.seeds} (train.seeds), which the bundle "
-            f"does not average yet; package one seed (kaggle.experiments=[{seeds[0]}]), or blend "
-            f"them: `medalist ensemble` with ensemble.experiments={seeds}, then kaggle.ensemble"
-        )
+        return Experiment(name, cfg, {}, seeds=seeds)
     settings = folder / "infer.json"  # the views and merge behind its test.parquet
     if settings.is_file():
         saved = json.loads(settings.read_text(encoding="utf-8"))
@@ -168,8 +171,8 @@ def _experiment(outputs: Path, name: str, key: str) -> Experiment:
 
 
 def _with_stacked_on(outputs: Path, names: list[str], key: str) -> list[Experiment]:
-    """The named experiments and those they stack on, each once and after every experiment it
-    stacks on (the order the run predicts them in)."""
+    """The named experiments and those they stack on or average (``train.seeds``), each once and
+    after every experiment it reads (the order the run predicts them in)."""
     planned: dict[str, Experiment] = {}
 
     def add(name: str, key: str, above: tuple[str, ...]) -> None:
@@ -182,6 +185,8 @@ def _with_stacked_on(outputs: Path, names: list[str], key: str) -> list[Experime
         if name in planned:
             return
         experiment = _experiment(outputs, name, key)
+        for seed in experiment.seeds:
+            add(seed, f"train.seeds of '{name}'", (*above, name))
         for member in experiment.stacks:
             add(member, f"tabular.oof_features of '{name}'", (*above, name))
         planned[name] = experiment
@@ -327,7 +332,7 @@ def make_plan(cfg: Config) -> Plan:
     _check_stacked_folds(cfg, plan)
     plan.merged = _to_merge(cfg, plan)
     for experiment in plan.experiments:
-        carried = _packaged_folder(experiment.cfg)
+        carried = None if experiment.seeds else _packaged_folder(experiment.cfg)
         backbone = carried[1] if carried else None
         if backbone is not None and backbone.resolve() not in plan.backbones:
             if not backbone.is_dir():
@@ -397,6 +402,8 @@ def _copy_experiment(experiment: Experiment, outputs: Path, root: Path, plan: Pl
         if (source / name).is_file():
             _place(source / name, root / target / name)
     entry: dict = {"config": f"{target}/config.yaml", "task": f"{target}/task.json"}
+    if experiment.seeds:  # no weights: the mean of its seeds' predictions
+        return _with_cv({**entry, "seeds": list(experiment.seeds), "weights": {}}, source)
     # The views and merge of the last `infer` (test.parquet's), not the training config's.
     entry["infer"] = inference_settings(experiment.cfg)
     if experiment.learners:  # folds fitted by a library: the run checks that it imports
@@ -430,6 +437,11 @@ def _copy_experiment(experiment: Experiment, outputs: Path, root: Path, plan: Pl
     if carried is not None:
         key, folder = carried
         entry["paths"][key] = plan.backbones[folder.resolve()]
+    return _with_cv(entry, source)
+
+
+def _with_cv(entry: dict, source: Path) -> dict:
+    """The entry with the experiment's CV (``cv``), where its ``metrics.json`` records one."""
     metrics_file = source / "metrics.json"
     if metrics_file.is_file():
         entry["cv"] = json.loads(metrics_file.read_text(encoding="utf-8")).get("cv")
@@ -464,7 +476,7 @@ def _weightless_backbones(plan: Plan, experiments: dict, root: Path) -> set[Path
     the model built from it alone."""
     users: dict[Path, list[tuple[str, str]]] = {folder: [] for folder in plan.backbones}
     for experiment in plan.experiments:
-        carried = _packaged_folder(experiment.cfg)
+        carried = None if experiment.seeds else _packaged_folder(experiment.cfg)
         if carried is not None:
             users[carried[1].resolve()].append((experiment.name, carried[0]))
     weightless = set()
@@ -568,7 +580,10 @@ def _timing(cfg: Config, root: Path, manifest: dict) -> dict | None:
             own.own_predictions.check_against_local(outputs / name, name, ids, values)
             continue
         entry = manifest["experiments"][name]
-        merged, atol = entry.get("adapters") == "merged", sample_tolerance(root, entry, SAMPLE_ATOL)
+        # A seed average is as close to its test.parquet as the least exact of its seeds.
+        shipped = [manifest["experiments"][seed] for seed in entry.get("seeds", [])] or [entry]
+        merged = any(one.get("adapters") == "merged" for one in shipped)
+        atol = max(sample_tolerance(root, one, SAMPLE_ATOL) for one in shipped)
         _check_against_local(outputs, cfg.competition.id_column, name, test, values, merged, atol)
     write_json(root / "timing.json", report)
     return {key: value for key, value in report.items() if key != "models"}

@@ -17,6 +17,10 @@ packaged weights, and that folder is the stacking experiment's ``competition.out
 folds manifest the bundle's ``folds/folds.json``. Every experiment is predicted once, whether the
 ensemble blends it, another experiment stacks on it, or both.
 
+A seed-averaged experiment (``train.seeds``) has no weights: its entry names its seeds'
+experiments (``seeds``), predicted before it, and its prediction is their mean, as ``infer``
+averages the seeds' test files (:func:`average_seeds`).
+
 Paths come from a profile. ``kaggle``: the bundle under ``/kaggle/input``, the competition's data
 at ``/kaggle/input/<competition>``, output to ``/kaggle/working``. ``local``: the competition's
 ``data/`` folder and ``outputs/offline/`` of the project. ``MEDALIST_INPUT``, ``MEDALIST_DATA``
@@ -285,10 +289,10 @@ def predict_experiment(
 
 def prediction_order(experiments: dict) -> list[str]:
     """The manifest's experiments in the order to predict them: each after those it stacks on
-    (a bundle packs them so already; a hand-edited manifest is checked).
+    or averages (``seeds``) (a bundle packs them so already; a hand-edited manifest is checked).
 
     Raises:
-        DataError: an experiment stacks on one the bundle does not hold, or on itself in a cycle.
+        DataError: an experiment reads one the bundle does not hold, or itself in a cycle.
     """
     order: list[str] = []
 
@@ -297,11 +301,12 @@ def prediction_order(experiments: dict) -> list[str]:
             return
         if name in above:
             raise DataError(f"{MANIFEST}: the experiments stack on each other: {[*above, name]}")
-        for member in experiments[name].get("stacks", []):
+        entry = experiments[name]
+        for member in [*entry.get("seeds", []), *entry.get("stacks", [])]:
             if member not in experiments:
                 raise DataError(
-                    f"{MANIFEST}: '{name}' stacks on '{member}', which is not in the bundle; "
-                    "package it again"
+                    f"{MANIFEST}: '{name}' reads the predictions of '{member}', which is not in "
+                    "the bundle; package it again"
                 )
             add(member, (*above, name))
         order.append(name)
@@ -309,6 +314,23 @@ def prediction_order(experiments: dict) -> list[str]:
     for name in experiments:
         add(name, ())
     return order
+
+
+def average_seeds(
+    entry: dict, predicted: Mapping[str, tuple[pd.DataFrame, Task, np.ndarray]]
+) -> tuple[pd.DataFrame, Task, np.ndarray]:
+    """A seed-averaged experiment from its seeds' predictions (``predicted``: the test rows, task
+    and values of each experiment predicted so far), as ``infer`` averages the seeds' test
+    files: their mean, or the task's own seed mean (masks: of the files as stored).
+
+    Returns:
+        (the test rows, the task, predictions shaped as each seed's).
+    """
+    test, task, _ = predicted[entry["seeds"][0]]
+    per_seed = [predicted[seed][2] for seed in entry["seeds"]]
+    if task.own_predictions is not None:
+        return test, task, task.own_predictions.seed_mean(per_seed)
+    return test, task, np.mean(per_seed, axis=0)
 
 
 def stacked_members(experiments: dict) -> set[str]:
@@ -469,18 +491,24 @@ def run_bundle(
     experiments = manifest["experiments"]
     order = prediction_order(experiments)
     needed, stacked = stacked_members(experiments), paths.working / STACKED
-    predictions, tasks, timings = {}, {}, []
+    predicted, timings = {}, []
     for name in order:
         entry, start = experiments[name], len(timings)
-        test, task, values = predict_experiment(
-            bundle, entry, paths.data, timings=timings, stacked=stacked
-        )
+        if entry.get("seeds"):
+            test, task, values = average_seeds(entry, predicted)
+            log.info("%s: the mean of seeds %s", name, entry["seeds"])
+        else:
+            test, task, values = predict_experiment(
+                bundle, entry, paths.data, timings=timings, stacked=stacked
+            )
+            log.info("%s: %d fold(s) predicted %d rows", name, len(entry["weights"]), len(test))
         for timing in timings[start:]:
             timing["experiment"] = name
-        predictions[name], tasks[name] = values, task
+        predicted[name] = (test, task, values)
         if name in needed:  # the test predictions of the experiments that stack on it
             keep_prediction(stacked, bundle, name, entry, test, task, values)
-        log.info("%s: %d fold(s) predicted %d rows", name, len(entry["weights"]), len(test))
+    predictions = {name: values for name, (_, _, values) in predicted.items()}
+    tasks = {name: task for name, (_, task, _) in predicted.items()}
     id_column = manifest["id_column"]
     if manifest.get("ensemble"):
         experiment = f"ensemble/{manifest['ensemble']['name']}"

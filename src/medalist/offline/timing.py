@@ -19,7 +19,8 @@ row, and only the rest of the sample's time grows with the rows: a model file th
 to read is not counted once per sample of rows.
 
 An experiment that stacks on others is timed after them, on their predictions of the same sample
-(kept in a temporary folder, as the run keeps them in its working folder).
+(kept in a temporary folder, as the run keeps them in its working folder). A seed-averaged
+experiment takes no time of its own: its seeds are timed, and its sample is their mean.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from medalist.offline.predict import (
+    average_seeds,
     keep_prediction,
     predict_experiment,
     prediction_order,
@@ -55,15 +57,19 @@ def estimate(
     bundle's output with the experiment's own ``test.parquet``.
     """
     timings: list[dict] = []
-    samples = {}
+    samples, predicted = {}, {}
     needed = stacked_members(experiments)
     with tempfile.TemporaryDirectory(prefix="medalist-timing-") as folder:
         stacked = Path(folder)
         for name in prediction_order(experiments):
             entry, start = experiments[name], len(timings)
-            test, task, values = predict_experiment(
-                bundle, entry, data, rows=sample_rows, timings=timings, stacked=stacked
-            )
+            if entry.get("seeds"):  # no model of its own: its seeds' mean, nothing timed
+                test, task, values = average_seeds(entry, predicted)
+            else:
+                test, task, values = predict_experiment(
+                    bundle, entry, data, rows=sample_rows, timings=timings, stacked=stacked
+                )
+            predicted[name] = (test, task, values)
             if entry.get("learners"):
                 _split_load(bundle, entry, data, timings[start:], stacked)
             if any("tokens" in timing for timing in timings[start:]):

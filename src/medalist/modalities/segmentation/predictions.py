@@ -570,3 +570,12 @@ class MaskPredictions:
         """The HTML sections of one subject's OOF masks: Dice per image, empty masks, the
         worst images."""
         return mask_report.diagnostics(self.task, inputs, name, folder)
+
+    # The offline bundle's seed-averaged experiment (medalist.offline.predict.average_seeds).
+
+    def seed_mean(self, per_seed: list[np.ndarray]) -> np.ndarray:
+        """The seeds' mean masks from each seed's fold mean, as ``infer`` makes the averaged
+        model's (:func:`~.seeds.seed_mean`): each seed's masks quantised as its stored test masks
+        hold them, then averaged as :func:`~.store.average_masks` averages those files."""
+        stored = [[store.dequantise(store.quantise(mask)) for mask in masks] for masks in per_seed]
+        return as_objects(store.weighted_mean([(1.0, masks) for masks in stored]))
