@@ -3,7 +3,6 @@ in-sample and nested, written as mask files and an RLE submission, on a tiny mos
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -22,20 +21,11 @@ from medalist.modalities.segmentation.submission import read_text_csv
 from medalist.offline.predict import read_manifest, run_bundle
 from medalist.tasks import build_task
 from support.bundles import kaggle_overrides
-from support.segmentation_project import CONFIG, segmentation_project
+from support.segmentation_project import CONFIG, read_json, run_stages, segmentation_project
 from support.threads import one_thread
 
 OUT = Path("outputs")
 MEMBERS = ("a", "b", "zeros")
-
-
-def _run(*stages: str, overrides: tuple[str, ...] = ()) -> None:
-    for name in stages:
-        assert main([name, "-c", CONFIG, *overrides]) == 0, name
-
-
-def _json(path) -> dict:
-    return json.loads(Path(path).read_text())
 
 
 def _write_zeros_member() -> None:
@@ -52,9 +42,9 @@ def trained(tmp_path_factory):
     with one_thread():
         folder = segmentation_project(tmp_path_factory.mktemp("mask_ensemble"))
         with working_directory(folder):
-            _run("folds")
-            _run("train", "infer", overrides=("train.experiment=a", "train.epochs=6"))
-            _run(
+            run_stages("folds")
+            run_stages("train", "infer", overrides=("train.experiment=a", "train.epochs=6"))
+            run_stages(
                 "train",
                 "infer",
                 overrides=("train.experiment=b", "train.epochs=6", "train.lr=1e-3"),
@@ -103,8 +93,8 @@ def test_hill_climbing_writes_a_blend_of_the_members_and_a_valid_submission(proj
     for name in ("weights.json", "cv.json", "postprocess.json", "task.json", "config.yaml"):
         assert (folder / name).is_file(), name
     assert (folder / "ensemble.yaml").is_file()
-    weights = _json(folder / "weights.json")
-    cv = _json(folder / "cv.json")
+    weights = read_json(folder / "weights.json")
+    cv = read_json(folder / "cv.json")
     names = list(weights["weights"])
     assert names == list(MEMBERS)
     w = np.array([weights["weights"][n] for n in names])
@@ -136,25 +126,25 @@ def test_hill_climbing_writes_a_blend_of_the_members_and_a_valid_submission(proj
     table = score_table(np.stack(blend), np.stack(_truth()), "binary")
     assert cv["in_sample"]["cv"]["dice"] == pytest.approx(mean_score(table), abs=1e-12)
     # The climb starts from the best member, so in-sample it scores at least that.
-    best = max(_json(OUT / n / "metrics.json")["cv"]["dice"] for n in ("a", "b"))
+    best = max(read_json(OUT / n / "metrics.json")["cv"]["dice"] for n in ("a", "b"))
     assert cv["members"]["a"]["cv"]["dice"] == pytest.approx(
-        _json(OUT / "a" / "metrics.json")["cv"]["dice"], abs=1e-12
+        read_json(OUT / "a" / "metrics.json")["cv"]["dice"], abs=1e-12
     )
     assert cv["in_sample"]["cv"]["dice"] >= best - 1e-12
     member_cv = {n: cv["members"][n]["cv"]["dice"] for n in names}
     assert weights["selection"][0] == max(names, key=member_cv.__getitem__)
     assert set(cv["nested"]["cv"]) == {"dice", "iou"} and set(cv["nested"]["folds"]) == {"0", "1"}
     assert cv["optimised_metric"] == "dice" and cv["learns_from_labels"]
-    assert _json(folder / "postprocess.json")["metric"] == "dice"
+    assert read_json(folder / "postprocess.json")["metric"] == "dice"
     # The submission: the sample's rows, RLE masks that fit the test images.
     assert main(["validate", "submissions/blend.csv", "-c", CONFIG]) == 0
 
 
 def test_the_mean_weighs_every_member_equally_in_and_out_of_sample(project):
     folder = _ensemble("mean", "ensemble.method=mean", "ensemble.submit=false")
-    weights = _json(folder / "weights.json")
+    weights = read_json(folder / "weights.json")
     assert weights["weights"] == pytest.approx({n: 1 / 3 for n in MEMBERS})
-    cv = _json(folder / "cv.json")
+    cv = read_json(folder / "cv.json")
     assert cv["in_sample"]["cv"] == cv["nested"]["cv"]
     assert not cv["learns_from_labels"]
     assert not Path("submissions/mean.csv").exists()

@@ -5,7 +5,6 @@ empty-mask confusion of the final masks, on a tiny mosaic competition."""
 from __future__ import annotations
 
 import base64
-import json
 import re
 import shutil
 from pathlib import Path
@@ -20,14 +19,10 @@ from medalist.demo.digits import working_directory
 from medalist.modalities.segmentation import store
 from medalist.modalities.segmentation.postprocess import postprocess
 from medalist.tasks import build_task
-from support.segmentation_project import CONFIG, segmentation_project
+from support.segmentation_project import CONFIG, read_json, segmentation_project
 from support.threads import one_thread
 
 OUT = Path("outputs")
-
-
-def _json(path) -> dict:
-    return json.loads(Path(path).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +73,7 @@ def _cells(html: str, label: str) -> list[str]:
 
 def _final_masks(folder: Path) -> tuple[list, list[np.ndarray]]:
     """The OOF masks of ``folder`` made final with its postprocess.json."""
-    choice = _json(folder / "postprocess.json")
+    choice = read_json(folder / "postprocess.json")
     ids, probs = store.read_masks(folder / "oof.masks.safetensors")
     final = [postprocess(p, choice["threshold"], choice["min_size"]) for p in probs]
     return ids, final
@@ -97,13 +92,13 @@ def test_the_page_shows_the_recorded_scores_of_each_experiment_and_the_ensemble(
         assert anchor in sections, anchor
     scores, per_fold = _section(page, "scores"), _section(page, "cv-per-fold")
     for name in ("a", "b"):
-        metrics = _json(OUT / name / "metrics.json")
+        metrics = read_json(OUT / name / "metrics.json")
         cells = _cells(scores, name)
         assert cells[:2] == [f"{metrics['cv']['dice']:.5f}", f"{metrics['cv']['iou']:.5f}"]
         assert cells[-1] == f"{metrics['cv_postprocessed']['dice']:.5f}"
         folds = [f"{metrics['folds'][k]['dice']:.5f}" for k in ("0", "1")]
         assert _cells(per_fold, name) == folds
-    cv = _json(OUT / "ensemble" / "blend" / "cv.json")
+    cv = read_json(OUT / "ensemble" / "blend" / "cv.json")
     cells = _cells(scores, "ensemble blend (nested)")
     assert cells[0] == f"{cv['nested']['cv']['dice']:.5f}"
     assert cells[-1] == f"{cv['nested_postprocessed']['dice']:.5f}"
@@ -112,7 +107,7 @@ def test_the_page_shows_the_recorded_scores_of_each_experiment_and_the_ensemble(
         f"{cv['in_sample']['cv']['dice']:.5f}",
         f"{cv['nested']['cv']['dice']:.5f}",
     ]
-    picks = _json(OUT / "ensemble" / "blend" / "weights.json")["picks"]
+    picks = read_json(OUT / "ensemble" / "blend" / "weights.json")["picks"]
     for name, count in picks.items():
         assert _cells(weights, name) == [str(count)]
     assert "report: not yet" not in page
@@ -133,7 +128,7 @@ def test_the_mask_diagnostics_are_those_of_the_ensembles_final_masks(project, pa
     ]
     # The mean Dice per image of the final masks is the post-processed CV (one channel).
     shown = re.search(r'<span id="mean-dice">([0-9.]+)</span>', _section(page, "mask-dice"))
-    expected = _json(folder / "cv.json")["nested_postprocessed"]["dice"]
+    expected = read_json(folder / "cv.json")["nested_postprocessed"]["dice"]
     assert float(shown.group(1)) == pytest.approx(expected, abs=1e-5)
 
 
@@ -173,7 +168,7 @@ def test_one_experiment_alone_is_reported_with_its_own_final_masks(project):
     sections = re.findall(r'<section id="([^"]+)"', page)
     assert "correlation" not in sections and "weights" not in sections
     assert "mask-dice" in sections and "empty-masks" in sections
-    metrics = _json(OUT / "a" / "metrics.json")
+    metrics = read_json(OUT / "a" / "metrics.json")
     shown = re.search(r'<span id="mean-dice">([0-9.]+)</span>', page)
     assert float(shown.group(1)) == pytest.approx(metrics["cv_postprocessed"]["dice"], abs=1e-5)
     assert "outputs/a/postprocess.json" in _section(page, "mask-dice")

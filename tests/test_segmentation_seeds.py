@@ -4,7 +4,6 @@ as one experiment's, which the submission, an ensemble and a pseudo round read."
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -26,7 +25,13 @@ from medalist.modalities.segmentation.submission import read_text_csv
 from medalist.offline.predict import read_manifest, run_bundle
 from medalist.tasks import build_task
 from support.bundles import kaggle_overrides
-from support.segmentation_project import CONFIG, EXPERIMENT, segmentation_project
+from support.segmentation_project import (
+    CONFIG,
+    EXPERIMENT,
+    read_json,
+    run_stages,
+    segmentation_project,
+)
 from support.threads import one_thread
 
 SEEDS = ("train.seeds=[0,1]", "train.epochs=1")
@@ -38,12 +43,7 @@ HALF_LEVEL = store.ERROR_BOUND + 1e-6
 
 
 def _run(*stages: str, overrides: tuple[str, ...] = SEEDS) -> None:
-    for stage in stages:
-        assert main([stage, "-c", CONFIG, *overrides]) == 0, stage
-
-
-def _json(path) -> dict:
-    return json.loads(Path(path).read_text())
+    run_stages(*stages, overrides=overrides)
 
 
 @pytest.fixture(scope="module")
@@ -95,10 +95,10 @@ def test_the_averaged_oof_masks_are_scored_and_post_processed_as_one_experiments
     assert list(map(str, ids)) == list(train["id"].astype(str))  # train order
     truth = _truth(cfg)
 
-    metrics = _json(AVERAGED / "metrics.json")
+    metrics = read_json(AVERAGED / "metrics.json")
     assert metrics["seeds"] == [0, 1] and metrics["complete"]
     assert metrics["seed_experiments"] == [f.name for f in SEED_FOLDERS]
-    seed_dice = [_json(f / "metrics.json")["cv"]["dice"] for f in SEED_FOLDERS]
+    seed_dice = [read_json(f / "metrics.json")["cv"]["dice"] for f in SEED_FOLDERS]
     assert [metrics["seed_cv"][s]["dice"] for s in ("0", "1")] == seed_dice
     assert metrics["seed_mean"]["dice"] == pytest.approx(np.mean(seed_dice))
     assert metrics["seed_std"]["dice"] == pytest.approx(np.std(seed_dice, ddof=1))
@@ -113,7 +113,7 @@ def test_the_averaged_oof_masks_are_scored_and_post_processed_as_one_experiments
     )
     assert set(metrics["fold_std"]) == {"dice", "iou"} and metrics["seconds"] > 0
     # The threshold and minimum size are searched on the averaged masks, and score what they say.
-    chosen = _json(AVERAGED / "postprocess.json")
+    chosen = read_json(AVERAGED / "postprocess.json")
     assert metrics["cv_postprocessed"] == {"dice": chosen["score"]}
     kept = [
         postprocess(m, chosen["threshold"], chosen["min_size"], 8).astype(np.float32) for m in masks
@@ -128,11 +128,11 @@ def test_infer_averages_the_seeds_test_masks_and_the_submission_applies_their_ch
     cfg = resolve_config(CONFIG, list(SEEDS))
     ids, mean = _assert_mean_of_seeds(store.TEST_MASKS)
     assert list(map(str, ids)) == list(pd.read_csv("data/test.csv")["id"].astype(str))
-    assert _json(AVERAGED / "infer.json")["tta"] == ["identity"]
+    assert read_json(AVERAGED / "infer.json")["tta"] == ["identity"]
     path = Path("submissions") / f"{EXPERIMENT}.csv"
     build_task(cfg, None).own_predictions.validate_file(cfg, path)
     sub = read_text_csv(path, "submission")
-    chosen = _json(AVERAGED / "postprocess.json")
+    chosen = read_json(AVERAGED / "postprocess.json")
     for text, probs in zip(sub["rle_mask"], mean, strict=True):
         want = postprocess(probs[0], chosen["threshold"], chosen["min_size"], 8)
         assert (rle.decode(text, (32, 32), "column") == want).all()
@@ -151,7 +151,7 @@ def test_the_averaged_experiment_is_an_ensemble_member_and_a_pseudo_teacher(proj
     )
     # Per fold: fold k's labels are the mean of the seeds' fold-k test masks.
     assert main(["pseudo", "-c", CONFIG, *SEEDS, "pseudo.round=2"]) == 0
-    record = _json(OUT / "pseudo" / "2" / "teachers.json")
+    record = read_json(OUT / "pseudo" / "2" / "teachers.json")
     assert record["teachers"] == [folder.name for folder in SEED_FOLDERS]
     _, labels = store.read_masks(OUT / "pseudo" / "2" / "fold1.masks.safetensors")
     per_seed = [store.read_masks(f / "fold1" / store.TEST_MASKS)[1] for f in SEED_FOLDERS]
@@ -193,7 +193,7 @@ def test_seeds_whose_masks_hold_other_images_are_refused(project):
     train = pd.read_csv("data/train.csv")
     task = build_task(cfg, train)
     folds = load_folds("folds", train, id_column="id", target_columns=["has_mask"])
-    seeds = {seed: _json(folder / "metrics.json") for seed, folder in enumerate(SEED_FOLDERS)}
+    seeds = {seed: read_json(folder / "metrics.json") for seed, folder in enumerate(SEED_FOLDERS)}
     with pytest.raises(DataError, match="experiment 'other': the seeds' oof.masks.safetensors"):
         average_oof(cfg, task, task.encode_targets(train), folds, seeds)
     with pytest.raises(DataError, match="experiment 'other': the seeds' test.masks.safetensors"):
@@ -222,9 +222,9 @@ def test_tta_oof_of_the_seeds_is_averaged_and_chooses_the_averaged_models_post_p
     _run("infer", "submission", overrides=tta)
     ids, _ = _assert_mean_of_seeds("oof_tta.masks.safetensors")
     assert list(map(str, ids)) == list(pd.read_csv("data/train.csv")["id"].astype(str))
-    report = _json(AVERAGED / "tta.json")
+    report = read_json(AVERAGED / "tta.json")
     assert report["views"] == ["identity", "hflip"]
-    assert report["cv"] == _json(AVERAGED / "metrics.json")["cv"]
+    assert report["cv"] == read_json(AVERAGED / "metrics.json")["cv"]
     cfg = resolve_config(CONFIG, list(tta))
     assert (
         build_task(cfg, None).own_predictions.chosen(cfg)["threshold"]

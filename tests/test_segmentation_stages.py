@@ -3,7 +3,6 @@ competition (real photos, exact masks), a U-Net on timm's test_resnet."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -29,7 +28,13 @@ from medalist.offline.predict import read_manifest, run_bundle
 from medalist.tasks import build_task
 from medalist.training.weights import load_weights
 from support.bundles import kaggle_overrides
-from support.segmentation_project import CONFIG, EXPERIMENT, segmentation_project
+from support.segmentation_project import (
+    CONFIG,
+    EXPERIMENT,
+    read_json,
+    run_stages,
+    segmentation_project,
+)
 from support.threads import one_thread
 
 OUT = Path("outputs") / EXPERIMENT
@@ -48,15 +53,6 @@ def project(tmp_path):
         yield folder
 
 
-def _run(*stages: str, overrides: tuple[str, ...] = ()) -> None:
-    for stage in stages:
-        assert main([stage, "-c", CONFIG, *overrides]) == 0, stage
-
-
-def _json(path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
 def _truth(cfg, ids) -> list[np.ndarray]:
     """The true masks of train ids, as the task reads them."""
     train = pd.read_csv("data/train.csv")
@@ -67,11 +63,11 @@ def _truth(cfg, ids) -> list[np.ndarray]:
 
 
 def test_folds_train_infer_submission_write_masks_scores_and_a_valid_rle_file(project):
-    _run("folds", "train", "infer", "submission")
+    run_stages("folds", "train", "infer", "submission")
     cfg = resolve_config(CONFIG)
     train, test = pd.read_csv("data/train.csv"), pd.read_csv("data/test.csv")
     folds = pd.read_csv("folds/folds.csv")
-    metrics = _json(OUT / "metrics.json")
+    metrics = read_json(OUT / "metrics.json")
     assert metrics["main_metric"] == "dice" and metrics["complete"]
     assert set(metrics["cv"]) == {"dice", "iou"}
     # Each fold's OOF masks are its validation images, at their own size, in the store.
@@ -80,7 +76,7 @@ def test_folds_train_infer_submission_write_masks_scores_and_a_valid_rle_file(pr
         assert sorted(map(str, ids)) == sorted(folds.loc[folds["fold"] == fold, "id"].astype(str))
         assert all(m.shape == (1, 32, 32) for m in masks)
         # The fold's scores are those masks' scores against the true masks.
-        scores = _json(OUT / f"fold{fold}" / "scores.json")["scores"]
+        scores = read_json(OUT / f"fold{fold}" / "scores.json")["scores"]
         table = score_table(np.stack(masks), np.stack(_truth(cfg, ids)), "binary")
         assert scores["dice"] == pytest.approx(mean_score(table), abs=1e-12)
     # The joined OOF is in train order; the CV is its score.
@@ -89,7 +85,7 @@ def test_folds_train_infer_submission_write_masks_scores_and_a_valid_rle_file(pr
     table = score_table(np.stack(masks), np.stack(_truth(cfg, ids)), "binary")
     assert metrics["cv"]["dice"] == pytest.approx(mean_score(table), abs=1e-12)
     # The post-processing searched on OOF scores what it says, and at least the plain 0.5.
-    chosen = _json(OUT / "postprocess.json")
+    chosen = read_json(OUT / "postprocess.json")
     assert metrics["cv_postprocessed"] == {"dice": chosen["score"]}
     assert 0.5 in chosen["searched"]["thresholds"] and 0 in chosen["searched"]["min_sizes"]
     assert chosen["score"] >= metrics["cv"]["dice"] - 1e-12
@@ -114,7 +110,7 @@ def test_folds_train_infer_submission_write_masks_scores_and_a_valid_rle_file(pr
 
 def test_the_loop_scores_validation_images_as_the_oof_masks_score(project):
     """The loop's Dice (pixel counts batch by batch) equals scoring the same model's masks."""
-    _run("folds", "train")
+    run_stages("folds", "train")
     cfg = resolve_config(CONFIG)
     modality = get_modality("segmentation")
     train = pd.read_csv("data/train.csv")
@@ -155,11 +151,11 @@ def test_the_loop_scores_validation_images_as_the_oof_masks_score(project):
 
 
 def test_a_finished_experiment_is_not_retrained_when_only_the_post_processing_changes(project):
-    _run("folds", "train")
+    run_stages("folds", "train")
     before = (OUT / "fold0" / "model.safetensors").stat().st_mtime_ns
-    _run("train", overrides=("segmentation.threshold=0.3", "segmentation.min_size=0"))
+    run_stages("train", overrides=("segmentation.threshold=0.3", "segmentation.min_size=0"))
     assert (OUT / "fold0" / "model.safetensors").stat().st_mtime_ns == before
-    chosen = _json(OUT / "postprocess.json")
+    chosen = read_json(OUT / "postprocess.json")
     assert (chosen["threshold"], chosen["min_size"]) == (0.3, 0)
 
 
@@ -170,10 +166,10 @@ def test_ema_tiles_and_views_flow_through_to_the_submission(project):
         "segmentation.tile.overlap=8",
         "infer.tta=[identity,hflip]",
     )
-    _run("folds", "train", "infer", "submission", overrides=overrides)
-    scores = _json(OUT / "fold0" / "scores.json")
+    run_stages("folds", "train", "infer", "submission", overrides=overrides)
+    scores = read_json(OUT / "fold0" / "scores.json")
     assert scores["prediction_weights"] == ["ema.safetensors"]
-    assert _json(OUT / "infer.json")["tta"] == ["identity", "hflip"]
+    assert read_json(OUT / "infer.json")["tta"] == ["identity", "hflip"]
     assert (Path("submissions") / f"{EXPERIMENT}.csv").is_file()
 
 
@@ -192,9 +188,9 @@ def test_what_does_not_fit_masks_is_refused_naming_its_key(project, override, ke
 
 def test_a_pseudo_round_trains_each_fold_on_its_own_teachers_test_masks(project, caplog):
     caplog.set_level(logging.INFO, logger="medalist")
-    _run("folds", "train", "infer")
+    run_stages("folds", "train", "infer")
     assert main(["pseudo", "-c", CONFIG]) == 0
-    record = _json("outputs/pseudo/1/teachers.json")
+    record = read_json("outputs/pseudo/1/teachers.json")
     for fold in (0, 1):
         ids, labels = store.read_masks(Path(f"outputs/pseudo/1/fold{fold}.masks.safetensors"))
         # Fold k's labels are the fold-k teacher's test masks (it never saw fold k's images).
@@ -205,9 +201,9 @@ def test_a_pseudo_round_trains_each_fold_on_its_own_teachers_test_masks(project,
             assert np.abs(mask - teacher[position[image]]).max() <= 1.01 / 255
         table = pd.read_parquet(f"outputs/pseudo/1/fold{fold}.parquet")
         assert list(table["id"]) == list(ids) and (table["pseudo_weight"] == 1.0).all()
-    _run("train", overrides=("train.pseudo_round=1", "train.experiment=student"))
+    run_stages("train", overrides=("train.pseudo_round=1", "train.experiment=student"))
     assert "fold 0: 6 pseudo-labelled test rows added to training" in caplog.text
-    assert _json(Path("outputs/student/metrics.json"))["complete"]
+    assert read_json(Path("outputs/student/metrics.json"))["complete"]
     # Hard masks of the most confident half, in a second round.
     assert (
         main(
@@ -237,9 +233,9 @@ def test_a_pseudo_round_trains_each_fold_on_its_own_teachers_test_masks(project,
 
 
 def test_a_full_fit_needs_a_configured_threshold_for_its_submission(project):
-    _run("folds", "train", "infer", overrides=("train.folds=[-1]",))
+    run_stages("folds", "train", "infer", overrides=("train.folds=[-1]",))
     assert main(["submission", "-c", CONFIG, "train.folds=[-1]"]) != 0
-    _run(
+    run_stages(
         "submission",
         overrides=("train.folds=[-1]", "segmentation.threshold=0.5", "segmentation.min_size=0"),
     )
@@ -248,7 +244,7 @@ def test_a_full_fit_needs_a_configured_threshold_for_its_submission(project):
 def test_the_offline_bundle_writes_the_same_rle_as_the_submission_stage(project, tmp_path):
     tiles = ("segmentation.tile.size=32", "segmentation.tile.overlap=8")
     overrides = ("infer.tta=[identity,vflip]", *tiles)
-    _run("folds", "train", "infer", "submission", overrides=overrides)
+    run_stages("folds", "train", "infer", "submission", overrides=overrides)
     kaggle = kaggle_overrides(tmp_path, "someone/mosaics", "kaggle.timing_rows=3")
     assert main(["package", "-c", CONFIG, *overrides, *kaggle]) == 0
     bundle = Path("package/mosaics")
@@ -270,7 +266,7 @@ def test_the_offline_bundle_writes_the_same_rle_as_the_submission_stage(project,
 
 
 def test_a_bundle_whose_masks_differ_from_infer_is_refused(project, tmp_path, caplog):
-    _run("folds", "train", "infer")
+    run_stages("folds", "train", "infer")
     # Masks predicted with other views than the ones the bundle ships.
     ids, masks = store.read_masks(OUT / "test.masks.safetensors")
     store.write_masks(OUT / "test.masks.safetensors", ids, [np.flip(m, -1) for m in masks])
@@ -286,12 +282,12 @@ def test_adversarial_validation_tells_images_apart_and_the_cv_scores_the_test_li
     adversarial = ["adversarial.n_splits=2", "adversarial.epochs=1"]
     assert main(["adversarial", "-c", CONFIG, *adversarial]) == 0
     folder = Path("outputs/adversarial") / EXPERIMENT
-    result = _json(folder / "adversarial.json")
+    result = read_json(folder / "adversarial.json")
     assert 0.0 <= result["auc"] <= 1.0
     assert resolve_config(folder / "config.yaml").modality == "image"
     flags = pd.read_csv(folder / "test_like.csv")
-    _run("folds", "train", overrides=(f"folds.test_like={folder / 'test_like.csv'}",))
-    metrics = _json(OUT / "metrics.json")
+    run_stages("folds", "train", overrides=(f"folds.test_like={folder / 'test_like.csv'}",))
+    metrics = read_json(OUT / "metrics.json")
     flagged = flags.loc[flags["test_like"] == 1, "id"].astype(str).tolist()
     assert metrics["test_like_rows"] == len(flagged) > 0
     ids, masks = store.read_masks(OUT / "oof.masks.safetensors")

@@ -25,7 +25,13 @@ from medalist.modalities.segmentation.submission import read_text_csv
 from medalist.offline.predict import run_bundle
 from medalist.tasks import build_task
 from support.bundles import kaggle_overrides
-from support.segmentation_project import CONFIG, EXPERIMENT, segmentation_project
+from support.segmentation_project import (
+    CONFIG,
+    EXPERIMENT,
+    read_json,
+    run_stages,
+    segmentation_project,
+)
 from support.threads import one_thread
 
 OUT = Path("outputs") / EXPERIMENT
@@ -34,23 +40,14 @@ TTA = (*VIEWS, "infer.tta_oof=true")
 SUBMISSION = Path("submissions") / f"{EXPERIMENT}.csv"
 
 
-def _run(*stages: str, overrides: tuple[str, ...] = ()) -> None:
-    for stage in stages:
-        assert main([stage, "-c", CONFIG, *overrides]) == 0, stage
-
-
-def _json(path) -> dict:
-    return json.loads(Path(path).read_text())
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """The tiny project trained (one epoch) and inferred with two views and ``tta_oof``."""
     with one_thread():
         folder = segmentation_project(tmp_path_factory.mktemp("tta_oof"))
         with working_directory(folder):
-            _run("folds", "train", overrides=("train.epochs=1",))
-            _run("infer", overrides=TTA)
+            run_stages("folds", "train", overrides=("train.epochs=1",))
+            run_stages("infer", overrides=TTA)
             yield folder
 
 
@@ -82,14 +79,14 @@ def _with_other_choice(report: dict, plain: dict) -> dict:
 
 def test_the_oof_masks_are_predicted_again_with_the_views_and_scored(project):
     train = pd.read_csv("data/train.csv")
-    report = _json(OUT / "tta.json")
+    report = read_json(OUT / "tta.json")
     assert report["views"] == ["identity", "hflip"] and report["merge"] == "mean"
-    assert report["infer"] == _json(OUT / "infer.json")
+    assert report["infer"] == read_json(OUT / "infer.json")
     # Train order, as the plain OOF masks; cv is theirs, cv_tta the written TTA masks'.
     ids, masks = store.read_masks(OUT / "oof_tta.masks.safetensors")
     assert list(map(str, ids)) == list(train["id"].astype(str))
     truth = np.stack(_truth(ids))
-    assert report["cv"] == _json(OUT / "metrics.json")["cv"]
+    assert report["cv"] == read_json(OUT / "metrics.json")["cv"]
     for metric in ("dice", "iou"):
         table = score_table(np.stack(masks), truth, "binary", metric=metric)
         assert report["cv_tta"][metric] == pytest.approx(mean_score(table), abs=1e-12)
@@ -106,7 +103,7 @@ def test_the_oof_masks_are_predicted_again_with_the_views_and_scored(project):
     modality = get_modality("segmentation")
     dataset = modality.build_dataset(cfg, subset, None, split="train", train=False, source="t")
     paths = [
-        OUT / "fold0" / name for name in _json(OUT / "fold0/scores.json")["prediction_weights"]
+        OUT / "fold0" / name for name in read_json(OUT / "fold0/scores.json")["prediction_weights"]
     ]
     task = build_task(cfg, train)
     views = ["identity", "hflip"]
@@ -119,16 +116,16 @@ def test_the_oof_masks_are_predicted_again_with_the_views_and_scored(project):
 
 
 def test_the_submission_applies_the_choice_searched_on_the_tta_oof_masks(project):
-    report = _json(OUT / "tta.json")
-    plain = _json(OUT / "postprocess.json")
-    _run("submission")
+    report = read_json(OUT / "tta.json")
+    plain = read_json(OUT / "postprocess.json")
+    run_stages("submission")
     for got, want in zip(_submitted_masks(), _expected_masks(report["postprocess"]), strict=True):
         assert (got == want).all()
     # A TTA choice other than train's: the submission follows it.
     changed = _with_other_choice(report, plain)
     (OUT / "tta.json").write_text(json.dumps(changed))
     try:
-        _run("submission")
+        run_stages("submission")
         masks, want = _submitted_masks(), _expected_masks(changed["postprocess"])
         assert all((g == w).all() for g, w in zip(masks, want, strict=True))
         assert any((g != w).any() for g, w in zip(masks, _expected_masks(plain), strict=True))
@@ -137,11 +134,11 @@ def test_the_submission_applies_the_choice_searched_on_the_tta_oof_masks(project
 
 
 def test_the_offline_bundle_applies_the_same_choice_as_the_local_submission(project, tmp_path):
-    report, plain = _json(OUT / "tta.json"), _json(OUT / "postprocess.json")
+    report, plain = read_json(OUT / "tta.json"), read_json(OUT / "postprocess.json")
     changed = _with_other_choice(report, plain)
     (OUT / "tta.json").write_text(json.dumps(changed))
     try:
-        _run("submission")
+        run_stages("submission")
         kaggle = kaggle_overrides(tmp_path, "someone/mosaics", "kaggle.timing_rows=3")
         assert main(["package", "-c", CONFIG, *VIEWS, *kaggle]) == 0
         shipped = Path("package/mosaics/outputs") / EXPERIMENT
@@ -156,12 +153,12 @@ def test_the_offline_bundle_applies_the_same_choice_as_the_local_submission(proj
 
 
 def test_a_choice_searched_with_other_views_than_the_test_masks_is_not_applied(project, caplog):
-    settings = _json(OUT / "infer.json")
-    report, plain = _json(OUT / "tta.json"), _json(OUT / "postprocess.json")
+    settings = read_json(OUT / "infer.json")
+    report, plain = read_json(OUT / "tta.json"), read_json(OUT / "postprocess.json")
     (OUT / "tta.json").write_text(json.dumps(_with_other_choice(report, plain)))
     (OUT / "infer.json").write_text(json.dumps({**settings, "tta": ["identity"]}))
     try:
-        _run("submission")
+        run_stages("submission")
         for got, want in zip(_submitted_masks(), _expected_masks(plain), strict=True):
             assert (got == want).all()
         assert "searched with other infer settings (['tta'])" in caplog.text
@@ -172,15 +169,15 @@ def test_a_choice_searched_with_other_views_than_the_test_masks_is_not_applied(p
 
 def test_infer_without_tta_oof_goes_back_to_the_plain_choice(project, caplog):
     caplog.set_level(logging.INFO, logger="medalist")
-    report, plain = _json(OUT / "tta.json"), _json(OUT / "postprocess.json")
+    report, plain = read_json(OUT / "tta.json"), read_json(OUT / "postprocess.json")
     (OUT / "tta.json").write_text(json.dumps(_with_other_choice(report, plain)))
-    _run("infer", overrides=VIEWS)  # the same views, no tta_oof: the earlier TTA OOF files go
+    run_stages("infer", overrides=VIEWS)  # the same views, no tta_oof: the earlier TTA OOF files go
     assert not (OUT / "tta.json").exists()
     assert not (OUT / "oof_tta.masks.safetensors").exists()
-    _run("submission")
+    run_stages("submission")
     for got, want in zip(_submitted_masks(), _expected_masks(plain), strict=True):
         assert (got == want).all()
     # With tta_oof again, the choice comes back, searched anew.
-    _run("infer", overrides=TTA)
-    assert _json(OUT / "tta.json")["postprocess"] == report["postprocess"]
+    run_stages("infer", overrides=TTA)
+    assert read_json(OUT / "tta.json")["postprocess"] == report["postprocess"]
     assert "CV without TTA" in caplog.text

@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from medalist.cli import main
 from medalist.demo.digits import bake
 from medalist.demo.segmentation_data import build_mosaics
 
@@ -50,3 +52,13 @@ def segmentation_project(root: Path, n_train: int = 16, n_test: int = 6, size: i
     build_mosaics(project / "data", n_train=n_train, n_test=n_test, size=size, seed=0)
     (project / CONFIG).write_text(TINY_SEGMENTATION)
     return project
+
+
+def run_stages(*stages: str, overrides: tuple[str, ...] = ()) -> None:
+    """``medalist <stage> -c configs/tiny.yaml <overrides>`` for each stage, each succeeding."""
+    for stage in stages:
+        assert main([stage, "-c", CONFIG, *overrides]) == 0, stage
+
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())
