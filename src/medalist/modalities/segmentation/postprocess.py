@@ -64,6 +64,17 @@ def postprocess(
     return remove_small_components(np.asarray(probs) >= threshold, min_size, connectivity)
 
 
+def final_masks(probs: np.ndarray, multiclass: bool, choice: dict | None) -> np.ndarray:
+    """One image's final boolean masks (C, H, W) from its probabilities, as the submission
+    encodes them: the one-hot argmax for multiclass, else the ``threshold``, ``min_size`` and
+    ``connectivity`` of ``choice`` (``postprocess.json``'s keys)."""
+    if multiclass:
+        return np.arange(len(probs))[:, None, None] == probs.argmax(0)[None]
+    return postprocess(
+        probs, choice["threshold"], choice["min_size"], choice.get("connectivity", 8)
+    )
+
+
 @dataclass(frozen=True)
 class Choice:
     """The chosen post-processing and the score of every pair of the grid."""

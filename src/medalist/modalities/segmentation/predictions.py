@@ -197,18 +197,19 @@ class MaskPredictions:
         masks = store.Probabilities([levels[i] for i in order])  # floats one image at a time
         return self.score_oof(cfg, train, targets, folds, rows, masks)
 
-    def score_oof(self, cfg, train, targets, folds, rows: np.ndarray, masks: list) -> dict:
+    def score_oof(
+        self, cfg, train, targets, folds, rows: np.ndarray, masks: store.Probabilities
+    ) -> dict:
         """The OOF masks of train rows ``rows`` (ascending) written in train order
         (``oof.masks.safetensors``) and scored: the CV, ``cv_test_like``, ``complete`` and the
         post-processing searched on them (``postprocess.json``, ``cv_postprocessed``)."""
         id_column = cfg.competition.id_column
         ids = train[id_column].iloc[rows].tolist()
         store.write_masks(experiment_dir(cfg) / OOF_MASKS, ids, masks)
-        predictions = masks if isinstance(masks, store.Probabilities) else as_objects(masks)
-        metrics: dict = {"cv": self.task.score(targets[rows], predictions)}
-        metrics.update(test_like_scores(self.task, folds, targets, rows, predictions))
+        metrics: dict = {"cv": self.task.score(targets[rows], masks)}
+        metrics.update(test_like_scores(self.task, folds, targets, rows, masks))
         metrics["complete"] = len(rows) == len(train)
-        choice = self.search(cfg, targets[rows], predictions)
+        choice = self.search(cfg, targets[rows], masks)
         if choice is not None:
             metrics["cv_postprocessed"] = {self.task.main_metric.name: choice["score"]}
         return metrics
@@ -496,14 +497,9 @@ class MaskPredictions:
     def binarize(self, cfg, probs: np.ndarray) -> np.ndarray:
         """One image's probabilities as the binary masks its RLE encodes: one-hot argmax for
         multiclass, else the threshold and minimum size of ``postprocess.json``."""
-        if self.task.mode == "multiclass":
-            labels = probs.argmax(0)
-            return np.stack([labels == c for c in range(len(probs))]).astype(np.uint8)
-        chosen = self.chosen(cfg)
-        kept = postprocess.postprocess(
-            probs, chosen["threshold"], chosen["min_size"], chosen["connectivity"]
-        )
-        return kept.astype(np.uint8)
+        multiclass = self.task.mode == "multiclass"
+        chosen = None if multiclass else self.chosen(cfg)
+        return postprocess.final_masks(probs, multiclass, chosen).astype(np.uint8)
 
     def chosen(self, cfg) -> dict:
         """The threshold and minimum size: ``segmentation.threshold`` and ``min_size`` when both
@@ -548,7 +544,7 @@ class MaskPredictions:
         """The sha256 of the shuffled masks, in order."""
         return mask_sanity.labels_sha256(masks)
 
-    def sanity_oof(self, folder: Path) -> tuple[list, np.ndarray]:
+    def sanity_oof(self, folder: Path) -> tuple[list, store.Probabilities]:
         """The shuffled-label run's ids and OOF masks."""
         return mask_sanity.read_oof(folder)
 

@@ -106,13 +106,9 @@ def _truth(task, mask: np.ndarray, channels: int) -> np.ndarray:
 
 
 def _final(task, probs: np.ndarray, choice: dict) -> np.ndarray:
-    """The final masks (channels, H, W) as the submission makes them: one-hot argmax for
-    multiclass, else the threshold and minimum component size of ``choice``."""
-    if task.mode == "multiclass":
-        return np.arange(len(probs))[:, None, None] == probs.argmax(0)[None]
-    return postprocess.postprocess(
-        probs, choice["threshold"], choice["min_size"], choice.get("connectivity", 8)
-    )
+    """The final masks (channels, H, W) as the submission makes them
+    (:func:`~.postprocess.final_masks`)."""
+    return postprocess.final_masks(probs, task.mode == "multiclass", choice)
 
 
 class Outcome:

@@ -53,12 +53,9 @@ def labels_sha256(masks) -> str:
     return hasher.hexdigest()
 
 
-def read_oof(folder: Path) -> tuple[list, np.ndarray]:
-    """The ids and OOF probability masks (a numpy object array) of the run in ``folder``."""
-    ids, masks = store.read_masks(Path(folder) / store.OOF_MASKS)
-    out = np.empty(len(masks), dtype=object)
-    out[:] = masks
-    return ids, out
+def read_oof(folder: Path) -> tuple[list, store.Probabilities]:
+    """The ids and OOF probability masks of the run in ``folder``."""
+    return store.read_probabilities(Path(folder) / store.OOF_MASKS)
 
 
 def scores(task, observed, nulls: list, predictions) -> dict[str, tuple]:

@@ -53,19 +53,7 @@ def average_oof(owner, cfg: Config, folders: list[Path], targets, folds: pd.Data
         folds: the project's folds in train row order (:func:`medalist.folds.load_folds`).
     """
     ids, mean = seed_mean(cfg, folders, store.OOF_MASKS, "train")
-    # Scored as the file stores them, so that the CV is the score of oof.masks.safetensors.
-    masks = store.Probabilities([store.quantise(mask) for mask in mean])
-    id_column = cfg.competition.id_column
-    position = {str(i): row for row, i in enumerate(folds[id_column].astype(str))}
-    unknown = [i for i in ids if str(i) not in position]
-    if unknown:
-        raise DataError(
-            f"experiment '{cfg.train.experiment}': the seeds' OOF masks hold ids that are not "
-            f"train ids, e.g. {unknown[:5]}"
-        )
-    rows = np.array([position[str(i)] for i in ids], dtype=int)
-    order = np.argsort(rows, kind="stable")
-    rows, masks = rows[order], masks[order]
+    rows, masks = _in_train_order(cfg, folds[cfg.competition.id_column], ids, mean, store.OOF_MASKS)
     fold_of_row = folds["fold"].to_numpy()[rows]
     per_fold = {}
     for fold in sorted(np.unique(fold_of_row)):
@@ -87,11 +75,28 @@ def average_test(owner, cfg: Config, folders: list[Path]) -> pd.DataFrame:
     store.write_masks(experiment_dir(cfg) / store.TEST_MASKS, ids, masks)
     tta_oof.remove_tta_oof(cfg)
     if cfg.infer.tta_oof:
-        oof_ids, oof_masks = seed_mean(cfg, folders, tta_oof.OOF_TTA_MASKS, "infer")
+        oof_ids, oof_mean = seed_mean(cfg, folders, tta_oof.OOF_TTA_MASKS, "infer")
         train = read_train(cfg)
-        position = {str(i): row for row, i in enumerate(train[cfg.competition.id_column])}
-        rows = np.array([position[str(i)] for i in oof_ids], dtype=int)
-        order = np.argsort(rows, kind="stable")
+        rows, oof_masks = _in_train_order(
+            cfg, train[cfg.competition.id_column], oof_ids, oof_mean, tta_oof.OOF_TTA_MASKS
+        )
         views = json.loads((folders[0] / tta_oof.REPORT).read_text(encoding="utf-8"))["views"]
-        tta_oof.write_tta_oof(owner, cfg, train, rows[order], [oof_masks[i] for i in order], views)
+        tta_oof.write_tta_oof(owner, cfg, train, rows, oof_masks, views)
     return pd.DataFrame({cfg.competition.id_column: ids})
+
+
+def _in_train_order(
+    cfg: Config, train_ids: pd.Series, ids: list, masks: list[np.ndarray], name: str
+) -> tuple[np.ndarray, store.Probabilities]:
+    """The train rows of ``ids`` in ascending order, and their masks in that order as the file
+    stores them (quantised), so that what is scored is what is written."""
+    position = {str(i): row for row, i in enumerate(train_ids.astype(str))}
+    unknown = [i for i in ids if str(i) not in position]
+    if unknown:
+        raise DataError(
+            f"experiment '{cfg.train.experiment}': the seeds' {name} hold ids that are not "
+            f"train ids, e.g. {unknown[:5]}"
+        )
+    rows = np.array([position[str(i)] for i in ids], dtype=int)
+    order = np.argsort(rows, kind="stable")
+    return rows[order], store.Probabilities([store.quantise(masks[i]) for i in order])

@@ -86,10 +86,13 @@ def run_tta_oof(
     return write_tta_oof(own, cfg, train, rows, masks, views, plain)
 
 
-def write_tta_oof(own, cfg: Config, train: pd.DataFrame, rows, masks, views, plain=None) -> dict:
+def write_tta_oof(
+    own, cfg: Config, train: pd.DataFrame, rows, masks: store.Probabilities, views, plain=None
+) -> dict:
     """Write the TTA OOF ``masks`` of the train rows ``rows`` (in that order, ascending) and
     ``tta.json``: their scores beside the plain OOF masks' and the post-processing searched on
-    them as written; returns the report."""
+    them; returns the report. ``masks`` hold the levels the file stores, so what is scored is
+    what is written."""
     folder = experiment_dir(cfg)
     plain = _plain_masks(folder) if plain is None else plain
     ids = train[cfg.competition.id_column].iloc[rows].tolist()
@@ -98,10 +101,8 @@ def write_tta_oof(own, cfg: Config, train: pd.DataFrame, rows, masks, views, pla
     if missing:
         raise DataError(f"{folder / store.OOF_MASKS} has no mask of ids {missing[:5]}; run train")
     store.write_masks(folder / OOF_TTA_MASKS, ids, masks)
-    # Scored and searched as written (quantised), as the plain OOF masks are.
-    _, tta_masks = store.read_probabilities(folder / OOF_TTA_MASKS)
     targets = own.task.encode_targets(train)[rows]
-    choice = own.search(cfg, targets, tta_masks, write=False)
+    choice = own.search(cfg, targets, masks, write=False)
     plain_ids, plain_masks = plain
     position = {str(i): k for k, i in enumerate(plain_ids)}
     report = {
@@ -109,7 +110,7 @@ def write_tta_oof(own, cfg: Config, train: pd.DataFrame, rows, masks, views, pla
         "merge": cfg.infer.tta_merge,
         "infer": inference_settings(cfg),
         "cv": own.task.score(targets, plain_masks[[position[str(i)] for i in ids]]),
-        "cv_tta": own.task.score(targets, tta_masks),
+        "cv_tta": own.task.score(targets, masks),
         "postprocess": choice,
     }
     write_json(folder / REPORT, report)
