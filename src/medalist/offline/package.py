@@ -332,7 +332,7 @@ def make_plan(cfg: Config) -> Plan:
     _check_stacked_folds(cfg, plan)
     plan.merged = _to_merge(cfg, plan)
     for experiment in plan.experiments:
-        carried = None if experiment.seeds else _packaged_folder(experiment.cfg)
+        carried = _packaged_folder(experiment)
         backbone = carried[1] if carried else None
         if backbone is not None and backbone.resolve() not in plan.backbones:
             if not backbone.is_dir():
@@ -369,10 +369,12 @@ def _to_merge(cfg: Config, plan: Plan) -> list[str]:
     return names
 
 
-def _packaged_folder(cfg: Config) -> tuple[str, Path] | None:
+def _packaged_folder(experiment: Experiment) -> tuple[str, Path] | None:
     """The config key and local folder the modality needs besides the weights (a text
-    backbone's config and tokenizer), if any."""
-    return get_modality(cfg.modality).packaged_folder(cfg)
+    backbone's config and tokenizer), if any; none for a seed average, whose seeds carry it."""
+    if experiment.seeds:
+        return None
+    return get_modality(experiment.cfg.modality).packaged_folder(experiment.cfg)
 
 
 # ------------------------------------------------------------------------------------- writing
@@ -433,7 +435,7 @@ def _copy_experiment(experiment: Experiment, outputs: Path, root: Path, plan: Pl
     if experiment.stacks:  # predicted after these, on the folds manifest the bundle carries
         entry["stacks"] = list(experiment.stacks)
         entry["paths"]["competition.folds_dir"] = "folds"
-    carried = _packaged_folder(experiment.cfg)
+    carried = _packaged_folder(experiment)
     if carried is not None:
         key, folder = carried
         entry["paths"][key] = plan.backbones[folder.resolve()]
@@ -476,7 +478,7 @@ def _weightless_backbones(plan: Plan, experiments: dict, root: Path) -> set[Path
     the model built from it alone."""
     users: dict[Path, list[tuple[str, str]]] = {folder: [] for folder in plan.backbones}
     for experiment in plan.experiments:
-        carried = None if experiment.seeds else _packaged_folder(experiment.cfg)
+        carried = _packaged_folder(experiment)
         if carried is not None:
             users[carried[1].resolve()].append((experiment.name, carried[0]))
     weightless = set()

@@ -333,6 +333,21 @@ def average_seeds(
     return test, task, np.mean(per_seed, axis=0)
 
 
+def predict_entry(
+    bundle: Path,
+    entry: dict,
+    data: Path,
+    predicted: Mapping[str, tuple[pd.DataFrame, Task, np.ndarray]],
+    **kwargs,
+) -> tuple[pd.DataFrame, Task, np.ndarray]:
+    """The test predictions of a manifest entry: the mean of its seeds (``seeds``), from
+    ``predicted`` (each experiment predicted so far), or its own models'
+    (:func:`predict_experiment` with ``kwargs``)."""
+    if entry.get("seeds"):
+        return average_seeds(entry, predicted)
+    return predict_experiment(bundle, entry, data, **kwargs)
+
+
 def stacked_members(experiments: dict) -> set[str]:
     """The experiments of the manifest that another one stacks on."""
     return {member for entry in experiments.values() for member in entry.get("stacks", [])}
@@ -494,13 +509,12 @@ def run_bundle(
     predicted, timings = {}, []
     for name in order:
         entry, start = experiments[name], len(timings)
+        test, task, values = predict_entry(
+            bundle, entry, paths.data, predicted, timings=timings, stacked=stacked
+        )
         if entry.get("seeds"):
-            test, task, values = average_seeds(entry, predicted)
             log.info("%s: the mean of seeds %s", name, entry["seeds"])
         else:
-            test, task, values = predict_experiment(
-                bundle, entry, paths.data, timings=timings, stacked=stacked
-            )
             log.info("%s: %d fold(s) predicted %d rows", name, len(entry["weights"]), len(test))
         for timing in timings[start:]:
             timing["experiment"] = name

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from medalist.offline.predict import (
-    average_seeds,
     keep_prediction,
+    predict_entry,
     predict_experiment,
     prediction_order,
     stacked_members,
@@ -63,12 +63,10 @@ def estimate(
         stacked = Path(folder)
         for name in prediction_order(experiments):
             entry, start = experiments[name], len(timings)
-            if entry.get("seeds"):  # no model of its own: its seeds' mean, nothing timed
-                test, task, values = average_seeds(entry, predicted)
-            else:
-                test, task, values = predict_experiment(
-                    bundle, entry, data, rows=sample_rows, timings=timings, stacked=stacked
-                )
+            # A seed average has no model of its own: its seeds' mean, nothing timed.
+            test, task, values = predict_entry(
+                bundle, entry, data, predicted, rows=sample_rows, timings=timings, stacked=stacked
+            )
             predicted[name] = (test, task, values)
             if entry.get("learners"):
                 _split_load(bundle, entry, data, timings[start:], stacked)
